@@ -1,0 +1,184 @@
+"""`edgeproxy` command line: decide, compile (serve, sync, replay and report arrive with their issues)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from edgeproxy.engine.context import GeoLookup, context_from_description
+from edgeproxy.engine.decide import CompiledSnapshot
+from edgeproxy.engine.errors import RequestDescriptionError, RulesError
+from edgeproxy.engine.explain import explain, render_explanation
+from edgeproxy.engine.snapshot_file import load_snapshot, write_snapshot_file
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _request_lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(stream, start=1):
+        if line.strip():
+            yield number, line
+
+
+def _request_file(path: Path) -> Iterator[tuple[int, str]]:
+    text = path.read_text(encoding="utf-8")
+    stripped = text.strip()
+    # A single (possibly pretty-printed) description or an array of them is accepted as well as JSON lines.
+    if stripped.startswith(("[", "{")) and "\n" in stripped:
+        try:
+            whole = json.loads(stripped)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict):
+            yield 1, json.dumps(whole)
+            return
+        if isinstance(whole, list):
+            for index, item in enumerate(whole, start=1):
+                yield index, json.dumps(item)
+            return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            yield number, line
+
+
+def _geo_lookup(path: str | None) -> GeoLookup | None:
+    if not path:
+        return None
+    from edgeproxy.geo import MaxMindGeo
+
+    return MaxMindGeo(path).lookup
+
+
+def run_decide(args: argparse.Namespace, out: IO[str]) -> int:
+    snapshot = load_snapshot(args.rules)
+    geo_lookup = _geo_lookup(args.geoip)
+    lines = _request_file(Path(args.request)) if args.request else _request_lines(sys.stdin)
+    failures = 0
+    for number, line in lines:
+        result = decide_line(snapshot, line, number, geo_lookup, explain_mode=args.explain)
+        if "error" in result[0]:
+            failures += 1
+        out.write(_dump(result[0]) + "\n")
+        if result[1] is not None:
+            out.write(result[1] + "\n\n")
+        out.flush()
+    return 1 if failures and args.strict else 0
+
+
+def decide_line(
+    snapshot: CompiledSnapshot, line: str, number: int, geo_lookup: GeoLookup | None, explain_mode: str | None = None
+) -> tuple[dict[str, Any], str | None]:
+    """One request description line -> (manifest or error object, optional readable explanation)."""
+    try:
+        description = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return {
+            "line": number,
+            "error": "invalid_json",
+            "message": f"line {number}: not valid JSON: {exc.msg} at column {exc.colno}",
+        }, None
+    try:
+        described = context_from_description(
+            description,
+            clock=time.time,
+            new_uid=lambda: str(uuid.uuid4()),
+            classifier=snapshot.classifier,
+            geo_lookup=geo_lookup,
+        )
+    except RequestDescriptionError as exc:
+        return {
+            "line": number,
+            "error": "invalid_request",
+            "field": exc.field,
+            "message": f"line {number}: {exc}",
+        }, None
+    manifest = snapshot.decide(described.context, described.tags).to_dict()
+    if explain_mode is None:
+        return manifest, None
+    trace = explain(snapshot, described.context, described.tags)
+    if explain_mode == "json":
+        manifest["explanation"] = trace
+        return manifest, None
+    return manifest, render_explanation(trace)
+
+
+def run_compile(args: argparse.Namespace, out: IO[str]) -> int:
+    snapshot = load_snapshot(args.rules)
+    write_snapshot_file(snapshot, args.output)
+    project = snapshot.project
+    out.write(
+        f"wrote {args.output}: version {snapshot.version}, project {project.uid}, "
+        f"{len(project.experiences)} live experiences ({len(project.omitted)} omitted), "
+        f"{len(project.audiences)} audiences, {len(project.attributes)} attributes, {len(project.events)} events\n"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeproxy",
+        description="Contentstack Personalize-style edge personalization in front of any origin.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    rules_help = "rules: a Personalize export folder (personalize/ or its parent) or a compiled .msgpack snapshot"
+
+    decide = commands.add_parser(
+        "decide",
+        help="decide manifests for request descriptions (JSON lines on stdin)",
+        description="Read request descriptions (SPEC §9) as JSON lines and print one manifest JSON per line: "
+        "userUid, experiences, activeVariants, aliases, variantParam. Invalid lines print "
+        '{"line", "error", "message"} and the rest go on.',
+    )
+    decide.add_argument("--rules", required=True, help=rules_help)
+    decide.add_argument(
+        "--request", metavar="FILE", help="read descriptions from FILE (JSON lines, one object or an array)"
+    )
+    decide.add_argument(
+        "--explain",
+        nargs="?",
+        const="text",
+        choices=["text", "json"],
+        help="explain each decision: readable text after each line (default), or 'json' to add an explanation field",
+    )
+    decide.add_argument(
+        "--geoip", metavar="MMDB", help="MaxMind City database for COUNTRY/REGION/CITY of the `ip` field"
+    )
+    decide.add_argument("--strict", action="store_true", help="exit 1 if any request line was invalid")
+    decide.set_defaults(run=run_decide)
+
+    compile_ = commands.add_parser(
+        "compile",
+        help="validate rules and write a compiled msgpack snapshot",
+        description="Validate a rules folder and write the compiled snapshot (msgpack), named by a content hash.",
+    )
+    compile_.add_argument("--rules", required=True, help=rules_help)
+    compile_.add_argument("-o", "--output", required=True, metavar="FILE", help="snapshot file to write (atomically)")
+    compile_.set_defaults(run=run_compile)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args, sys.stdout))
+    except RulesError as exc:
+        print(f"edgeproxy: rules error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"edgeproxy: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

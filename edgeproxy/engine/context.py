@@ -1,0 +1,335 @@
+"""The visitor context: everything a decision may read about one request, computed lazily.
+
+Built from a request description (SPEC §9) or by the proxy from a live request; both go through
+`build_context`, so a replayed request and a proxied one are the same context. Nothing here does I/O:
+the clock, the uid generator and the geo database lookup are passed in by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from edgeproxy.engine.errors import RequestDescriptionError
+from edgeproxy.engine.loader import parse_iso_time
+from edgeproxy.engine.useragent import UserAgentClass, UserAgentClassifier
+
+USER_UID_HEADER = "x-cs-personalize-user-uid"
+USER_UID_COOKIE = "cs-personalize-user-uid"
+MANIFEST_COOKIE = "cs-personalize-manifest"
+LYTICS_AUDIENCES_COOKIE = "cs-lytics-audiences"
+LYTICS_FLOWS_COOKIE = "cs-lytics-flows"
+LYTICS_AUDIENCES_ATTRIBUTE = "__lytics_audiences"
+LIVE_ATTRIBUTES_HEADER = "x-live-attributes"
+PAGE_URL_HEADER = "x-page-url"
+
+
+@dataclass(frozen=True, slots=True)
+class Geo:
+    country: str | None = None
+    region: str | None = None
+    city: str | None = None
+
+    def complete(self) -> bool:
+        return self.country is not None and self.region is not None and self.city is not None
+
+
+NO_GEO = Geo()
+GeoLookup = Callable[[str], Geo | None]
+
+# Geo headers set by CDNs in front of us; trusted only where the caller says so (the proxy: from
+# configured proxy addresses; `decide`: a description records what the edge saw, so yes).
+GEO_HEADERS: dict[str, tuple[str, ...]] = {
+    "country": (
+        "cloudfront-viewer-country",
+        "cf-ipcountry",
+        "x-vercel-ip-country",
+        "x-appengine-country",
+        "fastly-geo-country",
+        "x-geo-country",
+        "x-country-code",
+    ),
+    "region": (
+        "cloudfront-viewer-country-region",
+        "cf-region-code",
+        "x-vercel-ip-country-region",
+        "x-appengine-region",
+        "fastly-geo-region",
+        "x-geo-region",
+    ),
+    "city": (
+        "cloudfront-viewer-city",
+        "cf-ipcity",
+        "x-vercel-ip-city",
+        "x-appengine-city",
+        "fastly-geo-city",
+        "x-geo-city",
+    ),
+}
+_UNKNOWN_GEO = frozenset({"", "XX", "T1", "ZZ", "?", "-", "(null)"})
+
+
+def geo_from_headers(headers: Mapping[str, str]) -> Geo:
+    found: dict[str, str | None] = {}
+    for field, names in GEO_HEADERS.items():
+        value = None
+        for name in names:
+            raw = headers.get(name)
+            if raw is not None and raw.strip() not in _UNKNOWN_GEO:
+                value = unquote(raw.strip())  # Vercel URL-encodes city names
+                break
+        found[field] = value
+    return Geo(**found)
+
+
+def parse_cookie_header(header: str) -> dict[str, str]:
+    """Cookie name -> raw value; the value is the text between the first `=` and `;` (SPEC §6)."""
+    cookies: dict[str, str] = {}
+    for part in header.split(";"):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if sep and name and name not in cookies:
+            cookies[name] = value.strip()
+    return cookies
+
+
+def parse_pipe_set(raw: Any) -> frozenset[str]:
+    """`|vip|sale|` (Lytics audiences, SPEC §3) -> {"vip", "sale"}; URL-encoded or a JSON list too."""
+    if isinstance(raw, list | tuple):
+        return frozenset(str(item) for item in raw if item)
+    if not isinstance(raw, str):
+        return frozenset()
+    text = unquote(raw) if "%" in raw else raw
+    separator = "|" if "|" in text or "," not in text else ","
+    return frozenset(item.strip() for item in text.split(separator) if item.strip())
+
+
+class VisitorContext:
+    """One request's view for the decision; each derived value is computed on first use only."""
+
+    __slots__ = (
+        "_classifier",
+        "_flows",
+        "_geo",
+        "_geo_lookup",
+        "_lytics",
+        "_params",
+        "_partial_geo",
+        "_query",
+        "_ua",
+        "cookies",
+        "ip",
+        "live",
+        "memo",
+        "now",
+        "page_url",
+        "referrer",
+        "stored",
+        "user_agent",
+        "user_uid",
+    )
+
+    def __init__(
+        self,
+        *,
+        user_uid: str,
+        now: float,
+        user_agent: str | None = None,
+        referrer: str | None = None,
+        page_url: str | None = None,
+        cookies: Mapping[str, str] | None = None,
+        live: Mapping[str, Any] | None = None,
+        stored: Mapping[str, Any] | None = None,
+        ip: str | None = None,
+        geo: Geo = NO_GEO,
+        geo_lookup: GeoLookup | None = None,
+        classifier: UserAgentClassifier | None = None,
+    ) -> None:
+        self.user_uid = user_uid
+        self.now = now  # POSIX seconds, UTC
+        self.user_agent = user_agent or None
+        self.referrer = referrer or None
+        self.page_url = page_url or None
+        self.cookies = cookies or {}
+        self.live = live or {}
+        self.stored = stored or {}
+        self.ip = ip or None
+        self.memo: dict[str, bool] = {}  # audience uid -> membership, per request
+        self._geo: Geo | None = geo if geo.complete() or geo_lookup is None or not ip else None
+        self._partial_geo = geo
+        self._geo_lookup = geo_lookup
+        self._classifier = classifier
+        self._ua: UserAgentClass | None = None
+        self._query: str | None = None
+        self._params: dict[str, list[str]] | None = None
+        self._lytics: frozenset[str] | None = None
+        self._flows: frozenset[str] | None = None
+
+    # -- presets ------------------------------------------------------------------------------------
+
+    def geo(self) -> Geo:
+        geo = self._geo
+        if geo is None:
+            given = self._partial_geo
+            looked = self._geo_lookup(self.ip) if self._geo_lookup and self.ip else None
+            if looked is None:
+                geo = given
+            else:  # per field: description/CDN headers first, then the database
+                geo = Geo(
+                    country=given.country or looked.country,
+                    region=given.region or looked.region,
+                    city=given.city or looked.city,
+                )
+            self._geo = geo
+        return geo
+
+    def ua_class(self) -> UserAgentClass | None:
+        if self._ua is None and self.user_agent is not None:
+            classifier = self._classifier or UserAgentClassifier(limit=1)
+            self._ua = classifier.classify(self.user_agent)
+        return self._ua
+
+    def query_string(self) -> str | None:
+        if self._query is None:
+            query = urlsplit(self.page_url).query if self.page_url else ""
+            self._query = query
+        return self._query or None
+
+    def query_params(self) -> dict[str, list[str]]:
+        if self._params is None:
+            query = self.query_string()
+            self._params = parse_qs(query, keep_blank_values=True) if query else {}
+        return self._params
+
+    # -- attributes ---------------------------------------------------------------------------------
+
+    def custom(self, key: str) -> Any:
+        # Live (request-scoped) attributes override stored ones (SPEC §3, ours).
+        if key in self.live:
+            return self.live[key]
+        return self.stored.get(key)
+
+    def lytics_audiences(self) -> frozenset[str]:
+        if self._lytics is None:
+            raw = self.live.get(LYTICS_AUDIENCES_ATTRIBUTE)
+            if raw is None:
+                raw = self.cookies.get(LYTICS_AUDIENCES_COOKIE)
+            self._lytics = parse_pipe_set(raw)
+        return self._lytics
+
+    def lytics_flows(self) -> frozenset[str]:
+        if self._flows is None:
+            self._flows = parse_pipe_set(self.cookies.get(LYTICS_FLOWS_COOKIE))
+        return self._flows
+
+
+def resolve_user_uid(
+    headers: Mapping[str, str], cookies: Mapping[str, str], fallback: str | None, new_uid: Callable[[], str]
+) -> tuple[str, bool]:
+    """SPEC §9: header, else cookie, else the given uid, else a new one. Returns (uid, is_new)."""
+    for candidate in (headers.get(USER_UID_HEADER), cookies.get(USER_UID_COOKIE), fallback):
+        if candidate is not None:
+            candidate = unquote(candidate.strip()) if "%" in candidate else candidate.strip()
+            if candidate:
+                return candidate, False
+    return new_uid(), True
+
+
+def parse_live_attributes_header(raw: str | None, where: str = "X-Live-Attributes header") -> dict[str, Any]:
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RequestDescriptionError(where, f"not valid JSON ({exc.msg}); send a JSON object") from None
+    if not isinstance(value, dict):
+        raise RequestDescriptionError(where, "must be a JSON object of attribute key -> value")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class DescribedRequest:
+    context: VisitorContext
+    tags: tuple[str, ...] | None
+    user_uid_is_new: bool
+
+
+def _field(desc: Mapping[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = desc.get(name)
+    if value is not None and not isinstance(value, kind):
+        raise RequestDescriptionError(name, f"expected {what}, found {type(value).__name__}")
+    return value
+
+
+def context_from_description(
+    desc: Any,
+    *,
+    clock: Callable[[], float],
+    new_uid: Callable[[], str],
+    classifier: UserAgentClassifier | None = None,
+    geo_lookup: GeoLookup | None = None,
+) -> DescribedRequest:
+    """A SPEC §9 request description -> a context. Raises `RequestDescriptionError` on bad fields."""
+    if not isinstance(desc, dict):
+        raise RequestDescriptionError("$", "a request description must be a JSON object")
+    raw_headers = _field(desc, "headers", dict, "an object of header name -> value") or {}
+    headers: dict[str, str] = {}
+    for name, value in raw_headers.items():
+        if isinstance(value, list):  # several values of one header
+            value = ", ".join(str(v) for v in value)
+        elif not isinstance(value, str | int | float):
+            raise RequestDescriptionError(f"headers.{name}", "expected a string")
+        headers[str(name).lower()] = str(value)
+    url = _field(desc, "url", str, "a URL string")
+    user_uid_field = _field(desc, "userUid", str, "a string")
+    ip = _field(desc, "ip", str, "an IP address string")
+    geo_field = _field(desc, "geo", dict, 'an object {"country", "region", "city"}') or {}
+    live_field = _field(desc, "liveAttributes", dict, "an object of attribute key -> value") or {}
+    stored = _field(desc, "storedAttributes", dict, "an object of attribute key -> value") or {}
+    now_field = _field(desc, "now", str, "an ISO-8601 date-time string")
+    tags_field = _field(desc, "tags", list, "an array of tag strings")
+    if tags_field is not None and not all(isinstance(tag, str) for tag in tags_field):
+        raise RequestDescriptionError("tags", "every tag must be a string")
+    for key in ("country", "region", "city"):
+        if geo_field.get(key) is not None and not isinstance(geo_field[key], str):
+            raise RequestDescriptionError(f"geo.{key}", "expected a string")
+    if now_field is not None:
+        try:
+            now = parse_iso_time(now_field).timestamp()
+        except ValueError:
+            raise RequestDescriptionError("now", f"{now_field!r} is not ISO-8601 (e.g. 2026-11-22T10:00:00Z)") from None
+    else:
+        now = clock()
+    cookies = parse_cookie_header(headers.get("cookie", ""))
+    user_uid, is_new = resolve_user_uid(headers, cookies, user_uid_field, new_uid)
+    live = parse_live_attributes_header(headers.get(LIVE_ATTRIBUTES_HEADER), "headers.X-Live-Attributes")
+    live.update(live_field)
+    if ip is None and "x-forwarded-for" in headers:
+        ip = headers["x-forwarded-for"].split(",")[0].strip() or None
+    given_geo = Geo(country=geo_field.get("country"), region=geo_field.get("region"), city=geo_field.get("city"))
+    header_geo = geo_from_headers(headers)
+    geo = Geo(
+        country=given_geo.country or header_geo.country,
+        region=given_geo.region or header_geo.region,
+        city=given_geo.city or header_geo.city,
+    )
+    context = VisitorContext(
+        user_uid=user_uid,
+        now=now,
+        user_agent=headers.get("user-agent"),
+        referrer=headers.get("referer"),
+        page_url=headers.get(PAGE_URL_HEADER) or url,
+        cookies=cookies,
+        live=live,
+        stored=stored,
+        ip=ip,
+        geo=geo,
+        geo_lookup=geo_lookup,
+        classifier=classifier,
+    )
+    return DescribedRequest(
+        context=context, tags=tuple(tags_field) if tags_field is not None else None, user_uid_is_new=is_new
+    )

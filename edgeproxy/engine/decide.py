@@ -1,0 +1,203 @@
+"""Compile a project into a snapshot and decide a visitor's manifest (SPEC §4)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeproxy.engine.bucketing import bucket, cumulative, pick
+from edgeproxy.engine.conditions import Predicate, combine, compile_group
+from edgeproxy.engine.context import VisitorContext
+from edgeproxy.engine.model import Audience, AudienceCondition, Experience, Project, Variant
+from edgeproxy.engine.useragent import UserAgentClassifier
+
+
+def variant_alias(experience_short_uid: str, variant_short_uid: str) -> str:
+    return f"cs_personalize_{experience_short_uid}_{variant_short_uid}"  # SPEC §2
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledVariant:
+    short_uid: str
+    alias: str
+    param: str  # "{exp}_{var}"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledExperience:
+    experience: Experience
+    tags: frozenset[str]  # casefolded
+    choose: Callable[[VisitorContext], CompiledVariant | None]
+    variants: tuple[CompiledVariant, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A decision: one entry per experience in priority order, the variant or None."""
+
+    user_uid: str
+    entries: tuple[tuple[str, CompiledVariant | None], ...]
+
+    @property
+    def experiences(self) -> list[dict[str, str | None]]:
+        return [
+            {"shortUid": short_uid, "activeVariantShortUid": None if v is None else v.short_uid}
+            for short_uid, v in self.entries
+        ]
+
+    @property
+    def active_variants(self) -> dict[str, str | None]:
+        return {short_uid: None if v is None else v.short_uid for short_uid, v in self.entries}
+
+    @property
+    def aliases(self) -> list[str]:
+        return [v.alias for _, v in self.entries if v is not None]
+
+    @property
+    def variant_param(self) -> str:
+        return ",".join(v.param for _, v in self.entries if v is not None)
+
+    def edge_body(self) -> dict[str, Any]:
+        """The Edge API manifest body (SPEC §4.7)."""
+        return {"experiences": self.experiences, "activeVariants": self.active_variants}
+
+    def to_dict(self) -> dict[str, Any]:
+        """What `edgeproxy decide` prints per request (SPEC §9)."""
+        return {
+            "userUid": self.user_uid,
+            "experiences": self.experiences,
+            "activeVariants": self.active_variants,
+            "aliases": self.aliases,
+            "variantParam": self.variant_param,
+        }
+
+    def cookie_json(self) -> str:
+        return json.dumps(self.edge_body(), separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledSnapshot:
+    """An immutable, ready-to-decide project. Swap the whole object to change rules."""
+
+    project: Project
+    version: str
+    experiences: tuple[CompiledExperience, ...]
+    audience_predicates: dict[str, Predicate]
+    classifier: UserAgentClassifier = field(compare=False)
+
+    def select(self, tags: Iterable[str] | None) -> Sequence[CompiledExperience]:
+        """SPEC §4.2: keep experiences with at least one tag equal, case-insensitively."""
+        if tags is None:
+            return self.experiences
+        wanted = {tag.casefold() for tag in tags}
+        if not wanted:
+            return self.experiences
+        return [ce for ce in self.experiences if not ce.tags.isdisjoint(wanted)]
+
+    def decide(self, ctx: VisitorContext, tags: Iterable[str] | None = None) -> Manifest:
+        return Manifest(ctx.user_uid, tuple((ce.experience.short_uid, ce.choose(ctx)) for ce in self.select(tags)))
+
+
+def _audience_predicate(audience: Audience) -> Predicate:
+    uid = audience.uid
+    if audience.lytics_slug is not None:
+        slug = audience.lytics_slug
+        return lambda ctx: slug in ctx.lytics_audiences()
+    assert audience.definition is not None
+    inner = compile_group(audience.definition)
+
+    def member(ctx: VisitorContext) -> bool:
+        # Per-request memo: layered experiences often test the same audience several times.
+        memo = ctx.memo
+        found = memo.get(uid)
+        if found is None:
+            found = memo[uid] = inner(ctx)
+        return found
+
+    return member
+
+
+def compile_audience_condition(condition: AudienceCondition, audiences: dict[str, Predicate]) -> Predicate:
+    if condition.target is not None:
+        return compile_group(condition.target)
+    members = [audiences[uid] for uid in condition.audiences] + [audiences[uid] for uid in condition.lytics_audiences]
+    return combine(members, condition.combination)
+
+
+def _compile_experience(experience: Experience, audiences: dict[str, Predicate]) -> CompiledExperience:
+    compiled_variants = tuple(
+        CompiledVariant(
+            short_uid=v.short_uid,
+            alias=variant_alias(experience.short_uid, v.short_uid),
+            param=f"{experience.short_uid}_{v.short_uid}",
+        )
+        for v in experience.variants
+    )
+    choose: Callable[[VisitorContext], CompiledVariant | None]
+    if experience.status == "PAUSED":
+        choose = _paused  # SPEC §4.4
+    elif experience.type == "SEGMENTED":
+        choose = _segmented_chooser(experience.variants, compiled_variants, audiences)
+    else:
+        choose = _ab_chooser(experience, compiled_variants, audiences)
+    return CompiledExperience(
+        experience=experience,
+        tags=frozenset(tag.casefold() for tag in experience.tags),
+        choose=choose,
+        variants=compiled_variants,
+    )
+
+
+def _paused(ctx: VisitorContext) -> CompiledVariant | None:
+    return None
+
+
+def _segmented_chooser(
+    variants: tuple[Variant, ...], compiled: tuple[CompiledVariant, ...], audiences: dict[str, Predicate]
+) -> Callable[[VisitorContext], CompiledVariant | None]:
+    # SPEC §4.5: the first variant in array order whose condition holds; one with no condition never does.
+    candidates = tuple(
+        (compile_audience_condition(v.condition, audiences), cv)
+        for v, cv in zip(variants, compiled, strict=True)
+        if v.condition is not None
+    )
+
+    def choose(ctx: VisitorContext) -> CompiledVariant | None:
+        for predicate, variant in candidates:
+            if predicate(ctx):
+                return variant
+        return None
+
+    return choose
+
+
+def _ab_chooser(
+    experience: Experience, compiled: tuple[CompiledVariant, ...], audiences: dict[str, Predicate]
+) -> Callable[[VisitorContext], CompiledVariant | None]:
+    # SPEC §4.6: outside the targeting -> null; else hash v1 bucket against cumulative weights.
+    sums = cumulative([v.weight for v in experience.variants])
+    uid = experience.uid
+    targeting = (
+        compile_audience_condition(experience.targeting, audiences) if experience.targeting is not None else None
+    )
+
+    def choose(ctx: VisitorContext) -> CompiledVariant | None:
+        if targeting is not None and not targeting(ctx):
+            return None
+        index = pick(sums, bucket(uid, ctx.user_uid))
+        return None if index is None else compiled[index]
+
+    return choose
+
+
+def compile_project(project: Project, version: str, classifier: UserAgentClassifier | None = None) -> CompiledSnapshot:
+    audiences = {audience.uid: _audience_predicate(audience) for audience in project.audiences}
+    return CompiledSnapshot(
+        project=project,
+        version=version,
+        experiences=tuple(_compile_experience(e, audiences) for e in project.experiences),
+        audience_predicates=audiences,
+        classifier=classifier or UserAgentClassifier(),
+    )

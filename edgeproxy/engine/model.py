@@ -1,0 +1,149 @@
+"""The validated, normalized project model: what a rules directory means, independent of its JSON.
+
+Every object is immutable; a `Project` is built once by the loader and never changed, so a compiled
+snapshot can be swapped atomically and shared across requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+# Attribute kinds of a rule's reference (SPEC §3, audience definition grammar).
+AttributeKind = Literal["preset", "custom", "lytics"]
+Combination = Literal["AND", "OR"]
+ExperienceType = Literal["SEGMENTED", "AB_TEST"]
+CurrentStatus = Literal["ACTIVE", "PAUSED"]
+
+PRESET_ATTRIBUTES = (
+    "COUNTRY",
+    "REGION",
+    "CITY",
+    "DEVICE_TYPE",
+    "OPERATING_SYSTEM",
+    "QUERY_PARAMETERS",
+    "REFERRER",
+    "DATE_AND_TIME",
+)
+# Enumerated presets compare case-insensitively (SPEC §3 "ours").
+CASE_INSENSITIVE_PRESETS = frozenset({"COUNTRY", "REGION", "CITY", "DEVICE_TYPE", "OPERATING_SYSTEM"})
+LYTICS_REFS = ("LYTICS_AUDIENCE", "LYTICS_FLOW_STATE")
+
+STRING_CONDITIONS = frozenset({"STRING_EQUALS", "CONTAINS_SUBSTRING"})
+NUMBER_CONDITIONS = frozenset({"NUMBER_EQUAL_TO", "NUMBER_GREATER_THAN", "NUMBER_LESS_THAN"})
+TIME_CONDITIONS = frozenset({"BEFORE_TIME", "AFTER_TIME", "BETWEEN_TIME"})
+VALUELESS_CONDITIONS = frozenset({"HAS_ANY_VALUE", "IS_TRUE", "IS_FALSE"})
+ALL_CONDITIONS = (
+    STRING_CONDITIONS
+    | NUMBER_CONDITIONS
+    | TIME_CONDITIONS
+    | VALUELESS_CONDITIONS
+    | frozenset({"JSON_MATCH", "IS_MEMBER_OF", "IS_IN_FLOW_STATE"})
+)
+
+# A normalized condition operand:
+#   str                      STRING_*; BEFORE_TIME/AFTER_TIME as an ISO-8601 string
+#   float                    NUMBER_*
+#   tuple[str, str]          BETWEEN_TIME (start, end); IS_MEMBER_OF (lytics audience uid, slug)
+#   tuple[tuple[str, str]]   JSON_MATCH (param, expected) pairs
+#   None                     HAS_ANY_VALUE, IS_TRUE, IS_FALSE
+# IS_IN_FLOW_STATE is a str "flowId:flowState".
+Operand = str | float | tuple[str, str] | tuple[tuple[str, str], ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    attribute_kind: AttributeKind
+    attribute: str  # preset name, custom attribute *key*, or lytics ref
+    attribute_uid: str  # custom attribute uid, "" for presets and lytics
+    condition: str
+    operand: Operand
+    invert: bool
+    where: str  # "file#json.path", for explanations
+
+
+@dataclass(frozen=True, slots=True)
+class RuleGroup:
+    combination: Combination
+    rules: tuple[Rule | RuleGroup, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    uid: str
+    key: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Audience:
+    uid: str
+    name: str
+    definition: RuleGroup | None  # None for Lytics audiences
+    lytics_slug: str | None  # set for Lytics audiences (membership by slug)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    uid: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class AudienceCondition:
+    """Membership of audiences and Lytics audiences, combined; or an inline target group."""
+
+    audiences: tuple[str, ...]
+    lytics_audiences: tuple[str, ...]
+    combination: Combination
+    target: RuleGroup | None
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    short_uid: str
+    name: str
+    condition: AudienceCondition | None  # segmented variants
+    weight: int  # basis points, A/B variants (0 for segmented)
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    kind: str  # "Primary" | "Secondary"
+    name: str
+    event_uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Experience:
+    uid: str
+    short_uid: str
+    name: str
+    type: ExperienceType
+    status: CurrentStatus
+    version_uid: str
+    tags: tuple[str, ...]
+    variants: tuple[Variant, ...]
+    targeting: AudienceCondition | None
+    metrics: tuple[Metric, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OmittedExperience:
+    """An experience in experiences.json without an ACTIVE or PAUSED version (SPEC §4.1)."""
+
+    uid: str
+    short_uid: str
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    uid: str
+    attributes: tuple[Attribute, ...]
+    audiences: tuple[Audience, ...]
+    events: tuple[Event, ...]
+    experiences: tuple[Experience, ...]  # decision order: priorityOrder, then experiences.json order
+    omitted: tuple[OmittedExperience, ...]
+    source: str  # where it was loaded from, for status pages
