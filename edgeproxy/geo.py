@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,9 @@ from edgeproxy.engine.context import Geo
 class MaxMindGeo:
     """COUNTRY (ISO alpha-2), REGION (first subdivision's ISO code), CITY (English name) from a City db."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, cache_size: int = 65_536) -> None:
+        self._cache: dict[str, Geo | None] = {}
+        self._cache_size = cache_size
         try:
             self._reader = maxminddb.open_database(str(path))
         except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
@@ -25,9 +26,19 @@ class MaxMindGeo:
 
     def lookup(self, ip: str) -> Geo | None:
         try:
-            ipaddress.ip_address(ip)
+            return self._cache[ip]
+        except KeyError:
+            pass
+        geo = self._lookup(ip)
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()  # bounded; hot addresses come straight back
+        self._cache[ip] = geo
+        return geo
+
+    def _lookup(self, ip: str) -> Geo | None:
+        try:
             record: Any = self._reader.get(ip)
-        except ValueError:
+        except ValueError:  # not an IP address
             return None
         if not isinstance(record, dict):
             return None

@@ -257,11 +257,19 @@ class DescribedRequest:
     user_uid_is_new: bool
 
 
-def _field(desc: Mapping[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
-    value = desc.get(name)
-    if value is not None and not isinstance(value, kind):
-        raise RequestDescriptionError(name, f"expected {what}, found {type(value).__name__}")
-    return value
+_FIELD_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "url": (str, "a URL string"),
+    "method": (str, "an HTTP method string"),
+    "headers": (dict, "an object of header name -> value"),
+    "userUid": (str, "a string"),
+    "ip": (str, "an IP address string"),
+    "geo": (dict, 'an object {"country", "region", "city"}'),
+    "liveAttributes": (dict, "an object of attribute key -> value"),
+    "storedAttributes": (dict, "an object of attribute key -> value"),
+    "now": (str, "an ISO-8601 date-time string"),
+    "tags": (list, "an array of tag strings"),
+}
+_GEO_HEADER_NAMES = frozenset(name for names in GEO_HEADERS.values() for name in names)
 
 
 def context_from_description(
@@ -272,30 +280,31 @@ def context_from_description(
     classifier: UserAgentClassifier | None = None,
     geo_lookup: GeoLookup | None = None,
 ) -> DescribedRequest:
-    """A SPEC §9 request description -> a context. Raises `RequestDescriptionError` on bad fields."""
+    """A SPEC §9 request description -> a context. Raises `RequestDescriptionError` on bad fields.
+
+    Unknown fields are ignored (descriptions may carry more, e.g. a decision log's recorded manifest).
+    """
     if not isinstance(desc, dict):
         raise RequestDescriptionError("$", "a request description must be a JSON object")
-    raw_headers = _field(desc, "headers", dict, "an object of header name -> value") or {}
+    for name, value in desc.items():
+        expected = _FIELD_TYPES.get(name)
+        if expected is not None and value is not None and not isinstance(value, expected[0]):
+            raise RequestDescriptionError(name, f"expected {expected[1]}, found {type(value).__name__}")
     headers: dict[str, str] = {}
-    for name, value in raw_headers.items():
-        if isinstance(value, list):  # several values of one header
-            value = ", ".join(str(v) for v in value)
-        elif not isinstance(value, str | int | float):
-            raise RequestDescriptionError(f"headers.{name}", "expected a string")
-        headers[str(name).lower()] = str(value)
-    url = _field(desc, "url", str, "a URL string")
-    user_uid_field = _field(desc, "userUid", str, "a string")
-    ip = _field(desc, "ip", str, "an IP address string")
-    geo_field = _field(desc, "geo", dict, 'an object {"country", "region", "city"}') or {}
-    live_field = _field(desc, "liveAttributes", dict, "an object of attribute key -> value") or {}
-    stored = _field(desc, "storedAttributes", dict, "an object of attribute key -> value") or {}
-    now_field = _field(desc, "now", str, "an ISO-8601 date-time string")
-    tags_field = _field(desc, "tags", list, "an array of tag strings")
+    raw_headers = desc.get("headers")
+    if raw_headers:
+        for name, value in raw_headers.items():
+            if value.__class__ is not str:
+                if isinstance(value, list):  # several values of one header
+                    value = ", ".join(str(v) for v in value)
+                elif isinstance(value, bool) or not isinstance(value, int | float):
+                    raise RequestDescriptionError(f"headers.{name}", "expected a string")
+                value = str(value)
+            headers[name.lower()] = value
+    tags_field = desc.get("tags")
     if tags_field is not None and not all(isinstance(tag, str) for tag in tags_field):
         raise RequestDescriptionError("tags", "every tag must be a string")
-    for key in ("country", "region", "city"):
-        if geo_field.get(key) is not None and not isinstance(geo_field[key], str):
-            raise RequestDescriptionError(f"geo.{key}", "expected a string")
+    now_field = desc.get("now")
     if now_field is not None:
         try:
             now = parse_iso_time(now_field).timestamp()
@@ -303,19 +312,36 @@ def context_from_description(
             raise RequestDescriptionError("now", f"{now_field!r} is not ISO-8601 (e.g. 2026-11-22T10:00:00Z)") from None
     else:
         now = clock()
-    cookies = parse_cookie_header(headers.get("cookie", ""))
-    user_uid, is_new = resolve_user_uid(headers, cookies, user_uid_field, new_uid)
-    live = parse_live_attributes_header(headers.get(LIVE_ATTRIBUTES_HEADER), "headers.X-Live-Attributes")
-    live.update(live_field)
+    cookie_header = headers.get("cookie")
+    cookies = parse_cookie_header(cookie_header) if cookie_header else {}
+    user_uid, is_new = resolve_user_uid(headers, cookies, desc.get("userUid"), new_uid)
+    live_header = headers.get(LIVE_ATTRIBUTES_HEADER)
+    live_field = desc.get("liveAttributes")
+    if live_header is not None:
+        live = parse_live_attributes_header(live_header, "headers.X-Live-Attributes")
+        if live_field:
+            live.update(live_field)
+    else:
+        live = live_field or {}
+    ip = desc.get("ip")
     if ip is None and "x-forwarded-for" in headers:
         ip = headers["x-forwarded-for"].split(",")[0].strip() or None
-    given_geo = Geo(country=geo_field.get("country"), region=geo_field.get("region"), city=geo_field.get("city"))
-    header_geo = geo_from_headers(headers)
-    geo = Geo(
-        country=given_geo.country or header_geo.country,
-        region=given_geo.region or header_geo.region,
-        city=given_geo.city or header_geo.city,
-    )
+    geo = NO_GEO
+    geo_field = desc.get("geo")
+    if geo_field:
+        for key in ("country", "region", "city"):
+            if geo_field.get(key) is not None and not isinstance(geo_field[key], str):
+                raise RequestDescriptionError(f"geo.{key}", "expected a string")
+        geo = Geo(country=geo_field.get("country"), region=geo_field.get("region"), city=geo_field.get("city"))
+    if not geo.complete() and not _GEO_HEADER_NAMES.isdisjoint(headers):
+        header_geo = geo_from_headers(headers)
+        geo = Geo(
+            country=geo.country or header_geo.country,
+            region=geo.region or header_geo.region,
+            city=geo.city or header_geo.city,
+        )
+    url = desc.get("url")
+    stored = desc.get("storedAttributes") or {}
     context = VisitorContext(
         user_uid=user_uid,
         now=now,

@@ -28,6 +28,7 @@ class CompiledVariant:
 @dataclass(frozen=True, slots=True)
 class CompiledExperience:
     experience: Experience
+    short_uid: str
     tags: frozenset[str]  # casefolded
     choose: Callable[[VisitorContext], CompiledVariant | None]
     variants: tuple[CompiledVariant, ...]
@@ -97,7 +98,7 @@ class CompiledSnapshot:
         return [ce for ce in self.experiences if not ce.tags.isdisjoint(wanted)]
 
     def decide(self, ctx: VisitorContext, tags: Iterable[str] | None = None) -> Manifest:
-        return Manifest(ctx.user_uid, tuple((ce.experience.short_uid, ce.choose(ctx)) for ce in self.select(tags)))
+        return Manifest(ctx.user_uid, tuple([(ce.short_uid, ce.choose(ctx)) for ce in self.select(tags)]))
 
 
 def _audience_predicate(audience: Audience) -> Predicate:
@@ -144,6 +145,7 @@ def _compile_experience(experience: Experience, audiences: dict[str, Predicate])
         choose = _ab_chooser(experience, compiled_variants, audiences)
     return CompiledExperience(
         experience=experience,
+        short_uid=experience.short_uid,
         tags=frozenset(tag.casefold() for tag in experience.tags),
         choose=choose,
         variants=compiled_variants,

@@ -39,6 +39,7 @@ from edgeproxy.engine.model import (
 
 VERSION_STATUSES = frozenset({"DRAFT", "ACTIVE", "PAUSED", "ARCHIVED"})
 FULL_WEIGHT = 10_000  # basis points (SPEC §4.6)
+MAX_RULE_DEPTH = 32  # Personalize's editor nests a few levels; this bounds recursion on hostile input
 
 
 def find_personalize_dir(path: str | Path) -> Path:
@@ -480,7 +481,9 @@ class _ProjectLoader:
 
     # -- rules --------------------------------------------------------------------------------------
 
-    def _group(self, doc: _Doc, raw: Any, path: str) -> RuleGroup:
+    def _group(self, doc: _Doc, raw: Any, path: str, depth: int = 0) -> RuleGroup:
+        if depth >= MAX_RULE_DEPTH:
+            raise doc.fail(path, f"rule groups nested deeper than {MAX_RULE_DEPTH} levels; flatten the audience")
         obj = doc.obj(raw, path, "a RuleCombination")
         kind = obj.get("__type")
         if kind == "Rule":  # a bare rule where a combination is expected: treat as AND of one
@@ -494,7 +497,7 @@ class _ProjectLoader:
             child = doc.obj(item, rpath, "a Rule or RuleCombination")
             child_kind = child.get("__type")
             if child_kind == "RuleCombination":
-                rules.append(self._group(doc, child, rpath))
+                rules.append(self._group(doc, child, rpath, depth + 1))
             elif child_kind == "Rule":
                 rules.append(self._rule(doc, child, rpath))
             else:

@@ -74,6 +74,12 @@ function streamPattern(res, total) {
   pump();
 }
 
+function pairs(flat) {
+  const out = [];
+  for (let i = 0; i < flat.length; i += 2) out.push([flat[i], flat[i + 1]]);
+  return out;
+}
+
 function parseNonNegativeInt(value) {
   if (value === null || !/^[0-9]{1,16}$/.test(value)) return null;
   const n = Number(value);
@@ -159,6 +165,8 @@ function createOriginServer(options = {}) {
           url: req.url,
           httpVersion: req.httpVersion,
           headers: req.headers,
+          // As received: original case, order and repeats (req.headers merges or drops repeats).
+          rawHeaders: pairs(req.rawHeaders),
           bodyLength: bytes,
           bodySha256: sha256,
         });
