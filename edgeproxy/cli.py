@@ -1,4 +1,4 @@
-"""`edgeproxy` command line: decide, compile (serve, sync, replay and report arrive with their issues)."""
+"""`edgeproxy` command line: serve, decide, compile."""
 
 from __future__ import annotations
 
@@ -122,6 +122,44 @@ def run_compile(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace, out: IO[str]) -> int:
+    import os
+
+    from edgeproxy.proxy.config import FIELDS, ConfigError, load_config
+    from edgeproxy.proxy.server import run
+
+    flags = {name: getattr(args, name, None) for name in FIELDS if name != "routes"}
+    try:
+        config = load_config(args.config, os.environ, flags)
+    except ConfigError as exc:
+        print(f"edgeproxy: config error: {exc}", file=sys.stderr)
+        return 2
+    return run(config)
+
+
+def _add_serve(commands: Any) -> None:
+    from edgeproxy.proxy.config import FIELDS, ProxyConfig
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the personalizing reverse proxy in front of an origin",
+        description="Run edgeproxy in front of ORIGIN. Settings come from defaults, then --config FILE (TOML), "
+        "then EDGEPROXY_<NAME> environment variables (e.g. EDGEPROXY_ORIGIN), then these flags.",
+    )
+    serve.add_argument("--config", metavar="FILE", help="TOML file with any of the settings below (and [[routes]])")
+    defaults = ProxyConfig()
+    for name, text in FIELDS.items():
+        if name == "routes":
+            continue
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        if isinstance(default, bool):
+            serve.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            serve.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=text)
+    serve.set_defaults(run=run_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeproxy",
@@ -162,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--rules", required=True, help=rules_help)
     compile_.add_argument("-o", "--output", required=True, metavar="FILE", help="snapshot file to write (atomically)")
     compile_.set_defaults(run=run_compile)
+    _add_serve(commands)
     return parser
 
 

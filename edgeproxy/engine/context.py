@@ -257,6 +257,49 @@ class DescribedRequest:
     user_uid_is_new: bool
 
 
+def build_context(
+    *,
+    headers: Mapping[str, str],
+    cookies: Mapping[str, str],
+    user_uid: str,
+    now: float,
+    page_url: str | None,
+    live: Mapping[str, Any],
+    stored: Mapping[str, Any],
+    ip: str | None,
+    geo: Geo = NO_GEO,
+    trust_geo_headers: bool,
+    geo_lookup: GeoLookup | None,
+    classifier: UserAgentClassifier | None,
+) -> VisitorContext:
+    """The one way a context is made, for descriptions and live requests alike.
+
+    `headers` must answer `.get()` for lower-case names (a lower-cased dict or a case-insensitive multidict).
+    Geo per field: `geo` first, then CDN headers when `trust_geo_headers`, then the database for `ip`.
+    """
+    if trust_geo_headers and not geo.complete() and any(name in headers for name in _GEO_HEADER_NAMES):
+        header_geo = geo_from_headers(headers)
+        geo = Geo(
+            country=geo.country or header_geo.country,
+            region=geo.region or header_geo.region,
+            city=geo.city or header_geo.city,
+        )
+    return VisitorContext(
+        user_uid=user_uid,
+        now=now,
+        user_agent=headers.get("user-agent"),
+        referrer=headers.get("referer"),
+        page_url=page_url,
+        cookies=cookies,
+        live=live,
+        stored=stored,
+        ip=ip,
+        geo=geo,
+        geo_lookup=geo_lookup,
+        classifier=classifier,
+    )
+
+
 _FIELD_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
     "url": (str, "a URL string"),
     "method": (str, "an HTTP method string"),
@@ -323,36 +366,27 @@ def context_from_description(
             live.update(live_field)
     else:
         live = live_field or {}
-    ip = desc.get("ip")
-    if ip is None and "x-forwarded-for" in headers:
-        ip = headers["x-forwarded-for"].split(",")[0].strip() or None
-    geo = NO_GEO
     geo_field = desc.get("geo")
+    given_geo = NO_GEO
     if geo_field:
         for key in ("country", "region", "city"):
             if geo_field.get(key) is not None and not isinstance(geo_field[key], str):
                 raise RequestDescriptionError(f"geo.{key}", "expected a string")
-        geo = Geo(country=geo_field.get("country"), region=geo_field.get("region"), city=geo_field.get("city"))
-    if not geo.complete() and not _GEO_HEADER_NAMES.isdisjoint(headers):
-        header_geo = geo_from_headers(headers)
-        geo = Geo(
-            country=geo.country or header_geo.country,
-            region=geo.region or header_geo.region,
-            city=geo.city or header_geo.city,
-        )
-    url = desc.get("url")
-    stored = desc.get("storedAttributes") or {}
-    context = VisitorContext(
+        given_geo = Geo(country=geo_field.get("country"), region=geo_field.get("region"), city=geo_field.get("city"))
+    ip = desc.get("ip")
+    if ip is None and "x-forwarded-for" in headers:
+        ip = headers["x-forwarded-for"].split(",")[0].strip() or None
+    context = build_context(
+        headers=headers,
+        cookies=cookies,
         user_uid=user_uid,
         now=now,
-        user_agent=headers.get("user-agent"),
-        referrer=headers.get("referer"),
-        page_url=headers.get(PAGE_URL_HEADER) or url,
-        cookies=cookies,
+        page_url=headers.get(PAGE_URL_HEADER) or desc.get("url"),
         live=live,
-        stored=stored,
+        stored=desc.get("storedAttributes") or {},
         ip=ip,
-        geo=geo,
+        geo=given_geo,
+        trust_geo_headers=True,  # a description records what the edge saw
         geo_lookup=geo_lookup,
         classifier=classifier,
     )

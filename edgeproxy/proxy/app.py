@@ -1,0 +1,337 @@
+"""The aiohttp application: forward every request to the origin, personalizing the ones routes allow.
+
+Streaming both ways (bodies never sit in memory), hop-by-hop headers removed, X-Forwarded-* appended and
+trusted only from configured proxies, HEAD/204/304 without bodies, redirects passed through, WebSocket
+upgrades bridged, one pooled keep-alive session to the origin, 502/504 on origin failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from edgeproxy.engine.context import GeoLookup
+from edgeproxy.engine.useragent import UserAgentClassifier
+from edgeproxy.proxy.config import ProxyConfig
+from edgeproxy.proxy.errors import error_response
+from edgeproxy.proxy.headers import UPSTREAM_OWNED, TrustedProxies, end_to_end
+from edgeproxy.proxy.personalize import add_upstream_headers, cookie_headers, visitor_from_request
+from edgeproxy.proxy.routes import RouteTable
+from edgeproxy.proxy.snapshots import SnapshotHolder
+
+log = logging.getLogger("edgeproxy.proxy")
+CHUNK = 64 * 1024
+NO_BODY_STATUSES = frozenset({204, 304})
+# Dropped from what the origin sends back: framing is ours to decide when streaming.
+RESPONSE_DROP = frozenset({"content-length"})
+
+
+@dataclass(slots=True)
+class Counters:
+    requests: int = 0
+    personalized: int = 0
+    passed_through: int = 0
+    websockets: int = 0
+    origin_errors: int = 0
+    started: float = field(default_factory=time.time)
+
+
+class ProxyState:
+    """Everything a request handler needs, built once per process."""
+
+    def __init__(self, config: ProxyConfig, holder: SnapshotHolder, geo_lookup: GeoLookup | None) -> None:
+        self.config = config
+        self.holder = holder
+        self.geo_lookup = geo_lookup
+        self.origin = URL(config.origin.rstrip("/"))
+        self.origin_host = self.origin.raw_authority
+        self.origin_base_path = self.origin.raw_path.rstrip("/")
+        self.origin_prefix = f"{self.origin.scheme}://{self.origin.raw_authority}{self.origin_base_path}"
+        self.trusted = TrustedProxies(config.trusted_proxies)
+        self.routes = RouteTable(config)
+        self.counters = Counters()
+        self.classifier = UserAgentClassifier()
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("the origin session starts with the app (on_startup)")
+        return self._session
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.config.pool_size, ttl_dns_cache=300, keepalive_timeout=30, enable_cleanup_closed=True
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=self.config.connect_timeout, sock_read=self.config.read_timeout
+            ),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        )
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+STATE = web.AppKey("edgeproxy_state", ProxyState)
+
+
+def _peer(request: web.Request) -> str | None:
+    transport = request.transport
+    if transport is None:
+        return None
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return None
+
+
+def _forwarded_for(request: web.Request) -> str | None:
+    values = request.headers.getall("X-Forwarded-For", ())
+    return ", ".join(values) if values else None
+
+
+async def proxy_handler(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    config = state.config
+    state.counters.requests += 1
+    peer = _peer(request)
+    trusted = state.trusted.trusts(peer)
+    incoming_xff = _forwarded_for(request)
+    client_ip = state.trusted.client_address(peer, incoming_xff) if trusted else peer
+    proto = (request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip() if trusted else "") or request.scheme
+    host = (request.headers.get("X-Forwarded-Host", "").split(",")[0].strip() if trusted else "") or request.host
+
+    upstream_headers = end_to_end(request.headers, drop=UPSTREAM_OWNED | {"host"})
+    # X-Forwarded-*: a trusted peer's chain is kept and extended; an untrusted one is replaced, not believed.
+    chain = f"{incoming_xff}, {peer}" if trusted and incoming_xff else (peer or "")
+    if chain:
+        upstream_headers["X-Forwarded-For"] = chain
+    upstream_headers["X-Forwarded-Proto"] = proto
+    upstream_headers["X-Forwarded-Host"] = host
+    if not trusted:
+        upstream_headers.popall("Forwarded", None)
+    upstream_headers["Host"] = request.host if config.preserve_host else state.origin_host
+
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await _websocket(request, state, upstream_headers)
+
+    route = state.routes.decide(request.path)
+    loaded = state.holder.current
+    cookies: list[str] = []
+    personalized = route.personalize and loaded is not None
+    raw_path, _, query = request.raw_path.partition("?")
+    if personalized:
+        assert loaded is not None
+        visitor = visitor_from_request(
+            request.headers,
+            page_url=f"{proto}://{host}{request.raw_path}",
+            client_ip=client_ip,
+            secure=proto == "https",
+            trust_geo_headers=trusted,
+            geo_lookup=state.geo_lookup,
+            classifier=state.classifier,
+        )
+        manifest = loaded.snapshot.decide(visitor.context, route.tags)
+        add_upstream_headers(upstream_headers, manifest, config.cda_variant_limit)
+        if config.variant_query_param:
+            query = _with_param(query, config.variant_query_param, manifest.variant_param)
+        cookies = cookie_headers(manifest, visitor.secure)
+        state.counters.personalized += 1
+    else:
+        state.counters.passed_through += 1
+    target = URL(f"{state.origin_prefix}{raw_path}{'?' + query if query else ''}", encoded=True)
+
+    has_body = request.body_exists
+    try:
+        upstream = await state.session.request(
+            request.method,
+            target,
+            headers=upstream_headers,
+            data=request.content if has_body else None,
+            allow_redirects=False,
+            compress=None,
+        )
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        return _origin_failed(request, state, 504, "origin_timeout", "The origin did not answer in time.", exc)
+    except (aiohttp.ClientError, OSError) as exc:
+        return _origin_failed(request, state, 502, "origin_unreachable", "The origin could not be reached.", exc)
+
+    try:
+        return await _relay(request, upstream, cookies, personalized, config)
+    finally:
+        upstream.release()
+
+
+def _with_param(query: str, name: str, value: str) -> str:
+    from urllib.parse import quote
+
+    kept = [part for part in query.split("&") if part and part.split("=", 1)[0] != name]
+    kept.append(f"{quote(name, safe='')}={quote(value, safe=',_')}")
+    return "&".join(kept)
+
+
+def _origin_failed(
+    request: web.Request, state: ProxyState, status: int, code: str, message: str, exc: BaseException
+) -> web.Response:
+    state.counters.origin_errors += 1
+    log.warning("%s %s -> %d %s: %r", request.method, request.path_qs, status, code, exc)
+    return error_response(status, code, message, request.headers.get("Accept"))
+
+
+async def _relay(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    cookies: list[str],
+    personalized: bool,
+    config: ProxyConfig,
+) -> web.StreamResponse:
+    headers = end_to_end(upstream.headers)
+    length = upstream.headers.get("Content-Length")
+    no_body = request.method == "HEAD" or upstream.status in NO_BODY_STATUSES or upstream.status < 200
+    for value in cookies:
+        headers.add("Set-Cookie", value)
+    if (
+        personalized
+        and config.no_store_personalized_html
+        and headers.get("Content-Type", "").lower().startswith("text/html")
+    ):
+        headers["Cache-Control"] = "no-store"  # SPEC §7: personalized HTML is never cached downstream
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    if length is not None and not no_body:
+        response.content_length = int(length)
+    if no_body:
+        if length is not None and request.method == "HEAD":
+            response.headers["Content-Length"] = length
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+    except (aiohttp.ClientPayloadError, TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        # Headers are gone already: the only honest signal left is to cut the connection.
+        log.warning("%s %s: origin body failed mid-stream: %r", request.method, request.path_qs, exc)
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def _websocket(request: web.Request, state: ProxyState, headers: CIMultiDict[str]) -> web.StreamResponse:
+    state.counters.websockets += 1
+    for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions", "Sec-WebSocket-Accept"):
+        headers.popall(name, None)
+    protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+    headers.popall("Sec-WebSocket-Protocol", None)
+    target = state.origin.with_path(state.origin_base_path + request.path).with_query(request.query)
+    target = target.with_scheme("wss" if state.origin.scheme == "https" else "ws")
+    try:
+        upstream = await state.session.ws_connect(
+            target, headers=headers, protocols=protocols, autoping=False, max_msg_size=0
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        return _origin_failed(request, state, 502, "origin_websocket_refused", "The origin refused the WebSocket.", exc)
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        return _origin_failed(request, state, 502, "origin_unreachable", "The origin could not be reached.", exc)
+    client = web.WebSocketResponse(
+        protocols=[upstream.protocol] if upstream.protocol else (), autoping=False, max_msg_size=0
+    )
+    await client.prepare(request)
+
+    async def pump(
+        source: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
+        sink: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
+    ) -> None:
+        async for message in source:
+            if message.type == aiohttp.WSMsgType.TEXT:
+                await sink.send_str(message.data)
+            elif message.type == aiohttp.WSMsgType.BINARY:
+                await sink.send_bytes(message.data)
+            elif message.type == aiohttp.WSMsgType.PING:
+                await sink.ping(message.data)
+            elif message.type == aiohttp.WSMsgType.PONG:
+                await sink.pong(message.data)
+            elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
+                break
+        if not sink.closed:
+            await sink.close(code=source.close_code or aiohttp.WSCloseCode.OK)
+
+    tasks = [asyncio.ensure_future(pump(client, upstream)), asyncio.ensure_future(pump(upstream, client))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if not upstream.closed:
+            await upstream.close()
+        if not client.closed:
+            await client.close()
+    return client
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def build_app(state: ProxyState, ops_handler: Handler | None = None) -> web.Application:
+    app = web.Application(client_max_size=0)  # bodies are streamed, never read whole
+    app[STATE] = state
+    prefix = state.config.ops_prefix
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        # Reserved prefix: matched on the decoded and the raw path, case-insensitively, so an encoded
+        # or re-cased spelling cannot slip a proxy-internal path through to the origin.
+        path = _normalized(request.path)
+        if _under(path, prefix) or _under(request.raw_path, prefix) or path.rstrip("/") == prefix.rstrip("/"):
+            if ops_handler is None:
+                return error_response(404, "not_found", "No such endpoint.", request.headers.get("Accept"))
+            return await ops_handler(request)
+        return await proxy_handler(request)
+
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+
+    async def on_startup(app: web.Application) -> None:
+        await state.start()
+
+    async def on_cleanup(app: web.Application) -> None:
+        await state.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path[: len(prefix)].lower() == prefix.lower()
+
+
+def _normalized(path: str) -> str:
+    """Resolve `.`/`..` segments and empty segments, as an origin would before routing."""
+    if "/." not in path and "//" not in path:
+        return path
+    parts: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(segment)
+    return "/" + "/".join(parts) + ("/" if path.endswith("/") and parts else "")

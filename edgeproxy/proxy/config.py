@@ -1,0 +1,206 @@
+"""Proxy settings: defaults, a TOML config file, EDGEPROXY_* environment variables, then command-line flags.
+
+Later sources override earlier ones field by field. Every field is documented in `FIELDS`, which also drives
+`edgeproxy serve --help` and the README table, so the three never disagree.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STATIC_EXTENSIONS = (
+    ".css", ".js", ".mjs", ".map", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".avif", ".ico", ".bmp",
+    ".woff", ".woff2", ".ttf", ".otf", ".eot", ".mp4", ".webm", ".mp3", ".ogg", ".wav", ".pdf", ".zip", ".gz",
+    ".wasm",
+)  # fmt: skip
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the setting and its source."""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    """Per-path settings: first matching glob wins (`/` matches only the root; `/shop/*` a subtree)."""
+
+    path: str
+    personalize: bool = True
+    tags: tuple[str, ...] | None = None
+
+    def matches(self, path: str) -> bool:
+        return fnmatch.fnmatchcase(path, self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    origin: str = ""
+    rules: str = ""
+    listen: str = "127.0.0.1:8080"
+    geoip: str = ""
+    preserve_host: bool = False
+    trusted_proxies: tuple[str, ...] = ()
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    pool_size: int = 256
+    cda_variant_limit: int = 3
+    variant_query_param: str = ""
+    no_store_personalized_html: bool = True
+    static_extensions: tuple[str, ...] = DEFAULT_STATIC_EXTENSIONS
+    skip_paths: tuple[str, ...] = ()
+    routes: tuple[RouteRule, ...] = ()
+    ops_prefix: str = "/_edgeproxy/"
+    ops_token: str = ""
+    max_header_size: int = 16_384
+    access_log: bool = False
+    log_level: str = "info"
+    _sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+
+# name -> help. The type comes from the dataclass default.
+FIELDS: dict[str, str] = {
+    "origin": "origin base URL to forward to, e.g. http://127.0.0.1:3000 (required)",
+    "rules": "rules: a Personalize export folder or a compiled .msgpack snapshot (required)",
+    "listen": "HOST:PORT to listen on (default 127.0.0.1:8080)",
+    "geoip": "MaxMind City .mmdb for COUNTRY/REGION/CITY of the client IP",
+    "preserve_host": "send the visitor's Host to the origin instead of the origin's own host (default false)",
+    "trusted_proxies": "comma-separated addresses/CIDRs whose X-Forwarded-*/Forwarded and CDN geo headers are "
+    "trusted (default none)",
+    "connect_timeout": "seconds to connect to the origin before a 502 (default 5)",
+    "read_timeout": "seconds to wait for origin data before a 504 (default 60)",
+    "pool_size": "max pooled keep-alive connections to the origin (default 256)",
+    "cda_variant_limit": "aliases kept in x-cs-variant-uid (the CDA applies 3 by default; 0 = all)",
+    "variant_query_param": "also add the variant param to the upstream URL under this name, Launch-style "
+    "(e.g. personalize_variants; default off)",
+    "no_store_personalized_html": "send Cache-Control: no-store on personalized HTML (default true)",
+    "static_extensions": "comma-separated path extensions never personalized (default: common asset types)",
+    "skip_paths": "comma-separated path globs never personalized, e.g. /static/*,/api/health",
+    "routes": "per-route settings (config file only): [[routes]] path = glob, tags = [...], personalize = bool",
+    "ops_prefix": "reserved path prefix for ops endpoints, never forwarded (default /_edgeproxy/)",
+    "ops_token": "token for protected ops endpoints (explain); empty = those endpoints are off",
+    "max_header_size": "largest accepted request header line / field in bytes (default 16384)",
+    "access_log": "log one line per request (default false)",
+    "log_level": "debug, info, warning or error (default info)",
+}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    default = getattr(ProxyConfig(), name)
+    try:
+        if name == "routes":
+            return _routes(value, source)
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if isinstance(default, int):
+            if isinstance(value, bool):
+                raise ValueError("expected a whole number")
+            return int(value)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            return float(value)
+        if isinstance(default, tuple):
+            items = value if isinstance(value, list | tuple) else str(value).split(",")
+            return tuple(str(item).strip() for item in items if str(item).strip())
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        return value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: setting {name!r}: {exc} (got {value!r})") from None
+
+
+def _routes(value: Any, source: str) -> tuple[RouteRule, ...]:
+    if not isinstance(value, list):
+        raise ValueError("expected an array of tables: [[routes]] path = '/', tags = ['section:homepage']")
+    routes = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+            raise ValueError(f"routes[{index}] needs a string 'path'")
+        tags = item.get("tags")
+        if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)):
+            raise ValueError(f"routes[{index}].tags must be an array of strings")
+        personalize = item.get("personalize", True)
+        if not isinstance(personalize, bool):
+            raise ValueError(f"routes[{index}].personalize must be true or false")
+        unknown = set(item) - {"path", "tags", "personalize"}
+        if unknown:
+            raise ValueError(f"routes[{index}] has unknown keys {sorted(unknown)}")
+        routes.append(RouteRule(path=item["path"], personalize=personalize, tags=tuple(tags) if tags else None))
+    return tuple(routes)
+
+
+def _apply(config: ProxyConfig, values: Mapping[str, Any], source: str) -> ProxyConfig:
+    known = {f.name for f in fields(ProxyConfig) if not f.name.startswith("_")}
+    changes: dict[str, Any] = {}
+    for raw_name, value in values.items():
+        name = raw_name.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"{source}: unknown setting {raw_name!r}; known: {', '.join(sorted(known))}")
+        changes[name] = _coerce(name, value, source)
+    sources = dict(config._sources)
+    sources.update({name: source for name in changes})
+    return replace(config, **changes, _sources=sources)
+
+
+def load_config(
+    file: str | None, environ: Mapping[str, str], flags: Mapping[str, Any], *, base_dir: Path | None = None
+) -> ProxyConfig:
+    config = ProxyConfig()
+    if file:
+        path = Path(file)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config file {file}: cannot be read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file}: not valid TOML: {exc}") from None
+        config = _apply(config, data, f"config file {file}")
+    env_values = {
+        key[len("EDGEPROXY_") :].lower(): value
+        for key, value in environ.items()
+        if key.startswith("EDGEPROXY_") and key[len("EDGEPROXY_") :].lower() in FIELDS and key != "EDGEPROXY_ROUTES"
+    }
+    config = _apply(config, env_values, "environment")
+    config = _apply(config, {k: v for k, v in flags.items() if v is not None}, "command line")
+    return validate(config)
+
+
+def validate(config: ProxyConfig) -> ProxyConfig:
+    if not config.origin:
+        raise ConfigError("setting 'origin' is required: --origin URL, EDGEPROXY_ORIGIN or origin = '...' in the file")
+    if not config.origin.startswith(("http://", "https://")):
+        raise ConfigError(f"setting 'origin': {config.origin!r} must start with http:// or https://")
+    if not config.rules:
+        raise ConfigError("setting 'rules' is required: --rules PATH, EDGEPROXY_RULES or rules = '...' in the file")
+    host, sep, port = config.listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"setting 'listen': {config.listen!r} is not HOST:PORT")
+    for net in config.trusted_proxies:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"setting 'trusted_proxies': {net!r} is not an address or CIDR") from None
+    if not config.ops_prefix.startswith("/") or not config.ops_prefix.endswith("/"):
+        raise ConfigError(f"setting 'ops_prefix': {config.ops_prefix!r} must start and end with '/'")
+    if config.cda_variant_limit < 0:
+        raise ConfigError("setting 'cda_variant_limit' must be >= 0 (0 = all)")
+    if config.connect_timeout <= 0 or config.read_timeout <= 0:
+        raise ConfigError("timeouts must be > 0 seconds")
+    return config
+
+
+def listen_address(config: ProxyConfig) -> tuple[str, int]:
+    host, _, port = config.listen.rpartition(":")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,80 @@
+"""Header rules of a reverse proxy: hop-by-hop removal (RFC 9110 §7.6.1) and X-Forwarded-* / Forwarded trust."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
+     "transfer-encoding", "upgrade"}
+)  # fmt: skip
+
+# Headers the proxy owns on the way to the origin; a visitor must not be able to set them (SPEC §7).
+UPSTREAM_OWNED = frozenset(
+    {"x-cs-variant-uid", "x-cs-personalize-variants", "x-cs-personalize-user-uid"}
+)  # fmt: skip
+
+
+def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    """Headers named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1)."""
+    listed: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        listed.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return listed
+
+
+def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str], drop: Iterable[str] = ()) -> CIMultiDict[str]:
+    """A copy without hop-by-hop headers and without the names in `drop` (lower-case)."""
+    removed = HOP_BY_HOP | connection_listed(headers) | set(drop)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        if name.lower() not in removed:
+            out.add(name, value)
+    return out
+
+
+class TrustedProxies:
+    """Which peers may tell us the client address, scheme, host and geo (like aiohttp-remotes' XForwarded)."""
+
+    def __init__(self, networks: Iterable[str]) -> None:
+        self._networks = tuple(ipaddress.ip_network(net, strict=False) for net in networks)
+        self._memo: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def trusts(self, address: str | None) -> bool:
+        if not address or not self._networks:
+            return False
+        found = self._memo.get(address)
+        if found is None:
+            try:
+                ip = ipaddress.ip_address(address)
+                found = any(ip in net for net in self._networks)
+            except ValueError:
+                found = False
+            if len(self._memo) > 4096:
+                self._memo.clear()
+            self._memo[address] = found
+        return found
+
+    def client_address(self, peer: str | None, forwarded_for: str | None) -> str | None:
+        """Walk X-Forwarded-For from the right while hops are trusted; the first untrusted hop is the client."""
+        if not forwarded_for or not self.trusts(peer):
+            return peer
+        hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+        for hop in reversed(hops):
+            if not self.trusts(hop):
+                return _strip_port(hop)
+        return _strip_port(hops[0]) if hops else peer
+
+
+def _strip_port(hop: str) -> str:
+    if hop.startswith("["):  # [v6]:port
+        return hop[1 : hop.find("]")] if "]" in hop else hop
+    if hop.count(":") == 1:  # v4:port
+        return hop.split(":", 1)[0]
+    return hop

@@ -1,0 +1,97 @@
+"""The visitor side of a proxied request: context from the live request, upstream variant headers, cookies."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from edgeproxy.engine.context import (
+    LIVE_ATTRIBUTES_HEADER,
+    MANIFEST_COOKIE,
+    USER_UID_COOKIE,
+    GeoLookup,
+    VisitorContext,
+    build_context,
+    parse_cookie_header,
+    resolve_user_uid,
+)
+from edgeproxy.engine.decide import Manifest
+from edgeproxy.engine.useragent import UserAgentClassifier
+
+UID_COOKIE_MAX_AGE = 31_536_000  # SPEC §6
+
+
+@dataclass(frozen=True, slots=True)
+class Visitor:
+    context: VisitorContext
+    uid_is_new: bool
+    secure: bool  # the visitor's scheme is https
+
+
+def _live_attributes(raw: str | None) -> dict[str, object]:
+    # On proxied pages a malformed header is ignored rather than failing the page; the Edge API rejects it.
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def visitor_from_request(
+    headers: CIMultiDictProxy[str],
+    *,
+    page_url: str,
+    client_ip: str | None,
+    secure: bool,
+    trust_geo_headers: bool,
+    geo_lookup: GeoLookup | None,
+    classifier: UserAgentClassifier,
+    stored: Mapping[str, object] | None = None,
+) -> Visitor:
+    cookie_header = headers.get("Cookie")
+    cookies = parse_cookie_header(cookie_header) if cookie_header else {}
+    user_uid, is_new = resolve_user_uid(headers, cookies, None, lambda: str(uuid.uuid4()))
+    context = build_context(
+        headers=headers,
+        cookies=cookies,
+        user_uid=user_uid,
+        now=time.time(),
+        page_url=page_url,
+        live=_live_attributes(headers.get(LIVE_ATTRIBUTES_HEADER)),
+        stored=stored or {},
+        ip=client_ip,
+        trust_geo_headers=trust_geo_headers,
+        geo_lookup=geo_lookup,
+        classifier=classifier,
+    )
+    return Visitor(context=context, uid_is_new=is_new, secure=secure)
+
+
+def add_upstream_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limit: int) -> None:
+    """SPEC §7: aliases in priority order, truncated for the CDA; the full set in the variant param."""
+    aliases = manifest.aliases
+    if cda_limit:
+        aliases = aliases[:cda_limit]
+    headers["x-cs-variant-uid"] = ",".join(aliases)
+    headers["x-cs-personalize-variants"] = manifest.variant_param
+    headers["x-cs-personalize-user-uid"] = manifest.user_uid
+
+
+def cookie_headers(manifest: Manifest, secure: bool) -> list[str]:
+    """SPEC §6, built by hand: the SDK reads the raw text between `=` and `;`, so nothing is quoted."""
+    flags = "; Secure; SameSite=Lax" if secure else "; SameSite=Lax"
+    # A uid is any string; keep the cookie syntactically valid by percent-encoding separators (the engine
+    # decodes them when reading the cookie back).
+    uid = quote(manifest.user_uid, safe="-._~!$&'()*+/:=?@[]^`{|}")
+    return [
+        f"{USER_UID_COOKIE}={uid}; Max-Age={UID_COOKIE_MAX_AGE}; Path=/{flags}",
+        f"{MANIFEST_COOKIE}={manifest.cookie_json()}; Path=/{flags}",
+    ]

@@ -1,0 +1,29 @@
+"""The current snapshot of a running proxy: one reference, swapped atomically between requests."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from edgeproxy.engine.decide import CompiledSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSnapshot:
+    snapshot: CompiledSnapshot
+    source: str
+    loaded_at: float
+
+
+class SnapshotHolder:
+    """Requests read `current` once and use that object throughout, so no request sees two snapshots."""
+
+    __slots__ = ("current", "last_error")
+
+    def __init__(self) -> None:
+        self.current: LoadedSnapshot | None = None
+        self.last_error: str | None = None
+
+    def swap(self, snapshot: CompiledSnapshot, source: str) -> None:
+        self.current = LoadedSnapshot(snapshot=snapshot, source=source, loaded_at=time.time())
+        self.last_error = None
