@@ -103,7 +103,13 @@ def test_explanation_shows_rule_values_and_ab_bucket(example_rules: Path, geoip_
     assert "omitted (no ACTIVE or PAUSED version)" in text
 
 
-@pytest.mark.parametrize("form", ["parent", "personalize"])
-def test_rules_path_accepts_the_folder_or_its_parent(example_rules: Path, form: str) -> None:
-    path = example_rules if form == "parent" else example_rules / "personalize"
-    assert load_snapshot(path).version == load_snapshot(example_rules).version
+@pytest.mark.parametrize("form", ["parent", "personalize", "relative"])
+def test_rules_path_accepts_the_folder_or_its_parent_and_version_ignores_the_path(
+    example_rules: Path, form: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if form == "relative":
+        monkeypatch.chdir(example_rules.parent)
+        path = Path("rules")
+    else:
+        path = example_rules if form == "parent" else example_rules / "personalize"
+    assert load_snapshot(path).version == load_snapshot(example_rules.resolve()).version

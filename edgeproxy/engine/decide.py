@@ -10,7 +10,8 @@ from typing import Any
 from edgeproxy.engine.bucketing import bucket, cumulative, pick
 from edgeproxy.engine.conditions import Predicate, combine, compile_group
 from edgeproxy.engine.context import VisitorContext
-from edgeproxy.engine.model import Audience, AudienceCondition, Experience, Project, Variant
+from edgeproxy.engine.loader import iter_rules
+from edgeproxy.engine.model import Audience, AudienceCondition, Experience, Project, RuleGroup, Variant
 from edgeproxy.engine.useragent import UserAgentClassifier
 
 
@@ -87,6 +88,8 @@ class CompiledSnapshot:
     experiences: tuple[CompiledExperience, ...]
     audience_predicates: dict[str, Predicate]
     classifier: UserAgentClassifier = field(compare=False)
+    # Whether any live experience can read a custom attribute: if not, no store lookup is needed.
+    reads_custom_attributes: bool = True
 
     def select(self, tags: Iterable[str] | None) -> Sequence[CompiledExperience]:
         """SPEC §4.2: keep experiences with at least one tag equal, case-insensitively."""
@@ -202,4 +205,26 @@ def compile_project(project: Project, version: str, classifier: UserAgentClassif
         experiences=tuple(_compile_experience(e, audiences) for e in project.experiences),
         audience_predicates=audiences,
         classifier=classifier or UserAgentClassifier(),
+        reads_custom_attributes=_reads_custom_attributes(project),
     )
+
+
+def _reads_custom_attributes(project: Project) -> bool:
+    by_uid = {a.uid: a for a in project.audiences}
+
+    def group_reads(group: RuleGroup | None) -> bool:
+        return group is not None and any(rule.attribute_kind == "custom" for rule in iter_rules(group))
+
+    def condition_reads(condition: AudienceCondition | None) -> bool:
+        if condition is None:
+            return False
+        if group_reads(condition.target):
+            return True
+        return any(group_reads(by_uid[uid].definition) for uid in condition.audiences)
+
+    for experience in project.experiences:
+        if experience.status == "PAUSED":
+            continue
+        if condition_reads(experience.targeting) or any(condition_reads(v.condition) for v in experience.variants):
+            return True
+    return False

@@ -75,6 +75,7 @@ class _Doc:
     def __init__(self, root: Path, relative: str, data: Any) -> None:
         self.root = root
         self.name = str(root / relative)
+        self.relative = relative  # path-independent name, part of the snapshot's content hash
         self.data = data
 
     def fail(self, path: str, problem: str) -> RulesError:
@@ -508,7 +509,7 @@ class _ProjectLoader:
         ref = doc.obj(obj.get("attribute"), f"{path}.attribute", "an attribute reference")
         ref_type = ref.get("__type")
         ref_value = ref.get("ref")
-        where = f"{doc.name}#{path}"
+        where = f"{doc.relative}#{path}"
         attribute_uid = ""
         if ref_type == "PresetAttributeReference":
             if ref_value not in PRESET_ATTRIBUTES:

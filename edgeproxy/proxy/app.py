@@ -23,9 +23,10 @@ from edgeproxy.engine.useragent import UserAgentClassifier
 from edgeproxy.proxy.config import ProxyConfig
 from edgeproxy.proxy.errors import error_response
 from edgeproxy.proxy.headers import UPSTREAM_OWNED, TrustedProxies, end_to_end
-from edgeproxy.proxy.personalize import add_upstream_headers, cookie_headers, visitor_from_request
+from edgeproxy.proxy.personalize import add_upstream_headers, cookie_headers, identify, visitor_from_request
 from edgeproxy.proxy.routes import RouteTable
 from edgeproxy.proxy.snapshots import SnapshotHolder
+from edgeproxy.store.base import StateStore, StoreError
 
 log = logging.getLogger("edgeproxy.proxy")
 CHUNK = 64 * 1024
@@ -41,14 +42,19 @@ class Counters:
     passed_through: int = 0
     websockets: int = 0
     origin_errors: int = 0
+    store_errors: int = 0
+    edge_api: int = 0
     started: float = field(default_factory=time.time)
 
 
 class ProxyState:
     """Everything a request handler needs, built once per process."""
 
-    def __init__(self, config: ProxyConfig, holder: SnapshotHolder, geo_lookup: GeoLookup | None) -> None:
+    def __init__(
+        self, config: ProxyConfig, holder: SnapshotHolder, geo_lookup: GeoLookup | None, store: StateStore
+    ) -> None:
         self.config = config
+        self.store = store
         self.holder = holder
         self.geo_lookup = geo_lookup
         self.origin = URL(config.origin.rstrip("/"))
@@ -67,7 +73,17 @@ class ProxyState:
             raise RuntimeError("the origin session starts with the app (on_startup)")
         return self._session
 
+    async def stored_attributes(self, project_uid: str, user_uid: str) -> dict[str, object]:
+        """Stored attributes for a decision; a store outage degrades to request-local data, logged."""
+        try:
+            return await self.store.get_attributes(project_uid, user_uid)
+        except StoreError as exc:
+            self.counters.store_errors += 1
+            log.warning("stored attributes unavailable for this decision: %s", exc)
+            return {}
+
     async def start(self) -> None:
+        await self.store.start()
         connector = aiohttp.TCPConnector(
             limit=self.config.pool_size, ttl_dns_cache=300, keepalive_timeout=30, enable_cleanup_closed=True
         )
@@ -84,12 +100,13 @@ class ProxyState:
     async def stop(self) -> None:
         if self._session is not None:
             await self._session.close()
+        await self.store.close()
 
 
 STATE = web.AppKey("edgeproxy_state", ProxyState)
 
 
-def _peer(request: web.Request) -> str | None:
+def peer_address(request: web.Request) -> str | None:
     transport = request.transport
     if transport is None:
         return None
@@ -99,7 +116,7 @@ def _peer(request: web.Request) -> str | None:
     return None
 
 
-def _forwarded_for(request: web.Request) -> str | None:
+def forwarded_for(request: web.Request) -> str | None:
     values = request.headers.getall("X-Forwarded-For", ())
     return ", ".join(values) if values else None
 
@@ -108,9 +125,9 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     config = state.config
     state.counters.requests += 1
-    peer = _peer(request)
+    peer = peer_address(request)
     trusted = state.trusted.trusts(peer)
-    incoming_xff = _forwarded_for(request)
+    incoming_xff = forwarded_for(request)
     client_ip = state.trusted.client_address(peer, incoming_xff) if trusted else peer
     proto = (request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip() if trusted else "") or request.scheme
     host = (request.headers.get("X-Forwarded-Host", "").split(",")[0].strip() if trusted else "") or request.host
@@ -136,6 +153,10 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     raw_path, _, query = request.raw_path.partition("?")
     if personalized:
         assert loaded is not None
+        identity = identify(request.headers)
+        stored = None
+        if not identity.is_new and loaded.snapshot.reads_custom_attributes:
+            stored = await state.stored_attributes(loaded.snapshot.project.uid, identity.user_uid)
         visitor = visitor_from_request(
             request.headers,
             page_url=f"{proto}://{host}{request.raw_path}",
@@ -144,6 +165,8 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
             trust_geo_headers=trusted,
             geo_lookup=state.geo_lookup,
             classifier=state.classifier,
+            identity=identity,
+            stored=stored,
         )
         manifest = loaded.snapshot.decide(visitor.context, route.tags)
         add_upstream_headers(upstream_headers, manifest, config.cda_variant_limit)
@@ -289,19 +312,19 @@ async def _websocket(request: web.Request, state: ProxyState, headers: CIMultiDi
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def build_app(state: ProxyState, ops_handler: Handler | None = None) -> web.Application:
+def build_app(state: ProxyState, reserved: dict[str, Handler]) -> web.Application:
+    """`reserved` maps path prefixes (ops, Edge API) to their handlers; nothing under them is forwarded."""
     app = web.Application(client_max_size=0)  # bodies are streamed, never read whole
     app[STATE] = state
-    prefix = state.config.ops_prefix
+    prefixes = tuple(reserved.items())
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
-        # Reserved prefix: matched on the decoded and the raw path, case-insensitively, so an encoded
-        # or re-cased spelling cannot slip a proxy-internal path through to the origin.
+        # Reserved prefixes: matched on the decoded, dot-segment-resolved and raw path, case-insensitively,
+        # so an encoded or re-cased spelling cannot slip a proxy-internal path through to the origin.
         path = _normalized(request.path)
-        if _under(path, prefix) or _under(request.raw_path, prefix) or path.rstrip("/") == prefix.rstrip("/"):
-            if ops_handler is None:
-                return error_response(404, "not_found", "No such endpoint.", request.headers.get("Accept"))
-            return await ops_handler(request)
+        for prefix, handler in prefixes:
+            if _under(path, prefix) or _under(request.raw_path, prefix) or path.rstrip("/") == prefix.rstrip("/"):
+                return await handler(request)
         return await proxy_handler(request)
 
     app.router.add_route("*", "/{tail:.*}", dispatch)

@@ -56,6 +56,15 @@ class ProxyConfig:
     routes: tuple[RouteRule, ...] = ()
     ops_prefix: str = "/_edgeproxy/"
     ops_token: str = ""
+    edge_api_prefix: str = "/_personalize/"
+    cors_origins: tuple[str, ...] = ("*",)
+    state: str = "sqlite:///edgeproxy-state.sqlite3"
+    max_body_bytes: int = 65_536
+    max_events_per_request: int = 100
+    max_attributes_per_user: int = 100
+    max_attribute_value_bytes: int = 1024
+    attribute_ttl_days: float = 90.0
+    max_users: int = 1_000_000
     max_header_size: int = 16_384
     access_log: bool = False
     log_level: str = "info"
@@ -83,6 +92,17 @@ FIELDS: dict[str, str] = {
     "routes": "per-route settings (config file only): [[routes]] path = glob, tags = [...], personalize = bool",
     "ops_prefix": "reserved path prefix for ops endpoints, never forwarded (default /_edgeproxy/)",
     "ops_token": "token for protected ops endpoints (explain); empty = those endpoints are off",
+    "edge_api_prefix": "path prefix of the emulated Personalize Edge API (default /_personalize/): point "
+    "Personalize.setEdgeApiUrl at https://your-site/_personalize",
+    "cors_origins": "comma-separated origins allowed to call the Edge API from browsers (default *)",
+    "state": "user attributes and events: sqlite:///path.db (default sqlite:///edgeproxy-state.sqlite3) or "
+    "redis://host:port/db for several instances",
+    "max_body_bytes": "largest Edge API request body (default 65536)",
+    "max_events_per_request": "most events in one POST /events (default 100)",
+    "max_attributes_per_user": "most stored attributes per user (default 100)",
+    "max_attribute_value_bytes": "largest stored attribute value, JSON-encoded (default 1024)",
+    "attribute_ttl_days": "stored attributes expire this many days after the user's last write (default 90)",
+    "max_users": "SQLite: most users with stored attributes; the least recently written go first (default 1000000)",
     "max_header_size": "largest accepted request header line / field in bytes (default 16384)",
     "access_log": "log one line per request (default false)",
     "log_level": "debug, info, warning or error (default info)",
@@ -192,8 +212,20 @@ def validate(config: ProxyConfig) -> ProxyConfig:
             ipaddress.ip_network(net, strict=False)
         except ValueError:
             raise ConfigError(f"setting 'trusted_proxies': {net!r} is not an address or CIDR") from None
-    if not config.ops_prefix.startswith("/") or not config.ops_prefix.endswith("/"):
-        raise ConfigError(f"setting 'ops_prefix': {config.ops_prefix!r} must start and end with '/'")
+    for name in ("ops_prefix", "edge_api_prefix"):
+        prefix = getattr(config, name)
+        if not prefix.startswith("/") or not prefix.endswith("/") or prefix == "/":
+            raise ConfigError(f"setting {name!r}: {prefix!r} must start and end with '/' and not be '/'")
+    if config.ops_prefix.lower().startswith(
+        config.edge_api_prefix.lower()
+    ) or config.edge_api_prefix.lower().startswith(config.ops_prefix.lower()):
+        raise ConfigError("settings 'ops_prefix' and 'edge_api_prefix' must not overlap")
+    for name in ("max_body_bytes", "max_events_per_request", "max_attributes_per_user", "max_attribute_value_bytes",
+                 "max_users"):  # fmt: skip
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"setting {name!r} must be > 0")
+    if config.attribute_ttl_days <= 0:
+        raise ConfigError("setting 'attribute_ttl_days' must be > 0")
     if config.cda_variant_limit < 0:
         raise ConfigError("setting 'cda_variant_limit' must be >= 0 (0 = all)")
     if config.connect_timeout <= 0 or config.read_timeout <= 0:

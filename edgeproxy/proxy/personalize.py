@@ -45,6 +45,21 @@ def _live_attributes(raw: str | None) -> dict[str, object]:
     return value if isinstance(value, dict) else {}
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    cookies: dict[str, str]
+    user_uid: str
+    is_new: bool
+
+
+def identify(headers: CIMultiDictProxy[str]) -> Identity:
+    """User uid: `X-CS-Personalize-User-Uid` header, else the cookie, else a new UUID4 (SPEC §9)."""
+    cookie_header = headers.get("Cookie")
+    cookies = parse_cookie_header(cookie_header) if cookie_header else {}
+    user_uid, is_new = resolve_user_uid(headers, cookies, None, lambda: str(uuid.uuid4()))
+    return Identity(cookies=cookies, user_uid=user_uid, is_new=is_new)
+
+
 def visitor_from_request(
     headers: CIMultiDictProxy[str],
     *,
@@ -54,25 +69,25 @@ def visitor_from_request(
     trust_geo_headers: bool,
     geo_lookup: GeoLookup | None,
     classifier: UserAgentClassifier,
+    identity: Identity | None = None,
+    live: Mapping[str, object] | None = None,
     stored: Mapping[str, object] | None = None,
 ) -> Visitor:
-    cookie_header = headers.get("Cookie")
-    cookies = parse_cookie_header(cookie_header) if cookie_header else {}
-    user_uid, is_new = resolve_user_uid(headers, cookies, None, lambda: str(uuid.uuid4()))
+    identity = identity or identify(headers)
     context = build_context(
         headers=headers,
-        cookies=cookies,
-        user_uid=user_uid,
+        cookies=identity.cookies,
+        user_uid=identity.user_uid,
         now=time.time(),
         page_url=page_url,
-        live=_live_attributes(headers.get(LIVE_ATTRIBUTES_HEADER)),
+        live=live if live is not None else _live_attributes(headers.get(LIVE_ATTRIBUTES_HEADER)),
         stored=stored or {},
         ip=client_ip,
         trust_geo_headers=trust_geo_headers,
         geo_lookup=geo_lookup,
         classifier=classifier,
     )
-    return Visitor(context=context, uid_is_new=is_new, secure=secure)
+    return Visitor(context=context, uid_is_new=identity.is_new, secure=secure)
 
 
 def add_upstream_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limit: int) -> None:

@@ -13,8 +13,10 @@ from edgeproxy.engine.errors import RulesError
 from edgeproxy.engine.snapshot_file import load_snapshot
 from edgeproxy.proxy.app import ProxyState, build_app
 from edgeproxy.proxy.config import ProxyConfig, listen_address
+from edgeproxy.proxy.edge_api import edge_api_handler
 from edgeproxy.proxy.ops import ops_handler
 from edgeproxy.proxy.snapshots import SnapshotHolder
+from edgeproxy.store.base import AttributeLimits, StoreError, open_store
 
 log = logging.getLogger("edgeproxy")
 
@@ -26,7 +28,13 @@ def make_state(config: ProxyConfig) -> ProxyState:
         from edgeproxy.geo import MaxMindGeo
 
         geo_lookup = MaxMindGeo(config.geoip).lookup
-    state = ProxyState(config, holder, geo_lookup)
+    limits = AttributeLimits(
+        max_attributes_per_user=config.max_attributes_per_user,
+        max_value_bytes=config.max_attribute_value_bytes,
+        ttl_seconds=int(config.attribute_ttl_days * 86_400),
+        max_users=config.max_users,
+    )
+    state = ProxyState(config, holder, geo_lookup, open_store(config.state, limits))
     snapshot = load_snapshot(config.rules, state.classifier)  # RulesError: refuse to start on broken rules
     holder.swap(snapshot, config.rules)
     return state
@@ -34,7 +42,7 @@ def make_state(config: ProxyConfig) -> ProxyState:
 
 async def serve(config: ProxyConfig) -> None:
     state = make_state(config)
-    app = build_app(state, ops_handler)
+    app = build_app(state, {config.ops_prefix: ops_handler, config.edge_api_prefix: edge_api_handler})
     runner = web.AppRunner(
         app,
         access_log=logging.getLogger("edgeproxy.access") if config.access_log else None,
@@ -76,6 +84,9 @@ def run(config: ProxyConfig) -> int:
             runner.run(serve(config))
     except RulesError as exc:
         log.error("rules error: %s", exc)
+        return 2
+    except StoreError as exc:
+        log.error("state store: %s", exc)
         return 2
     except OSError as exc:
         log.error("cannot listen on %s: %s", config.listen, exc)

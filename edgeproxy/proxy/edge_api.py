@@ -1,0 +1,248 @@
+"""The emulated Personalize Edge API (SPEC §5): what `@contentstack/personalize-edge-sdk` calls.
+
+    GET   {prefix}manifest[?tags[]=t]              decide with the same engine and visitor context as pages
+    POST  {prefix}events                           impressions and custom events -> the event store
+    PATCH {prefix}user-attributes                  upsert stored attributes
+    POST  {prefix}user-attributes/actions/merge    copy source's attributes to target, source wins
+
+Browsers call it cross-origin, so every answer carries CORS headers and preflights are answered. Bad input gets
+a 4xx with `{"error", "message"}`; a store failure is a 503 (the write is reported, never silently dropped).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from edgeproxy.engine.context import (
+    LIVE_ATTRIBUTES_HEADER,
+    PAGE_URL_HEADER,
+    USER_UID_HEADER,
+    parse_live_attributes_header,
+)
+from edgeproxy.engine.errors import RequestDescriptionError
+from edgeproxy.proxy.app import STATE, ProxyState, forwarded_for, peer_address
+from edgeproxy.proxy.personalize import identify, visitor_from_request
+from edgeproxy.store.base import EventRecord, StoreError, StoreLimitError
+
+log = logging.getLogger("edgeproxy.edge_api")
+
+PROJECT_NOT_FOUND = "personalize.MANIFEST.PROJECT_NOT_FOUND"  # the SDK matches this code (sdk: edge-api.errors)
+ALLOWED_HEADERS = (
+    "X-Project-Uid, X-CS-Personalize-User-Uid, X-Page-Url, X-Live-Attributes, X-Lytics-Id-Field, "
+    "X-Lytics-Id-Value, X-User-Agent, X-Forwarded-For, User-Agent, Content-Type"
+)
+MAX_ID_LENGTH = 256
+
+
+class EdgeApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _cors(request: web.Request, state: ProxyState) -> dict[str, str]:
+    origins = state.config.cors_origins
+    origin = request.headers.get("Origin")
+    headers = {"Access-Control-Expose-Headers": USER_UID_HEADER_NAME}
+    if "*" in origins:
+        headers["Access-Control-Allow-Origin"] = "*"
+    elif origin and origin in origins:
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Vary"] = "Origin"
+    return headers
+
+
+USER_UID_HEADER_NAME = "X-CS-Personalize-User-Uid"
+
+
+def _json(
+    request: web.Request, state: ProxyState, data: Any, status: int = 200, extra: dict[str, str] | None = None
+) -> web.Response:
+    headers = {"Cache-Control": "no-store", **_cors(request, state), **(extra or {})}
+    return web.Response(status=status, text=json.dumps(data, separators=(",", ":")), content_type="application/json",
+                        headers=headers)  # fmt: skip
+
+
+async def edge_api_handler(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    state.counters.edge_api += 1
+    prefix = state.config.edge_api_prefix
+    route = request.path[len(prefix) :].strip("/") if request.path.lower().startswith(prefix.lower()) else ""
+    if request.method == "OPTIONS":
+        return web.Response(status=204, headers={
+            **_cors(request, state),
+            "Access-Control-Allow-Methods": "GET, POST, PATCH, OPTIONS",
+            "Access-Control-Allow-Headers": ALLOWED_HEADERS,
+            "Access-Control-Max-Age": "600",
+        })  # fmt: skip
+    handlers = {
+        ("GET", "manifest"): _manifest,
+        ("POST", "events"): _events,
+        ("PATCH", "user-attributes"): _patch_attributes,
+        ("POST", "user-attributes/actions/merge"): _merge,
+    }
+    handler = handlers.get((request.method, route))
+    try:
+        if handler is None:
+            if any(route == known for _, known in handlers):
+                allowed = ", ".join(m for m, known in handlers if known == route)
+                raise EdgeApiError(405, "personalize.METHOD_NOT_ALLOWED", f"{request.method} /{route}: use {allowed}")
+            raise EdgeApiError(404, "personalize.NOT_FOUND", f"no Edge API endpoint /{route}; see SPEC §5")
+        project_uid = _project(request, state)
+        return await handler(request, state, project_uid)
+    except EdgeApiError as exc:
+        return _json(request, state, {"error": exc.code, "message": exc.message}, status=exc.status)
+    except StoreError as exc:
+        state.counters.store_errors += 1
+        log.error("%s %s: store unavailable: %s", request.method, request.path, exc)
+        return _json(request, state, {"error": "personalize.STORE_UNAVAILABLE",
+                                      "message": "state store unavailable; retry later"}, status=503)  # fmt: skip
+
+
+def _project(request: web.Request, state: ProxyState) -> str:
+    project_uid = request.headers.get("X-Project-Uid", "").strip()
+    if not project_uid:
+        raise EdgeApiError(400, "personalize.MISSING_PROJECT_UID", "header X-Project-Uid is required")
+    loaded = state.holder.current
+    if loaded is None:
+        raise EdgeApiError(503, "personalize.NOT_READY", "no rule snapshot loaded yet; retry shortly")
+    if project_uid != loaded.snapshot.project.uid:
+        raise EdgeApiError(404, PROJECT_NOT_FOUND, f"project {project_uid[:64]!r} not found")
+    return project_uid
+
+
+def _user_uid(request: web.Request, required: bool) -> str | None:
+    uid = request.headers.get(USER_UID_HEADER, "").strip()
+    if not uid and required:
+        raise EdgeApiError(400, "personalize.MISSING_USER_UID", "header X-CS-Personalize-User-Uid is required")
+    if len(uid) > MAX_ID_LENGTH:
+        raise EdgeApiError(400, "personalize.INVALID_USER_UID", f"user uid over {MAX_ID_LENGTH} characters")
+    return uid or None
+
+
+async def _body(request: web.Request, state: ProxyState) -> Any:
+    limit = state.config.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise EdgeApiError(413, "personalize.BODY_TOO_LARGE", f"body over {limit} bytes")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise EdgeApiError(413, "personalize.BODY_TOO_LARGE", f"body over {limit} bytes")
+    try:
+        # The SDK sends JSON without a JSON content type (fetch defaults to text/plain): parse regardless.
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise EdgeApiError(400, "personalize.INVALID_JSON", f"body is not JSON: {exc}") from None
+
+
+async def _manifest(request: web.Request, state: ProxyState, project_uid: str) -> web.Response:
+    loaded = state.holder.current
+    assert loaded is not None
+    try:
+        live = parse_live_attributes_header(request.headers.get(LIVE_ATTRIBUTES_HEADER))
+    except RequestDescriptionError as exc:
+        raise EdgeApiError(400, "personalize.INVALID_LIVE_ATTRIBUTES", str(exc)) from None
+    identity = identify(request.headers)
+    if len(identity.user_uid) > MAX_ID_LENGTH:
+        raise EdgeApiError(400, "personalize.INVALID_USER_UID", f"user uid over {MAX_ID_LENGTH} characters")
+    stored = None
+    if not identity.is_new and loaded.snapshot.reads_custom_attributes:
+        stored = await state.stored_attributes(project_uid, identity.user_uid)
+    peer = peer_address(request)
+    trusted = state.trusted.trusts(peer)
+    client_ip = state.trusted.client_address(peer, forwarded_for(request)) if trusted else peer
+    tags = request.query.getall("tags[]", []) + request.query.getall("tags", [])
+    visitor = visitor_from_request(
+        request.headers,
+        page_url=request.headers.get(PAGE_URL_HEADER, ""),
+        client_ip=client_ip,
+        secure=request.scheme == "https",
+        trust_geo_headers=trusted,
+        geo_lookup=state.geo_lookup,
+        classifier=state.classifier,
+        identity=identity,
+        live=live,
+        stored=stored,
+    )
+    manifest = loaded.snapshot.decide(visitor.context, tags or None)
+    return _json(request, state, manifest.edge_body(), extra={USER_UID_HEADER_NAME: manifest.user_uid})
+
+
+def _short_text(item: dict[str, Any], key: str, where: str) -> str:
+    value = item.get(key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+        raise EdgeApiError(400, "personalize.INVALID_EVENT", f"{where}.{key}: expected a non-empty string")
+    return value
+
+
+async def _events(request: web.Request, state: ProxyState, project_uid: str) -> web.Response:
+    user_uid = _user_uid(request, required=True)
+    assert user_uid is not None
+    body = await _body(request, state)
+    if not isinstance(body, list):
+        raise EdgeApiError(400, "personalize.INVALID_EVENT", "body must be a JSON array of events")
+    if len(body) > state.config.max_events_per_request:
+        limit = state.config.max_events_per_request
+        raise EdgeApiError(413, "personalize.TOO_MANY_EVENTS", f"{len(body)} events; at most {limit} per request")
+    now = time.time()
+    records = []
+    for index, item in enumerate(body):
+        where = f"body[{index}]"
+        if not isinstance(item, dict):
+            raise EdgeApiError(400, "personalize.INVALID_EVENT", f"{where}: expected an object")
+        kind = item.get("type")
+        if kind == "IMPRESSION":
+            records.append(EventRecord(
+                ts=now, project_uid=project_uid, user_uid=user_uid, type="IMPRESSION",
+                experience_short_uid=_short_text(item, "experienceShortUid", where),
+                variant_short_uid=_short_text(item, "variantShortUid", where),
+            ))  # fmt: skip
+        elif kind == "EVENT":
+            records.append(EventRecord(
+                ts=now, project_uid=project_uid, user_uid=user_uid, type="EVENT",
+                event_key=_short_text(item, "eventKey", where),
+            ))  # fmt: skip
+        else:
+            raise EdgeApiError(400, "personalize.INVALID_EVENT", f"{where}.type: expected IMPRESSION or EVENT")
+    await state.store.append_events(records)
+    return _json(request, state, {"accepted": len(records)})
+
+
+async def _patch_attributes(request: web.Request, state: ProxyState, project_uid: str) -> web.Response:
+    user_uid = _user_uid(request, required=True)
+    assert user_uid is not None
+    body = await _body(request, state)
+    if not isinstance(body, dict):
+        raise EdgeApiError(400, "personalize.INVALID_ATTRIBUTES", "body must be a JSON object of key -> value")
+    try:
+        await state.store.patch_attributes(project_uid, user_uid, body)
+    except StoreLimitError as exc:
+        raise EdgeApiError(400, "personalize.INVALID_ATTRIBUTES", str(exc)) from None
+    return _json(request, state, {"userUid": user_uid, "updated": sorted(body)})
+
+
+async def _merge(request: web.Request, state: ProxyState, project_uid: str) -> web.Response:
+    body = await _body(request, state)
+    if not isinstance(body, dict):
+        raise EdgeApiError(400, "personalize.INVALID_MERGE", 'body must be {"sourceUserUid", "targetUserUid"}')
+    uids = []
+    for key in ("sourceUserUid", "targetUserUid"):
+        value = body.get(key)
+        if not isinstance(value, str) or not value.strip() or len(value) > MAX_ID_LENGTH:
+            raise EdgeApiError(400, "personalize.INVALID_MERGE", f"{key}: expected a non-empty user uid string")
+        uids.append(value.strip())
+    source, target = uids
+    if source != target:
+        try:
+            await state.store.merge_attributes(project_uid, source, target)
+        except StoreLimitError as exc:
+            raise EdgeApiError(400, "personalize.INVALID_MERGE", str(exc)) from None
+    return _json(request, state, {"sourceUserUid": source, "targetUserUid": target})

@@ -1,0 +1,104 @@
+"""The state a visitor leaves behind: stored attributes (PATCH /user-attributes) and events (POST /events).
+
+Both backends keep the same behaviour: attributes are upserted per (project, user), values JSON-typed,
+bounded per user and expiring after `ttl_seconds` without a write; events are appended with a timestamp and
+never rewritten. The event schema is what analytics aggregates over.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+EventType = Literal["IMPRESSION", "EVENT"]
+EventSource = Literal["sdk", "proxy", "origin"]
+
+
+class StoreError(Exception):
+    """The backend failed (I/O, connection); nothing was half-written."""
+
+
+class StoreLimitError(ValueError):
+    """A write would exceed a configured bound; the message says which and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeLimits:
+    max_attributes_per_user: int = 100
+    max_key_length: int = 128
+    max_value_bytes: int = 1024
+    ttl_seconds: int = 90 * 86_400  # attributes of a user expire this long after their last write
+    max_users: int = 1_000_000  # SQLite: oldest users evicted past this
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One row of the event log (SPEC §5 events, plus where it came from)."""
+
+    ts: float  # POSIX seconds
+    project_uid: str
+    user_uid: str
+    type: EventType
+    experience_short_uid: str | None = None
+    variant_short_uid: str | None = None
+    event_key: str | None = None
+    source: EventSource = "sdk"
+
+
+def encode_value(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def check_attributes(attributes: dict[str, Any], limits: AttributeLimits) -> dict[str, str]:
+    """Validate a PATCH body's values; returns key -> JSON text. Raises StoreLimitError."""
+    encoded: dict[str, str] = {}
+    for key, value in attributes.items():
+        if not key or len(key) > limits.max_key_length:
+            raise StoreLimitError(f"attribute key {key[:40]!r} must be 1..{limits.max_key_length} characters")
+        if isinstance(value, dict | list):
+            raise StoreLimitError(f"attribute {key!r}: values must be strings, numbers, booleans or null")
+        text = encode_value(value)
+        if len(text.encode()) > limits.max_value_bytes:
+            raise StoreLimitError(f"attribute {key!r}: value over {limits.max_value_bytes} bytes")
+        encoded[key] = text
+    if len(encoded) > limits.max_attributes_per_user:
+        raise StoreLimitError(f"{len(encoded)} attributes in one request; at most {limits.max_attributes_per_user}")
+    return encoded
+
+
+class StateStore(Protocol):
+    limits: AttributeLimits
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def get_attributes(self, project_uid: str, user_uid: str) -> dict[str, Any]: ...
+
+    async def patch_attributes(self, project_uid: str, user_uid: str, attributes: dict[str, Any]) -> None:
+        """Upsert; a null value removes the key; other keys unchanged. StoreLimitError past the per-user cap."""
+        ...
+
+    async def merge_attributes(self, project_uid: str, source_uid: str, target_uid: str) -> None:
+        """Copy source's attributes onto target; source values win on conflict (SPEC §5)."""
+        ...
+
+    async def append_events(self, events: list[EventRecord]) -> None: ...
+
+    async def count_events(self, project_uid: str) -> int: ...
+
+
+def open_store(url: str, limits: AttributeLimits | None = None) -> StateStore:
+    """`sqlite:///path/to/file.db` (or a bare path) or `redis://host:port/db`."""
+    limits = limits or AttributeLimits()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from edgeproxy.store.redis_store import RedisStore
+
+        return RedisStore(url, limits)
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else url
+    if url.startswith("sqlite://") and not url.startswith("sqlite:///"):
+        raise ValueError(f"state URL {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db")
+    from edgeproxy.store.sqlite_store import SqliteStore
+
+    return SqliteStore(path, limits)

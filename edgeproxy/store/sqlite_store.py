@@ -1,0 +1,250 @@
+"""SQLite state store: one file, WAL, one writer thread; durable across restarts and kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edgeproxy.store.base import AttributeLimits, EventRecord, StoreError, StoreLimitError, check_attributes
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS user_attributes (
+    project_uid TEXT NOT NULL,
+    user_uid    TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    value       TEXT NOT NULL,          -- JSON
+    updated_at  REAL NOT NULL,
+    PRIMARY KEY (project_uid, user_uid, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS user_attributes_updated ON user_attributes (updated_at);
+CREATE TABLE IF NOT EXISTS events (
+    id                    INTEGER PRIMARY KEY,
+    ts                    REAL NOT NULL,
+    project_uid           TEXT NOT NULL,
+    user_uid              TEXT NOT NULL,
+    type                  TEXT NOT NULL CHECK (type IN ('IMPRESSION', 'EVENT')),
+    experience_short_uid  TEXT,
+    variant_short_uid     TEXT,
+    event_key             TEXT,
+    source                TEXT NOT NULL DEFAULT 'sdk'
+);
+CREATE INDEX IF NOT EXISTS events_impressions ON events (project_uid, experience_short_uid, variant_short_uid, user_uid)
+    WHERE type = 'IMPRESSION';
+CREATE INDEX IF NOT EXISTS events_custom ON events (project_uid, event_key, user_uid) WHERE type = 'EVENT';
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+"""
+
+
+class SqliteStore:
+    """All SQL runs on one thread (sqlite3 objects are not shareable), off the event loop."""
+
+    def __init__(self, path: str, limits: AttributeLimits, cache_users: int = 50_000) -> None:
+        self.path = path
+        self.limits = limits
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeproxy-sqlite")
+        self._db: sqlite3.Connection | None = None
+        # Read-through cache of attributes; writes go through this process, so it stays exact.
+        self._cache: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._cache_users = cache_users
+        self._last_purge = 0.0
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            if self._db is None:
+                raise StoreError("store is closed")
+            try:
+                return fn(self._db)
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite {self.path}: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def start(self) -> None:
+        def open_db() -> sqlite3.Connection:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: committed data survives a process crash
+            db.executescript(SCHEMA)
+            return db
+
+        try:
+            self._db = await asyncio.get_running_loop().run_in_executor(self._executor, open_db)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite state {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        db = self._db
+        if db is not None:
+
+            def shut() -> None:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                db.close()
+
+            await asyncio.get_running_loop().run_in_executor(self._executor, shut)
+            self._db = None
+        self._executor.shutdown(wait=True)
+
+    def _remember(self, key: tuple[str, str], attributes: dict[str, Any]) -> None:
+        self._cache[key] = attributes
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._cache_users:
+            self._cache.popitem(last=False)
+
+    async def get_attributes(self, project_uid: str, user_uid: str) -> dict[str, Any]:
+        key = (project_uid, user_uid)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        horizon = time.time() - self.limits.ttl_seconds
+
+        def read(db: sqlite3.Connection) -> dict[str, Any]:
+            rows = db.execute(
+                "SELECT key, value FROM user_attributes WHERE project_uid=? AND user_uid=? AND updated_at>=?",
+                (project_uid, user_uid, horizon),
+            ).fetchall()
+            return {k: json.loads(v) for k, v in rows}
+
+        attributes = await self._run(read)
+        self._remember(key, attributes)
+        return attributes
+
+    async def patch_attributes(self, project_uid: str, user_uid: str, attributes: dict[str, Any]) -> None:
+        encoded = check_attributes(attributes, self.limits)
+        now = time.time()
+        cap = self.limits.max_attributes_per_user
+
+        def write(db: sqlite3.Connection) -> dict[str, Any]:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for key, text in encoded.items():
+                    if text == "null":
+                        db.execute(
+                            "DELETE FROM user_attributes WHERE project_uid=? AND user_uid=? AND key=?",
+                            (project_uid, user_uid, key),
+                        )
+                    else:
+                        db.execute(
+                            "INSERT INTO user_attributes VALUES (?,?,?,?,?) ON CONFLICT (project_uid, user_uid, key) "
+                            "DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
+                            (project_uid, user_uid, key, text, now),
+                        )
+                db.execute(  # a write refreshes the TTL of all of the user's attributes
+                    "UPDATE user_attributes SET updated_at=? WHERE project_uid=? AND user_uid=?",
+                    (now, project_uid, user_uid),
+                )
+                rows = db.execute(
+                    "SELECT key, value FROM user_attributes WHERE project_uid=? AND user_uid=?", (project_uid, user_uid)
+                ).fetchall()
+                if len(rows) > cap:
+                    raise StoreLimitError(f"user would have {len(rows)} attributes; at most {cap} per user")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return {k: json.loads(v) for k, v in rows}
+
+        self._remember((project_uid, user_uid), await self._run(write))
+        await self._maybe_purge()
+
+    async def merge_attributes(self, project_uid: str, source_uid: str, target_uid: str) -> None:
+        now = time.time()
+        cap = self.limits.max_attributes_per_user
+
+        def merge(db: sqlite3.Connection) -> dict[str, Any]:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT INTO user_attributes (project_uid, user_uid, key, value, updated_at) "
+                    "SELECT project_uid, ?, key, value, ? FROM user_attributes WHERE project_uid=? AND user_uid=? "
+                    "ON CONFLICT (project_uid, user_uid, key) DO UPDATE SET value=excluded.value, "
+                    "updated_at=excluded.updated_at",
+                    (target_uid, now, project_uid, source_uid),
+                )
+                db.execute(
+                    "UPDATE user_attributes SET updated_at=? WHERE project_uid=? AND user_uid=?",
+                    (now, project_uid, target_uid),
+                )
+                rows = db.execute(
+                    "SELECT key, value FROM user_attributes WHERE project_uid=? AND user_uid=?",
+                    (project_uid, target_uid),
+                ).fetchall()
+                if len(rows) > cap:
+                    raise StoreLimitError(f"merged user would have {len(rows)} attributes; at most {cap} per user")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return {k: json.loads(v) for k, v in rows}
+
+        self._remember((project_uid, target_uid), await self._run(merge))
+
+    async def append_events(self, events: list[EventRecord]) -> None:
+        if not events:
+            return
+        rows = [
+            (
+                e.ts,
+                e.project_uid,
+                e.user_uid,
+                e.type,
+                e.experience_short_uid,
+                e.variant_short_uid,
+                e.event_key,
+                e.source,
+            )
+            for e in events
+        ]
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN")
+            try:
+                db.executemany(
+                    "INSERT INTO events (ts, project_uid, user_uid, type, experience_short_uid, variant_short_uid, "
+                    "event_key, source) VALUES (?,?,?,?,?,?,?,?)",
+                    rows,
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        await self._run(insert)
+
+    async def count_events(self, project_uid: str) -> int:
+        def count(db: sqlite3.Connection) -> int:
+            return int(db.execute("SELECT count(*) FROM events WHERE project_uid=?", (project_uid,)).fetchone()[0])
+
+        return await self._run(count)
+
+    async def _maybe_purge(self) -> None:
+        """Expire attributes past their TTL and keep at most `max_users` users (oldest writes go first)."""
+        now = time.time()
+        if now - self._last_purge < 60:
+            return
+        self._last_purge = now
+        horizon = now - self.limits.ttl_seconds
+        max_users = self.limits.max_users
+
+        def purge(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM user_attributes WHERE updated_at < ?", (horizon,))
+            users = db.execute("SELECT count(DISTINCT project_uid || ' ' || user_uid) FROM user_attributes").fetchone()
+            excess = int(users[0]) - max_users
+            if excess > 0:
+                db.execute(
+                    "DELETE FROM user_attributes WHERE (project_uid, user_uid) IN (SELECT project_uid, user_uid "
+                    "FROM user_attributes GROUP BY project_uid, user_uid ORDER BY max(updated_at) LIMIT ?)",
+                    (excess,),
+                )
+
+        await self._run(purge)
+        self._cache.clear()
