@@ -72,7 +72,8 @@ async def ops_handler(request: web.Request) -> web.StreamResponse:
             "origin": state.config.origin,
             "uptimeSeconds": round(time.time() - c.started, 3),
             "requests": {"total": c.requests, "personalized": c.personalized, "passedThrough": c.passed_through,
-                         "websockets": c.websockets, "originErrors": c.origin_errors},
+                         "websockets": c.websockets, "originErrors": c.origin_errors,
+                         "storeErrors": c.store_errors, "edgeApi": c.edge_api},
         })  # fmt: skip
     if name == "explain":
         # Off unless a token is configured; a wrong token looks the same as "off" (no oracle).

@@ -17,15 +17,22 @@ from edgeproxy.store.base import AttributeLimits, EventRecord, StoreError, Store
 
 # KEYS[1] user hash; ARGV: ttl, cap, then key/value pairs (value "null" deletes)
 _PATCH = """
+local n = redis.call('HLEN', KEYS[1])
+for i = 3, #ARGV, 2 do
+  local exists = redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1
+  if ARGV[i + 1] == 'null' then
+    if exists then n = n - 1 end
+  elseif not exists then n = n + 1 end
+end
+if n > tonumber(ARGV[2]) then return redis.error_reply('CAP ' .. n) end
 for i = 3, #ARGV, 2 do
   if ARGV[i + 1] == 'null' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
-local n = redis.call('HLEN', KEYS[1])
-if n > tonumber(ARGV[2]) then return redis.error_reply('CAP ' .. n) end
 if n > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return n
 """
+# Scripts check the cap before writing: Redis does not roll a script back on error.
 # KEYS[1] source hash, KEYS[2] target hash; ARGV: ttl, cap. Source values win.
 _MERGE = """
 local src = redis.call('HGETALL', KEYS[1])
