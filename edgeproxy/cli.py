@@ -1,4 +1,4 @@
-"""`edgeproxy` command line: serve, decide, compile."""
+"""`edgeproxy` command line: serve, decide, compile, sync, fake-admin."""
 
 from __future__ import annotations
 
@@ -122,6 +122,71 @@ def run_compile(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+def run_sync(args: argparse.Namespace, out: IO[str]) -> int:
+    import asyncio
+    import os
+
+    from edgeproxy.sync.client import ManagementClient, SyncError, admin_base_url
+    from edgeproxy.sync.writer import write_export
+
+    authtoken = args.authtoken or os.environ.get("EDGEPROXY_AUTHTOKEN")
+    oauth = args.oauth_token or os.environ.get("EDGEPROXY_OAUTH_TOKEN")
+    try:
+        client = ManagementClient(
+            admin_base_url(args.admin_url, args.region), args.project_uid, authtoken=authtoken, oauth_token=oauth
+        )
+        print(f"fetching project {args.project_uid} from {client.base_url} ...", file=sys.stderr, flush=True)
+        tree = asyncio.run(client.fetch_tree())
+    except SyncError as exc:
+        print(f"edgeproxy: sync failed: {exc}", file=sys.stderr)
+        return 2
+    snapshot = write_export(args.out, tree.files)
+    project = snapshot.project
+    out.write(
+        f"synced {args.out}: version {snapshot.version}, {len(project.experiences)} live experiences "
+        f"({len(project.omitted)} omitted), {len(project.audiences)} audiences; "
+        f"--rules {args.out} or {args.out}/snapshot.msgpack\n"
+    )
+    return 0
+
+
+def run_fake_admin(args: argparse.Namespace, out: IO[str]) -> int:
+    from edgeproxy.sync.fake_admin import run_fake_admin as serve_fake
+
+    host, _, port = args.listen.rpartition(":")
+    serve_fake(args.rules, args.project_uid, args.token, host or "127.0.0.1", int(port))
+    return 0
+
+
+def _add_sync(commands: Any) -> None:
+    sync = commands.add_parser(
+        "sync",
+        help="fetch a project from the Personalize Management API into an export folder + snapshot",
+        description="Fetch attributes, events, audiences (with Lytics), experiences, every experience's versions "
+        "and the priority from the Management API, validate them, and write OUT/personalize (the CLI-export "
+        "layout) and OUT/snapshot.msgpack atomically. The snapshot version is a content hash.",
+    )
+    sync.add_argument("--admin-url", help="Management API base URL (default: the --region host)")
+    sync.add_argument("--region", help="na (default), eu, au, azure-na, azure-eu, gcp-na, gcp-eu")
+    sync.add_argument("--project-uid", required=True, help="the Personalize project uid")
+    sync.add_argument("--authtoken", help="authtoken (or EDGEPROXY_AUTHTOKEN)")
+    sync.add_argument("--oauth-token", help="OAuth bearer token (or EDGEPROXY_OAUTH_TOKEN)")
+    sync.add_argument("--out", required=True, help="output folder (created; previous versions are kept)")
+    sync.set_defaults(run=run_sync)
+
+    fake = commands.add_parser(
+        "fake-admin",
+        help="serve a rules folder as a local fake of the Management API (tests, trying sync)",
+        description="A faithful local fake of the Personalize Management API with fault injection "
+        "(POST /_fake/faults); see edgeproxy/sync/fake_admin.py.",
+    )
+    fake.add_argument("--rules", required=True, help="export folder to serve (re-read on every request)")
+    fake.add_argument("--project-uid", required=True, help="the project uid it answers for")
+    fake.add_argument("--token", required=True, help="the authtoken / bearer token it accepts")
+    fake.add_argument("--listen", default="127.0.0.1:4000", help="HOST:PORT (default 127.0.0.1:4000)")
+    fake.set_defaults(run=run_fake_admin)
+
+
 def run_serve(args: argparse.Namespace, out: IO[str]) -> int:
     import os
 
@@ -201,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("-o", "--output", required=True, metavar="FILE", help="snapshot file to write (atomically)")
     compile_.set_defaults(run=run_compile)
     _add_serve(commands)
+    _add_sync(commands)
     return parser
 
 

@@ -92,6 +92,7 @@ def write_snapshot_file(snapshot: CompiledSnapshot, path: str | Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
+        os.fchmod(fd, 0o644)  # readable like any export file, not private like a temp file
         with os.fdopen(fd, "wb") as handle:
             handle.write(dump_snapshot(snapshot))
             handle.flush()

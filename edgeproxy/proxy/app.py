@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -27,6 +28,9 @@ from edgeproxy.proxy.personalize import add_upstream_headers, cookie_headers, id
 from edgeproxy.proxy.routes import RouteTable
 from edgeproxy.proxy.snapshots import SnapshotHolder
 from edgeproxy.store.base import StateStore, StoreError
+
+if TYPE_CHECKING:
+    from edgeproxy.sync.poller import SnapshotPoller
 
 log = logging.getLogger("edgeproxy.proxy")
 CHUNK = 64 * 1024
@@ -66,6 +70,7 @@ class ProxyState:
         self.counters = Counters()
         self.classifier = UserAgentClassifier()
         self._session: aiohttp.ClientSession | None = None
+        self.poller: SnapshotPoller | None = None  # set by the server when a poller keeps the snapshot fresh
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -65,6 +65,15 @@ class ProxyConfig:
     max_attribute_value_bytes: int = 1024
     attribute_ttl_days: float = 90.0
     max_users: int = 1_000_000
+    admin_url: str = ""
+    region: str = ""
+    project_uid: str = ""
+    authtoken: str = ""
+    oauth_token: str = ""
+    sync_interval: float = 30.0
+    snapshot_dir: str = "edgeproxy-snapshot"
+    webhook_token: str = ""
+    watch: bool = False
     max_header_size: int = 16_384
     access_log: bool = False
     log_level: str = "info"
@@ -103,6 +112,16 @@ FIELDS: dict[str, str] = {
     "max_attribute_value_bytes": "largest stored attribute value, JSON-encoded (default 1024)",
     "attribute_ttl_days": "stored attributes expire this many days after the user's last write (default 90)",
     "max_users": "SQLite: most users with stored attributes; the least recently written go first (default 1000000)",
+    "admin_url": "Personalize Management API base URL to sync rules from (instead of --rules), e.g. "
+    "https://personalize-api.contentstack.com",
+    "region": "Management API region instead of --admin-url: na, eu, au, azure-na, azure-eu, gcp-na, gcp-eu",
+    "project_uid": "Personalize project uid to sync (with --admin-url/--region)",
+    "authtoken": "Management API authtoken (prefer EDGEPROXY_AUTHTOKEN over the flag)",
+    "oauth_token": "Management API OAuth bearer token (prefer EDGEPROXY_OAUTH_TOKEN)",
+    "sync_interval": "seconds between Admin polls, jittered ±10% per instance, backing off on failure (default 30)",
+    "snapshot_dir": "where sync keeps the export tree and the last good snapshot (default edgeproxy-snapshot)",
+    "webhook_token": "token for POST /_edgeproxy/sync (webhooks, Automate) to sync now; empty = use ops_token",
+    "watch": "with --rules DIR: reload when a file changes (development)",
     "max_header_size": "largest accepted request header line / field in bytes (default 16384)",
     "access_log": "log one line per request (default false)",
     "log_level": "debug, info, warning or error (default info)",
@@ -202,8 +221,20 @@ def validate(config: ProxyConfig) -> ProxyConfig:
         raise ConfigError("setting 'origin' is required: --origin URL, EDGEPROXY_ORIGIN or origin = '...' in the file")
     if not config.origin.startswith(("http://", "https://")):
         raise ConfigError(f"setting 'origin': {config.origin!r} must start with http:// or https://")
-    if not config.rules:
-        raise ConfigError("setting 'rules' is required: --rules PATH, EDGEPROXY_RULES or rules = '...' in the file")
+    if config.admin_url or config.region:
+        if config.rules:
+            raise ConfigError("give either 'rules' or 'admin_url'/'region' (sync), not both")
+        if not config.project_uid:
+            raise ConfigError("setting 'project_uid' is required to sync from Admin")
+        if not config.authtoken and not config.oauth_token:
+            raise ConfigError("sync needs credentials: EDGEPROXY_AUTHTOKEN or EDGEPROXY_OAUTH_TOKEN (or the flags)")
+        if config.sync_interval <= 0:
+            raise ConfigError("setting 'sync_interval' must be > 0 seconds")
+    elif not config.rules:
+        raise ConfigError(
+            "setting 'rules' is required: --rules PATH, EDGEPROXY_RULES or rules = '...' in the file "
+            "(or sync from Admin with --admin-url/--region and --project-uid)"
+        )
     host, sep, port = config.listen.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise ConfigError(f"setting 'listen': {config.listen!r} is not HOST:PORT")

@@ -69,18 +69,33 @@ async def ops_handler(request: web.Request) -> web.StreamResponse:
         c = state.counters
         return _json({
             "snapshot": snapshot_status(state),
+            "sync": state.poller.status.to_dict() if state.poller else None,
             "origin": state.config.origin,
             "uptimeSeconds": round(time.time() - c.started, 3),
             "requests": {"total": c.requests, "personalized": c.personalized, "passedThrough": c.passed_through,
                          "websockets": c.websockets, "originErrors": c.origin_errors,
                          "storeErrors": c.store_errors, "edgeApi": c.edge_api},
         })  # fmt: skip
+    if name == "sync":
+        return await _sync(request, state)
     if name == "explain":
         # Off unless a token is configured; a wrong token looks the same as "off" (no oracle).
         if not _authorized(request, state.config.ops_token):
             return error_response(404, "not_found", "No such endpoint.", accept)
         return await _explain(request, state)
     return error_response(404, "not_found", f"No ops endpoint {name!r}; try health, ready, status.", accept)
+
+
+async def _sync(request: web.Request, state: ProxyState) -> web.Response:
+    """Webhook (Contentstack webhooks, Automate, CI): refresh the snapshot now and say what happened."""
+    token = state.config.webhook_token or state.config.ops_token
+    if request.method != "POST" or not _authorized(request, token):
+        return error_response(404, "not_found", "No such endpoint.", request.headers.get("Accept"))
+    if state.poller is None:
+        return _json({"error": "no_source", "message": "this instance has no snapshot source to refresh"}, 409)
+    await request.content.read(MAX_EXPLAIN_BODY)  # the webhook payload itself is not needed
+    outcome = await state.poller.refresh("webhook")
+    return _json(outcome, status=200 if outcome["result"] != "rejected" else 502)
 
 
 async def _explain(request: web.Request, state: ProxyState) -> web.Response:

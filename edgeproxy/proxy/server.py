@@ -1,11 +1,18 @@
-"""Run the proxy: load the snapshot, build the app, serve until SIGTERM/SIGINT, then drain."""
+"""Run the proxy: load or sync the snapshot, build the app, serve until SIGTERM/SIGINT, then drain.
+
+Snapshot sources: `--rules PATH` (loaded at start; SIGHUP or `--watch` reload it) or Admin (`--admin-url` /
+`--region`): synced at start, polled in the background, the last good snapshot from `snapshot_dir` used
+when Admin is unreachable at a cold start.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -17,11 +24,14 @@ from edgeproxy.proxy.edge_api import edge_api_handler
 from edgeproxy.proxy.ops import ops_handler
 from edgeproxy.proxy.snapshots import SnapshotHolder
 from edgeproxy.store.base import AttributeLimits, StoreError, open_store
+from edgeproxy.sync.client import ManagementClient, SyncError, admin_base_url
+from edgeproxy.sync.poller import AdminSource, RulesSource, SnapshotPoller
 
 log = logging.getLogger("edgeproxy")
 
 
-def make_state(config: ProxyConfig) -> ProxyState:
+def make_state(config: ProxyConfig, *, load_rules: bool = True) -> ProxyState:
+    """The process state; with `load_rules`, a `--rules` snapshot is loaded now (RulesError if broken)."""
     holder = SnapshotHolder()
     geo_lookup = None
     if config.geoip:
@@ -35,13 +45,51 @@ def make_state(config: ProxyConfig) -> ProxyState:
         max_users=config.max_users,
     )
     state = ProxyState(config, holder, geo_lookup, open_store(config.state, limits))
-    snapshot = load_snapshot(config.rules, state.classifier)  # RulesError: refuse to start on broken rules
-    holder.swap(snapshot, config.rules)
+    if load_rules and config.rules:
+        holder.swap(load_snapshot(config.rules, state.classifier), config.rules)
     return state
 
 
+def make_poller(config: ProxyConfig, state: ProxyState) -> SnapshotPoller:
+    if config.rules:
+        source = RulesSource(Path(config.rules), state.classifier)
+        return SnapshotPoller(state.holder, source, interval=config.sync_interval, watch=config.watch)
+    client = ManagementClient(
+        admin_base_url(config.admin_url or None, config.region or None),
+        config.project_uid,
+        authtoken=config.authtoken or None,
+        oauth_token=config.oauth_token or None,
+    )
+    admin = AdminSource(client, Path(config.snapshot_dir), state.classifier)
+    return SnapshotPoller(state.holder, admin, interval=config.sync_interval)
+
+
+async def initial_snapshot(config: ProxyConfig, state: ProxyState, poller: SnapshotPoller) -> None:
+    outcome = await poller.refresh("startup")
+    if outcome["result"] != "rejected":
+        return
+    if config.rules:
+        raise RulesError(config.rules, "", str(outcome["error"]))  # refuse to start on broken rules
+    source = poller.source
+    assert isinstance(source, AdminSource)
+    try:
+        last = source.last_good()
+    except RulesError as exc:
+        log.error("last good snapshot in %s is unreadable: %s", config.snapshot_dir, exc)
+        last = None
+    if last is None:
+        log.warning("Admin unreachable and no last good snapshot in %s: not ready, passing requests through "
+                    "unpersonalized until a sync succeeds", config.snapshot_dir)  # fmt: skip
+        return
+    state.holder.swap(last, f"last good {config.snapshot_dir}/snapshot.msgpack")
+    log.warning("Admin unreachable at start (%s); serving last good snapshot %s", outcome["error"], last.version)
+
+
 async def serve(config: ProxyConfig) -> None:
-    state = make_state(config)
+    state = make_state(config, load_rules=False)
+    poller = make_poller(config, state)
+    state.poller = poller
+    await initial_snapshot(config, state, poller)
     app = build_app(state, {config.ops_prefix: ops_handler, config.edge_api_prefix: edge_api_handler})
     runner = web.AppRunner(
         app,
@@ -56,17 +104,24 @@ async def serve(config: ProxyConfig) -> None:
     site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
     await site.start()
     loaded = state.holder.current
-    assert loaded is not None
     log.info(
-        "edgeproxy listening on http://%s:%d -> %s (snapshot %s, %d experiences)",
-        host, port, config.origin, loaded.snapshot.version, len(loaded.snapshot.experiences),
+        "edgeproxy listening on http://%s:%d -> %s (snapshot %s)",
+        host, port, config.origin, loaded.snapshot.version if loaded else "none yet",
     )  # fmt: skip
+    background = None
+    if not config.rules or config.watch:
+        background = asyncio.create_task(poller.run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(poller.refresh("SIGHUP")))
     await stop.wait()
     log.info("shutting down: draining in-flight requests")
+    if background is not None:
+        background.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await background
     await runner.cleanup()
 
 
@@ -84,6 +139,9 @@ def run(config: ProxyConfig) -> int:
             runner.run(serve(config))
     except RulesError as exc:
         log.error("rules error: %s", exc)
+        return 2
+    except SyncError as exc:
+        log.error("sync: %s", exc)
         return 2
     except StoreError as exc:
         log.error("state store: %s", exc)

@@ -1,0 +1,164 @@
+"""A faithful local stand-in for the Personalize Management API, with fault injection.
+
+It serves a rules folder in the CLI-export layout as the Management API resources of SPEC §3, re-reading the
+files on every request so a test (or a person trying sync) can edit an audience and see it propagate:
+
+    GET /attributes   /audiences?includeLyticsAudiences=true   /events   /experiences
+    GET /experiences/{uid}/versions   /experiences-priority
+
+Auth like the real API: `authtoken: <token>` or `authorization: Bearer <oauth token>`, plus `x-project-uid`
+(401 without credentials, 403 with wrong ones, 404 for another project). Responses carry an ETag and honour
+If-None-Match with 304. Lists can be paged with `?skip=&limit=` (no paging unless asked, as in the export).
+
+Faults, set with `POST /_fake/faults` (JSON) and cleared with `DELETE /_fake/faults`:
+    {"mode": "error"   , "status": 500}           answer with that status
+    {"mode": "timeout"}                            accept and never answer (until the client gives up)
+    {"mode": "slow", "delay": 2.5}                 answer after a delay
+    {"mode": "malformed"}                          a body that is not JSON
+    {"mode": "invalid"}                            valid JSON that breaks the contract (unknown condition)
+    {"mode": "partial"}                            a JSON body cut in the middle
+  with optional "paths": ["/audiences", ...] (prefix match; default all) and "count": N (then cleared).
+`GET /_fake/requests` lists the requests seen (method, path, auth ok), for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from edgeproxy.engine.loader import find_personalize_dir
+
+RESOURCES = {
+    "/attributes": "attributes/attributes.json",
+    "/audiences": "audiences/audiences.json",
+    "/events": "events/events.json",
+    "/experiences": "experiences/experiences.json",
+}
+FAULT_MODES = frozenset({"error", "timeout", "slow", "malformed", "invalid", "partial"})
+
+
+class FakeAdmin:
+    def __init__(self, rules: str | Path, project_uid: str, token: str) -> None:
+        self.root = find_personalize_dir(rules)
+        self.project_uid = project_uid
+        self.token = token
+        self.faults: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/_fake/faults", self.set_fault)
+        app.router.add_delete("/_fake/faults", self.clear_faults)
+        app.router.add_get("/_fake/requests", self.seen)
+        app.router.add_get("/{tail:.*}", self.resource)
+        return app
+
+    async def set_fault(self, request: web.Request) -> web.Response:
+        fault = await request.json()
+        if not isinstance(fault, dict) or fault.get("mode") not in FAULT_MODES:
+            return web.json_response({"error": f"mode must be one of {sorted(FAULT_MODES)}"}, status=400)
+        self.faults.append(fault)
+        return web.json_response({"faults": self.faults})
+
+    async def clear_faults(self, request: web.Request) -> web.Response:
+        self.faults.clear()
+        return web.json_response({"faults": []})
+
+    async def seen(self, request: web.Request) -> web.Response:
+        return web.json_response(self.requests)
+
+    def _fault_for(self, path: str) -> dict[str, Any] | None:
+        for fault in self.faults:
+            paths = fault.get("paths")
+            if paths and not any(path.startswith(p) for p in paths):
+                continue
+            if "count" in fault:
+                fault["count"] -= 1
+                if fault["count"] <= 0:
+                    self.faults.remove(fault)
+            return fault
+        return None
+
+    def _auth(self, request: web.Request) -> web.Response | None:
+        token = request.headers.get("authtoken")
+        auth = request.headers.get("authorization", "")
+        if token is None and auth.lower().startswith("bearer "):
+            token = auth[7:].strip()
+        if not token:
+            return web.json_response(
+                {"error_message": "Missing authtoken or authorization header", "error_code": 105}, status=401
+            )
+        if token != self.token:
+            return web.json_response({"error_message": "Invalid credentials", "error_code": 105}, status=403)
+        if request.headers.get("x-project-uid") != self.project_uid:
+            return web.json_response({"error_message": "Project not found", "error_code": 404}, status=404)
+        return None
+
+    def _load(self, path: str) -> Any:
+        if path in RESOURCES:
+            return json.loads((self.root / RESOURCES[path]).read_text())
+        if path == "/experiences-priority":
+            file = self.root / "experiences-priority.json"
+            return json.loads(file.read_text()) if file.exists() else {"priorityOrder": []}
+        parts = path.strip("/").split("/")
+        if len(parts) == 3 and parts[0] == "experiences" and parts[2] == "versions":
+            file = self.root / "experiences" / "versions" / f"{parts[1]}.json"
+            if not file.exists():
+                raise KeyError(path)
+            return json.loads(file.read_text())
+        raise KeyError(path)
+
+    async def resource(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["tail"].strip("/")
+        denied = self._auth(request)
+        self.requests.append({"method": request.method, "path": path, "authorized": denied is None})
+        if denied is not None:
+            return denied
+        fault = self._fault_for(path)
+        if fault is not None:
+            mode = fault["mode"]
+            if mode == "error":
+                return web.json_response({"error_message": "injected failure"}, status=int(fault.get("status", 500)))
+            if mode == "timeout":
+                await asyncio.sleep(3600)
+            if mode == "slow":
+                await asyncio.sleep(float(fault.get("delay", 2.0)))
+            if mode == "malformed":
+                return web.Response(text="<html>Bad Gateway</html>", content_type="application/json")
+        try:
+            data = self._load(path)
+        except KeyError:
+            return web.json_response({"error_message": f"{path} not found", "error_code": 404}, status=404)
+        if fault is not None and fault["mode"] == "invalid":
+            data = _break_contract(data)
+        if isinstance(data, list) and ("skip" in request.query or "limit" in request.query):
+            skip = int(request.query.get("skip", 0))
+            limit = int(request.query.get("limit", 100))
+            data = data[skip : skip + limit]
+        body = json.dumps(data)
+        if fault is not None and fault["mode"] == "partial":
+            return web.Response(text=body[: len(body) // 2], content_type="application/json")
+        etag = '"' + hashlib.sha256(body.encode()).hexdigest()[:20] + '"'
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.Response(text=body, content_type="application/json", headers={"ETag": etag})
+
+
+def _break_contract(data: Any) -> Any:
+    """Valid JSON, wrong meaning: every condition becomes one the contract does not know."""
+    text = json.dumps(data)
+    for condition in ("STRING_EQUALS", "NUMBER_GREATER_THAN", "HAS_ANY_VALUE", "IS_MEMBER_OF"):
+        text = text.replace(f'"{condition}"', '"SOUNDS_LIKE"')
+    text = text.replace('"SEGMENTED"', '"MYSTERY"').replace('"status": "ACTIVE"', '"status": "LIVE"')
+    return json.loads(text)
+
+
+def run_fake_admin(rules: str, project_uid: str, token: str, host: str, port: int) -> None:
+    admin = FakeAdmin(rules, project_uid, token)
+    print(f"fake Personalize Management API on http://{host}:{port} serving {admin.root}", flush=True)
+    web.run_app(admin.app(), host=host, port=port, print=None)
