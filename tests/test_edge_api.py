@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from support.processes import redis_server
 
 from edgeproxy.proxy.app import build_app
 from edgeproxy.proxy.config import load_config
 from edgeproxy.proxy.edge_api import edge_api_handler
 from edgeproxy.proxy.ops import ops_handler
 from edgeproxy.proxy.server import make_state
-from tests.support.processes import redis_server
 
 P = "6565d3b1a3f0c7b2e1d4a9f0"
 BASE = "/_personalize"

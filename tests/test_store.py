@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.processes import redis_server
 
 from edgeproxy.store import AttributeLimits, EventRecord, StoreError, StoreLimitError, open_store
-from tests.support.processes import redis_server
 
 P = "6565d3b1a3f0c7b2e1d4a9f0"
 
@@ -175,7 +175,7 @@ def test_sqlite_store_opens_clean_after_kill_9_during_writes(tmp_path: Path) -> 
 
 
 def test_unreachable_redis_is_a_store_error_not_a_crash() -> None:
-    from tests.support.processes import free_port
+    from support.processes import free_port
 
     async def scenario() -> None:
         store = open_store(f"redis://127.0.0.1:{free_port()}/0")
