@@ -126,16 +126,35 @@ def forwarded_for(request: web.Request) -> str | None:
     return ", ".join(values) if values else None
 
 
-async def proxy_handler(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
-    config = state.config
-    state.counters.requests += 1
+@dataclass(frozen=True, slots=True)
+class ClientView:
+    """Who is asking and for which URL, believing X-Forwarded-* only from trusted proxies."""
+
+    peer: str | None
+    trusted: bool
+    forwarded_for: str | None
+    client_ip: str | None
+    proto: str
+    host: str
+
+
+def client_view(request: web.Request, state: ProxyState) -> ClientView:
     peer = peer_address(request)
     trusted = state.trusted.trusts(peer)
     incoming_xff = forwarded_for(request)
     client_ip = state.trusted.client_address(peer, incoming_xff) if trusted else peer
     proto = (request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip() if trusted else "") or request.scheme
     host = (request.headers.get("X-Forwarded-Host", "").split(",")[0].strip() if trusted else "") or request.host
+    return ClientView(peer, trusted, incoming_xff, client_ip, proto, host)
+
+
+async def proxy_handler(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    config = state.config
+    state.counters.requests += 1
+    where = client_view(request, state)
+    peer, trusted, incoming_xff = where.peer, where.trusted, where.forwarded_for
+    client_ip, proto, host = where.client_ip, where.proto, where.host
 
     upstream_headers = end_to_end(request.headers, drop=UPSTREAM_OWNED | {"host"})
     # X-Forwarded-*: a trusted peer's chain is kept and extended; an untrusted one is replaced, not believed.

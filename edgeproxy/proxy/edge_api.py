@@ -25,7 +25,7 @@ from edgeproxy.engine.context import (
     parse_live_attributes_header,
 )
 from edgeproxy.engine.errors import RequestDescriptionError
-from edgeproxy.proxy.app import STATE, ProxyState, forwarded_for, peer_address
+from edgeproxy.proxy.app import STATE, ProxyState, client_view
 from edgeproxy.proxy.personalize import identify, visitor_from_request
 from edgeproxy.store.base import EventRecord, StoreError, StoreLimitError
 
@@ -154,16 +154,14 @@ async def _manifest(request: web.Request, state: ProxyState, project_uid: str) -
     stored = None
     if not identity.is_new and loaded.snapshot.reads_custom_attributes:
         stored = await state.stored_attributes(project_uid, identity.user_uid)
-    peer = peer_address(request)
-    trusted = state.trusted.trusts(peer)
-    client_ip = state.trusted.client_address(peer, forwarded_for(request)) if trusted else peer
+    where = client_view(request, state)
     tags = request.query.getall("tags[]", []) + request.query.getall("tags", [])
     visitor = visitor_from_request(
         request.headers,
         page_url=request.headers.get(PAGE_URL_HEADER, ""),
-        client_ip=client_ip,
-        secure=request.scheme == "https",
-        trust_geo_headers=trusted,
+        client_ip=where.client_ip,
+        secure=where.proto == "https",
+        trust_geo_headers=where.trusted,
         geo_lookup=state.geo_lookup,
         classifier=state.classifier,
         identity=identity,

@@ -13,9 +13,9 @@ from aiohttp import web
 from edgeproxy.engine.context import context_from_description
 from edgeproxy.engine.errors import RequestDescriptionError
 from edgeproxy.engine.explain import explain
-from edgeproxy.proxy.app import STATE, ProxyState
+from edgeproxy.proxy.app import STATE, ProxyState, client_view
 from edgeproxy.proxy.errors import error_response
-from edgeproxy.proxy.personalize import visitor_from_request
+from edgeproxy.proxy.personalize import identify, visitor_from_request
 
 MAX_EXPLAIN_BODY = 256 * 1024
 
@@ -123,10 +123,16 @@ async def _explain(request: web.Request, state: ProxyState) -> web.Response:
         # GET: explain the calling visitor (cookies, UA, IP) for ?path= (default /) and optional ?tags=a,b.
         path = request.query.get("path", "/")
         route = state.routes.decide(path)
+        where = client_view(request, state)
+        identity = identify(request.headers)
+        stored = None
+        if not identity.is_new and snapshot.reads_custom_attributes:
+            stored = await state.stored_attributes(snapshot.project.uid, identity.user_uid)
+        # The same view of the visitor as the page itself gets (trusted X-Forwarded-*, stored attributes).
         visitor = visitor_from_request(
-            request.headers, page_url=f"{request.scheme}://{request.host}{path}", client_ip=request.remote,
-            secure=request.scheme == "https", trust_geo_headers=state.trusted.trusts(request.remote),
-            geo_lookup=state.geo_lookup, classifier=state.classifier,
+            request.headers, page_url=f"{where.proto}://{where.host}{path}", client_ip=where.client_ip,
+            secure=where.proto == "https", trust_geo_headers=where.trusted, geo_lookup=state.geo_lookup,
+            classifier=state.classifier, identity=identity, stored=stored,
         )  # fmt: skip
         context = visitor.context
         tags = tuple(t for t in request.query.get("tags", "").split(",") if t) or route.tags
