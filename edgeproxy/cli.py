@@ -141,6 +141,7 @@ def run_sync(args: argparse.Namespace, out: IO[str]) -> int:
         print(f"edgeproxy: sync failed: {exc}", file=sys.stderr)
         return 2
     snapshot = write_export(args.out, tree.files)
+    client.commit(tree)
     project = snapshot.project
     out.write(
         f"synced {args.out}: version {snapshot.version}, {len(project.experiences)} live experiences "

@@ -193,7 +193,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
             stored=stored,
         )
         manifest = loaded.snapshot.decide(visitor.context, route.tags)
-        add_upstream_headers(upstream_headers, manifest, config.cda_variant_limit)
+        add_upstream_headers(upstream_headers, manifest, config.cda_variant_limit, loaded.snapshot.version)
         if config.variant_query_param:
             query = _with_param(query, config.variant_query_param, manifest.variant_param)
         cookies = cookie_headers(manifest, visitor.secure)

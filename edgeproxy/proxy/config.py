@@ -71,6 +71,7 @@ class ProxyConfig:
     authtoken: str = ""
     oauth_token: str = ""
     sync_interval: float = 30.0
+    sync_timeout: float = 15.0
     snapshot_dir: str = "edgeproxy-snapshot"
     webhook_token: str = ""
     watch: bool = False
@@ -119,6 +120,7 @@ FIELDS: dict[str, str] = {
     "authtoken": "Management API authtoken (prefer EDGEPROXY_AUTHTOKEN over the flag)",
     "oauth_token": "Management API OAuth bearer token (prefer EDGEPROXY_OAUTH_TOKEN)",
     "sync_interval": "seconds between Admin polls, jittered ±10% per instance, backing off on failure (default 30)",
+    "sync_timeout": "seconds one Management API call may take before the sync is rejected (default 15)",
     "snapshot_dir": "where sync keeps the export tree and the last good snapshot (default edgeproxy-snapshot)",
     "webhook_token": "token for POST /_edgeproxy/sync (webhooks, Automate) to sync now; empty = use ops_token",
     "watch": "with --rules DIR: reload when a file changes (development)",
@@ -228,8 +230,8 @@ def validate(config: ProxyConfig) -> ProxyConfig:
             raise ConfigError("setting 'project_uid' is required to sync from Admin")
         if not config.authtoken and not config.oauth_token:
             raise ConfigError("sync needs credentials: EDGEPROXY_AUTHTOKEN or EDGEPROXY_OAUTH_TOKEN (or the flags)")
-        if config.sync_interval <= 0:
-            raise ConfigError("setting 'sync_interval' must be > 0 seconds")
+        if config.sync_interval <= 0 or config.sync_timeout <= 0:
+            raise ConfigError("settings 'sync_interval' and 'sync_timeout' must be > 0 seconds")
     elif not config.rules:
         raise ConfigError(
             "setting 'rules' is required: --rules PATH, EDGEPROXY_RULES or rules = '...' in the file "

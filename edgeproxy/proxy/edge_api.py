@@ -169,7 +169,9 @@ async def _manifest(request: web.Request, state: ProxyState, project_uid: str) -
         stored=stored,
     )
     manifest = loaded.snapshot.decide(visitor.context, tags or None)
-    return _json(request, state, manifest.edge_body(), extra={USER_UID_HEADER_NAME: manifest.user_uid})
+    # The snapshot version lets a client (and the swap test) tie a manifest to exactly one snapshot.
+    extra = {USER_UID_HEADER_NAME: manifest.user_uid, "X-Edgeproxy-Snapshot": loaded.snapshot.version}
+    return _json(request, state, manifest.edge_body(), extra=extra)
 
 
 def _short_text(item: dict[str, Any], key: str, where: str) -> str:

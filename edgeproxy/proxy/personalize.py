@@ -90,7 +90,7 @@ def visitor_from_request(
     return Visitor(context=context, uid_is_new=identity.is_new, secure=secure)
 
 
-def add_upstream_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limit: int) -> None:
+def add_upstream_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limit: int, version: str) -> None:
     """SPEC §7: aliases in priority order, truncated for the CDA; the full set in the variant param."""
     aliases = manifest.aliases
     if cda_limit:
@@ -98,6 +98,7 @@ def add_upstream_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limi
     headers["x-cs-variant-uid"] = ",".join(aliases)
     headers["x-cs-personalize-variants"] = manifest.variant_param
     headers["x-cs-personalize-user-uid"] = manifest.user_uid
+    headers["x-edgeproxy-snapshot"] = version  # which rules decided, for origin logs
 
 
 def cookie_headers(manifest: Manifest, secure: bool) -> list[str]:

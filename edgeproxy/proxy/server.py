@@ -59,6 +59,7 @@ def make_poller(config: ProxyConfig, state: ProxyState) -> SnapshotPoller:
         config.project_uid,
         authtoken=config.authtoken or None,
         oauth_token=config.oauth_token or None,
+        timeout=config.sync_timeout,
     )
     admin = AdminSource(client, Path(config.snapshot_dir), state.classifier)
     return SnapshotPoller(state.holder, admin, interval=config.sync_interval)

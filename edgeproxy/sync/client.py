@@ -35,6 +35,7 @@ class SyncError(Exception):
 class FetchedTree:
     files: dict[str, Any]  # export-relative path -> parsed JSON
     changed: bool  # False when every resource answered 304
+    validators: dict[str, tuple[str | None, str | None, Any]]  # to `commit` once the tree is accepted
 
 
 def admin_base_url(admin_url: str | None, region: str | None) -> str:
@@ -72,7 +73,19 @@ class ManagementClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._validators: dict[str, tuple[str | None, str | None, Any]] = {}
 
-    async def _get(self, session: aiohttp.ClientSession, path: str, *, optional: bool = False) -> tuple[Any, bool]:
+    def commit(self, tree: FetchedTree) -> None:
+        """Remember the validators of an accepted tree. Until then a 304 must not stand for a body that was
+        fetched but rejected (say, with one failing call): the next sync would wrongly see "unchanged"."""
+        self._validators.update(tree.validators)
+
+    async def _get(
+        self,
+        session: aiohttp.ClientSession,
+        path: str,
+        pending: dict[str, tuple[str | None, str | None, Any]],
+        *,
+        optional: bool = False,
+    ) -> tuple[Any, bool]:
         """(parsed JSON, changed). Raises SyncError naming the call."""
         url = self.base_url + path
         headers = dict(self._headers)
@@ -103,17 +116,18 @@ class ManagementClient:
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SyncError(f"GET {path}: Admin answered with a body that is not JSON ({exc})") from None
-        self._validators[url] = (etag, modified, data)
+        pending[url] = (etag, modified, data)
         return data, True
 
     async def fetch_tree(self) -> FetchedTree:
+        pending: dict[str, tuple[str | None, str | None, Any]] = {}
         async with aiohttp.ClientSession(timeout=self._timeout) as session:
             calls = {
-                "attributes/attributes.json": self._get(session, "/attributes"),
-                "audiences/audiences.json": self._get(session, "/audiences?includeLyticsAudiences=true"),
-                "events/events.json": self._get(session, "/events"),
-                "experiences/experiences.json": self._get(session, "/experiences"),
-                "experiences-priority.json": self._get(session, "/experiences-priority", optional=True),
+                "attributes/attributes.json": self._get(session, "/attributes", pending),
+                "audiences/audiences.json": self._get(session, "/audiences?includeLyticsAudiences=true", pending),
+                "events/events.json": self._get(session, "/events", pending),
+                "experiences/experiences.json": self._get(session, "/experiences", pending),
+                "experiences-priority.json": self._get(session, "/experiences-priority", pending, optional=True),
             }
             results = dict(zip(calls, await asyncio.gather(*calls.values()), strict=True))
             experiences = results["experiences/experiences.json"][0]
@@ -129,7 +143,7 @@ class ManagementClient:
 
             async def versions(uid: str) -> tuple[Any, bool]:
                 async with limit:
-                    return await self._get(session, f"/experiences/{uid}/versions")
+                    return await self._get(session, f"/experiences/{uid}/versions", pending)
 
             version_results = await asyncio.gather(*(versions(uid) for uid in uids))
         files: dict[str, Any] = {"projects/projects.json": [{"uid": self.project_uid}]}
@@ -141,4 +155,4 @@ class ManagementClient:
         for uid, (data, was_changed) in zip(uids, version_results, strict=True):
             changed |= was_changed
             files[f"experiences/versions/{uid}.json"] = data
-        return FetchedTree(files=files, changed=changed)
+        return FetchedTree(files=files, changed=changed, validators=pending)

@@ -50,6 +50,7 @@ class AdminSource:
         if not tree.changed and self._have_snapshot:
             return None
         snapshot = await asyncio.to_thread(write_export, self.out, tree.files, self.classifier)
+        self.client.commit(tree)
         self._have_snapshot = True
         return snapshot
 
