@@ -232,7 +232,7 @@ def resolve_user_uid(
     """SPEC §9: header, else cookie, else the given uid, else a new one. Returns (uid, is_new)."""
     for candidate in (headers.get(USER_UID_HEADER), cookies.get(USER_UID_COOKIE), fallback):
         if candidate is not None:
-            candidate = unquote(candidate.strip()) if "%" in candidate else candidate.strip()
+            candidate = candidate.strip()  # raw: the SDK neither encodes nor decodes the uid (SPEC §6)
             if candidate:
                 return candidate, False
     return new_uid(), True

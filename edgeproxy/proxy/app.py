@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from edgeproxy.engine.context import GeoLookup
@@ -30,6 +30,7 @@ from edgeproxy.proxy.snapshots import SnapshotHolder
 from edgeproxy.store.base import StateStore, StoreError
 
 if TYPE_CHECKING:
+    from edgeproxy.cache.layer import ResponseCache
     from edgeproxy.sync.poller import SnapshotPoller
 
 log = logging.getLogger("edgeproxy.proxy")
@@ -71,6 +72,7 @@ class ProxyState:
         self.classifier = UserAgentClassifier()
         self._session: aiohttp.ClientSession | None = None
         self.poller: SnapshotPoller | None = None  # set by the server when a poller keeps the snapshot fresh
+        self.cache: ResponseCache | None = None  # set by the server when the response cache is on
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -105,6 +107,8 @@ class ProxyState:
     async def stop(self) -> None:
         if self._session is not None:
             await self._session.close()
+        if self.cache is not None:
+            await self.cache.close()
         await self.store.close()
 
 
@@ -173,6 +177,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     route = state.routes.decide(request.path)
     loaded = state.holder.current
     cookies: list[str] = []
+    manifest = None
     personalized = route.personalize and loaded is not None
     raw_path, _, query = request.raw_path.partition("?")
     if personalized:
@@ -203,6 +208,18 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     target = URL(f"{state.origin_prefix}{raw_path}{'?' + query if query else ''}", encoded=True)
 
     has_body = request.body_exists
+    x_cache = None
+    if state.cache is not None:
+        if request.method in ("GET", "HEAD") and not has_body and route.cache:
+            from edgeproxy.proxy.caching import cached_exchange
+
+            cache_key = state.cache.key(
+                host, request.raw_path, manifest.variant_param if manifest is not None else "", upstream_headers
+            )
+            return await cached_exchange(
+                request, state, cache_key, request.raw_path, target, upstream_headers, cookies, personalized
+            )
+        x_cache = "BYPASS"
     try:
         upstream = await state.session.request(
             request.method,
@@ -218,7 +235,8 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         return _origin_failed(request, state, 502, "origin_unreachable", "The origin could not be reached.", exc)
 
     try:
-        return await _relay(request, upstream, cookies, personalized, config)
+        response, _ = await relay(request, upstream, cookies, personalized, config, x_cache=x_cache)
+        return response
     finally:
         upstream.release()
 
@@ -239,16 +257,19 @@ def _origin_failed(
     return error_response(status, code, message, request.headers.get("Accept"))
 
 
-async def _relay(
-    request: web.Request,
-    upstream: aiohttp.ClientResponse,
+# Response headers meant for caches like us, not for browsers (Fastly semantics).
+SURROGATE_HEADERS = frozenset({"surrogate-key", "surrogate-control"})
+
+
+def client_headers(
+    origin_headers: CIMultiDict[str] | CIMultiDictProxy[str],
     cookies: list[str],
     personalized: bool,
     config: ProxyConfig,
-) -> web.StreamResponse:
-    headers = end_to_end(upstream.headers)
-    length = upstream.headers.get("Content-Length")
-    no_body = request.method == "HEAD" or upstream.status in NO_BODY_STATUSES or upstream.status < 200
+    x_cache: str | None = None,
+) -> CIMultiDict[str]:
+    """What the browser gets: end-to-end origin headers, our cookies, no-store on personalized HTML."""
+    headers = end_to_end(origin_headers, drop=SURROGATE_HEADERS)
     for value in cookies:
         headers.add("Set-Cookie", value)
     if (
@@ -257,6 +278,25 @@ async def _relay(
         and headers.get("Content-Type", "").lower().startswith("text/html")
     ):
         headers["Cache-Control"] = "no-store"  # SPEC §7: personalized HTML is never cached downstream
+    if x_cache is not None:
+        headers["X-Cache"] = x_cache
+    return headers
+
+
+async def relay(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    cookies: list[str],
+    personalized: bool,
+    config: ProxyConfig,
+    *,
+    x_cache: str | None = None,
+    on_chunk: Callable[[bytes], None] | None = None,
+) -> tuple[web.StreamResponse, bool]:
+    """Stream the origin's response to the client. Returns (response, the body arrived complete)."""
+    headers = client_headers(upstream.headers, cookies, personalized, config, x_cache)
+    length = upstream.headers.get("Content-Length")
+    no_body = request.method == "HEAD" or upstream.status in NO_BODY_STATUSES or upstream.status < 200
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if length is not None and not no_body:
         response.content_length = int(length)
@@ -265,19 +305,21 @@ async def _relay(
             response.headers["Content-Length"] = length
         await response.prepare(request)
         await response.write_eof()
-        return response
+        return response, True
     await response.prepare(request)
     try:
         async for chunk in upstream.content.iter_any():
+            if on_chunk is not None:
+                on_chunk(chunk)
             await response.write(chunk)
     except (aiohttp.ClientPayloadError, TimeoutError, aiohttp.ServerTimeoutError) as exc:
         # Headers are gone already: the only honest signal left is to cut the connection.
         log.warning("%s %s: origin body failed mid-stream: %r", request.method, request.path_qs, exc)
         if request.transport is not None:
             request.transport.close()
-        return response
+        return response, False
     await response.write_eof()
-    return response
+    return response, True
 
 
 async def _websocket(request: web.Request, state: ProxyState, headers: CIMultiDict[str]) -> web.StreamResponse:

@@ -32,6 +32,7 @@ class RouteRule:
     path: str
     personalize: bool = True
     tags: tuple[str, ...] | None = None
+    cache: bool = True
 
     def matches(self, path: str) -> bool:
         return fnmatch.fnmatchcase(path, self.path)
@@ -75,6 +76,13 @@ class ProxyConfig:
     snapshot_dir: str = "edgeproxy-snapshot"
     webhook_token: str = ""
     watch: bool = False
+    cache: bool = True
+    cache_store: str = "memory"
+    cache_max_bytes: int = 256 * 1024 * 1024
+    cache_max_object_bytes: int = 8 * 1024 * 1024
+    cache_default_ttl: float = 0.0
+    cache_key_headers: tuple[str, ...] = ()
+    purge_token: str = ""
     max_header_size: int = 16_384
     access_log: bool = False
     log_level: str = "info"
@@ -124,6 +132,13 @@ FIELDS: dict[str, str] = {
     "snapshot_dir": "where sync keeps the export tree and the last good snapshot (default edgeproxy-snapshot)",
     "webhook_token": "token for POST /_edgeproxy/sync (webhooks, Automate) to sync now; empty = use ops_token",
     "watch": "with --rules DIR: reload when a file changes (development)",
+    "cache": "shared response cache keyed on the variant set, RFC 9111 rules (default true)",
+    "cache_store": "memory (default) or redis://host:port/db to share the cache between instances",
+    "cache_max_bytes": "memory cache size bound in bytes, LRU (default 268435456)",
+    "cache_max_object_bytes": "responses larger than this pass uncached (default 8388608)",
+    "cache_default_ttl": "seconds to cache responses the origin gives no freshness for (default 0: not cached)",
+    "cache_key_headers": "comma-separated request headers added to the cache key, e.g. accept-language",
+    "purge_token": "token for POST /_edgeproxy/purge and the Contentstack publish webhook; empty = ops_token",
     "max_header_size": "largest accepted request header line / field in bytes (default 16384)",
     "access_log": "log one line per request (default false)",
     "log_level": "debug, info, warning or error (default info)",
@@ -173,12 +188,15 @@ def _routes(value: Any, source: str) -> tuple[RouteRule, ...]:
         if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)):
             raise ValueError(f"routes[{index}].tags must be an array of strings")
         personalize = item.get("personalize", True)
-        if not isinstance(personalize, bool):
-            raise ValueError(f"routes[{index}].personalize must be true or false")
-        unknown = set(item) - {"path", "tags", "personalize"}
+        cache = item.get("cache", True)
+        if not isinstance(personalize, bool) or not isinstance(cache, bool):
+            raise ValueError(f"routes[{index}].personalize and .cache must be true or false")
+        unknown = set(item) - {"path", "tags", "personalize", "cache"}
         if unknown:
             raise ValueError(f"routes[{index}] has unknown keys {sorted(unknown)}")
-        routes.append(RouteRule(path=item["path"], personalize=personalize, tags=tuple(tags) if tags else None))
+        routes.append(
+            RouteRule(path=item["path"], personalize=personalize, tags=tuple(tags) if tags else None, cache=cache)
+        )
     return tuple(routes)
 
 

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from edgeproxy.engine.context import context_from_description
 from edgeproxy.engine.errors import RequestDescriptionError
@@ -70,6 +71,7 @@ async def ops_handler(request: web.Request) -> web.StreamResponse:
         return _json({
             "snapshot": snapshot_status(state),
             "sync": state.poller.status.to_dict() if state.poller else None,
+            "cache": await state.cache.stats() if state.cache else None,
             "origin": state.config.origin,
             "uptimeSeconds": round(time.time() - c.started, 3),
             "requests": {"total": c.requests, "personalized": c.personalized, "passedThrough": c.passed_through,
@@ -78,6 +80,10 @@ async def ops_handler(request: web.Request) -> web.StreamResponse:
         })  # fmt: skip
     if name == "sync":
         return await _sync(request, state)
+    if name == "purge":
+        return await _purge(request, state)
+    if name == "webhooks/contentstack":
+        return await _contentstack_webhook(request, state)
     if name == "explain":
         # Off unless a token is configured; a wrong token looks the same as "off" (no oracle).
         if not _authorized(request, state.config.ops_token):
@@ -96,6 +102,83 @@ async def _sync(request: web.Request, state: ProxyState) -> web.Response:
     await request.content.read(MAX_EXPLAIN_BODY)  # the webhook payload itself is not needed
     outcome = await state.poller.refresh("webhook")
     return _json(outcome, status=200 if outcome["result"] != "rejected" else 502)
+
+
+async def _purge_body(request: web.Request, state: ProxyState) -> tuple[Any, web.Response | None]:
+    token = state.config.purge_token or state.config.ops_token
+    if request.method != "POST" or not _authorized(request, token):
+        return None, error_response(404, "not_found", "No such endpoint.", request.headers.get("Accept"))
+    if state.cache is None:
+        return None, _json({"error": "cache_off", "message": "the response cache is off (cache = false)"}, 409)
+    body = await request.content.read(MAX_EXPLAIN_BODY + 1)
+    if len(body) > MAX_EXPLAIN_BODY:
+        return None, _json({"error": "too_large", "message": f"body over {MAX_EXPLAIN_BODY} bytes"}, 413)
+    try:
+        return json.loads(body or b"{}"), None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return None, _json({"error": "invalid_json", "message": f"body is not JSON: {exc}"}, 400)
+
+
+def _strings(data: dict[str, Any], *names: str) -> list[str]:
+    found: list[str] = []
+    for name in names:
+        value = data.get(name)
+        if isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, list):
+            found.extend(v for v in value if isinstance(v, str))
+    return found
+
+
+def _path_of(url: str) -> str:
+    """A purge URL may be absolute or a path; entries are indexed by path + query."""
+    if url.startswith(("http://", "https://")):
+        parsed = URL(url)
+        return parsed.raw_path_qs
+    return url
+
+
+async def _purge(request: web.Request, state: ProxyState) -> web.Response:
+    """POST {"url"|"urls", "prefix"|"prefixes", "tag"|"tags"}: drop every variant of the matching entries."""
+    data, problem = await _purge_body(request, state)
+    if problem is not None:
+        return problem
+    if not isinstance(data, dict):
+        return _json({"error": "invalid_purge", "message": 'body must be {"urls"|"prefixes"|"tags": [...]}'}, 400)
+    paths = [_path_of(u) for u in _strings(data, "url", "urls")]
+    prefixes = [_path_of(p) for p in _strings(data, "prefix", "prefixes")]
+    tags = _strings(data, "tag", "tags")
+    if not (paths or prefixes or tags):
+        return _json({"error": "invalid_purge", "message": "name at least one url, prefix or tag"}, 400)
+    assert state.cache is not None
+    purged = await state.cache.store.purge(paths=paths, prefixes=prefixes, tags=tags)
+    state.cache.counts["purged"] += purged
+    return _json({"purged": purged, "urls": paths, "prefixes": prefixes, "tags": tags})
+
+
+async def _contentstack_webhook(request: web.Request, state: ProxyState) -> web.Response:
+    """A Contentstack publish/unpublish webhook: purge the pages tagged with the entry (or asset) uid — the
+    origin tags pages with `Surrogate-Key: <entry uid> <content type uid>`; a content type change purges the
+    content type's tag (every page of that type)."""
+    data, problem = await _purge_body(request, state)
+    if problem is not None:
+        return problem
+    payload = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(payload, dict):
+        return _json({"error": "invalid_webhook", "message": "expected a Contentstack webhook body with 'data'"}, 400)
+    tags = []
+    module = data.get("module") if isinstance(data, dict) else None
+    sections = ("content_type",) if module == "content_type" else ("entry", "asset")
+    for section in sections:
+        item = payload.get(section)
+        if isinstance(item, dict) and isinstance(item.get("uid"), str):
+            tags.append(item["uid"])
+    if not tags:
+        return _json({"error": "invalid_webhook", "message": "no entry, asset or content_type uid in 'data'"}, 400)
+    assert state.cache is not None
+    purged = await state.cache.store.purge(paths=[], prefixes=[], tags=tags)
+    state.cache.counts["purged"] += purged
+    return _json({"purged": purged, "tags": tags, "event": data.get("event"), "module": data.get("module")})
 
 
 async def _explain(request: web.Request, state: ProxyState) -> web.Response:

@@ -7,7 +7,6 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import quote
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -104,9 +103,9 @@ def add_upstream_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limi
 def cookie_headers(manifest: Manifest, secure: bool) -> list[str]:
     """SPEC §6, built by hand: the SDK reads the raw text between `=` and `;`, so nothing is quoted."""
     flags = "; Secure; SameSite=Lax" if secure else "; SameSite=Lax"
-    # A uid is any string; keep the cookie syntactically valid by percent-encoding separators (the engine
-    # decodes them when reading the cookie back).
-    uid = quote(manifest.user_uid, safe="-._~!$&'()*+/:=?@[]^`{|}")
+    # Raw, as the SDK writes and reads it: any encoding here would come back as a different uid.
+    # Control characters cannot be sent in a header at all; they are dropped.
+    uid = "".join(ch for ch in manifest.user_uid if ch >= " " and ch != "\x7f")
     return [
         f"{USER_UID_COOKIE}={uid}; Max-Age={UID_COOKIE_MAX_AGE}; Path=/{flags}",
         f"{MANIFEST_COOKIE}={manifest.cookie_json()}; Path=/{flags}",

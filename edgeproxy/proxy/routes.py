@@ -13,6 +13,7 @@ from edgeproxy.proxy.config import ProxyConfig
 class RouteDecision:
     personalize: bool
     tags: tuple[str, ...] | None
+    cache: bool = True
 
 
 _PASS = RouteDecision(personalize=False, tags=None)
@@ -24,7 +25,7 @@ class RouteTable:
 
     def __init__(self, config: ProxyConfig) -> None:
         self._routes = tuple(
-            (re.compile(translate(r.path)), RouteDecision(personalize=r.personalize, tags=r.tags))
+            (re.compile(translate(r.path)), RouteDecision(personalize=r.personalize, tags=r.tags, cache=r.cache))
             for r in config.routes
         )
         self._skip = tuple(re.compile(translate(glob)) for glob in config.skip_paths)

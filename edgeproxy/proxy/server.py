@@ -16,6 +16,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from edgeproxy.cache.layer import ResponseCache
+from edgeproxy.cache.store import CacheStore, MemoryCacheStore, RedisCacheStore
 from edgeproxy.engine.errors import RulesError
 from edgeproxy.engine.snapshot_file import load_snapshot
 from edgeproxy.proxy.app import ProxyState, build_app
@@ -45,9 +47,27 @@ def make_state(config: ProxyConfig, *, load_rules: bool = True) -> ProxyState:
         max_users=config.max_users,
     )
     state = ProxyState(config, holder, geo_lookup, open_store(config.state, limits))
+    if config.cache:
+        state.cache = make_cache(config)
     if load_rules and config.rules:
         holder.swap(load_snapshot(config.rules, state.classifier), config.rules)
     return state
+
+
+def make_cache(config: ProxyConfig) -> ResponseCache:
+    store: CacheStore
+    if config.cache_store == "memory":
+        store = MemoryCacheStore(config.cache_max_bytes)
+    elif config.cache_store.startswith(("redis://", "rediss://", "unix://")):
+        store = RedisCacheStore(config.cache_store)
+    else:
+        raise ValueError(f"setting 'cache_store': {config.cache_store!r} is not 'memory' or a redis:// URL")
+    return ResponseCache(
+        store,
+        key_headers=config.cache_key_headers,
+        default_ttl=config.cache_default_ttl,
+        max_object_bytes=config.cache_max_object_bytes,
+    )
 
 
 def make_poller(config: ProxyConfig, state: ProxyState) -> SnapshotPoller:
@@ -149,5 +169,8 @@ def run(config: ProxyConfig) -> int:
         return 2
     except OSError as exc:
         log.error("cannot listen on %s: %s", config.listen, exc)
+        return 2
+    except ValueError as exc:
+        log.error("%s", exc)
         return 2
     return 0

@@ -106,6 +106,10 @@ function createOriginServer(options = {}) {
   const staticFiles = loadStatic();
   const byUrl = new Map(content.entries.map((entry) => [entry.url, entry]));
   const webSockets = new Set();
+  // Cache-Control for pages (default none: every request reaches the origin); e.g. 'public, s-maxage=30'.
+  const pageCacheControl = options.pageCacheControl || '';
+  // Requests seen per path, so a cache in front can be checked: GET /_origin/hits.
+  const hits = new Map();
 
   /** Personalize an entry for this request: the header wins; without one, the Launch-style query param. */
   function personalize(entry, req, query) {
@@ -124,10 +128,14 @@ function createOriginServer(options = {}) {
   function page(req, res, entry, query) {
     if (req.method !== 'GET' && req.method !== 'HEAD') return methodNotAllowed(res, 'GET, HEAD');
     const view = personalize(entry, req, query);
-    return send(res, 200, renderEntry(view, req, content), {
+    const headers = {
       'Content-Type': 'text/html; charset=utf-8',
       'x-cs-applied-variants': view.applied.join(','),
-    });
+      // Surrogate keys name the entry and its content type, so a publish webhook can purge the pages.
+      'Surrogate-Key': `${entry.uid} ${entry.content_type_uid}`,
+    };
+    if (pageCacheControl) headers['Cache-Control'] = pageCacheControl;
+    return send(res, 200, renderEntry(view, req, content), headers);
   }
 
   async function route(req, res) {
@@ -138,6 +146,7 @@ function createOriginServer(options = {}) {
       return sendText(res, 400, 'bad request target\n');
     }
     const { pathname, searchParams: query } = url;
+    hits.set(pathname, (hits.get(pathname) || 0) + 1);
 
     const entry = byUrl.get(pathname);
     if (entry) return page(req, res, entry, query);
@@ -157,6 +166,27 @@ function createOriginServer(options = {}) {
     switch (pathname) {
       case '/healthz':
         return sendText(res, 200, 'ok\n');
+
+      case '/_origin/hits':
+        return sendJson(res, 200, Object.fromEntries(hits));
+
+      case '/cacheable': {
+        // A response a shared cache may keep: ?cc= sets Cache-Control (default public, s-maxage=60),
+        // ?tag= a Surrogate-Key; the body names the variant set and how often this path was served.
+        const cc = query.get('cc') || 'public, s-maxage=60';
+        const variants = req.headers['x-cs-personalize-variants'] || '';
+        const served = hits.get(pathname);
+        const body = JSON.stringify({ variants, served, at: Date.now() }) + '\n';
+        const etag = `"${crypto.createHash('sha1').update(variants + (query.get('v') || '')).digest('hex').slice(0, 16)}"`;
+        const headers = { 'Content-Type': 'application/json', 'Cache-Control': cc, ETag: etag };
+        if (query.get('tag')) headers['Surrogate-Key'] = query.get('tag');
+        if (query.get('fail') === '1') return sendText(res, 503, 'origin failing on purpose\n');
+        if (req.headers['if-none-match'] === etag) {
+          res.writeHead(304, headers);
+          return res.end();
+        }
+        return send(res, 200, body, headers);
+      }
 
       case '/echo': {
         const { bytes, sha256 } = await hashBody(req);
@@ -301,15 +331,16 @@ function main(argv) {
         port: { type: 'string', short: 'p' },
         host: { type: 'string' },
         content: { type: 'string', short: 'c' },
+        'page-cache-control': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
   } catch (err) {
-    console.error(`${err.message}\nusage: node server.js [--port 3000] [--host 127.0.0.1] [--content content.json]`);
+    console.error(`${err.message}\nusage: node server.js [--port 3000] [--host 127.0.0.1] [--content content.json] [--page-cache-control VALUE]`);
     return process.exit(2);
   }
   if (args.help) {
-    console.log('usage: node server.js [--port 3000] [--host 127.0.0.1] [--content content.json]\n'
+    console.log('usage: node server.js [--port 3000] [--host 127.0.0.1] [--content content.json] [--page-cache-control VALUE]\n'
       + 'env: PORT, HOST (flags win). --port 0 picks a free port (see the start-up line).');
     return undefined;
   }
@@ -322,7 +353,10 @@ function main(argv) {
   const host = args.host ?? process.env.HOST ?? '127.0.0.1';
   let server;
   try {
-    server = createOriginServer({ contentPath: args.content ? path.resolve(args.content) : DEFAULT_CONTENT });
+    server = createOriginServer({
+      contentPath: args.content ? path.resolve(args.content) : DEFAULT_CONTENT,
+      pageCacheControl: args['page-cache-control'] ?? process.env.PAGE_CACHE_CONTROL ?? '',
+    });
   } catch (err) {
     console.error(err.message);
     return process.exit(1);

@@ -1,0 +1,1 @@
+"""Variant-aware shared response cache: RFC 9111 rules, keys per variant set, memory and Redis stores."""

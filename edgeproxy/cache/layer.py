@@ -1,0 +1,160 @@
+"""The cache's policy object: keys, lookups with Vary, coalescing of misses, stats. No HTTP I/O here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from multidict import CIMultiDict
+
+from edgeproxy.cache import rules
+from edgeproxy.cache.store import CachedResponse, CacheStore
+
+log = logging.getLogger("edgeproxy.cache")
+
+
+class ResponseCache:
+    """Key = method + host + path?query + the visitor's variant param + configured request headers.
+
+    Never the raw cookie, never the user uid (SPEC §7): two visitors with the same variant set share entries,
+    two with different sets never do.
+    """
+
+    def __init__(
+        self, store: CacheStore, *, key_headers: tuple[str, ...], default_ttl: float, max_object_bytes: int
+    ) -> None:
+        self.store = store
+        self.key_headers = tuple(h.lower() for h in key_headers)
+        self.default_ttl = default_ttl
+        self.max_object_bytes = max_object_bytes
+        self.inflight: dict[str, asyncio.Future[CachedResponse | None]] = {}
+        self._revalidating: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self.counts: Counter[str] = Counter()
+        self.not_stored: Counter[str] = Counter()
+
+    def key(self, host: str, path_qs: str, variant_param: str, headers: Mapping[str, str]) -> str:
+        extra = "|".join(f"{name}={headers.get(name, '')}" for name in self.key_headers)
+        return f"GET|{host.lower()}|{path_qs}|v={variant_param}|{extra}"
+
+    async def lookup(self, key: str, upstream_headers: Mapping[str, str]) -> CachedResponse | None:
+        try:
+            entry = await self.store.get(key)
+        except Exception as exc:  # a shared cache going away must not fail the request
+            self.counts["store_errors"] += 1
+            log.warning("cache lookup failed, going to the origin: %s", exc)
+            return None
+        if entry is None:
+            return None
+        for name, value in entry.vary:  # RFC 9111 §4.1: the selecting headers must match
+            if upstream_headers.get(name, "") != value:
+                return None
+        return entry
+
+    async def put(self, key: str, entry: CachedResponse) -> None:
+        try:
+            await self.store.put(key, entry)
+            self.counts["stored"] += 1
+        except Exception as exc:
+            self.counts["store_errors"] += 1
+            log.warning("cache store failed, response served uncached: %s", exc)
+
+    def build_entry(
+        self,
+        *,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        path: str,
+        upstream_headers: Mapping[str, str],
+        request_time: float,
+        response_time: float,
+    ) -> CachedResponse | None:
+        """A cache entry for this response, or None when RFC 9111 (or our rules) say not to store it."""
+        lookup = CIMultiDict(headers)
+        cc = surrogate_or_cache_control(lookup)
+        ok, why = rules.storable(
+            status, cc, lookup, has_authorization="authorization" in upstream_headers,
+            has_set_cookie=lookup.get("Set-Cookie") is not None, default_ttl=self.default_ttl,
+        )  # fmt: skip
+        vary = rules.vary_names(lookup)
+        if ok and "cookie" in vary:
+            ok, why = False, "Vary: Cookie"  # ours: keys never hold the raw cookie
+        if not ok:
+            self.not_stored[why] += 1
+            return None
+        swr, sie = rules.stale_windows(cc)
+        tags = tuple(t for v in lookup.getall("Surrogate-Key", []) for t in v.split()) + tuple(
+            t.strip() for v in lookup.getall("Cache-Tag", []) for t in v.split(",") if t.strip()
+        )
+        return CachedResponse(
+            status=status, reason=reason, headers=[h for h in headers if h[0].lower() != "set-cookie"], body=body,
+            path=path, tags=tags, stored_at=response_time,
+            initial_age=rules.initial_age(lookup, request_time, response_time),
+            lifetime=rules.freshness_lifetime(cc, lookup, response_time, self.default_ttl), swr=swr, sie=sie,
+            no_cache=rules.needs_revalidation(cc), vary=tuple((n, upstream_headers.get(n, "")) for n in vary),
+            etag=lookup.get("ETag"), last_modified=lookup.get("Last-Modified"),
+        )  # fmt: skip
+
+    def refreshed(self, entry: CachedResponse, headers: list[tuple[str, str]], request_time: float,
+                  response_time: float) -> CachedResponse:  # fmt: skip
+        """RFC 9111 §4.3.4: a 304 updates the stored headers and freshness, the body stays."""
+        updated = {k.lower(): (k, v) for k, v in entry.headers}
+        for name, value in headers:
+            if name.lower() not in ("content-length", "transfer-encoding", "content-encoding"):
+                updated[name.lower()] = (name, value)
+        merged = list(updated.values())
+        lookup = CIMultiDict(merged)
+        cc = surrogate_or_cache_control(lookup)
+        swr, sie = rules.stale_windows(cc)
+        return CachedResponse(
+            status=entry.status, reason=entry.reason, headers=merged, body=entry.body, path=entry.path,
+            tags=entry.tags, stored_at=response_time,
+            initial_age=rules.initial_age(lookup, request_time, response_time),
+            lifetime=rules.freshness_lifetime(cc, lookup, response_time, self.default_ttl), swr=swr, sie=sie,
+            no_cache=rules.needs_revalidation(cc), vary=entry.vary, etag=lookup.get("ETag"),
+            last_modified=lookup.get("Last-Modified"),
+        )  # fmt: skip
+
+    def revalidate_in_background(self, key: str, work: Callable[[], Awaitable[None]]) -> None:
+        """RFC 5861 stale-while-revalidate: one background refresh per key at a time."""
+        if key in self._revalidating or key in self.inflight:
+            return
+        self._revalidating.add(key)
+
+        async def run() -> None:
+            try:
+                await work()
+            except Exception as exc:
+                log.warning("background revalidation failed: %s", exc)
+            finally:
+                self._revalidating.discard(key)
+
+        task = asyncio.ensure_future(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def stats(self) -> dict[str, Any]:
+        try:
+            store = await self.store.stats()
+        except Exception as exc:
+            store = {"error": str(exc)}
+        return {"results": dict(self.counts), "notStored": dict(self.not_stored), "store": store,
+                "inflight": len(self.inflight)}  # fmt: skip
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await self.store.close()
+
+
+def surrogate_or_cache_control(headers: CIMultiDict[str]) -> dict[str, str | None]:
+    """`Surrogate-Control` (for caches like us) wins over `Cache-Control` when the origin sends it."""
+    surrogate = headers.getall("Surrogate-Control", [])
+    if surrogate:
+        return rules.parse_cache_control(surrogate)
+    return rules.parse_cache_control(headers.getall("Cache-Control", []))

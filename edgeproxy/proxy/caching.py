@@ -1,0 +1,224 @@
+"""The HTTP side of the response cache: serve hits, coalesce misses, revalidate, serve stale on errors.
+
+    HIT          fresh entry for this key (method, URL, variant set, key headers)
+    STALE        served stale: within stale-while-revalidate (refreshing in the background), or within
+                 stale-if-error because the origin failed
+    REVALIDATED  the stored entry was confirmed by the origin with a 304
+    MISS         fetched from the origin (and stored when RFC 9111 allows)
+    BYPASS       not a cache candidate (method, body, route with cache = false)
+N concurrent misses for one key make one origin request; the others wait for it and are served its entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from edgeproxy.cache.store import CachedResponse
+from edgeproxy.proxy.app import ProxyState, _origin_failed, client_headers, relay
+
+CONDITIONAL_REQUEST_HEADERS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range")
+
+
+async def serve_entry(
+    request: web.Request,
+    state: ProxyState,
+    entry: CachedResponse,
+    label: str,
+    cookies: list[str],
+    personalized: bool,
+) -> web.StreamResponse:
+    headers = client_headers(CIMultiDict(entry.headers), cookies, personalized, state.config, label)
+    headers["Age"] = str(int(entry.age(time.time())))
+    state.cache.counts[label.lower()] += 1  # type: ignore[union-attr]
+    inm = request.headers.get("If-None-Match")
+    if entry.etag and inm and entry.status == 200 and any(t.strip() in (entry.etag, "*") for t in inm.split(",")):
+        headers.popall("Content-Length", None)
+        return web.Response(status=304, headers=headers)  # the browser's copy is current
+    headers.popall("Content-Length", None)
+    # For HEAD, aiohttp sends the headers (with this body's Content-Length) and no body.
+    return web.Response(status=entry.status, reason=entry.reason, headers=headers, body=entry.body)
+
+
+async def cached_exchange(
+    request: web.Request,
+    state: ProxyState,
+    key: str,
+    path: str,
+    target: URL,
+    upstream_headers: CIMultiDict[str],
+    cookies: list[str],
+    personalized: bool,
+) -> web.StreamResponse:
+    cache = state.cache
+    assert cache is not None
+    for name in CONDITIONAL_REQUEST_HEADERS:  # the cache fetches for everyone; it answers conditionals itself
+        upstream_headers.popall(name, None)
+    entry = await cache.lookup(key, upstream_headers)
+    now = time.time()
+    if entry is not None:
+        if entry.fresh(now):
+            return await serve_entry(request, state, entry, "HIT", cookies, personalized)
+        if entry.within_swr(now):
+            stale = entry
+            cache.revalidate_in_background(key, lambda: _refresh(state, key, path, target, upstream_headers, stale))
+            return await serve_entry(request, state, entry, "STALE", cookies, personalized)
+    if request.method == "HEAD":
+        return await _forward(request, state, target, upstream_headers, cookies, personalized, "MISS")
+
+    leader = cache.inflight.get(key)
+    if leader is not None:
+        # Coalesced: wait for the request already on its way to the origin for this key.
+        cache.counts["coalesced"] += 1
+        try:
+            result = await asyncio.wait_for(asyncio.shield(leader), timeout=state.config.read_timeout)
+        except TimeoutError:
+            result = None
+        if result is not None:
+            return await serve_entry(request, state, result, "HIT", cookies, personalized)
+        return await _forward(request, state, target, upstream_headers, cookies, personalized, "MISS")
+
+    future: asyncio.Future[CachedResponse | None] = asyncio.get_running_loop().create_future()
+    cache.inflight[key] = future
+    try:
+        return await _lead(request, state, key, path, target, upstream_headers, cookies, personalized, entry, future)
+    finally:
+        cache.inflight.pop(key, None)
+        if not future.done():
+            future.set_result(None)
+
+
+async def _lead(
+    request: web.Request,
+    state: ProxyState,
+    key: str,
+    path: str,
+    target: URL,
+    upstream_headers: CIMultiDict[str],
+    cookies: list[str],
+    personalized: bool,
+    entry: CachedResponse | None,
+    future: asyncio.Future[CachedResponse | None],
+) -> web.StreamResponse:
+    cache = state.cache
+    assert cache is not None
+    headers = CIMultiDict(upstream_headers)
+    if entry is not None:  # RFC 9111 §4.3.1: validate what we have
+        if entry.etag:
+            headers["If-None-Match"] = entry.etag
+        if entry.last_modified:
+            headers["If-Modified-Since"] = entry.last_modified
+    request_time = time.time()
+    try:
+        upstream = await state.session.request("GET", target, headers=headers, allow_redirects=False, compress=None)
+    except (TimeoutError, aiohttp.ServerTimeoutError, aiohttp.ClientError, OSError) as exc:
+        if entry is not None and entry.within_sie(time.time()):
+            return await serve_entry(request, state, entry, "STALE", cookies, personalized)  # RFC 5861 §4
+        timeout = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
+        if timeout:
+            return _origin_failed(request, state, 504, "origin_timeout", "The origin did not answer in time.", exc)
+        return _origin_failed(request, state, 502, "origin_unreachable", "The origin could not be reached.", exc)
+    try:
+        response_time = time.time()
+        if upstream.status == 304 and entry is not None:
+            refreshed = cache.refreshed(entry, list(upstream.headers.items()), request_time, response_time)
+            await cache.put(key, refreshed)
+            future.set_result(refreshed)
+            return await serve_entry(request, state, refreshed, "REVALIDATED", cookies, personalized)
+        if upstream.status >= 500 and entry is not None and entry.within_sie(response_time):
+            return await serve_entry(request, state, entry, "STALE", cookies, personalized)
+        candidate = cache.build_entry(
+            status=upstream.status, reason=upstream.reason or "", headers=list(upstream.headers.items()), body=b"",
+            path=path, upstream_headers=headers, request_time=request_time, response_time=response_time,
+        )  # fmt: skip
+        length = upstream.headers.get("Content-Length")
+        if candidate is not None and length is not None and int(length) > cache.max_object_bytes:
+            cache.not_stored["too large"] += 1
+            candidate = None
+        buffer = bytearray() if candidate is not None else None
+        limit = cache.max_object_bytes
+
+        def keep(chunk: bytes) -> None:
+            nonlocal buffer
+            if buffer is not None:
+                buffer += chunk
+                if len(buffer) > limit:  # streamed on, but not stored
+                    cache.not_stored["too large"] += 1
+                    buffer = None
+
+        cache.counts["miss"] += 1
+        response, complete = await relay(
+            request, upstream, cookies, personalized, state.config, x_cache="MISS", on_chunk=keep
+        )
+        if candidate is not None and buffer is not None and complete:
+            candidate.body = bytes(buffer)
+            await cache.put(key, candidate)
+            future.set_result(candidate)
+        return response
+    finally:
+        upstream.release()
+
+
+async def _forward(
+    request: web.Request,
+    state: ProxyState,
+    target: URL,
+    headers: CIMultiDict[str],
+    cookies: list[str],
+    personalized: bool,
+    label: str,
+) -> web.StreamResponse:
+    try:
+        upstream = await state.session.request(
+            request.method, target, headers=headers, allow_redirects=False, compress=None
+        )
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        return _origin_failed(request, state, 504, "origin_timeout", "The origin did not answer in time.", exc)
+    except (aiohttp.ClientError, OSError) as exc:
+        return _origin_failed(request, state, 502, "origin_unreachable", "The origin could not be reached.", exc)
+    try:
+        state.cache.counts[label.lower()] += 1  # type: ignore[union-attr]
+        response, _ = await relay(request, upstream, cookies, personalized, state.config, x_cache=label)
+        return response
+    finally:
+        upstream.release()
+
+
+async def _refresh(
+    state: ProxyState, key: str, path: str, target: URL, upstream_headers: CIMultiDict[str], entry: CachedResponse
+) -> None:
+    """Background revalidation for stale-while-revalidate: conditional GET, store the result."""
+    cache = state.cache
+    assert cache is not None
+    headers = CIMultiDict(upstream_headers)
+    if entry.etag:
+        headers["If-None-Match"] = entry.etag
+    if entry.last_modified:
+        headers["If-Modified-Since"] = entry.last_modified
+    request_time = time.time()
+    async with state.session.request("GET", target, headers=headers, allow_redirects=False, compress=None) as up:
+        response_time = time.time()
+        if up.status == 304:
+            await cache.put(key, cache.refreshed(entry, list(up.headers.items()), request_time, response_time))
+            cache.counts["background_revalidated"] += 1
+            return
+        if up.status >= 500:
+            return  # keep serving stale within its windows
+        length = up.headers.get("Content-Length")
+        if length is not None and int(length) > cache.max_object_bytes:
+            return
+        body = await up.content.read(cache.max_object_bytes + 1)
+        if len(body) > cache.max_object_bytes:
+            return
+        fresh = cache.build_entry(
+            status=up.status, reason=up.reason or "", headers=list(up.headers.items()), body=body, path=path,
+            upstream_headers=headers, request_time=request_time, response_time=response_time,
+        )  # fmt: skip
+        if fresh is not None:
+            await cache.put(key, fresh)
+            cache.counts["background_refreshed"] += 1
