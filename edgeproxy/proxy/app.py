@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -31,6 +31,7 @@ from edgeproxy.store.base import StateStore, StoreError
 
 if TYPE_CHECKING:
     from edgeproxy.cache.layer import ResponseCache
+    from edgeproxy.proxy.decision_log import DecisionLog
     from edgeproxy.sync.poller import SnapshotPoller
 
 log = logging.getLogger("edgeproxy.proxy")
@@ -73,6 +74,7 @@ class ProxyState:
         self._session: aiohttp.ClientSession | None = None
         self.poller: SnapshotPoller | None = None  # set by the server when a poller keeps the snapshot fresh
         self.cache: ResponseCache | None = None  # set by the server when the response cache is on
+        self.decision_log: DecisionLog | None = None  # set by the server with --decision-log
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -109,6 +111,8 @@ class ProxyState:
             await self._session.close()
         if self.cache is not None:
             await self.cache.close()
+        if self.decision_log is not None:
+            self.decision_log.close()
         await self.store.close()
 
 
@@ -154,6 +158,21 @@ def client_view(request: web.Request, state: ProxyState) -> ClientView:
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
+    if state.decision_log is None:
+        return await _proxy(request, state, None)
+    started = time.perf_counter()
+    decided: dict[str, Any] = {}
+    response = await _proxy(request, state, decided)
+    if decided:
+        state.decision_log.write(
+            ctx=decided["ctx"], manifest=decided["manifest"], snapshot=decided["snapshot"], method=request.method,
+            path=request.raw_path, tags=decided["tags"], status=response.status,
+            cache=response.headers.get("X-Cache"), started=started,
+        )  # fmt: skip
+    return response
+
+
+async def _proxy(request: web.Request, state: ProxyState, decided: dict[str, Any] | None) -> web.StreamResponse:
     config = state.config
     state.counters.requests += 1
     where = client_view(request, state)
@@ -198,6 +217,8 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
             stored=stored,
         )
         manifest = loaded.snapshot.decide(visitor.context, route.tags)
+        if decided is not None:
+            decided.update(ctx=visitor.context, manifest=manifest, snapshot=loaded.snapshot.version, tags=route.tags)
         add_upstream_headers(upstream_headers, manifest, config.cda_variant_limit, loaded.snapshot.version)
         if config.variant_query_param:
             query = _with_param(query, config.variant_query_param, manifest.variant_param)

@@ -85,6 +85,7 @@ class ProxyConfig:
     purge_token: str = ""
     max_header_size: int = 16_384
     access_log: bool = False
+    decision_log: str = ""
     log_level: str = "info"
     _sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -141,6 +142,8 @@ FIELDS: dict[str, str] = {
     "purge_token": "token for POST /_edgeproxy/purge and the Contentstack publish webhook; empty = ops_token",
     "max_header_size": "largest accepted request header line / field in bytes (default 16384)",
     "access_log": "log one line per request (default false)",
+    "decision_log": "append one JSON line per personalized request (request description + decision + status), "
+    "replayable with `edgeproxy replay --from-log` (default off)",
     "log_level": "debug, info, warning or error (default info)",
 }
 

@@ -49,6 +49,10 @@ def make_state(config: ProxyConfig, *, load_rules: bool = True) -> ProxyState:
     state = ProxyState(config, holder, geo_lookup, open_store(config.state, limits))
     if config.cache:
         state.cache = make_cache(config)
+    if config.decision_log:
+        from edgeproxy.proxy.decision_log import DecisionLog
+
+        state.decision_log = DecisionLog(config.decision_log)
     if load_rules and config.rules:
         holder.swap(load_snapshot(config.rules, state.classifier), config.rules)
     return state
