@@ -20,10 +20,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from edgeproxy.engine.context import GeoLookup
+from edgeproxy.engine.decide import Manifest
 from edgeproxy.engine.useragent import UserAgentClassifier
 from edgeproxy.proxy.config import ProxyConfig
 from edgeproxy.proxy.errors import error_response
 from edgeproxy.proxy.headers import UPSTREAM_OWNED, TrustedProxies, end_to_end
+from edgeproxy.proxy.impressions import ImpressionRecorder
 from edgeproxy.proxy.personalize import add_upstream_headers, cookie_headers, identify, visitor_from_request
 from edgeproxy.proxy.routes import RouteTable
 from edgeproxy.proxy.snapshots import SnapshotHolder
@@ -75,6 +77,7 @@ class ProxyState:
         self.poller: SnapshotPoller | None = None  # set by the server when a poller keeps the snapshot fresh
         self.cache: ResponseCache | None = None  # set by the server when the response cache is on
         self.decision_log: DecisionLog | None = None  # set by the server with --decision-log
+        self.impressions: ImpressionRecorder | None = None  # set by the server unless impressions = "off"
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -113,6 +116,8 @@ class ProxyState:
             await self.cache.close()
         if self.decision_log is not None:
             self.decision_log.close()
+        if self.impressions is not None:
+            await self.impressions.stop()
         await self.store.close()
 
 
@@ -197,6 +202,7 @@ async def _proxy(request: web.Request, state: ProxyState, decided: dict[str, Any
     loaded = state.holder.current
     cookies: list[str] = []
     manifest = None
+    impressions = None
     personalized = route.personalize and loaded is not None
     raw_path, _, query = request.raw_path.partition("?")
     if personalized:
@@ -224,6 +230,8 @@ async def _proxy(request: web.Request, state: ProxyState, decided: dict[str, Any
             query = _with_param(query, config.variant_query_param, manifest.variant_param)
         cookies = cookie_headers(manifest, visitor.secure)
         state.counters.personalized += 1
+        if state.impressions is not None:
+            impressions = ImpressionHook(state.impressions, manifest, config.impressions == "proxy")
     else:
         state.counters.passed_through += 1
     target = URL(f"{state.origin_prefix}{raw_path}{'?' + query if query else ''}", encoded=True)
@@ -238,7 +246,15 @@ async def _proxy(request: web.Request, state: ProxyState, decided: dict[str, Any
                 host, request.raw_path, manifest.variant_param if manifest is not None else "", upstream_headers
             )
             return await cached_exchange(
-                request, state, cache_key, request.raw_path, target, upstream_headers, cookies, personalized
+                request,
+                state,
+                cache_key,
+                request.raw_path,
+                target,
+                upstream_headers,
+                cookies,
+                personalized,
+                impressions,
             )
         x_cache = "BYPASS"
     try:
@@ -256,7 +272,9 @@ async def _proxy(request: web.Request, state: ProxyState, decided: dict[str, Any
         return _origin_failed(request, state, 502, "origin_unreachable", "The origin could not be reached.", exc)
 
     try:
-        response, _ = await relay(request, upstream, cookies, personalized, config, x_cache=x_cache)
+        response, _ = await relay(
+            request, upstream, cookies, personalized, config, x_cache=x_cache, impressions=impressions
+        )
         return response
     finally:
         upstream.release()
@@ -282,15 +300,35 @@ def _origin_failed(
 SURROGATE_HEADERS = frozenset({"surrogate-key", "surrogate-control"})
 
 
+@dataclass(frozen=True, slots=True)
+class ImpressionHook:
+    """Records the impressions of one personalized response as its headers go out (see impressions.py)."""
+
+    recorder: ImpressionRecorder
+    manifest: Manifest
+    server_side: bool
+
+    def __call__(self, headers: CIMultiDict[str], applied: str | None) -> None:
+        if applied:
+            self.recorder.confirmed(self.manifest.user_uid, applied)
+        if self.server_side and headers.get("Content-Type", "").lower().startswith("text/html"):
+            self.recorder.served(self.manifest)
+
+
 def client_headers(
     origin_headers: CIMultiDict[str] | CIMultiDictProxy[str],
     cookies: list[str],
     personalized: bool,
     config: ProxyConfig,
     x_cache: str | None = None,
+    impressions: ImpressionHook | None = None,
 ) -> CIMultiDict[str]:
-    """What the browser gets: end-to-end origin headers, our cookies, no-store on personalized HTML."""
-    headers = end_to_end(origin_headers, drop=SURROGATE_HEADERS)
+    """What the browser gets: end-to-end origin headers, our cookies, no-store on personalized HTML.
+    The origin's applied-variants report is recorded (origin-confirmed impressions) and stripped."""
+    applied = origin_headers.get(config.applied_variants_header)
+    headers = end_to_end(origin_headers, drop=SURROGATE_HEADERS | {config.applied_variants_header.lower()})
+    if impressions is not None:
+        impressions(headers, applied)
     for value in cookies:
         headers.add("Set-Cookie", value)
     if (
@@ -313,9 +351,10 @@ async def relay(
     *,
     x_cache: str | None = None,
     on_chunk: Callable[[bytes], None] | None = None,
+    impressions: ImpressionHook | None = None,
 ) -> tuple[web.StreamResponse, bool]:
     """Stream the origin's response to the client. Returns (response, the body arrived complete)."""
-    headers = client_headers(upstream.headers, cookies, personalized, config, x_cache)
+    headers = client_headers(upstream.headers, cookies, personalized, config, x_cache, impressions)
     length = upstream.headers.get("Content-Length")
     no_body = request.method == "HEAD" or upstream.status in NO_BODY_STATUSES or upstream.status < 200
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)

@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from edgeproxy.cache.store import CachedResponse
-from edgeproxy.proxy.app import ProxyState, _origin_failed, client_headers, relay
+from edgeproxy.proxy.app import ImpressionHook, ProxyState, _origin_failed, client_headers, relay
 
 CONDITIONAL_REQUEST_HEADERS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range")
 
@@ -32,8 +32,9 @@ async def serve_entry(
     label: str,
     cookies: list[str],
     personalized: bool,
+    impressions: ImpressionHook | None = None,
 ) -> web.StreamResponse:
-    headers = client_headers(CIMultiDict(entry.headers), cookies, personalized, state.config, label)
+    headers = client_headers(CIMultiDict(entry.headers), cookies, personalized, state.config, label, impressions)
     headers["Age"] = str(int(entry.age(time.time())))
     state.cache.counts[label.lower()] += 1  # type: ignore[union-attr]
     inm = request.headers.get("If-None-Match")
@@ -54,6 +55,7 @@ async def cached_exchange(
     upstream_headers: CIMultiDict[str],
     cookies: list[str],
     personalized: bool,
+    impressions: ImpressionHook | None = None,
 ) -> web.StreamResponse:
     cache = state.cache
     assert cache is not None
@@ -63,13 +65,13 @@ async def cached_exchange(
     now = time.time()
     if entry is not None:
         if entry.fresh(now):
-            return await serve_entry(request, state, entry, "HIT", cookies, personalized)
+            return await serve_entry(request, state, entry, "HIT", cookies, personalized, impressions)
         if entry.within_swr(now):
             stale = entry
             cache.revalidate_in_background(key, lambda: _refresh(state, key, path, target, upstream_headers, stale))
-            return await serve_entry(request, state, entry, "STALE", cookies, personalized)
+            return await serve_entry(request, state, entry, "STALE", cookies, personalized, impressions)
     if request.method == "HEAD":
-        return await _forward(request, state, target, upstream_headers, cookies, personalized, "MISS")
+        return await _forward(request, state, target, upstream_headers, cookies, personalized, "MISS", impressions)
 
     leader = cache.inflight.get(key)
     if leader is not None:
@@ -80,13 +82,15 @@ async def cached_exchange(
         except TimeoutError:
             result = None
         if result is not None:
-            return await serve_entry(request, state, result, "HIT", cookies, personalized)
-        return await _forward(request, state, target, upstream_headers, cookies, personalized, "MISS")
+            return await serve_entry(request, state, result, "HIT", cookies, personalized, impressions)
+        return await _forward(request, state, target, upstream_headers, cookies, personalized, "MISS", impressions)
 
     future: asyncio.Future[CachedResponse | None] = asyncio.get_running_loop().create_future()
     cache.inflight[key] = future
     try:
-        return await _lead(request, state, key, path, target, upstream_headers, cookies, personalized, entry, future)
+        return await _lead(
+            request, state, key, path, target, upstream_headers, cookies, personalized, entry, future, impressions
+        )
     finally:
         cache.inflight.pop(key, None)
         if not future.done():
@@ -104,6 +108,7 @@ async def _lead(
     personalized: bool,
     entry: CachedResponse | None,
     future: asyncio.Future[CachedResponse | None],
+    impressions: ImpressionHook | None,
 ) -> web.StreamResponse:
     cache = state.cache
     assert cache is not None
@@ -118,7 +123,7 @@ async def _lead(
         upstream = await state.session.request("GET", target, headers=headers, allow_redirects=False, compress=None)
     except (TimeoutError, aiohttp.ServerTimeoutError, aiohttp.ClientError, OSError) as exc:
         if entry is not None and entry.within_sie(time.time()):
-            return await serve_entry(request, state, entry, "STALE", cookies, personalized)  # RFC 5861 §4
+            return await serve_entry(request, state, entry, "STALE", cookies, personalized, impressions)  # RFC 5861 §4
         timeout = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
         if timeout:
             return _origin_failed(request, state, 504, "origin_timeout", "The origin did not answer in time.", exc)
@@ -129,9 +134,9 @@ async def _lead(
             refreshed = cache.refreshed(entry, list(upstream.headers.items()), request_time, response_time)
             await cache.put(key, refreshed)
             future.set_result(refreshed)
-            return await serve_entry(request, state, refreshed, "REVALIDATED", cookies, personalized)
+            return await serve_entry(request, state, refreshed, "REVALIDATED", cookies, personalized, impressions)
         if upstream.status >= 500 and entry is not None and entry.within_sie(response_time):
-            return await serve_entry(request, state, entry, "STALE", cookies, personalized)
+            return await serve_entry(request, state, entry, "STALE", cookies, personalized, impressions)
         candidate = cache.build_entry(
             status=upstream.status, reason=upstream.reason or "", headers=list(upstream.headers.items()), body=b"",
             path=path, upstream_headers=headers, request_time=request_time, response_time=response_time,
@@ -153,7 +158,14 @@ async def _lead(
 
         cache.counts["miss"] += 1
         response, complete = await relay(
-            request, upstream, cookies, personalized, state.config, x_cache="MISS", on_chunk=keep
+            request,
+            upstream,
+            cookies,
+            personalized,
+            state.config,
+            x_cache="MISS",
+            on_chunk=keep,
+            impressions=impressions,
         )
         if candidate is not None and buffer is not None and complete:
             candidate.body = bytes(buffer)
@@ -172,6 +184,7 @@ async def _forward(
     cookies: list[str],
     personalized: bool,
     label: str,
+    impressions: ImpressionHook | None = None,
 ) -> web.StreamResponse:
     try:
         upstream = await state.session.request(
@@ -183,7 +196,9 @@ async def _forward(
         return _origin_failed(request, state, 502, "origin_unreachable", "The origin could not be reached.", exc)
     try:
         state.cache.counts[label.lower()] += 1  # type: ignore[union-attr]
-        response, _ = await relay(request, upstream, cookies, personalized, state.config, x_cache=label)
+        response, _ = await relay(
+            request, upstream, cookies, personalized, state.config, x_cache=label, impressions=impressions
+        )
         return response
     finally:
         upstream.release()

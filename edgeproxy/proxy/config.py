@@ -86,6 +86,8 @@ class ProxyConfig:
     max_header_size: int = 16_384
     access_log: bool = False
     decision_log: str = ""
+    impressions: str = "origin"
+    applied_variants_header: str = "x-cs-applied-variants"
     log_level: str = "info"
     _sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -142,6 +144,10 @@ FIELDS: dict[str, str] = {
     "purge_token": "token for POST /_edgeproxy/purge and the Contentstack publish webhook; empty = ops_token",
     "max_header_size": "largest accepted request header line / field in bytes (default 16384)",
     "access_log": "log one line per request (default false)",
+    "impressions": "which impressions the proxy records: origin (default: aliases the origin reports in "
+    "applied_variants_header), proxy (also every personalized HTML page served), off",
+    "applied_variants_header": "response header in which the origin lists the aliases it applied (recorded as "
+    "origin-confirmed impressions, stripped before the browser; default x-cs-applied-variants)",
     "decision_log": "append one JSON line per personalized request (request description + decision + status), "
     "replayable with `edgeproxy replay --from-log` (default off)",
     "log_level": "debug, info, warning or error (default info)",
@@ -280,6 +286,8 @@ def validate(config: ProxyConfig) -> ProxyConfig:
             raise ConfigError(f"setting {name!r} must be > 0")
     if config.attribute_ttl_days <= 0:
         raise ConfigError("setting 'attribute_ttl_days' must be > 0")
+    if config.impressions not in ("origin", "proxy", "off"):
+        raise ConfigError(f"setting 'impressions': {config.impressions!r} is not origin, proxy or off")
     if config.cda_variant_limit < 0:
         raise ConfigError("setting 'cda_variant_limit' must be >= 0 (0 = all)")
     if config.connect_timeout <= 0 or config.read_timeout <= 0:

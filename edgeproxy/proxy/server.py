@@ -115,6 +115,12 @@ async def serve(config: ProxyConfig) -> None:
     poller = make_poller(config, state)
     state.poller = poller
     await initial_snapshot(config, state, poller)
+    if config.impressions != "off":
+        from edgeproxy.proxy.impressions import ImpressionRecorder
+
+        project_uid = state.holder.current.snapshot.project.uid if state.holder.current else config.project_uid
+        state.impressions = ImpressionRecorder(state.store, project_uid)
+        state.impressions.start()
     app = build_app(state, {config.ops_prefix: ops_handler, config.edge_api_prefix: edge_api_handler})
     runner = web.AppRunner(
         app,
