@@ -26,7 +26,9 @@ BASE = "/_personalize"
 def with_client(state_url: str, scenario: Callable[[TestClient[Any, Any]], Awaitable[None]]) -> None:
     config = load_config(None, {}, {"origin": "http://127.0.0.1:9", "rules": "rules", "state": state_url})
     state = make_state(config)
-    app = build_app(state, {config.ops_prefix: ops_handler, config.edge_api_prefix: edge_api_handler})
+    app = build_app(
+        state, {config.ops_prefix: ("ops", ops_handler), config.edge_api_prefix: ("edge_api", edge_api_handler)}
+    )
 
     async def main() -> None:
         async with TestClient(TestServer(app)) as client:

@@ -12,20 +12,21 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from edgeproxy.engine.context import GeoLookup
+from edgeproxy.engine.context import GeoLookup, VisitorContext
 from edgeproxy.engine.decide import Manifest
 from edgeproxy.engine.useragent import UserAgentClassifier
 from edgeproxy.proxy.config import ProxyConfig
 from edgeproxy.proxy.errors import error_response
 from edgeproxy.proxy.headers import UPSTREAM_OWNED, TrustedProxies, end_to_end
 from edgeproxy.proxy.impressions import ImpressionRecorder
+from edgeproxy.proxy.metrics import ProxyMetrics
 from edgeproxy.proxy.personalize import add_upstream_headers, cookie_headers, identify, visitor_from_request
 from edgeproxy.proxy.routes import RouteTable
 from edgeproxy.proxy.snapshots import SnapshotHolder
@@ -78,6 +79,7 @@ class ProxyState:
         self.cache: ResponseCache | None = None  # set by the server when the response cache is on
         self.decision_log: DecisionLog | None = None  # set by the server with --decision-log
         self.impressions: ImpressionRecorder | None = None  # set by the server unless impressions = "off"
+        self.metrics = ProxyMetrics(self)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -161,23 +163,36 @@ def client_view(request: web.Request, state: ProxyState) -> ClientView:
     return ClientView(peer, trusted, incoming_xff, client_ip, proto, host)
 
 
+@dataclass(slots=True)
+class Decided:
+    """What a proxied request decided, for metrics and the decision log after the response."""
+
+    ctx: VisitorContext | None = None
+    manifest: Manifest | None = None
+    snapshot: str = ""
+    tags: tuple[str, ...] | None = None
+
+
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    if state.decision_log is None:
-        return await _proxy(request, state, None)
     started = time.perf_counter()
-    decided: dict[str, Any] = {}
+    decided = Decided()
     response = await _proxy(request, state, decided)
-    if decided:
+    state.metrics.observe_request(
+        "page" if decided.manifest is not None else "passthrough", response.status, time.perf_counter() - started
+    )
+    x_cache = response.headers.get("X-Cache")
+    if x_cache is not None:
+        state.metrics.cache_result(x_cache)
+    if state.decision_log is not None and decided.manifest is not None and decided.ctx is not None:
         state.decision_log.write(
-            ctx=decided["ctx"], manifest=decided["manifest"], snapshot=decided["snapshot"], method=request.method,
-            path=request.raw_path, tags=decided["tags"], status=response.status,
-            cache=response.headers.get("X-Cache"), started=started,
+            ctx=decided.ctx, manifest=decided.manifest, snapshot=decided.snapshot, method=request.method,
+            path=request.raw_path, tags=decided.tags, status=response.status, cache=x_cache, started=started,
         )  # fmt: skip
     return response
 
 
-async def _proxy(request: web.Request, state: ProxyState, decided: dict[str, Any] | None) -> web.StreamResponse:
+async def _proxy(request: web.Request, state: ProxyState, decided: Decided) -> web.StreamResponse:
     config = state.config
     state.counters.requests += 1
     where = client_view(request, state)
@@ -222,9 +237,11 @@ async def _proxy(request: web.Request, state: ProxyState, decided: dict[str, Any
             identity=identity,
             stored=stored,
         )
+        decide_started = time.perf_counter()
         manifest = loaded.snapshot.decide(visitor.context, route.tags)
-        if decided is not None:
-            decided.update(ctx=visitor.context, manifest=manifest, snapshot=loaded.snapshot.version, tags=route.tags)
+        state.metrics.observe_manifest(manifest, time.perf_counter() - decide_started)
+        decided.ctx, decided.manifest = visitor.context, manifest
+        decided.snapshot, decided.tags = loaded.snapshot.version, route.tags
         add_upstream_headers(upstream_headers, manifest, config.cda_variant_limit, loaded.snapshot.version)
         if config.variant_query_param:
             query = _with_param(query, config.variant_query_param, manifest.variant_param)
@@ -292,6 +309,7 @@ def _origin_failed(
     request: web.Request, state: ProxyState, status: int, code: str, message: str, exc: BaseException
 ) -> web.Response:
     state.counters.origin_errors += 1
+    state.metrics.origin_errors.labels(str(status)).inc()
     log.warning("%s %s -> %d %s: %r", request.method, request.path_qs, status, code, exc)
     return error_response(status, code, message, request.headers.get("Accept"))
 
@@ -438,8 +456,8 @@ async def _websocket(request: web.Request, state: ProxyState, headers: CIMultiDi
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def build_app(state: ProxyState, reserved: dict[str, Handler]) -> web.Application:
-    """`reserved` maps path prefixes (ops, Edge API) to their handlers; nothing under them is forwarded."""
+def build_app(state: ProxyState, reserved: dict[str, tuple[str, Handler]]) -> web.Application:
+    """`reserved` maps path prefixes to (metrics kind, handler): ops and the Edge API; never forwarded."""
     app = web.Application(client_max_size=0)  # bodies are streamed, never read whole
     app[STATE] = state
     prefixes = tuple(reserved.items())
@@ -448,9 +466,12 @@ def build_app(state: ProxyState, reserved: dict[str, Handler]) -> web.Applicatio
         # Reserved prefixes: matched on the decoded, dot-segment-resolved and raw path, case-insensitively,
         # so an encoded or re-cased spelling cannot slip a proxy-internal path through to the origin.
         path = _normalized(request.path)
-        for prefix, handler in prefixes:
+        for prefix, (kind, handler) in prefixes:
             if _under(path, prefix) or _under(request.raw_path, prefix) or path.rstrip("/") == prefix.rstrip("/"):
-                return await handler(request)
+                started = time.perf_counter()
+                response = await handler(request)
+                state.metrics.observe_request(kind, response.status, time.perf_counter() - started)
+                return response
         return await proxy_handler(request)
 
     app.router.add_route("*", "/{tail:.*}", dispatch)

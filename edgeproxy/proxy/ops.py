@@ -61,6 +61,9 @@ async def ops_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     accept = request.headers.get("Accept")
     name = request.path[len(state.config.ops_prefix) :].strip("/").lower()
+    if name == "metrics":
+        return web.Response(body=state.metrics.exposition(), headers={
+            "Content-Type": "text/plain; version=0.0.4; charset=utf-8", "Cache-Control": "no-store"})  # fmt: skip
     if name == "health":
         return _json({"status": "ok"})
     if name == "ready":

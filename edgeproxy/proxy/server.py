@@ -121,7 +121,9 @@ async def serve(config: ProxyConfig) -> None:
         project_uid = state.holder.current.snapshot.project.uid if state.holder.current else config.project_uid
         state.impressions = ImpressionRecorder(state.store, project_uid)
         state.impressions.start()
-    app = build_app(state, {config.ops_prefix: ops_handler, config.edge_api_prefix: edge_api_handler})
+    app = build_app(
+        state, {config.ops_prefix: ("ops", ops_handler), config.edge_api_prefix: ("edge_api", edge_api_handler)}
+    )
     runner = web.AppRunner(
         app,
         access_log=logging.getLogger("edgeproxy.access") if config.access_log else None,
