@@ -43,6 +43,7 @@ class ProxyConfig:
     origin: str = ""
     rules: str = ""
     listen: str = "127.0.0.1:8080"
+    workers: int = 1
     geoip: str = ""
     preserve_host: bool = False
     trusted_proxies: tuple[str, ...] = ()
@@ -97,6 +98,7 @@ FIELDS: dict[str, str] = {
     "origin": "origin base URL to forward to, e.g. http://127.0.0.1:3000 (required)",
     "rules": "rules: a Personalize export folder or a compiled .msgpack snapshot (required)",
     "listen": "HOST:PORT to listen on (default 127.0.0.1:8080)",
+    "workers": "processes sharing the port with SO_REUSEPORT (default 1); SIGUSR2 restarts them one by one",
     "geoip": "MaxMind City .mmdb for COUNTRY/REGION/CITY of the client IP",
     "preserve_host": "send the visitor's Host to the origin instead of the origin's own host (default false)",
     "trusted_proxies": "comma-separated addresses/CIDRs whose X-Forwarded-*/Forwarded and CDN geo headers are "
@@ -288,6 +290,8 @@ def validate(config: ProxyConfig) -> ProxyConfig:
         raise ConfigError("setting 'attribute_ttl_days' must be > 0")
     if config.impressions not in ("origin", "proxy", "off"):
         raise ConfigError(f"setting 'impressions': {config.impressions!r} is not origin, proxy or off")
+    if config.workers < 1:
+        raise ConfigError("setting 'workers' must be >= 1")
     if config.cda_variant_limit < 0:
         raise ConfigError("setting 'cda_variant_limit' must be >= 0 (0 = all)")
     if config.connect_timeout <= 0 or config.read_timeout <= 0:

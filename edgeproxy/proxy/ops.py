@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
+import signal
 import time
 import uuid
 from typing import Any
@@ -100,6 +102,12 @@ async def _sync(request: web.Request, state: ProxyState) -> web.Response:
     token = state.config.webhook_token or state.config.ops_token
     if request.method != "POST" or not _authorized(request, token):
         return error_response(404, "not_found", "No such endpoint.", request.headers.get("Accept"))
+    supervisor = os.environ.get("EDGEPROXY_SUPERVISOR_PID")
+    if supervisor:
+        # One of several workers: the supervisor syncs for all of them; they pick the result up within a second.
+        os.kill(int(supervisor), signal.SIGHUP)
+        await request.content.read(MAX_EXPLAIN_BODY)
+        return _json({"result": "requested", "message": "the supervisor syncs now; workers reload within 1 s"}, 202)
     if state.poller is None:
         return _json({"error": "no_source", "message": "this instance has no snapshot source to refresh"}, 409)
     await request.content.read(MAX_EXPLAIN_BODY)  # the webhook payload itself is not needed

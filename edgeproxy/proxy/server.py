@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -110,7 +112,7 @@ async def initial_snapshot(config: ProxyConfig, state: ProxyState, poller: Snaps
     log.warning("Admin unreachable at start (%s); serving last good snapshot %s", outcome["error"], last.version)
 
 
-async def serve(config: ProxyConfig) -> None:
+async def serve(config: ProxyConfig, *, worker: int | None = None, ready: Any = None) -> None:
     state = make_state(config, load_rules=False)
     poller = make_poller(config, state)
     state.poller = poller
@@ -134,8 +136,11 @@ async def serve(config: ProxyConfig) -> None:
     )
     await runner.setup()
     host, port = listen_address(config)
-    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+    # Workers share the port (SO_REUSEPORT); the kernel spreads connections between them.
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=worker is not None, backlog=1024)
     await site.start()
+    if ready is not None:
+        ready.put(os.getpid())
     loaded = state.holder.current
     log.info(
         "edgeproxy listening on http://%s:%d -> %s (snapshot %s)",
@@ -158,8 +163,15 @@ async def serve(config: ProxyConfig) -> None:
     await runner.cleanup()
 
 
-def run(config: ProxyConfig) -> int:
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run(config: ProxyConfig, *, worker: int | None = None, ready: Any = None) -> int:
+    prefix = f"[worker {worker}] " if worker is not None else ""
+    logging.basicConfig(
+        level=config.log_level.upper(), format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s"
+    )
+    if config.workers > 1 and worker is None:
+        from edgeproxy.proxy.workers import Supervisor
+
+        return Supervisor(config).run()
     loop_factory: Callable[[], asyncio.AbstractEventLoop]
     try:
         import uvloop
@@ -169,7 +181,7 @@ def run(config: ProxyConfig) -> int:
         loop_factory = asyncio.new_event_loop
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(serve(config))
+            runner.run(serve(config, worker=worker, ready=ready))
     except RulesError as exc:
         log.error("rules error: %s", exc)
         return 2
