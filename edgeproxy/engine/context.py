@@ -226,6 +226,17 @@ class VisitorContext:
         return self._flows
 
 
+def _valid_text(value: str) -> bool:
+    """Header bytes that are not UTF-8 arrive as lone surrogates; such a uid could not be stored or echoed."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def resolve_user_uid(
     headers: Mapping[str, str], cookies: Mapping[str, str], fallback: str | None, new_uid: Callable[[], str]
 ) -> tuple[str, bool]:
@@ -233,7 +244,7 @@ def resolve_user_uid(
     for candidate in (headers.get(USER_UID_HEADER), cookies.get(USER_UID_COOKIE), fallback):
         if candidate is not None:
             candidate = candidate.strip()  # raw: the SDK neither encodes nor decodes the uid (SPEC §6)
-            if candidate:
+            if candidate and _valid_text(candidate):
                 return candidate, False
     return new_uid(), True
 

@@ -73,7 +73,7 @@ class DecisionLog:
             "request": description_of(ctx, method, tags), "decision": manifest.to_dict(),
         }  # fmt: skip
         try:
-            self._file.write(json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str) + "\n")
+            self._file.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
             self.lines += 1
             now = time.monotonic()
             if now - self._last_flush > 1.0:

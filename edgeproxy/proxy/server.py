@@ -163,11 +163,29 @@ async def serve(config: ProxyConfig, *, worker: int | None = None, ready: Any = 
     await runner.cleanup()
 
 
+class _BadRequestLogFilter(logging.Filter):
+    """aiohttp logs a full traceback for every malformed request it answers with 400; one line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            from aiohttp.http_exceptions import HttpProcessingError
+
+            exc = record.exc_info[1]
+            if isinstance(exc, HttpProcessingError):
+                record.msg = "rejected malformed request (%d): %s"
+                record.args = (exc.code, exc.message)
+                record.exc_info = None
+                record.exc_text = None
+                record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def run(config: ProxyConfig, *, worker: int | None = None, ready: Any = None) -> int:
     prefix = f"[worker {worker}] " if worker is not None else ""
     logging.basicConfig(
         level=config.log_level.upper(), format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s"
     )
+    logging.getLogger("aiohttp.server").addFilter(_BadRequestLogFilter())
     if config.workers > 1 and worker is None:
         from edgeproxy.proxy.workers import Supervisor
 
