@@ -151,6 +151,17 @@ def run_sync(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+def run_publish(args: argparse.Namespace, out: IO[str]) -> int:
+    import asyncio
+
+    from edgeproxy.sync.fleet import publish
+
+    snapshot = load_snapshot(args.rules)
+    heard = asyncio.run(publish(args.fleet_redis, snapshot))
+    out.write(f"published {snapshot.version} to {args.fleet_redis}: {heard} instance(s) listening\n")
+    return 0
+
+
 def run_fake_admin(args: argparse.Namespace, out: IO[str]) -> int:
     from edgeproxy.sync.fake_admin import run_fake_admin as serve_fake
 
@@ -174,6 +185,16 @@ def _add_sync(commands: Any) -> None:
     sync.add_argument("--oauth-token", help="OAuth bearer token (or EDGEPROXY_OAUTH_TOKEN)")
     sync.add_argument("--out", required=True, help="output folder (created; previous versions are kept)")
     sync.set_defaults(run=run_sync)
+
+    pub = commands.add_parser(
+        "publish",
+        help="publish a snapshot to a fleet of proxies through Redis (serve --fleet-redis)",
+        description="Validate rules (a folder or a .msgpack) and publish them to every edgeproxy started with "
+        "--fleet-redis URL; they all swap to it together, and instances started later adopt it.",
+    )
+    pub.add_argument("--rules", required=True, help="export folder or compiled .msgpack snapshot")
+    pub.add_argument("--fleet-redis", required=True, help="redis://host:port/db shared by the fleet")
+    pub.set_defaults(run=run_publish)
 
     fake = commands.add_parser(
         "fake-admin",
@@ -226,6 +247,12 @@ def _add_serve(commands: Any) -> None:
     serve.set_defaults(run=run_serve)
 
 
+def _add_replay(commands: Any) -> None:
+    from edgeproxy.replay.command import add_replay_command
+
+    add_replay_command(commands)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeproxy",
@@ -268,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.set_defaults(run=run_compile)
     _add_serve(commands)
     _add_sync(commands)
+    _add_replay(commands)
+    from edgeproxy.analytics.command import add_report_command
+
+    add_report_command(commands)
     return parser
 
 

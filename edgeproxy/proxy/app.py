@@ -35,6 +35,7 @@ from edgeproxy.store.base import StateStore, StoreError
 if TYPE_CHECKING:
     from edgeproxy.cache.layer import ResponseCache
     from edgeproxy.proxy.decision_log import DecisionLog
+    from edgeproxy.sync.fleet import FleetFollower
     from edgeproxy.sync.poller import SnapshotPoller
 
 log = logging.getLogger("edgeproxy.proxy")
@@ -80,6 +81,7 @@ class ProxyState:
         self.decision_log: DecisionLog | None = None  # set by the server with --decision-log
         self.impressions: ImpressionRecorder | None = None  # set by the server unless impressions = "off"
         self.metrics = ProxyMetrics(self)
+        self.fleet: FleetFollower | None = None  # when following a fleet channel (--fleet-redis)
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -77,6 +77,7 @@ class ProxyConfig:
     snapshot_dir: str = "edgeproxy-snapshot"
     webhook_token: str = ""
     watch: bool = False
+    fleet_redis: str = ""
     cache: bool = True
     cache_store: str = "memory"
     cache_max_bytes: int = 256 * 1024 * 1024
@@ -137,6 +138,8 @@ FIELDS: dict[str, str] = {
     "snapshot_dir": "where sync keeps the export tree and the last good snapshot (default edgeproxy-snapshot)",
     "webhook_token": "token for POST /_edgeproxy/sync (webhooks, Automate) to sync now; empty = use ops_token",
     "watch": "with --rules DIR: reload when a file changes (development)",
+    "fleet_redis": "redis://... shared by a fleet: follow snapshots published there (edgeproxy publish, or any "
+    "instance syncing from Admin, which publishes what it syncs)",
     "cache": "shared response cache keyed on the variant set, RFC 9111 rules (default true)",
     "cache_store": "memory (default) or redis://host:port/db to share the cache between instances",
     "cache_max_bytes": "memory cache size bound in bytes, LRU (default 268435456)",

@@ -77,6 +77,8 @@ async def ops_handler(request: web.Request) -> web.StreamResponse:
             "snapshot": snapshot_status(state),
             "sync": state.poller.status.to_dict() if state.poller else None,
             "cache": await state.cache.stats() if state.cache else None,
+            "fleet": None if state.fleet is None else {"channel": state.fleet.url, "connected": state.fleet.connected,
+                                                       "swaps": state.fleet.swaps, "lastError": state.fleet.last_error},
             "origin": state.config.origin,
             "uptimeSeconds": round(time.time() - c.started, 3),
             "requests": {"total": c.requests, "personalized": c.personalized, "passedThrough": c.passed_through,

@@ -87,7 +87,7 @@ def make_poller(config: ProxyConfig, state: ProxyState) -> SnapshotPoller:
         oauth_token=config.oauth_token or None,
         timeout=config.sync_timeout,
     )
-    admin = AdminSource(client, Path(config.snapshot_dir), state.classifier)
+    admin = AdminSource(client, Path(config.snapshot_dir), state.classifier, publish_to=config.fleet_redis or None)
     return SnapshotPoller(state.holder, admin, interval=config.sync_interval)
 
 
@@ -149,6 +149,13 @@ async def serve(config: ProxyConfig, *, worker: int | None = None, ready: Any = 
     background = None
     if not config.rules or config.watch:
         background = asyncio.create_task(poller.run())
+    follower_task = None
+    if config.fleet_redis:
+        from edgeproxy.sync.fleet import FleetFollower
+
+        follower = FleetFollower(config.fleet_redis, state.holder, state.classifier)
+        state.fleet = follower
+        follower_task = asyncio.create_task(follower.run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -156,10 +163,11 @@ async def serve(config: ProxyConfig, *, worker: int | None = None, ready: Any = 
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(poller.refresh("SIGHUP")))
     await stop.wait()
     log.info("shutting down: draining in-flight requests")
-    if background is not None:
-        background.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await background
+    for task in (background, follower_task):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     await runner.cleanup()
 
 

@@ -38,8 +38,11 @@ class SnapshotSource(Protocol):
 class AdminSource:
     """Management API -> export tree + compiled snapshot in `out` (the persisted last good)."""
 
-    def __init__(self, client: ManagementClient, out: Path, classifier: UserAgentClassifier) -> None:
+    def __init__(
+        self, client: ManagementClient, out: Path, classifier: UserAgentClassifier, publish_to: str | None = None
+    ) -> None:
         self.client = client
+        self.publish_to = publish_to
         self.out = out
         self.classifier = classifier
         self.description = f"admin {client.base_url} (project {client.project_uid})"
@@ -52,6 +55,13 @@ class AdminSource:
         snapshot = await asyncio.to_thread(write_export, self.out, tree.files, self.classifier)
         self.client.commit(tree)
         self._have_snapshot = True
+        if self.publish_to:
+            from edgeproxy.sync.fleet import publish
+
+            try:
+                await publish(self.publish_to, snapshot)
+            except Exception as exc:  # serving here goes on; the fleet catches up on the next sync
+                log.error("could not publish snapshot %s to the fleet: %s", snapshot.version, exc)
         return snapshot
 
     def last_good(self) -> CompiledSnapshot | None:
