@@ -8,6 +8,7 @@ upgrades bridged, one pooled keep-alive session to the origin, 502/504 on origin
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from edgeproxy.engine.context import GeoLookup, VisitorContext
-from edgeproxy.engine.decide import Manifest
+from edgeproxy.engine.decide import CompiledSnapshot, Manifest
 from edgeproxy.engine.useragent import UserAgentClassifier
 from edgeproxy.proxy.config import ProxyConfig
 from edgeproxy.proxy.errors import error_response
@@ -249,8 +250,9 @@ async def _proxy(request: web.Request, state: ProxyState, decided: Decided) -> w
             query = _with_param(query, config.variant_query_param, manifest.variant_param)
         cookies = cookie_headers(manifest, visitor.secure)
         state.counters.personalized += 1
-        if state.impressions is not None:
-            impressions = ImpressionHook(state.impressions, manifest, config.impressions == "proxy")
+        explain_header = _debug_explanation(request, state, loaded.snapshot, visitor.context, route.tags)
+        if state.impressions is not None or explain_header is not None:
+            impressions = ResponseHook(state.impressions, manifest, config.impressions == "proxy", explain_header)
     else:
         state.counters.passed_through += 1
     target = URL(f"{state.origin_prefix}{raw_path}{'?' + query if query else ''}", encoded=True)
@@ -299,6 +301,22 @@ async def _proxy(request: web.Request, state: ProxyState, decided: Decided) -> w
         upstream.release()
 
 
+def _debug_explanation(
+    request: web.Request, state: ProxyState, snapshot: CompiledSnapshot, ctx: VisitorContext,
+    tags: tuple[str, ...] | None,
+) -> str | None:  # fmt: skip
+    """`X-Edgeproxy-Explain: <ops_token>` on a request -> a compact why-this-variant header on the response."""
+    asked = request.headers.get("X-Edgeproxy-Explain")
+    token = state.config.ops_token
+    if not asked or not token or not hmac.compare_digest(asked.encode(), token.encode()):
+        return None
+    from edgeproxy.engine.explain import explain
+
+    trace = explain(snapshot, ctx, tags)
+    summary = "; ".join(f"{e['shortUid']}={e['activeVariantShortUid']} ({e['reason']})" for e in trace["experiences"])
+    return f"snapshot={snapshot.version} user={ctx.user_uid}; {summary}"[:8000]
+
+
 def _with_param(query: str, name: str, value: str) -> str:
     from urllib.parse import quote
 
@@ -321,18 +339,23 @@ SURROGATE_HEADERS = frozenset({"surrogate-key", "surrogate-control"})
 
 
 @dataclass(frozen=True, slots=True)
-class ImpressionHook:
-    """Records the impressions of one personalized response as its headers go out (see impressions.py)."""
+class ResponseHook:
+    """Runs as a personalized response's headers go out: records its impressions (see impressions.py) and
+    adds the token-protected `X-Edgeproxy-Explain` debug header when it was asked for."""
 
-    recorder: ImpressionRecorder
+    recorder: ImpressionRecorder | None
     manifest: Manifest
     server_side: bool
+    explain: str | None = None
 
     def __call__(self, headers: CIMultiDict[str], applied: str | None) -> None:
-        if applied:
-            self.recorder.confirmed(self.manifest.user_uid, applied)
-        if self.server_side and headers.get("Content-Type", "").lower().startswith("text/html"):
-            self.recorder.served(self.manifest)
+        if self.recorder is not None:
+            if applied:
+                self.recorder.confirmed(self.manifest.user_uid, applied)
+            if self.server_side and headers.get("Content-Type", "").lower().startswith("text/html"):
+                self.recorder.served(self.manifest)
+        if self.explain is not None:
+            headers["X-Edgeproxy-Explain"] = self.explain
 
 
 def client_headers(
@@ -341,7 +364,7 @@ def client_headers(
     personalized: bool,
     config: ProxyConfig,
     x_cache: str | None = None,
-    impressions: ImpressionHook | None = None,
+    impressions: ResponseHook | None = None,
 ) -> CIMultiDict[str]:
     """What the browser gets: end-to-end origin headers, our cookies, no-store on personalized HTML.
     The origin's applied-variants report is recorded (origin-confirmed impressions) and stripped."""
@@ -371,7 +394,7 @@ async def relay(
     *,
     x_cache: str | None = None,
     on_chunk: Callable[[bytes], None] | None = None,
-    impressions: ImpressionHook | None = None,
+    impressions: ResponseHook | None = None,
 ) -> tuple[web.StreamResponse, bool]:
     """Stream the origin's response to the client. Returns (response, the body arrived complete)."""
     headers = client_headers(upstream.headers, cookies, personalized, config, x_cache, impressions)

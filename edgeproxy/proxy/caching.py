@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from edgeproxy.cache.store import CachedResponse
-from edgeproxy.proxy.app import ImpressionHook, ProxyState, _origin_failed, client_headers, relay
+from edgeproxy.proxy.app import ProxyState, ResponseHook, _origin_failed, client_headers, relay
 
 CONDITIONAL_REQUEST_HEADERS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range")
 
@@ -32,7 +32,7 @@ async def serve_entry(
     label: str,
     cookies: list[str],
     personalized: bool,
-    impressions: ImpressionHook | None = None,
+    impressions: ResponseHook | None = None,
 ) -> web.StreamResponse:
     headers = client_headers(CIMultiDict(entry.headers), cookies, personalized, state.config, label, impressions)
     headers["Age"] = str(int(entry.age(time.time())))
@@ -55,7 +55,7 @@ async def cached_exchange(
     upstream_headers: CIMultiDict[str],
     cookies: list[str],
     personalized: bool,
-    impressions: ImpressionHook | None = None,
+    impressions: ResponseHook | None = None,
 ) -> web.StreamResponse:
     cache = state.cache
     assert cache is not None
@@ -108,7 +108,7 @@ async def _lead(
     personalized: bool,
     entry: CachedResponse | None,
     future: asyncio.Future[CachedResponse | None],
-    impressions: ImpressionHook | None,
+    impressions: ResponseHook | None,
 ) -> web.StreamResponse:
     cache = state.cache
     assert cache is not None
@@ -184,7 +184,7 @@ async def _forward(
     cookies: list[str],
     personalized: bool,
     label: str,
-    impressions: ImpressionHook | None = None,
+    impressions: ResponseHook | None = None,
 ) -> web.StreamResponse:
     try:
         upstream = await state.session.request(
