@@ -30,7 +30,7 @@ class ResponseCache:
         self.key_headers = tuple(h.lower() for h in key_headers)
         self.default_ttl = default_ttl
         self.max_object_bytes = max_object_bytes
-        self.inflight: dict[str, asyncio.Future[CachedResponse | None]] = {}
+        self.inflight: dict[str, asyncio.Future[tuple[CachedResponse, str] | None]] = {}  # result, X-Cache
         self._revalidating: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self.counts: Counter[str] = Counter()
@@ -102,12 +102,15 @@ class ResponseCache:
 
     def refreshed(self, entry: CachedResponse, headers: list[tuple[str, str]], request_time: float,
                   response_time: float) -> CachedResponse:  # fmt: skip
-        """RFC 9111 §4.3.4: a 304 updates the stored headers and freshness, the body stays."""
-        updated = {k.lower(): (k, v) for k, v in entry.headers}
-        for name, value in headers:
-            if name.lower() not in ("content-length", "transfer-encoding", "content-encoding"):
-                updated[name.lower()] = (name, value)
-        merged = list(updated.values())
+        """RFC 9111 §4.3.4: a 304 updates the stored headers and freshness, the body stays.
+
+        Fields the 304 carries replace all stored lines of that name; other stored lines stay as they were,
+        repeated ones included. Set-Cookie is never stored (one visitor's cookie must not reach others).
+        """
+        skip = {"content-length", "transfer-encoding", "content-encoding", "set-cookie"}
+        carried = {name.lower() for name, _ in headers} - skip
+        merged = [(k, v) for k, v in entry.headers if k.lower() not in carried]
+        merged += [(k, v) for k, v in headers if k.lower() in carried]
         lookup = CIMultiDict(merged)
         cc = surrogate_or_cache_control(lookup)
         swr, sie = rules.stale_windows(cc)

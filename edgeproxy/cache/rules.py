@@ -6,6 +6,7 @@ Small pure functions, each citing the section it implements (after hishel's `_co
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
@@ -38,12 +39,16 @@ def _seconds(directives: Mapping[str, str | None], name: str) -> int | None:
 
 
 def _http_date(value: str | None) -> float | None:
+    """RFC 9110 §5.6.7: all three HTTP-date formats are GMT, including asctime, which names no zone."""
     if not value:
         return None
     try:
-        return parsedate_to_datetime(value).timestamp()
+        parsed = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
 
 
 def request_allows_cache(method: str, has_authorization: bool) -> bool:
@@ -81,9 +86,10 @@ def freshness_lifetime(
 ) -> float:
     """RFC 9111 §4.2.1: s-maxage, then max-age, then Expires - Date, else our configured default TTL."""
     for name in ("s-maxage", "max-age"):
-        value = _seconds(response_cc, name)
-        if value is not None:
-            return float(value)
+        if name in response_cc:
+            value = _seconds(response_cc, name)
+            # An invalid value makes the response stale, and Expires is ignored when max-age is present (§5.3).
+            return 0.0 if value is None else float(value)
     expires = headers.get("Expires")
     if expires is not None:
         when = _http_date(expires)

@@ -40,7 +40,8 @@ class CachedResponse:
         return not self.no_cache and self.age(now) < self.lifetime + self.swr
 
     def within_sie(self, now: float) -> bool:
-        return self.age(now) < self.lifetime + self.sie
+        # A no-cache entry is never used without a successful validation (RFC 9111 §5.2.2.4).
+        return not self.no_cache and self.age(now) < self.lifetime + self.sie
 
     def keep_for(self) -> float:
         """How long the store should keep it: beyond freshness for stale serving and revalidation."""
@@ -206,7 +207,20 @@ class RedisCacheStore:
         for index in indexes:
             doomed |= set(await self._client.smembers(index))
         if doomed:
-            await self._client.delete(*doomed)
+            # Take each purged entry out of every index it is in (its path and all its tags), not only the one
+            # it was purged by, so status counts stay true.
+            members = list(doomed)
+            blobs = await self._client.mget(members)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for member, blob in zip(members, blobs, strict=True):
+                    if blob is None:
+                        continue
+                    entry = CachedResponse.unpack(blob if isinstance(blob, bytes) else blob.encode())
+                    pipe.srem(self.PREFIX + "p:" + entry.path, member)
+                    for tag in entry.tags:
+                        pipe.srem(self.PREFIX + "t:" + tag, member)
+                pipe.delete(*members)
+                await pipe.execute()
         if indexes:
             await self._client.delete(*indexes)
         return len(doomed)

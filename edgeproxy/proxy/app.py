@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgeproxy.proxy")
 CHUNK = 64 * 1024
 NO_BODY_STATUSES = frozenset({204, 304})
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Dropped from what the origin sends back: framing is ours to decide when streaming.
 RESPONSE_DROP = frozenset({"content-length"})
 
@@ -187,6 +188,12 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     x_cache = response.headers.get("X-Cache")
     if x_cache is not None:
         state.metrics.cache_result(x_cache)
+    if state.cache is not None and request.method in UNSAFE_METHODS and response.status < 400:
+        # RFC 9111 §4.4: a successful unsafe request invalidates the stored responses for its URI.
+        try:
+            await state.cache.store.purge(paths=[request.raw_path], prefixes=[], tags=[])
+        except Exception as exc:  # a shared cache being away must not fail the request that already succeeded
+            log.warning("cache invalidation after %s %s failed: %s", request.method, request.raw_path, exc)
     if state.decision_log is not None and decided.manifest is not None and decided.ctx is not None:
         state.decision_log.write(
             ctx=decided.ctx, manifest=decided.manifest, snapshot=decided.snapshot, method=request.method,

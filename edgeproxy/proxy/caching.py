@@ -19,10 +19,19 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from edgeproxy.cache.rules import parse_cache_control
 from edgeproxy.cache.store import CachedResponse
 from edgeproxy.proxy.app import ProxyState, ResponseHook, _origin_failed, client_headers, relay
 
 CONDITIONAL_REQUEST_HEADERS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range")
+
+
+def _weak_match(if_none_match: str, etag: str) -> bool:
+    """RFC 9110 §13.1.2: If-None-Match uses the weak comparison (W/ prefixes ignored)."""
+    if if_none_match.strip() == "*":
+        return True
+    own = etag.strip().removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == own for tag in if_none_match.split(","))
 
 
 async def serve_entry(
@@ -38,7 +47,7 @@ async def serve_entry(
     headers["Age"] = str(int(entry.age(time.time())))
     state.cache.counts[label.lower()] += 1  # type: ignore[union-attr]
     inm = request.headers.get("If-None-Match")
-    if entry.etag and inm and entry.status == 200 and any(t.strip() in (entry.etag, "*") for t in inm.split(",")):
+    if entry.etag and inm and entry.status == 200 and _weak_match(inm, entry.etag):
         headers.popall("Content-Length", None)
         return web.Response(status=304, headers=headers)  # the browser's copy is current
     headers.popall("Content-Length", None)
@@ -82,10 +91,12 @@ async def cached_exchange(
         except TimeoutError:
             result = None
         if result is not None:
-            return await serve_entry(request, state, result, "HIT", cookies, personalized, impressions)
+            shared, label = result
+            if all(upstream_headers.get(name, "") == value for name, value in shared.vary):  # RFC 9111 §4.1
+                return await serve_entry(request, state, shared, label, cookies, personalized, impressions)
         return await _forward(request, state, target, upstream_headers, cookies, personalized, "MISS", impressions)
 
-    future: asyncio.Future[CachedResponse | None] = asyncio.get_running_loop().create_future()
+    future: asyncio.Future[tuple[CachedResponse, str] | None] = asyncio.get_running_loop().create_future()
     cache.inflight[key] = future
     try:
         return await _lead(
@@ -107,7 +118,7 @@ async def _lead(
     cookies: list[str],
     personalized: bool,
     entry: CachedResponse | None,
-    future: asyncio.Future[CachedResponse | None],
+    future: asyncio.Future[tuple[CachedResponse, str] | None],
     impressions: ResponseHook | None,
 ) -> web.StreamResponse:
     cache = state.cache
@@ -123,6 +134,7 @@ async def _lead(
         upstream = await state.session.request("GET", target, headers=headers, allow_redirects=False, compress=None)
     except (TimeoutError, aiohttp.ServerTimeoutError, aiohttp.ClientError, OSError) as exc:
         if entry is not None and entry.within_sie(time.time()):
+            future.set_result((entry, "STALE"))  # requests waiting on this fetch get the stale copy too
             return await serve_entry(request, state, entry, "STALE", cookies, personalized, impressions)  # RFC 5861 §4
         timeout = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
         if timeout:
@@ -133,14 +145,18 @@ async def _lead(
         if upstream.status == 304 and entry is not None:
             refreshed = cache.refreshed(entry, list(upstream.headers.items()), request_time, response_time)
             await cache.put(key, refreshed)
-            future.set_result(refreshed)
+            future.set_result((refreshed, "REVALIDATED"))
             return await serve_entry(request, state, refreshed, "REVALIDATED", cookies, personalized, impressions)
         if upstream.status >= 500 and entry is not None and entry.within_sie(response_time):
+            future.set_result((entry, "STALE"))
             return await serve_entry(request, state, entry, "STALE", cookies, personalized, impressions)
         candidate = cache.build_entry(
             status=upstream.status, reason=upstream.reason or "", headers=list(upstream.headers.items()), body=b"",
             path=path, upstream_headers=headers, request_time=request_time, response_time=response_time,
         )  # fmt: skip
+        if candidate is not None and "no-store" in parse_cache_control(request.headers.getall("Cache-Control", [])):
+            cache.not_stored["request no-store"] += 1  # RFC 9111 §5.2.1.5
+            candidate = None
         length = upstream.headers.get("Content-Length")
         if candidate is not None and length is not None and int(length) > cache.max_object_bytes:
             cache.not_stored["too large"] += 1
@@ -170,7 +186,7 @@ async def _lead(
         if candidate is not None and buffer is not None and complete:
             candidate.body = bytes(buffer)
             await cache.put(key, candidate)
-            future.set_result(candidate)
+            future.set_result((candidate, "HIT"))
         return response
     finally:
         upstream.release()
@@ -227,9 +243,12 @@ async def _refresh(
         length = up.headers.get("Content-Length")
         if length is not None and int(length) > cache.max_object_bytes:
             return
-        body = await up.content.read(cache.max_object_bytes + 1)
-        if len(body) > cache.max_object_bytes:
-            return
+        collected = bytearray()
+        async for chunk in up.content.iter_any():  # the whole body, however it is chunked
+            collected += chunk
+            if len(collected) > cache.max_object_bytes:
+                return
+        body = bytes(collected)
         fresh = cache.build_entry(
             status=up.status, reason=up.reason or "", headers=list(up.headers.items()), body=body, path=path,
             upstream_headers=headers, request_time=request_time, response_time=response_time,
