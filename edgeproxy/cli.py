@@ -247,6 +247,12 @@ def _add_serve(commands: Any) -> None:
     serve.set_defaults(run=run_serve)
 
 
+def _add_replay(commands: Any) -> None:
+    from edgeproxy.replay.command import add_replay_command
+
+    add_replay_command(commands)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeproxy",
@@ -289,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.set_defaults(run=run_compile)
     _add_serve(commands)
     _add_sync(commands)
+    _add_replay(commands)
+    from edgeproxy.analytics.command import add_report_command
+
+    add_report_command(commands)
     return parser
 
 

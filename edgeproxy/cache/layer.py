@@ -32,9 +32,28 @@ class ResponseCache:
         self.max_object_bytes = max_object_bytes
         self.inflight: dict[str, asyncio.Future[tuple[CachedResponse, str] | None]] = {}  # result, X-Cache
         self._revalidating: set[str] = set()
+        # "Hit-for-pass" (Varnish): keys whose last response could not be stored skip coalescing for a while,
+        # so uncacheable personalized pages are not serialised behind one another.
+        self._pass_until: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.counts: Counter[str] = Counter()
         self.not_stored: Counter[str] = Counter()
+
+    PASS_SECONDS = 30.0
+
+    def remember_uncacheable(self, key: str, now: float) -> None:
+        if len(self._pass_until) > 100_000:
+            self._pass_until.clear()
+        self._pass_until[key] = now + self.PASS_SECONDS
+
+    def passes(self, key: str, now: float) -> bool:
+        until = self._pass_until.get(key)
+        if until is None:
+            return False
+        if until < now:
+            del self._pass_until[key]
+            return False
+        return True
 
     def key(self, host: str, path_qs: str, variant_param: str, headers: Mapping[str, str]) -> str:
         extra = "|".join(f"{name}={headers.get(name, '')}" for name in self.key_headers)

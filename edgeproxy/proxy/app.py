@@ -20,6 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from edgeproxy.analytics.live import LiveDecisions
 from edgeproxy.engine.context import GeoLookup, VisitorContext
 from edgeproxy.engine.decide import CompiledSnapshot, Manifest
 from edgeproxy.engine.useragent import UserAgentClassifier
@@ -83,6 +84,7 @@ class ProxyState:
         self.decision_log: DecisionLog | None = None  # set by the server with --decision-log
         self.impressions: ImpressionRecorder | None = None  # set by the server unless impressions = "off"
         self.metrics = ProxyMetrics(self)
+        self.live = LiveDecisions()  # decision counts for the dashboard
         self.fleet: FleetFollower | None = None  # when following a fleet channel (--fleet-redis)
 
     @property
@@ -90,6 +92,10 @@ class ProxyState:
         if self._session is None:
             raise RuntimeError("the origin session starts with the app (on_startup)")
         return self._session
+
+    def observe_decision(self, manifest: Manifest, seconds: float) -> None:
+        self.metrics.observe_manifest(manifest, seconds)
+        self.live.record(manifest)
 
     async def stored_attributes(self, project_uid: str, user_uid: str) -> dict[str, object]:
         """Stored attributes for a decision; a store outage degrades to request-local data, logged."""
@@ -249,7 +255,7 @@ async def _proxy(request: web.Request, state: ProxyState, decided: Decided) -> w
         )
         decide_started = time.perf_counter()
         manifest = loaded.snapshot.decide(visitor.context, route.tags)
-        state.metrics.observe_manifest(manifest, time.perf_counter() - decide_started)
+        state.observe_decision(manifest, time.perf_counter() - decide_started)
         decided.ctx, decided.manifest = visitor.context, manifest
         decided.snapshot, decided.tags = loaded.snapshot.version, route.tags
         add_upstream_headers(upstream_headers, manifest, config.cda_variant_limit, loaded.snapshot.version)

@@ -79,7 +79,7 @@ async def cached_exchange(
             stale = entry
             cache.revalidate_in_background(key, lambda: _refresh(state, key, path, target, upstream_headers, stale))
             return await serve_entry(request, state, entry, "STALE", cookies, personalized, impressions)
-    if request.method == "HEAD":
+    if request.method == "HEAD" or (entry is None and cache.passes(key, now)):
         return await _forward(request, state, target, upstream_headers, cookies, personalized, "MISS", impressions)
 
     leader = cache.inflight.get(key)
@@ -187,6 +187,8 @@ async def _lead(
             candidate.body = bytes(buffer)
             await cache.put(key, candidate)
             future.set_result((candidate, "HIT"))
+        else:
+            cache.remember_uncacheable(key, time.time())
         return response
     finally:
         upstream.release()

@@ -170,7 +170,7 @@ async def _manifest(request: web.Request, state: ProxyState, project_uid: str) -
     )
     started = time.perf_counter()
     manifest = loaded.snapshot.decide(visitor.context, tags or None)
-    state.metrics.observe_manifest(manifest, time.perf_counter() - started)
+    state.observe_decision(manifest, time.perf_counter() - started)
     # The snapshot version lets a client (and the swap test) tie a manifest to exactly one snapshot.
     extra = {USER_UID_HEADER_NAME: manifest.user_uid, "X-Edgeproxy-Snapshot": loaded.snapshot.version}
     return _json(request, state, manifest.edge_body(), extra=extra)

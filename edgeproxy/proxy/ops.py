@@ -91,6 +91,10 @@ async def ops_handler(request: web.Request) -> web.StreamResponse:
         return await _purge(request, state)
     if name == "webhooks/contentstack":
         return await _contentstack_webhook(request, state)
+    if name == "dashboard" or name.startswith("dashboard/"):
+        from edgeproxy.analytics.dashboard import dashboard_handler
+
+        return await dashboard_handler(request, state)
     if name == "explain":
         # Off unless a token is configured; a wrong token looks the same as "off" (no oracle).
         if not _authorized(request, state.config.ops_token):

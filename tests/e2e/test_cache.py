@@ -530,7 +530,9 @@ def test_responses_over_the_object_limit_pass_uncached(
     assert [r.headers["X-Cache"] for r in replies] == ["MISS", "HIT", "MISS", "MISS"]
     assert [r.body == pattern(n) for r, n in zip(replies, (60000, 60000, 250000, 250000), strict=True)] == [True] * 4
     assert hits(http, shop, "/download") - before == 3
-    assert cache_status(http, cached)["notStored"]["too large"] - not_stored == 2
+    # The first big response is too large to store; its key then passes straight to the origin for a while
+    # (hit-for-pass), so the second one is not even offered to the cache.
+    assert cache_status(http, cached)["notStored"]["too large"] - not_stored == 1
 
 
 def test_status_shows_cache_counters_and_variant_keys_per_path(

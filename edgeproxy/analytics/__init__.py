@@ -1,0 +1,1 @@
+"""Analytics: impressions, conversions and A/B results of the stored events (SPEC §8); report and dashboard."""

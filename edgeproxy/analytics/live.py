@@ -1,0 +1,84 @@
+"""Live decision counts of one proxy process, for the dashboard: `ProxyState.live.record(manifest)` per decision.
+
+Counts per (experience, variant or None) since the process started, plus per-minute buckets for the last hour.
+Recording is a few dict increments (no lock: the proxy decides on one event-loop thread; a rare lost increment
+from another thread would only make a live counter one short). With `serve --workers N` each worker counts its
+own decisions; the dashboard shows those of the worker that answered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+MINUTES_KEPT = 60
+
+Slot = tuple[str, str | None]  # (experience short uid, variant short uid or None = no variant)
+
+
+class _Variant(Protocol):
+    short_uid: str
+
+
+class DecidedManifest(Protocol):
+    """What `record_decision` reads of `edgeproxy.engine.decide.Manifest`."""
+
+    @property
+    def entries(self) -> tuple[tuple[str, Any], ...]: ...
+
+
+class LiveDecisions:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self.started = clock()
+        self.decisions = 0
+        self.totals: dict[Slot, int] = {}
+        self._minute = int(self.started // 60)
+        self._current: dict[Slot, int] = {}
+        self._current_decisions = 0
+        self._history: deque[tuple[int, int, dict[Slot, int]]] = deque(maxlen=MINUTES_KEPT)
+
+    def record(self, manifest: DecidedManifest) -> None:
+        minute = int(self._clock() // 60)
+        if minute != self._minute:
+            self._roll(minute)
+        self.decisions += 1
+        self._current_decisions += 1
+        totals, current = self.totals, self._current
+        for experience, variant in manifest.entries:
+            slot = (experience, None if variant is None else variant.short_uid)
+            totals[slot] = totals.get(slot, 0) + 1
+            current[slot] = current.get(slot, 0) + 1
+
+    def _roll(self, minute: int) -> None:
+        self._history.append((self._minute, self._current_decisions, self._current))
+        self._minute, self._current, self._current_decisions = minute, {}, 0
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON data: totals per experience and variant ("-" = no variant), and per-minute decision counts."""
+        now_minute = int(self._clock() // 60)
+        if now_minute != self._minute:
+            self._roll(now_minute)
+        recent: dict[Slot, int] = dict(self._current)
+        per_minute = {m: n for m, n, _ in self._history}
+        per_minute[self._minute] = self._current_decisions
+        first = now_minute - MINUTES_KEPT + 1
+        last_5: dict[Slot, int] = dict(recent)
+        for m, _, counts in self._history:
+            if m > now_minute - 5:
+                for slot, n in counts.items():
+                    last_5[slot] = last_5.get(slot, 0) + n
+        experiences: dict[str, dict[str, dict[str, int]]] = {}
+        for (e, v), n in self.totals.items():
+            cell = experiences.setdefault(e, {}).setdefault(v or "-", {"total": 0, "last5Minutes": 0})
+            cell["total"] = n
+        for (e, v), n in last_5.items():
+            experiences.setdefault(e, {}).setdefault(v or "-", {"total": 0, "last5Minutes": 0})["last5Minutes"] = n
+        return {
+            "since": self.started,
+            "decisions": self.decisions,
+            "perMinute": [per_minute.get(m, 0) for m in range(first, now_minute + 1)],
+            "experiences": experiences,
+        }

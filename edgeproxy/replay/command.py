@@ -1,0 +1,212 @@
+"""`edgeproxy replay`: run recorded traffic through the engine, compare snapshots, check expectations."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from edgeproxy.engine.loader import parse_iso_time
+from edgeproxy.engine.snapshot_file import load_snapshot
+from edgeproxy.replay.aggregate import DEFAULT_SRM_ALPHA
+from edgeproxy.replay.coverage import DEFAULT_RULE_SAMPLE
+from edgeproxy.replay.diff import DEFAULT_EXPLAINED_MOVES, DEFAULT_SAMPLES_PER_MOVE
+from edgeproxy.replay.expectations import ExpectationResult, ExpectationsError, check_expectation, load_expectations
+from edgeproxy.replay.readers import FORMATS, HarFilter, TrafficError
+
+DESCRIPTION = """\
+Replay recorded traffic through the decision engine and report, per experience and variant, how many requests
+and distinct users got it; A/B splits against their weights (chi-square); experiences never activated, audiences
+never matched and rules never true. TRAFFIC files are HAR files, edgeproxy decision logs (serve --decision-log)
+or request-description JSON lines (SPEC §9), detected per file; .gz is read too, and - is stdin.
+
+exit status: 0 ok; 1 an expectation failed, a recorded decision differs (--from-log), or re-bucketing with
+--fail-on-rebucket; 2 bad rules, unreadable traffic or a malformed expectation file."""
+
+
+def add_replay_command(commands: Any) -> None:
+    replay = commands.add_parser(
+        "replay",
+        help="replay recorded traffic (HAR, decision log, JSON lines) against rules; diff snapshots; expectations",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    replay.add_argument("traffic", nargs="*", metavar="TRAFFIC", help="traffic files (HAR, decision log, JSON lines)")
+    replay.add_argument("--rules", required=True, help="rules: a Personalize export folder or a compiled .msgpack")
+    replay.add_argument("--against", metavar="PATH2",
+                        help="a second rule set: decide every request under both, report users who move")  # fmt: skip
+    replay.add_argument("--geoip", metavar="MMDB", help="MaxMind City database for requests with an IP and no geo")
+    replay.add_argument("--format", choices=FORMATS, help="force the traffic format instead of detecting it per file")
+    replay.add_argument("--config", metavar="FILE",
+                        help="the proxy's TOML config: HAR entries follow its [[routes]] (tags, personalize = "
+                        "false), skip_paths and static_extensions, as `serve` would")  # fmt: skip
+    replay.add_argument("--all-requests", action="store_true",
+                        help="HAR: replay every entry, not only GET page loads (assets, XHR, POST are skipped "
+                        "by default)")  # fmt: skip
+    replay.add_argument("--expect", metavar="FILE", action="append",
+                        help="YAML/JSON expectations: request -> expected variants (repeatable)")  # fmt: skip
+    replay.add_argument("--junit", metavar="FILE", help="write JUnit XML (expectations, --from-log checks)")
+    replay.add_argument("--from-log", action="store_true",
+                        help="verify that today's engine reproduces the decisions recorded in the traffic "
+                        "(decision log; HAR manifest cookies)")  # fmt: skip
+    replay.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    replay.add_argument("--chart", metavar="FILE", help="write a chart of the distribution: FILE.svg or FILE.html")
+    replay.add_argument("--now", metavar="ISO", help="clock for requests that carry no time (default: now)")
+    replay.add_argument("--limit", type=int, metavar="N", help="replay at most N requests")
+    replay.add_argument("--srm-alpha", type=float, default=DEFAULT_SRM_ALPHA,
+                        help=f"p-value below which an A/B split mismatches (default {DEFAULT_SRM_ALPHA})")  # fmt: skip
+    replay.add_argument("--rule-sample", type=int, default=DEFAULT_RULE_SAMPLE, metavar="N",
+                        help=f"count rule truth on every Nth request (default {DEFAULT_RULE_SAMPLE}); never-true "
+                        "rules are found exactly on all requests")  # fmt: skip
+    replay.add_argument("--no-coverage", action="store_true", help="skip audience/rule coverage")
+    replay.add_argument("--samples", type=int, default=DEFAULT_SAMPLES_PER_MOVE, metavar="N",
+                        help=f"sample requests kept per move (default {DEFAULT_SAMPLES_PER_MOVE})")  # fmt: skip
+    replay.add_argument("--explain-moves", type=int, default=DEFAULT_EXPLAINED_MOVES, metavar="N",
+                        help=f"explain the first N moves (default {DEFAULT_EXPLAINED_MOVES})")  # fmt: skip
+    replay.add_argument("--fail-on-rebucket", action="store_true",
+                        help="exit 1 when --against re-buckets users of a running A/B test")  # fmt: skip
+    replay.add_argument("--no-memo", action="store_true",
+                        help="decide every request from scratch (slower; the memo is exact: for checking)")  # fmt: skip
+    replay.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar on stderr (default: when stderr is a terminal)")  # fmt: skip
+    replay.set_defaults(run=run_replay)
+
+
+def _clock(now: str | None) -> Any:
+    if not now:
+        return time.time
+    try:
+        fixed = parse_iso_time(now).timestamp()
+    except ValueError:
+        raise ValueError(f"--now {now!r}: not ISO-8601 (e.g. 2026-11-22T10:00:00Z)") from None
+    return lambda: fixed
+
+
+def _routes(path: str, rules: str) -> Any:
+    """The proxy's route table from its config file (the settings `serve --config FILE` would use for routing)."""
+    import tomllib
+
+    from edgeproxy.proxy.config import ConfigError, load_config
+    from edgeproxy.proxy.routes import RouteTable
+
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"--config {path}: cannot be read as TOML: {exc}") from None
+    flags: dict[str, Any] = {}
+    if not data.get("origin"):
+        flags["origin"] = "http://replay.invalid"  # routing does not need the origin
+    if not any(data.get(name) for name in ("rules", "admin_url", "region")):
+        flags["rules"] = rules
+    try:
+        return RouteTable(load_config(path, {}, flags))
+    except ConfigError as exc:
+        raise ValueError(f"--config {path}: {exc}") from None
+
+
+def run_replay(args: argparse.Namespace, out: IO[str]) -> int:
+    from edgeproxy.replay.chart import write_chart
+    from edgeproxy.replay.junit import junit_xml, write_junit
+    from edgeproxy.replay.progress import Progress
+    from edgeproxy.replay.reporting import render_text, report_dict
+    from edgeproxy.replay.run import ReplayOptions, ReplayResult, replay
+
+    if not args.traffic and not args.expect:
+        print("edgeproxy: replay needs TRAFFIC files, --expect FILE, or both", file=sys.stderr)
+        return 2
+    if args.from_log and not args.traffic:
+        print("edgeproxy: --from-log needs the traffic (decision log or HAR) to verify", file=sys.stderr)
+        return 2
+    if args.against and not args.traffic:
+        print("edgeproxy: --against needs TRAFFIC files to replay under both rule sets", file=sys.stderr)
+        return 2
+    clock = _clock(args.now)
+    snapshot = load_snapshot(args.rules)
+    against = load_snapshot(args.against) if args.against else None
+    geo_lookup = None
+    if args.geoip:
+        from edgeproxy.geo import MaxMindGeo
+
+        geo_lookup = MaxMindGeo(args.geoip).lookup
+
+    routes = _routes(args.config, args.rules) if args.config else None
+
+    expectation_results: list[ExpectationResult] | None = None
+    expectations_seconds = 0.0
+    if args.expect:
+        started = time.perf_counter()
+        try:
+            cases = [case for path in args.expect for case in load_expectations(path, snapshot)]
+            expectation_results = [check_expectation(c, snapshot, clock=clock, geo_lookup=geo_lookup) for c in cases]
+        except ExpectationsError as exc:
+            print(f"edgeproxy: expectations error: {exc}", file=sys.stderr)
+            return 2
+        expectations_seconds = time.perf_counter() - started
+
+    result: ReplayResult | None = None
+    if args.traffic:
+        options = ReplayOptions(
+            traffic=list(args.traffic),
+            format=args.format,
+            har_filter=HarFilter(all_requests=args.all_requests, routes=routes),
+            geo_lookup=geo_lookup,
+            clock=clock,
+            memo=not args.no_memo,
+            coverage=not args.no_coverage,
+            rule_sample=args.rule_sample,
+            verify_recorded=args.from_log,
+            limit=args.limit,
+            samples_per_move=args.samples,
+            explained_moves=args.explain_moves,
+        )
+        progress = Progress(sys.stderr, list(args.traffic), enabled=args.progress)
+        try:
+            result = replay(snapshot, options, against=against, progress=progress)
+        except TrafficError as exc:
+            print(f"\nedgeproxy: traffic error: {exc}", file=sys.stderr)
+            return 2
+        if args.from_log and result.recorded is not None and result.recorded.checked == 0:
+            print(
+                "edgeproxy: --from-log: no recorded decisions in the traffic (a decision log from "
+                "`serve --decision-log`, or a HAR recorded through edgeproxy with its cookies)",
+                file=sys.stderr,
+            )
+            return 2
+
+    if args.json:
+        out.write(json.dumps(report_dict(result, expectation_results, srm_alpha=args.srm_alpha), default=str,
+                             ensure_ascii=False, indent=1) + "\n")  # fmt: skip
+    else:
+        out.write(render_text(result, expectation_results, srm_alpha=args.srm_alpha))
+    if args.chart and result is not None:
+        before = result.distribution.experience_results(args.srm_alpha)
+        after = (
+            result.against_distribution.experience_results(args.srm_alpha)
+            if result.against_distribution is not None else None
+        )  # fmt: skip
+        subtitle = f"{result.requests:,} requests, {result.users:,} users; snapshot {snapshot.version}"
+        if against is not None:
+            subtitle += f" vs {against.version}"
+        write_chart(args.chart, before, after, title="edgeproxy replay: variant distribution", subtitle=subtitle)
+    if args.junit:
+        write_junit(
+            args.junit,
+            junit_xml(
+                expectation_results,
+                result.recorded if result is not None else None,
+                [s.source for s in result.sources] if result is not None else [],
+                expectations_seconds=expectations_seconds,
+                replay_seconds=result.seconds if result is not None else 0.0,
+            ),
+        )
+    failed = False
+    if expectation_results is not None and any(not r.passed for r in expectation_results):
+        failed = True
+    if result is not None and result.recorded is not None and result.recorded.mismatched:
+        failed = True
+    if args.fail_on_rebucket and result is not None and result.diff is not None and result.diff.rebucketed():
+        failed = True
+    return 1 if failed else 0

@@ -1,0 +1,260 @@
+"""The engine's decisions for a stream of request descriptions, fast.
+
+Contexts come from `context_from_description` and every choice is made by the snapshot's own compiled choosers
+(`CompiledExperience.choose`), so a replayed decision is the decision `edgeproxy decide` and the proxy make.
+
+Replay adds one thing, a memo of *segment* choices. Only an ACTIVE A/B test reads the visitor's uid (its bucket);
+every other experience is a pure function of a handful of visitor features: the attributes its rules read. Real
+traffic repeats those features (a few countries, device classes, campaigns, time windows) while uids and clocks are
+all different, so the choices of the uid-independent experiences are memoized under a key made of exactly those
+features, and A/B tests are decided per request. The key is sound by construction:
+
+- geo, device/OS class, referrer, custom attribute values (typed: `1`, `1.0` and `true`
+  are different keys): the values the rules read, as the engine computes them;
+- query string: the raw query (what every QUERY_PARAMETERS condition, JSON_MATCH included, is computed from);
+- Lytics: the raw `__lytics_audiences` live attribute and `cs-lytics-audiences`/`cs-lytics-flows` cookies that
+  the visitor's sets are parsed from;
+- the clock: when DATE_AND_TIME is only used by BEFORE/AFTER/BETWEEN_TIME, the position of `now` among the rules'
+  time thresholds (`bisect_left`, `bisect_right`) decides every such comparison, so that pair is the key;
+- a rule on anything not listed here (a future preset) turns the memo off for that snapshot.
+
+`--no-memo` decides every request with `CompiledSnapshot.decide`; the tests check both agree on varied traffic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeproxy.engine.context import (
+    LYTICS_AUDIENCES_ATTRIBUTE,
+    LYTICS_AUDIENCES_COOKIE,
+    LYTICS_FLOWS_COOKIE,
+    DescribedRequest,
+    GeoLookup,
+    VisitorContext,
+    context_from_description,
+)
+from edgeproxy.engine.decide import CompiledExperience, CompiledSnapshot, CompiledVariant, Manifest
+from edgeproxy.engine.loader import iter_rules, parse_iso_time
+from edgeproxy.engine.model import TIME_CONDITIONS, AudienceCondition, Rule, RuleGroup
+from edgeproxy.replay.readers import TrafficRecord
+
+MEMO_LIMIT = 50_000  # entries per tag set; cleared when full, so memory stays bounded
+
+Choose = Callable[[VisitorContext], CompiledVariant | None]
+
+
+class ContextFactory:
+    """Request descriptions -> contexts, the way `edgeproxy decide` builds them.
+
+    A description without a user uid gets a deterministic stand-in for the proxy's new UUID4 (derived from the
+    file and position), so a replay is reproducible and still buckets such visitors uniformly. `clock` is used
+    only when a description has no `now`.
+    """
+
+    def __init__(self, snapshot: CompiledSnapshot, geo_lookup: GeoLookup | None, clock: Callable[[], float]) -> None:
+        self._classifier = snapshot.classifier
+        self._geo_lookup = geo_lookup
+        self._clock = clock
+        self._record: TrafficRecord | None = None
+
+    def _new_uid(self) -> str:
+        record = self._record
+        seed = f"{record.source}:{record.position}" if record is not None else str(time.time())
+        return str(uuid.UUID(bytes=hashlib.md5(seed.encode(), usedforsecurity=False).digest(), version=4))
+
+    def __call__(self, record: TrafficRecord) -> DescribedRequest:
+        self._record = record
+        return context_from_description(
+            record.description,
+            clock=self._clock,
+            new_uid=self._new_uid,
+            classifier=self._classifier,
+            geo_lookup=self._geo_lookup if record.geo_lookup_allowed else None,
+        )
+
+
+# -- the segment memo key ---------------------------------------------------------------------------------------
+
+
+def _condition_groups(condition: AudienceCondition | None, snapshot: CompiledSnapshot) -> Iterable[RuleGroup]:
+    if condition is None:
+        return
+    if condition.target is not None:
+        yield condition.target
+        return
+    audiences = {a.uid: a for a in snapshot.project.audiences}
+    for uid in condition.audiences + condition.lytics_audiences:
+        definition = audiences[uid].definition
+        if definition is not None:
+            yield definition
+
+
+def _reads_lytics_membership(condition: AudienceCondition | None, snapshot: CompiledSnapshot) -> bool:
+    if condition is None or condition.target is not None:
+        return False
+    audiences = {a.uid: a for a in snapshot.project.audiences}
+    return any(audiences[uid].lytics_slug is not None for uid in condition.audiences + condition.lytics_audiences)
+
+
+def _time_threshold(text: Any) -> float:
+    return parse_iso_time(str(text)).timestamp()
+
+
+def _typed(value: Any) -> Any:
+    """A key part for a custom attribute value: strings and None as they are; anything else typed and exact, so
+    `1`, `1.0`, `true` and `-0.0`/`0.0` never share a key (the rules may tell them apart), and dicts/lists are
+    hashable."""
+    if value is None or value.__class__ is str:
+        return value
+    return (value.__class__.__name__, repr(value))
+
+
+def segment_key_function(snapshot: CompiledSnapshot, experiences: Sequence[CompiledExperience]) -> Any:
+    """A function ctx -> hashable key covering everything these experiences' rules read; None when a rule reads
+    something this function does not know (then nothing is memoized)."""
+    rules: list[Rule] = []
+    lytics_membership = False
+    for ce in experiences:
+        for variant in ce.experience.variants:
+            rules.extend(rule for group in _condition_groups(variant.condition, snapshot) for rule in iter_rules(group))
+            lytics_membership = lytics_membership or _reads_lytics_membership(variant.condition, snapshot)
+    return feature_key_function(rules, lytics_membership=lytics_membership)
+
+
+def feature_key_function(rules: Sequence[Rule], *, lytics_membership: bool) -> Any:
+    """ctx -> a hashable key such that two contexts with equal keys give every one of `rules` (and, with
+    `lytics_membership`, every Lytics audience membership) the same result. None for an unknown attribute."""
+    parts: list[str] = []
+    namespace: dict[str, Any] = {"_bl": bisect_left, "_br": bisect_right, "_typed": _typed}
+    presets = {r.attribute for r in rules if r.attribute_kind == "preset"}
+    known = {"COUNTRY", "REGION", "CITY", "DEVICE_TYPE", "OPERATING_SYSTEM", "QUERY_PARAMETERS", "REFERRER",
+             "DATE_AND_TIME"}  # fmt: skip
+    if presets - known or any(r.attribute_kind not in ("preset", "custom", "lytics") for r in rules):
+        return None
+    prologue: list[str] = []
+    if presets & {"COUNTRY", "REGION", "CITY"}:
+        prologue.append("g = ctx.geo()")
+        parts += [f"g.{name.lower()}" for name in ("COUNTRY", "REGION", "CITY") if name in presets]
+    if presets & {"DEVICE_TYPE", "OPERATING_SYSTEM"}:
+        prologue.append("ua = ctx.ua_class()")
+        parts.append("ua is None")
+        if "DEVICE_TYPE" in presets:
+            parts.append("ua.device_type if ua is not None else None")
+        if "OPERATING_SYSTEM" in presets:
+            parts.append("ua.operating_system if ua is not None else None")
+    if "QUERY_PARAMETERS" in presets:
+        parts.append("ctx.query_string()")  # the raw query: cheaper than parsing it, and JSON_MATCH reads only it
+    if "REFERRER" in presets:
+        parts.append("ctx.referrer")
+    time_rules = [r for r in rules if r.attribute_kind == "preset" and r.attribute == "DATE_AND_TIME"]
+    if time_rules and all(r.condition in TIME_CONDITIONS for r in time_rules):
+        thresholds: set[float] = set()
+        for r in time_rules:
+            operands = r.operand if isinstance(r.operand, tuple) else (r.operand,)
+            thresholds.update(_time_threshold(item) for item in operands)
+        namespace["_T"] = sorted(thresholds)
+        parts += ["_bl(_T, ctx.now)", "_br(_T, ctx.now)"]
+    elif time_rules:
+        parts.append("ctx.now")
+    for key in sorted({r.attribute for r in rules if r.attribute_kind == "custom"}):
+        name = f"k{len(namespace)}"
+        namespace[name] = key
+        value = f"(L[{name}] if {name} in L else S.get({name}))"
+        parts.append(f"(v if (v := {value}) is None or v.__class__ is str else _typed(v))")
+    refs = {r.attribute for r in rules if r.attribute_kind == "lytics"}
+    # The raw sources of ctx.lytics_audiences() / lytics_flows(), not the parsed sets: cheaper, and as exact.
+    if "LYTICS_AUDIENCE" in refs or lytics_membership:
+        namespace["_la"] = LYTICS_AUDIENCES_ATTRIBUTE
+        namespace["_lc"] = LYTICS_AUDIENCES_COOKIE
+        parts.append("_typed(L.get(_la))")
+        parts.append("ctx.cookies.get(_lc)")
+    if "LYTICS_FLOW_STATE" in refs:
+        namespace["_fc"] = LYTICS_FLOWS_COOKIE
+        parts.append("ctx.cookies.get(_fc)")
+    body = "\n    ".join(["L = ctx.live", "S = ctx.stored", *prologue])
+    source = f"def key(ctx):\n    {body}\n    return ({', '.join(parts)}{',' if parts else ''})\n"
+    exec(compile(source, "<edgeproxy replay memo key>", "exec"), namespace)
+    return namespace["key"]
+
+
+def _uid_dependent(ce: CompiledExperience) -> bool:
+    # SPEC §4.6: only a running A/B test buckets by uid; PAUSED experiences are constant (§4.4).
+    return ce.experience.type == "AB_TEST" and ce.experience.status == "ACTIVE"
+
+
+@dataclass
+class _Plan:
+    """How to decide one tag selection: which experiences come from the memo, which are chosen per request."""
+
+    slots: tuple[tuple[str, int, Choose], ...]  # (shortUid, index in memo values or -1, chooser)
+    memoized: tuple[Choose, ...]
+    key: Any  # Callable[[VisitorContext], tuple] | None
+    memo: dict[Any, tuple[CompiledVariant | None, ...]] = field(default_factory=dict)
+
+
+class Decider:
+    """Decides contexts under one snapshot; `decide(ctx, tags)` returns what `snapshot.decide(ctx, tags)` would."""
+
+    def __init__(
+        self, snapshot: CompiledSnapshot, *, memo: bool = True, memo_limit: int = MEMO_LIMIT, shared_key: Any = None
+    ) -> None:
+        """`shared_key`: a key function over a superset of the rules (e.g. the coverage's, over every rule of the
+        project) used instead of each tag selection's own, so that the caller computes one key per request and
+        passes it to `decide`."""
+        self.snapshot = snapshot
+        self.shared_key = shared_key if memo else None
+        self._use_memo = memo
+        self._memo_limit = memo_limit
+        self._plans: dict[tuple[str, ...] | None, _Plan] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def _plan(self, tags: tuple[str, ...] | None) -> _Plan:
+        selected = list(self.snapshot.select(tags))
+        memoized = [ce for ce in selected if not _uid_dependent(ce)]
+        if not self._use_memo or not memoized:
+            key = None
+        elif self.shared_key is not None:
+            key = self.shared_key
+        else:
+            key = segment_key_function(self.snapshot, memoized)
+        if key is None:
+            memoized = []
+        slots: list[tuple[str, int, Choose]] = []
+        for ce in selected:
+            index = next((i for i, m in enumerate(memoized) if m is ce), -1)
+            slots.append((ce.short_uid, index, ce.choose))
+        plan = _Plan(tuple(slots), tuple(ce.choose for ce in memoized), key)
+        self._plans[tags] = plan
+        return plan
+
+    def decide(self, ctx: VisitorContext, tags: tuple[str, ...] | None, key: Any = None) -> Manifest:
+        """`key`: the value of `shared_key(ctx)` when the caller computed it already."""
+        plan = self._plans.get(tags)
+        if plan is None:
+            plan = self._plan(tags)
+        if plan.key is None:
+            return self.snapshot.decide(ctx, tags)
+        if key is None or plan.key is not self.shared_key:
+            key = plan.key(ctx)
+        memo = plan.memo
+        values = memo.get(key)
+        if values is None:
+            self.misses += 1
+            values = tuple([choose(ctx) for choose in plan.memoized])
+            if len(memo) >= self._memo_limit:
+                memo.clear()
+            memo[key] = values
+        else:
+            self.hits += 1
+        return Manifest(
+            ctx.user_uid,
+            tuple([(su, values[index]) if index >= 0 else (su, choose(ctx)) for su, index, choose in plan.slots]),
+        )
