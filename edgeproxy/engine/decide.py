@@ -90,6 +90,20 @@ class CompiledSnapshot:
     classifier: UserAgentClassifier = field(compare=False)
     # Whether any live experience can read a custom attribute: if not, no store lookup is needed.
     reads_custom_attributes: bool = True
+    # Manifest JSON per decided entries: a project has few distinct variant sets, serialising them once each
+    # saves the JSON encoder on every page (bounded, cleared when full).
+    _json_cache: dict[tuple[tuple[str, CompiledVariant | None], ...], str] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def manifest_json(self, manifest: Manifest) -> str:
+        """`manifest.cookie_json()`, memoised per variant set."""
+        found = self._json_cache.get(manifest.entries)
+        if found is None:
+            if len(self._json_cache) > 4096:
+                self._json_cache.clear()
+            found = self._json_cache[manifest.entries] = manifest.cookie_json()
+        return found
 
     def select(self, tags: Iterable[str] | None) -> Sequence[CompiledExperience]:
         """SPEC §4.2: keep experiences with at least one tag equal, case-insensitively."""

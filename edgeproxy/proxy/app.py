@@ -261,7 +261,7 @@ async def _proxy(request: web.Request, state: ProxyState, decided: Decided) -> w
         add_upstream_headers(upstream_headers, manifest, config.cda_variant_limit, loaded.snapshot.version)
         if config.variant_query_param:
             query = _with_param(query, config.variant_query_param, manifest.variant_param)
-        cookies = cookie_headers(manifest, visitor.secure)
+        cookies = cookie_headers(manifest, visitor.secure, loaded.snapshot.manifest_json(manifest))
         state.counters.personalized += 1
         explain_header = _debug_explanation(request, state, loaded.snapshot, visitor.context, route.tags)
         if state.impressions is not None or explain_header is not None:

@@ -100,13 +100,15 @@ def add_upstream_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limi
     headers["x-edgeproxy-snapshot"] = version  # which rules decided, for origin logs
 
 
-def cookie_headers(manifest: Manifest, secure: bool) -> list[str]:
+def cookie_headers(manifest: Manifest, secure: bool, manifest_json: str | None = None) -> list[str]:
     """SPEC §6, built by hand: the SDK reads the raw text between `=` and `;`, so nothing is quoted."""
     flags = "; Secure; SameSite=Lax" if secure else "; SameSite=Lax"
     # Raw, as the SDK writes and reads it: any encoding here would come back as a different uid.
     # Control characters cannot be sent in a header at all; they are dropped.
-    uid = "".join(ch for ch in manifest.user_uid if ch >= " " and ch != "\x7f")
+    uid = manifest.user_uid
+    if not uid.isprintable():
+        uid = "".join(ch for ch in uid if ch >= " " and ch != "\x7f")
     return [
         f"{USER_UID_COOKIE}={uid}; Max-Age={UID_COOKIE_MAX_AGE}; Path=/{flags}",
-        f"{MANIFEST_COOKIE}={manifest.cookie_json()}; Path=/{flags}",
+        f"{MANIFEST_COOKIE}={manifest_json or manifest.cookie_json()}; Path=/{flags}",
     ]
