@@ -238,6 +238,7 @@ def _add_serve(commands: Any) -> None:
     for name, text in FIELDS.items():
         if name == "routes":
             continue
+        text = text.replace("%", "%%")  # argparse formats help strings
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
         if isinstance(default, bool):

@@ -93,3 +93,10 @@ def test_broken_rules_exit_2_with_file_and_path(tmp_path: Path, example_rules: P
     garbage.write_bytes(b"\xc1\x00junk")
     result = run("decide", "--rules", str(garbage), stdin="{}\n")
     assert result.returncode == 2 and "edgeproxy compile" in result.stderr
+
+
+def test_every_command_has_working_help() -> None:
+    for command in ("decide", "compile", "serve", "sync", "publish", "fake-admin", "replay", "report"):
+        result = run(command, "--help")
+        assert result.returncode == 0, (command, result.stderr)
+        assert "usage: edgeproxy" in result.stdout
