@@ -24,6 +24,7 @@ from edgeproxy.analytics.live import LiveDecisions
 from edgeproxy.engine.context import GeoLookup, VisitorContext
 from edgeproxy.engine.decide import CompiledSnapshot, Manifest
 from edgeproxy.engine.useragent import UserAgentClassifier
+from edgeproxy.proxy.access_log import DECIDED_KEY
 from edgeproxy.proxy.config import ProxyConfig
 from edgeproxy.proxy.errors import error_response
 from edgeproxy.proxy.headers import UPSTREAM_OWNED, TrustedProxies, end_to_end
@@ -187,6 +188,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     started = time.perf_counter()
     decided = Decided()
+    request[DECIDED_KEY] = decided  # for the JSON access log
     response = await _proxy(request, state, decided)
     state.metrics.observe_request(
         "page" if decided.manifest is not None else "passthrough", response.status, time.perf_counter() - started
@@ -273,12 +275,18 @@ async def _proxy(request: web.Request, state: ProxyState, decided: Decided) -> w
     has_body = request.body_exists
     x_cache = None
     if state.cache is not None:
+        cache_key = ""
         if request.method in ("GET", "HEAD") and not has_body and route.cache:
-            from edgeproxy.proxy.caching import cached_exchange
-
             cache_key = state.cache.key(
                 host, request.raw_path, manifest.variant_param if manifest is not None else "", upstream_headers
             )
+        if cache_key and state.cache.passes(cache_key, time.time()):
+            # Hit-for-pass: this key's responses are not storable; forward directly, like an uncached route.
+            x_cache = "MISS"
+            state.cache.counts["miss"] += 1
+        elif cache_key:
+            from edgeproxy.proxy.caching import cached_exchange
+
             return await cached_exchange(
                 request,
                 state,
@@ -290,7 +298,8 @@ async def _proxy(request: web.Request, state: ProxyState, decided: Decided) -> w
                 personalized,
                 impressions,
             )
-        x_cache = "BYPASS"
+        else:
+            x_cache = "BYPASS"
     try:
         upstream = await state.session.request(
             request.method,

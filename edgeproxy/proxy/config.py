@@ -148,7 +148,8 @@ FIELDS: dict[str, str] = {
     "cache_key_headers": "comma-separated request headers added to the cache key, e.g. accept-language",
     "purge_token": "token for POST /_edgeproxy/purge and the Contentstack publish webhook; empty = ops_token",
     "max_header_size": "largest accepted request header line / field in bytes (default 16384)",
-    "access_log": "log one line per request (default false)",
+    "access_log": "log one JSON line per request: remote, method, path, status, bytes, ms, and for personalized "
+    "pages the uid, variant param, snapshot and cache result (default false)",
     "impressions": "which impressions the proxy records: origin (default: aliases the origin reports in "
     "applied_variants_header), proxy (also every personalized HTML page served), off",
     "applied_variants_header": "response header in which the origin lists the aliases it applied (recorded as "

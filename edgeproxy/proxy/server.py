@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from edgeproxy.cache.layer import ResponseCache
 from edgeproxy.cache.store import CacheStore, MemoryCacheStore, RedisCacheStore
 from edgeproxy.engine.errors import RulesError
 from edgeproxy.engine.snapshot_file import load_snapshot
+from edgeproxy.proxy.access_log import JsonAccessLogger
 from edgeproxy.proxy.app import ProxyState, build_app
 from edgeproxy.proxy.config import ProxyConfig, listen_address
 from edgeproxy.proxy.edge_api import edge_api_handler
@@ -129,6 +131,7 @@ async def serve(config: ProxyConfig, *, worker: int | None = None, ready: Any = 
     runner = web.AppRunner(
         app,
         access_log=logging.getLogger("edgeproxy.access") if config.access_log else None,
+        access_log_class=JsonAccessLogger,
         handle_signals=False,
         max_line_size=config.max_header_size,
         max_field_size=config.max_header_size,
@@ -194,6 +197,13 @@ def run(config: ProxyConfig, *, worker: int | None = None, ready: Any = None) ->
         level=config.log_level.upper(), format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s"
     )
     logging.getLogger("aiohttp.server").addFilter(_BadRequestLogFilter())
+    if config.access_log:  # JSON lines on stdout, without the log prefix, for log shippers
+        access = logging.getLogger("edgeproxy.access")
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
     if config.workers > 1 and worker is None:
         from edgeproxy.proxy.workers import Supervisor
 

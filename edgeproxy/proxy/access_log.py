@@ -1,0 +1,44 @@
+"""`--access-log`: one JSON line per request on the `edgeproxy.access` logger, with the decision when there was one.
+
+{"ts": "...Z", "remote": "81.2.69.160", "method": "GET", "path": "/p?x=1", "status": 200, "bytes": 5114,
+ "ms": 1.93, "kind": "page", "userUid": "...", "variants": "0_1,2_0", "snapshot": "sha256:...", "cache": "MISS"}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from edgeproxy.proxy.decision_log import iso
+
+DECIDED_KEY = "edgeproxy.decided"  # request-scoped: set by the proxy handler when it decided a manifest
+
+
+class JsonAccessLogger(AbstractAccessLogger):
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, duration: float) -> None:
+        record: dict[str, object] = {
+            "ts": iso(time.time()),
+            "remote": request.remote,
+            "method": request.method,
+            "path": request.raw_path,
+            "status": response.status,
+            "bytes": response.body_length,
+            "ms": round(duration * 1000, 3),
+        }
+        decided = request.get(DECIDED_KEY)
+        manifest = getattr(decided, "manifest", None)
+        if manifest is not None:
+            record.update(kind="page", userUid=manifest.user_uid, variants=manifest.variant_param,
+                          snapshot=getattr(decided, "snapshot", None))  # fmt: skip
+        cache = response.headers.get("X-Cache")
+        if cache:
+            record["cache"] = cache
+        self.logger.info(json.dumps(record, separators=(",", ":")))
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
