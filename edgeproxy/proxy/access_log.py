@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 
 from aiohttp import web
@@ -18,13 +19,21 @@ from edgeproxy.proxy.decision_log import iso
 DECIDED_KEY = "edgeproxy.decided"  # request-scoped: set by the proxy handler when it decided a manifest
 
 
+_SECRET_PARAMS = re.compile(r"([?&](?:token|authtoken)=)[^&]*", re.IGNORECASE)
+
+
+def _redacted(path: str) -> str:
+    """The dashboard accepts `?token=` so a browser can open it; a log line must not carry it."""
+    return _SECRET_PARAMS.sub(r"\1[redacted]", path) if "token=" in path.lower() else path
+
+
 class JsonAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, duration: float) -> None:
         record: dict[str, object] = {
             "ts": iso(time.time()),
             "remote": request.remote,
             "method": request.method,
-            "path": request.raw_path,
+            "path": _redacted(request.raw_path),
             "status": response.status,
             "bytes": response.body_length,
             "ms": round(duration * 1000, 3),

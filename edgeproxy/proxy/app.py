@@ -8,6 +8,7 @@ upgrades bridged, one pooled keep-alive session to the origin, 502/504 on origin
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
@@ -27,7 +28,7 @@ from edgeproxy.engine.useragent import UserAgentClassifier
 from edgeproxy.proxy.access_log import DECIDED_KEY
 from edgeproxy.proxy.config import ProxyConfig
 from edgeproxy.proxy.errors import error_response
-from edgeproxy.proxy.headers import UPSTREAM_OWNED, TrustedProxies, end_to_end
+from edgeproxy.proxy.headers import UPSTREAM_OWNED, TrustedProxies, end_to_end, removal_set
 from edgeproxy.proxy.impressions import ImpressionRecorder
 from edgeproxy.proxy.metrics import ProxyMetrics
 from edgeproxy.proxy.personalize import add_upstream_headers, cookie_headers, identify, visitor_from_request
@@ -45,6 +46,7 @@ log = logging.getLogger("edgeproxy.proxy")
 CHUNK = 64 * 1024
 NO_BODY_STATUSES = frozenset({204, 304})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+UPSTREAM_REMOVED = removal_set(*UPSTREAM_OWNED, "host")
 # Dropped from what the origin sends back: framing is ours to decide when streaming.
 RESPONSE_DROP = frozenset({"content-length"})
 
@@ -217,7 +219,7 @@ async def _proxy(request: web.Request, state: ProxyState, decided: Decided) -> w
     peer, trusted, incoming_xff = where.peer, where.trusted, where.forwarded_for
     client_ip, proto, host = where.client_ip, where.proto, where.host
 
-    upstream_headers = end_to_end(request.headers, drop=UPSTREAM_OWNED | {"host"})
+    upstream_headers = end_to_end(request.headers, UPSTREAM_REMOVED)
     # X-Forwarded-*: a trusted peer's chain is kept and extended; an untrusted one is replaced, not believed.
     chain = f"{incoming_xff}, {peer}" if trusted and incoming_xff else (peer or "")
     if chain:
@@ -380,6 +382,11 @@ class ResponseHook:
             headers["X-Edgeproxy-Explain"] = self.explain
 
 
+@functools.cache
+def _response_removed(applied_variants_header: str) -> frozenset[str]:
+    return removal_set(*SURROGATE_HEADERS, applied_variants_header)  # a pure function: computed once per name
+
+
 def client_headers(
     origin_headers: CIMultiDict[str] | CIMultiDictProxy[str],
     cookies: list[str],
@@ -391,7 +398,7 @@ def client_headers(
     """What the browser gets: end-to-end origin headers, our cookies, no-store on personalized HTML.
     The origin's applied-variants report is recorded (origin-confirmed impressions) and stripped."""
     applied = origin_headers.get(config.applied_variants_header)
-    headers = end_to_end(origin_headers, drop=SURROGATE_HEADERS | {config.applied_variants_header.lower()})
+    headers = end_to_end(origin_headers, _response_removed(config.applied_variants_header))
     if impressions is not None:
         impressions(headers, applied)
     for value in cookies:

@@ -27,9 +27,17 @@ def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[
     return listed
 
 
-def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str], drop: Iterable[str] = ()) -> CIMultiDict[str]:
-    """A copy without hop-by-hop headers and without the names in `drop` (lower-case)."""
-    removed = HOP_BY_HOP | connection_listed(headers) | set(drop)
+def removal_set(*names: str) -> frozenset[str]:
+    """Hop-by-hop headers plus `names`: build once, pass to `end_to_end` on every request."""
+    return HOP_BY_HOP | frozenset(name.lower() for name in names)
+
+
+def end_to_end(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], removed: frozenset[str] = HOP_BY_HOP
+) -> CIMultiDict[str]:
+    """A copy without the `removed` names (lower-case; hop-by-hop by default) and those listed in Connection."""
+    if "Connection" in headers:
+        removed = removed | connection_listed(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         if name.lower() not in removed:
