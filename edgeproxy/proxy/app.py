@@ -353,7 +353,7 @@ def _origin_failed(
     request: web.Request, state: ProxyState, status: int, code: str, message: str, exc: BaseException
 ) -> web.Response:
     state.counters.origin_errors += 1
-    state.metrics.origin_errors.labels(str(status)).inc()
+    state.metrics.origin_error(status)
     log.warning("%s %s -> %d %s: %r", request.method, request.path_qs, status, code, exc)
     return error_response(status, code, message, request.headers.get("Accept"))
 
