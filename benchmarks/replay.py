@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import subprocess
@@ -147,20 +146,14 @@ def write_har(path: Path, pages: int, seed: int = 2) -> None:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
+    """The house machine description (benchmarks/decide.py) plus the load when the run started."""
+    from decide import machine as house_machine
+
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = os.getloadavg()[0]
+        load: float | None = os.getloadavg()[0]
     except OSError:
         load = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "loadavg_1m_at_start": load}  # fmt: skip
+    return {**house_machine(), "loadavg_1m_at_start": load}
 
 
 def _pin() -> None:

@@ -118,75 +118,62 @@ class SqliteStore:
         self._remember(key, attributes)
         return attributes
 
+    def _write_user(
+        self, db: sqlite3.Connection, project_uid: str, user_uid: str, now: float, statements: list[tuple[str, Any]]
+    ) -> dict[str, Any]:
+        """Run `statements` in one immediate transaction, refresh the user's TTL and enforce the per-user cap;
+        nothing is written when the cap would be exceeded. Returns the user's attributes after the write."""
+        cap = self.limits.max_attributes_per_user
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in statements:
+                db.execute(sql, params)
+            db.execute(  # a write refreshes the TTL of all of the user's attributes
+                "UPDATE user_attributes SET updated_at=? WHERE project_uid=? AND user_uid=?",
+                (now, project_uid, user_uid),
+            )
+            rows = db.execute(
+                "SELECT key, value FROM user_attributes WHERE project_uid=? AND user_uid=?", (project_uid, user_uid)
+            ).fetchall()
+            if len(rows) > cap:
+                raise StoreLimitError(f"user {user_uid!r} would have {len(rows)} attributes; at most {cap} per user")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return {k: json.loads(v) for k, v in rows}
+
     async def patch_attributes(self, project_uid: str, user_uid: str, attributes: dict[str, Any]) -> None:
         encoded = check_attributes(attributes, self.limits)
         now = time.time()
-        cap = self.limits.max_attributes_per_user
-
-        def write(db: sqlite3.Connection) -> dict[str, Any]:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for key, text in encoded.items():
-                    if text == "null":
-                        db.execute(
-                            "DELETE FROM user_attributes WHERE project_uid=? AND user_uid=? AND key=?",
-                            (project_uid, user_uid, key),
-                        )
-                    else:
-                        db.execute(
-                            "INSERT INTO user_attributes VALUES (?,?,?,?,?) ON CONFLICT (project_uid, user_uid, key) "
-                            "DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
-                            (project_uid, user_uid, key, text, now),
-                        )
-                db.execute(  # a write refreshes the TTL of all of the user's attributes
-                    "UPDATE user_attributes SET updated_at=? WHERE project_uid=? AND user_uid=?",
-                    (now, project_uid, user_uid),
-                )
-                rows = db.execute(
-                    "SELECT key, value FROM user_attributes WHERE project_uid=? AND user_uid=?", (project_uid, user_uid)
-                ).fetchall()
-                if len(rows) > cap:
-                    raise StoreLimitError(f"user would have {len(rows)} attributes; at most {cap} per user")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            return {k: json.loads(v) for k, v in rows}
-
-        self._remember((project_uid, user_uid), await self._run(write))
+        statements: list[tuple[str, Any]] = []
+        for key, text in encoded.items():
+            if text == "null":
+                statements.append((
+                    "DELETE FROM user_attributes WHERE project_uid=? AND user_uid=? AND key=?",
+                    (project_uid, user_uid, key),
+                ))  # fmt: skip
+            else:
+                statements.append((
+                    "INSERT INTO user_attributes VALUES (?,?,?,?,?) ON CONFLICT (project_uid, user_uid, key) "
+                    "DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
+                    (project_uid, user_uid, key, text, now),
+                ))  # fmt: skip
+        stored = await self._run(lambda db: self._write_user(db, project_uid, user_uid, now, statements))
+        self._remember((project_uid, user_uid), stored)
         await self._maybe_purge()
 
     async def merge_attributes(self, project_uid: str, source_uid: str, target_uid: str) -> None:
         now = time.time()
-        cap = self.limits.max_attributes_per_user
-
-        def merge(db: sqlite3.Connection) -> dict[str, Any]:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute(
-                    "INSERT INTO user_attributes (project_uid, user_uid, key, value, updated_at) "
-                    "SELECT project_uid, ?, key, value, ? FROM user_attributes WHERE project_uid=? AND user_uid=? "
-                    "ON CONFLICT (project_uid, user_uid, key) DO UPDATE SET value=excluded.value, "
-                    "updated_at=excluded.updated_at",
-                    (target_uid, now, project_uid, source_uid),
-                )
-                db.execute(
-                    "UPDATE user_attributes SET updated_at=? WHERE project_uid=? AND user_uid=?",
-                    (now, project_uid, target_uid),
-                )
-                rows = db.execute(
-                    "SELECT key, value FROM user_attributes WHERE project_uid=? AND user_uid=?",
-                    (project_uid, target_uid),
-                ).fetchall()
-                if len(rows) > cap:
-                    raise StoreLimitError(f"merged user would have {len(rows)} attributes; at most {cap} per user")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            return {k: json.loads(v) for k, v in rows}
-
-        self._remember((project_uid, target_uid), await self._run(merge))
+        copy = (
+            "INSERT INTO user_attributes (project_uid, user_uid, key, value, updated_at) "
+            "SELECT project_uid, ?, key, value, ? FROM user_attributes WHERE project_uid=? AND user_uid=? "
+            "ON CONFLICT (project_uid, user_uid, key) DO UPDATE SET value=excluded.value, "
+            "updated_at=excluded.updated_at",
+            (target_uid, now, project_uid, source_uid),
+        )
+        stored = await self._run(lambda db: self._write_user(db, project_uid, target_uid, now, [copy]))
+        self._remember((project_uid, target_uid), stored)
 
     async def append_events(self, events: list[EventRecord]) -> None:
         if not events:

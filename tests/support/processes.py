@@ -17,6 +17,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    """Status of a GET, or None when nothing answers yet."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (OSError, ValueError):
+        return None
+
+
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
