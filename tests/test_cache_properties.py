@@ -35,14 +35,13 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDictProxy
+from support.proxy_server import proxy_server
 
 import edgeproxy.cache.store as cache_store_module
 import edgeproxy.proxy.caching as caching_module
 from edgeproxy.engine.context import context_from_description
-from edgeproxy.proxy.app import ProxyState, build_app
+from edgeproxy.proxy.app import ProxyState
 from edgeproxy.proxy.config import ProxyConfig, RouteRule
-from edgeproxy.proxy.edge_api import edge_api_handler
-from edgeproxy.proxy.ops import ops_handler
 from edgeproxy.proxy.routes import RouteTable
 from edgeproxy.proxy.server import make_cache, make_state
 
@@ -262,10 +261,8 @@ class Harness:
             trusted_proxies=("127.0.0.1",), state=f"sqlite:///{self.tmp}/state.sqlite3", purge_token="purge-token",
         )  # fmt: skip
         self.state: ProxyState = make_state(self.base_config)
-        reserved = {"/_edgeproxy/": ("ops", ops_handler), "/_personalize/": ("edge_api", edge_api_handler)}
-        app = build_app(self.state, reserved)
-        self.proxy_server = TestServer(app, host="127.0.0.1")
-        await self.proxy_server.start_server()
+        self.proxy_context = proxy_server(self.state)
+        self.proxy_server = await self.proxy_context.__aenter__()
         self.session = aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(), connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=30),
@@ -332,7 +329,7 @@ class Harness:
     def close(self) -> None:
         async def stop() -> None:
             await self.session.close()
-            await self.proxy_server.close()
+            await self.proxy_context.__aexit__(None, None, None)
             await self.origin_server.close()
 
         self.run(stop())
@@ -703,8 +700,6 @@ def test_head_and_if_none_match_are_answered_from_a_stored_get(harness: Harness)
     assert (head.status, head.x_cache, head.body) == (200, "HIT", b"")
     assert head.headers["Content-Length"] == str(len(first.body))
     assert harness.origin.count() == 1
-
-
 
 
 @pytest.mark.parametrize(

@@ -10,13 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from support.processes import redis_server
+from support.proxy_server import proxy_client
 
-from edgeproxy.proxy.app import build_app
 from edgeproxy.proxy.config import load_config
-from edgeproxy.proxy.edge_api import edge_api_handler
-from edgeproxy.proxy.ops import ops_handler
 from edgeproxy.proxy.server import make_state
 
 P = "6565d3b1a3f0c7b2e1d4a9f0"
@@ -26,12 +24,9 @@ BASE = "/_personalize"
 def with_client(state_url: str, scenario: Callable[[TestClient[Any, Any]], Awaitable[None]]) -> None:
     config = load_config(None, {}, {"origin": "http://127.0.0.1:9", "rules": "rules", "state": state_url})
     state = make_state(config)
-    app = build_app(
-        state, {config.ops_prefix: ("ops", ops_handler), config.edge_api_prefix: ("edge_api", edge_api_handler)}
-    )
 
     async def main() -> None:
-        async with TestClient(TestServer(app)) as client:
+        async with proxy_client(state) as client:
             await scenario(client)
 
     asyncio.run(main())

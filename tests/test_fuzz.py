@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -82,21 +81,18 @@ edge_headers = st.fixed_dictionaries(
 
 
 def test_edge_api_bodies_never_get_a_5xx(tmp_path: Path) -> None:
-    from edgeproxy.proxy.app import build_app
+    from support.proxy_server import proxy_client
+
     from edgeproxy.proxy.config import load_config
-    from edgeproxy.proxy.edge_api import edge_api_handler
-    from edgeproxy.proxy.ops import ops_handler
     from edgeproxy.proxy.server import make_state
 
     config = load_config(None, {}, {"origin": "http://127.0.0.1:9", "rules": str(ROOT / "rules"),
                                     "state": f"sqlite:///{tmp_path}/fuzz.db"})  # fmt: skip
     state = make_state(config)
-    reserved = {config.ops_prefix: ("ops", ops_handler), config.edge_api_prefix: ("edge_api", edge_api_handler)}
-    app = build_app(state, reserved)
     statuses: list[int] = []
 
     async def main() -> None:
-        async with TestClient(TestServer(app)) as client:
+        async with proxy_client(state) as client:
 
             @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
             @given(endpoints, edge_headers, bodies)

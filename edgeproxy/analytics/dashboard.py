@@ -56,7 +56,7 @@ class _Cache:
 _CACHES: weakref.WeakKeyDictionary[Any, _Cache] = weakref.WeakKeyDictionary()
 
 
-def _authorized(request: web.Request, token: str) -> bool:
+def _authorized(request: web.BaseRequest, token: str) -> bool:
     from edgeproxy.proxy.ops import _authorized as ops_authorized  # the explain check (late: ops imports us)
 
     if ops_authorized(request, token):
@@ -65,7 +65,7 @@ def _authorized(request: web.Request, token: str) -> bool:
     return bool(token) and bool(given) and hmac.compare_digest(given.encode(), token.encode())
 
 
-async def dashboard_handler(request: web.Request, state: ProxyState) -> web.StreamResponse:
+async def dashboard_handler(request: web.BaseRequest, state: ProxyState) -> web.StreamResponse:
     """Serve `{ops_prefix}dashboard` and `{ops_prefix}dashboard/data.json` (GET/HEAD)."""
     from edgeproxy.proxy.errors import error_response
 

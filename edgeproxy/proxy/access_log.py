@@ -16,7 +16,8 @@ from aiohttp.abc import AbstractAccessLogger
 
 from edgeproxy.proxy.decision_log import iso
 
-DECIDED_KEY = "edgeproxy.decided"  # request-scoped: set by the proxy handler when it decided a manifest
+# Request-scoped: set by the proxy handler (an `app.Decided`), read here for the decision fields.
+DECIDED_KEY = web.RequestKey("edgeproxy.decided", object)
 
 
 _SECRET_PARAMS = re.compile(r"([?&](?:token|authtoken)=)[^&]*", re.IGNORECASE)

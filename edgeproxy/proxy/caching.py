@@ -35,7 +35,7 @@ def _weak_match(if_none_match: str, etag: str) -> bool:
 
 
 async def serve_entry(
-    request: web.Request,
+    request: web.BaseRequest,
     state: ProxyState,
     entry: CachedResponse,
     label: str,
@@ -56,7 +56,7 @@ async def serve_entry(
 
 
 async def cached_exchange(
-    request: web.Request,
+    request: web.BaseRequest,
     state: ProxyState,
     key: str,
     path: str,
@@ -109,7 +109,7 @@ async def cached_exchange(
 
 
 async def _lead(
-    request: web.Request,
+    request: web.BaseRequest,
     state: ProxyState,
     key: str,
     path: str,
@@ -195,7 +195,7 @@ async def _lead(
 
 
 async def _forward(
-    request: web.Request,
+    request: web.BaseRequest,
     state: ProxyState,
     target: URL,
     headers: CIMultiDict[str],

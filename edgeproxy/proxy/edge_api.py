@@ -25,7 +25,7 @@ from edgeproxy.engine.context import (
     parse_live_attributes_header,
 )
 from edgeproxy.engine.errors import RequestDescriptionError
-from edgeproxy.proxy.app import STATE, ProxyState, client_view
+from edgeproxy.proxy.app import ProxyState, client_view
 from edgeproxy.proxy.personalize import identify, visitor_from_request
 from edgeproxy.store.base import EventRecord, StoreError, StoreLimitError
 
@@ -47,7 +47,7 @@ class EdgeApiError(Exception):
         self.message = message
 
 
-def _cors(request: web.Request, state: ProxyState) -> dict[str, str]:
+def _cors(request: web.BaseRequest, state: ProxyState) -> dict[str, str]:
     origins = state.config.cors_origins
     origin = request.headers.get("Origin")
     headers = {"Access-Control-Expose-Headers": USER_UID_HEADER_NAME}
@@ -63,15 +63,14 @@ USER_UID_HEADER_NAME = "X-CS-Personalize-User-Uid"
 
 
 def _json(
-    request: web.Request, state: ProxyState, data: Any, status: int = 200, extra: dict[str, str] | None = None
+    request: web.BaseRequest, state: ProxyState, data: Any, status: int = 200, extra: dict[str, str] | None = None
 ) -> web.Response:
     headers = {"Cache-Control": "no-store", **_cors(request, state), **(extra or {})}
     return web.Response(status=status, text=json.dumps(data, separators=(",", ":")), content_type="application/json",
                         headers=headers)  # fmt: skip
 
 
-async def edge_api_handler(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
+async def edge_api_handler(request: web.BaseRequest, state: ProxyState) -> web.StreamResponse:
     state.counters.edge_api += 1
     prefix = state.config.edge_api_prefix
     route = request.path[len(prefix) :].strip("/") if request.path.lower().startswith(prefix.lower()) else ""
@@ -106,7 +105,7 @@ async def edge_api_handler(request: web.Request) -> web.StreamResponse:
                                       "message": "state store unavailable; retry later"}, status=503)  # fmt: skip
 
 
-def _project(request: web.Request, state: ProxyState) -> str:
+def _project(request: web.BaseRequest, state: ProxyState) -> str:
     project_uid = request.headers.get("X-Project-Uid", "").strip()
     if not project_uid:
         raise EdgeApiError(400, "personalize.MISSING_PROJECT_UID", "header X-Project-Uid is required")
@@ -118,7 +117,7 @@ def _project(request: web.Request, state: ProxyState) -> str:
     return project_uid
 
 
-def _user_uid(request: web.Request, required: bool) -> str | None:
+def _user_uid(request: web.BaseRequest, required: bool) -> str | None:
     uid = request.headers.get(USER_UID_HEADER, "").strip()
     if not uid and required:
         raise EdgeApiError(400, "personalize.MISSING_USER_UID", "header X-CS-Personalize-User-Uid is required")
@@ -127,7 +126,7 @@ def _user_uid(request: web.Request, required: bool) -> str | None:
     return uid or None
 
 
-async def _body(request: web.Request, state: ProxyState) -> Any:
+async def _body(request: web.BaseRequest, state: ProxyState) -> Any:
     limit = state.config.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise EdgeApiError(413, "personalize.BODY_TOO_LARGE", f"body over {limit} bytes")
@@ -141,7 +140,7 @@ async def _body(request: web.Request, state: ProxyState) -> Any:
         raise EdgeApiError(400, "personalize.INVALID_JSON", f"body is not JSON: {exc}") from None
 
 
-async def _manifest(request: web.Request, state: ProxyState, project_uid: str) -> web.Response:
+async def _manifest(request: web.BaseRequest, state: ProxyState, project_uid: str) -> web.Response:
     loaded = state.holder.current
     assert loaded is not None
     try:
@@ -185,7 +184,7 @@ def _short_text(item: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
-async def _events(request: web.Request, state: ProxyState, project_uid: str) -> web.Response:
+async def _events(request: web.BaseRequest, state: ProxyState, project_uid: str) -> web.Response:
     user_uid = _user_uid(request, required=True)
     assert user_uid is not None
     body = await _body(request, state)
@@ -218,7 +217,7 @@ async def _events(request: web.Request, state: ProxyState, project_uid: str) -> 
     return _json(request, state, {"accepted": len(records)})
 
 
-async def _patch_attributes(request: web.Request, state: ProxyState, project_uid: str) -> web.Response:
+async def _patch_attributes(request: web.BaseRequest, state: ProxyState, project_uid: str) -> web.Response:
     user_uid = _user_uid(request, required=True)
     assert user_uid is not None
     body = await _body(request, state)
@@ -231,7 +230,7 @@ async def _patch_attributes(request: web.Request, state: ProxyState, project_uid
     return _json(request, state, {"userUid": user_uid, "updated": sorted(body)})
 
 
-async def _merge(request: web.Request, state: ProxyState, project_uid: str) -> web.Response:
+async def _merge(request: web.BaseRequest, state: ProxyState, project_uid: str) -> web.Response:
     body = await _body(request, state)
     if not isinstance(body, dict):
         raise EdgeApiError(400, "personalize.INVALID_MERGE", 'body must be {"sourceUserUid", "targetUserUid"}')

@@ -16,7 +16,7 @@ from yarl import URL
 from edgeproxy.engine.context import context_from_description
 from edgeproxy.engine.errors import RequestDescriptionError
 from edgeproxy.engine.explain import explain
-from edgeproxy.proxy.app import STATE, ProxyState, client_view
+from edgeproxy.proxy.app import ProxyState, client_view
 from edgeproxy.proxy.errors import error_response
 from edgeproxy.proxy.personalize import identify, visitor_from_request
 
@@ -51,7 +51,7 @@ def snapshot_status(state: ProxyState) -> dict[str, Any]:
     }
 
 
-def _authorized(request: web.Request, token: str) -> bool:
+def _authorized(request: web.BaseRequest, token: str) -> bool:
     given = request.headers.get("X-Edgeproxy-Token", "")
     auth = request.headers.get("Authorization", "")
     if auth.lower().startswith("bearer "):
@@ -59,8 +59,7 @@ def _authorized(request: web.Request, token: str) -> bool:
     return bool(token) and hmac.compare_digest(given.encode(), token.encode())
 
 
-async def ops_handler(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
+async def ops_handler(request: web.BaseRequest, state: ProxyState) -> web.StreamResponse:
     accept = request.headers.get("Accept")
     name = request.path[len(state.config.ops_prefix) :].strip("/").lower()
     if name == "metrics":
@@ -103,7 +102,7 @@ async def ops_handler(request: web.Request) -> web.StreamResponse:
     return error_response(404, "not_found", f"No ops endpoint {name!r}; try health, ready, status.", accept)
 
 
-async def _sync(request: web.Request, state: ProxyState) -> web.Response:
+async def _sync(request: web.BaseRequest, state: ProxyState) -> web.Response:
     """Webhook (Contentstack webhooks, Automate, CI): refresh the snapshot now and say what happened."""
     token = state.config.webhook_token or state.config.ops_token
     if request.method != "POST" or not _authorized(request, token):
@@ -121,7 +120,7 @@ async def _sync(request: web.Request, state: ProxyState) -> web.Response:
     return _json(outcome, status=200 if outcome["result"] != "rejected" else 502)
 
 
-async def _purge_body(request: web.Request, state: ProxyState) -> tuple[Any, web.Response | None]:
+async def _purge_body(request: web.BaseRequest, state: ProxyState) -> tuple[Any, web.Response | None]:
     token = state.config.purge_token or state.config.ops_token
     if request.method != "POST" or not _authorized(request, token):
         return None, error_response(404, "not_found", "No such endpoint.", request.headers.get("Accept"))
@@ -155,7 +154,7 @@ def _path_of(url: str) -> str:
     return url
 
 
-async def _purge(request: web.Request, state: ProxyState) -> web.Response:
+async def _purge(request: web.BaseRequest, state: ProxyState) -> web.Response:
     """POST {"url"|"urls", "prefix"|"prefixes", "tag"|"tags"}: drop every variant of the matching entries."""
     data, problem = await _purge_body(request, state)
     if problem is not None:
@@ -173,7 +172,7 @@ async def _purge(request: web.Request, state: ProxyState) -> web.Response:
     return _json({"purged": purged, "urls": paths, "prefixes": prefixes, "tags": tags})
 
 
-async def _contentstack_webhook(request: web.Request, state: ProxyState) -> web.Response:
+async def _contentstack_webhook(request: web.BaseRequest, state: ProxyState) -> web.Response:
     """A Contentstack publish/unpublish webhook: purge the pages tagged with the entry (or asset) uid — the
     origin tags pages with `Surrogate-Key: <entry uid> <content type uid>`; a content type change purges the
     content type's tag (every page of that type)."""
@@ -198,7 +197,7 @@ async def _contentstack_webhook(request: web.Request, state: ProxyState) -> web.
     return _json({"purged": purged, "tags": tags, "event": data.get("event"), "module": data.get("module")})
 
 
-async def _explain(request: web.Request, state: ProxyState) -> web.Response:
+async def _explain(request: web.BaseRequest, state: ProxyState) -> web.Response:
     loaded = state.holder.current
     if loaded is None:
         return _json({"error": "not_ready", "message": "no snapshot loaded yet"}, status=503)

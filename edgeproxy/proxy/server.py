@@ -24,7 +24,7 @@ from edgeproxy.cache.store import CacheStore, MemoryCacheStore, RedisCacheStore
 from edgeproxy.engine.errors import RulesError
 from edgeproxy.engine.snapshot_file import load_snapshot
 from edgeproxy.proxy.access_log import JsonAccessLogger
-from edgeproxy.proxy.app import ProxyState, build_app
+from edgeproxy.proxy.app import ProxyState, build_server
 from edgeproxy.proxy.config import ProxyConfig, listen_address
 from edgeproxy.proxy.edge_api import edge_api_handler
 from edgeproxy.proxy.ops import ops_handler
@@ -125,18 +125,16 @@ async def serve(config: ProxyConfig, *, worker: int | None = None, ready: Any = 
         project_uid = state.holder.current.snapshot.project.uid if state.holder.current else config.project_uid
         state.impressions = ImpressionRecorder(state.store, project_uid)
         state.impressions.start()
-    app = build_app(
-        state, {config.ops_prefix: ("ops", ops_handler), config.edge_api_prefix: ("edge_api", edge_api_handler)}
-    )
-    runner = web.AppRunner(
-        app,
+    server = build_server(
+        state,
+        {config.ops_prefix: ("ops", ops_handler), config.edge_api_prefix: ("edge_api", edge_api_handler)},
         access_log=logging.getLogger("edgeproxy.access") if config.access_log else None,
         access_log_class=JsonAccessLogger,
-        handle_signals=False,
         max_line_size=config.max_header_size,
         max_field_size=config.max_header_size,
-        shutdown_timeout=10.0,
     )
+    await state.start()
+    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=10.0)
     await runner.setup()
     host, port = listen_address(config)
     # Workers share the port (SO_REUSEPORT); the kernel spreads connections between them.
@@ -171,7 +169,8 @@ async def serve(config: ProxyConfig, *, worker: int | None = None, ready: Any = 
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    await runner.cleanup()
+    await runner.cleanup()  # stop accepting, drain in-flight requests
+    await state.stop()
 
 
 class _BadRequestLogFilter(logging.Filter):
