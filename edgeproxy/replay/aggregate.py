@@ -8,10 +8,11 @@ number of distinct users, never with the size of the traffic.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from edgeproxy.engine.decide import CompiledSnapshot, Manifest
+from edgeproxy.engine.decide import CompiledSnapshot, CompiledVariant, Manifest
 from edgeproxy.replay.stats import ChiSquareResult, chi_square_goodness_of_fit
 
 # A split whose p-value is below this is reported as a sample ratio mismatch (SRM); 0.001 is the usual bar
@@ -80,21 +81,27 @@ class Distribution:
         self.bitmaps = [bytearray(1024) for _ in range(slot)]
         self.requests = 0
 
+    def slot(self, experience_short_uid: str, variant: CompiledVariant | None) -> int:
+        """The counter of one manifest entry."""
+        return self._none_slot[experience_short_uid] if variant is None else self._slot_of[id(variant)]
+
     def observe(self, manifest: Manifest, user: int) -> None:
+        self.count([self.slot(short_uid, variant) for short_uid, variant in manifest.entries], user)
+
+    def count(self, slots: Iterable[int], user: int, *more: Iterable[int]) -> None:
+        """One request that got the entries of `slots` (and of each of `more`), from user number `user`."""
         self.requests += 1
-        slot_of = self._slot_of
-        none_slot = self._none_slot
         counts = self.counts
         bitmaps = self.bitmaps
         byte = user >> 3
         mask = 1 << (user & 7)
-        for short_uid, variant in manifest.entries:
-            slot = none_slot[short_uid] if variant is None else slot_of[id(variant)]
-            counts[slot] += 1
-            bitmap = bitmaps[slot]
-            if byte >= len(bitmap):
-                bitmap.extend(bytes(byte - len(bitmap) + 1 + (len(bitmap) >> 1)))
-            bitmap[byte] |= mask
+        for group in (slots, *more):
+            for slot in group:
+                counts[slot] += 1
+                bitmap = bitmaps[slot]
+                if byte >= len(bitmap):
+                    bitmap.extend(bytes(byte - len(bitmap) + 1 + (len(bitmap) >> 1)))
+                bitmap[byte] |= mask
 
     # -- results ---------------------------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from edgeproxy.replay.decider import feature_key_function
 DEFAULT_RULE_SAMPLE = 32
 SEEN_LIMIT = 50_000
 Predicate = Callable[[VisitorContext], bool]
+CoverageTruth = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 def describe_rule(rule: Rule) -> str:
@@ -67,6 +68,19 @@ def _targets(snapshot: CompiledSnapshot) -> Iterable[tuple[str, RuleGroup]]:
                 yield f"experience {experience.short_uid} variant {variant.short_uid} target", variant.condition.target
 
 
+def rule_sites(snapshot: CompiledSnapshot) -> list[RuleSite]:
+    """Every rule of the project, each compiled on its own: audience definitions, then inline targets."""
+    groups: list[tuple[str, RuleGroup]] = [
+        (f"audience {a.name!r}", a.definition) for a in snapshot.project.audiences if a.definition is not None
+    ]
+    groups.extend(_targets(snapshot))
+    return [
+        RuleSite(rule, owner, compile_group(RuleGroup("AND", (rule,))))
+        for owner, group in groups
+        for rule in iter_rules(group)
+    ]
+
+
 class Coverage:
     def __init__(self, snapshot: CompiledSnapshot, sample_every: int = DEFAULT_RULE_SAMPLE) -> None:
         self.snapshot = snapshot
@@ -84,15 +98,7 @@ class Coverage:
                          snapshot.audience_predicates[a.uid])
             for a in snapshot.project.audiences
         ]  # fmt: skip
-        groups: list[tuple[str, RuleGroup]] = [
-            (f"audience {a.name!r}", a.definition) for a in snapshot.project.audiences if a.definition is not None
-        ]
-        groups.extend(_targets(snapshot))
-        self.rules = [
-            RuleSite(rule, owner, compile_group(RuleGroup("AND", (rule,))))
-            for owner, group in groups
-            for rule in iter_rules(group)
-        ]
+        self.rules = rule_sites(snapshot)
         self._definitions = {a.uid: a.definition for a in snapshot.project.audiences}
         self._seen: set[Any] = set()
         self.pending_rules = list(range(len(self.rules)))
@@ -120,10 +126,14 @@ class Coverage:
         self._pending_key = feature_key_function(rules, lytics_membership=lytics)
         self._seen.clear()
 
+    def in_sample(self, number: int) -> bool:
+        """Whether request number `number` (1-based, as counted in `requests`) is one of the sample."""
+        return number % self.sample_every == 1 or self.sample_every == 1
+
     def observe(self, ctx: VisitorContext) -> None:
         self.requests += 1
-        if self.requests % self.sample_every == 1 or self.sample_every == 1:
-            self._sample(ctx)
+        if self.in_sample(self.requests):
+            self.add_sample(self.truth(ctx))
             return
         if not self.pending_rules and not self.pending_audiences:
             return
@@ -134,36 +144,45 @@ class Coverage:
             if len(self._seen) >= SEEN_LIMIT:
                 self._seen.clear()
             self._seen.add(key)
-        changed = False
-        if self.pending_rules:
-            rules = self.rules
-            retired = [i for i in self.pending_rules if rules[i].predicate(ctx)]
-            if retired:
-                for i in retired:
-                    self.rule_ever[i] = True
-                self.pending_rules = [i for i in self.pending_rules if not self.rule_ever[i]]
-                changed = True
-        if self.pending_audiences:
-            audiences = self.audiences
-            retired = [i for i in self.pending_audiences if audiences[i].predicate(ctx)]
-            if retired:
-                for i in retired:
-                    self.audience_ever[i] = True
-                self.pending_audiences = [i for i in self.pending_audiences if not self.audience_ever[i]]
-                changed = True
-        if changed:
-            self._rekey()
+        self.retire(ctx)
 
-    def _sample(self, ctx: VisitorContext) -> None:
+    def retire(self, ctx: VisitorContext) -> None:
+        """Evaluate the pending rules and audiences on one request; those true are pending no more."""
+        rules = self.rules
+        audiences = self.audiences
+        self.mark(
+            [i for i in self.pending_rules if rules[i].predicate(ctx)],
+            [i for i in self.pending_audiences if audiences[i].predicate(ctx)],
+        )
+
+    def mark(self, rules: Iterable[int], audiences: Iterable[int]) -> None:
+        """Rules and audiences (indexes into `rules`, `audiences`) true on a request outside the sample."""
+        for i in rules:
+            self.rule_ever[i] = True
+        for i in audiences:
+            self.audience_ever[i] = True
+        self._update_pending()
+
+    def truth(self, ctx: VisitorContext) -> CoverageTruth:
+        """(rules true, audiences true) on one request, as indexes into `rules` and `audiences`."""
+        return (
+            tuple([i for i, site in enumerate(self.rules) if site.predicate(ctx)]),
+            tuple([i for i, audience in enumerate(self.audiences) if audience.predicate(ctx)]),
+        )
+
+    def add_sample(self, truth: CoverageTruth) -> None:
+        """Count one sampled request whose truth is `truth` (`truth(ctx)`, or that of a request with its key)."""
         self.sampled += 1
-        for i, site in enumerate(self.rules):
-            if site.predicate(ctx):
-                self.rule_true[i] += 1
-                self.rule_ever[i] = True
-        for i, audience in enumerate(self.audiences):
-            if audience.predicate(ctx):
-                self.audience_true[i] += 1
-                self.audience_ever[i] = True
+        rules, audiences = truth
+        for i in rules:
+            self.rule_true[i] += 1
+            self.rule_ever[i] = True
+        for i in audiences:
+            self.audience_true[i] += 1
+            self.audience_ever[i] = True
+        self._update_pending()
+
+    def _update_pending(self) -> None:
         pending = (len(self.pending_rules), len(self.pending_audiences))
         self.pending_rules = [i for i in self.pending_rules if not self.rule_ever[i]]
         self.pending_audiences = [i for i in self.pending_audiences if not self.audience_ever[i]]

@@ -65,7 +65,11 @@ class ContextFactory:
         self._record: TrafficRecord | None = None
 
     def _new_uid(self) -> str:
-        record = self._record
+        return self.new_uid_for(self._record)
+
+    @staticmethod
+    def new_uid_for(record: TrafficRecord | None) -> str:
+        """The stand-in uid of a record without one: a UUID4 derived from its file and position."""
         seed = f"{record.source}:{record.position}" if record is not None else str(time.time())
         return str(uuid.UUID(bytes=hashlib.md5(seed.encode(), usedforsecurity=False).digest(), version=4))
 
@@ -107,7 +111,19 @@ def _time_threshold(text: Any) -> float:
     return parse_iso_time(str(text)).timestamp()
 
 
-def _typed(value: Any) -> Any:
+def time_thresholds(time_rules: Sequence[Rule]) -> list[float] | None:
+    """The sorted thresholds of DATE_AND_TIME rules when every one is BEFORE/AFTER/BETWEEN_TIME: then the position
+    of `now` among them (`bisect_left`, `bisect_right`) decides each of those rules. None otherwise."""
+    if not all(r.condition in TIME_CONDITIONS for r in time_rules):
+        return None
+    thresholds: set[float] = set()
+    for r in time_rules:
+        operands = r.operand if isinstance(r.operand, tuple) else (r.operand,)
+        thresholds.update(_time_threshold(item) for item in operands)
+    return sorted(thresholds)
+
+
+def typed_value(value: Any) -> Any:
     """A key part for a custom attribute value: strings and None as they are; anything else typed and exact, so
     `1`, `1.0`, `true` and `-0.0`/`0.0` never share a key (the rules may tell them apart), and dicts/lists are
     hashable."""
@@ -132,7 +148,7 @@ def feature_key_function(rules: Sequence[Rule], *, lytics_membership: bool) -> A
     """ctx -> a hashable key such that two contexts with equal keys give every one of `rules` (and, with
     `lytics_membership`, every Lytics audience membership) the same result. None for an unknown attribute."""
     parts: list[str] = []
-    namespace: dict[str, Any] = {"_bl": bisect_left, "_br": bisect_right, "_typed": _typed}
+    namespace: dict[str, Any] = {"_bl": bisect_left, "_br": bisect_right, "_typed": typed_value}
     presets = {r.attribute for r in rules if r.attribute_kind == "preset"}
     known = {"COUNTRY", "REGION", "CITY", "DEVICE_TYPE", "OPERATING_SYSTEM", "QUERY_PARAMETERS", "REFERRER",
              "DATE_AND_TIME"}  # fmt: skip
@@ -154,12 +170,9 @@ def feature_key_function(rules: Sequence[Rule], *, lytics_membership: bool) -> A
     if "REFERRER" in presets:
         parts.append("ctx.referrer")
     time_rules = [r for r in rules if r.attribute_kind == "preset" and r.attribute == "DATE_AND_TIME"]
-    if time_rules and all(r.condition in TIME_CONDITIONS for r in time_rules):
-        thresholds: set[float] = set()
-        for r in time_rules:
-            operands = r.operand if isinstance(r.operand, tuple) else (r.operand,)
-            thresholds.update(_time_threshold(item) for item in operands)
-        namespace["_T"] = sorted(thresholds)
+    thresholds = time_thresholds(time_rules)
+    if thresholds is not None:
+        namespace["_T"] = thresholds
         parts += ["_bl(_T, ctx.now)", "_br(_T, ctx.now)"]
     elif time_rules:
         parts.append("ctx.now")
@@ -184,7 +197,7 @@ def feature_key_function(rules: Sequence[Rule], *, lytics_membership: bool) -> A
     return namespace["key"]
 
 
-def _uid_dependent(ce: CompiledExperience) -> bool:
+def uid_dependent(ce: CompiledExperience) -> bool:
     # SPEC §4.6: only a running A/B test buckets by uid; PAUSED experiences are constant (§4.4).
     return ce.experience.type == "AB_TEST" and ce.experience.status == "ACTIVE"
 
@@ -218,7 +231,7 @@ class Decider:
 
     def _plan(self, tags: tuple[str, ...] | None) -> _Plan:
         selected = list(self.snapshot.select(tags))
-        memoized = [ce for ce in selected if not _uid_dependent(ce)]
+        memoized = [ce for ce in selected if not uid_dependent(ce)]
         if not self._use_memo or not memoized:
             key = None
         elif self.shared_key is not None:

@@ -19,6 +19,7 @@ from edgeproxy.replay.aggregate import Distribution, UserIndex
 from edgeproxy.replay.coverage import DEFAULT_RULE_SAMPLE, Coverage
 from edgeproxy.replay.decider import ContextFactory, Decider
 from edgeproxy.replay.diff import DEFAULT_EXPLAINED_MOVES, DEFAULT_SAMPLES_PER_MOVE, SnapshotDiff
+from edgeproxy.replay.outcomes import OutcomeMemo, supported_snapshot
 from edgeproxy.replay.progress import Progress
 from edgeproxy.replay.readers import Format, HarFilter, OpenSource, SourceStats, read_traffic
 from edgeproxy.replay.verify import RecordedCheck
@@ -100,6 +101,14 @@ def replay(
                      explained_moves=options.explained_moves)
         if against is not None else None
     )  # fmt: skip
+    # The fast path decides and counts from the truth of the rules (`outcomes`); it does not build manifests, so
+    # --against and --from-log, which compare manifests, and --no-memo (the reference) take the path below.
+    fast = (
+        OutcomeMemo(snapshot, distribution=distribution, users=users, coverage=coverage,
+                    geo_lookup=options.geo_lookup, clock=options.clock)
+        if options.memo and against is None and recorded is None and supported_snapshot(snapshot) else None
+    )  # fmt: skip
+    fast_observe = fast.observe if fast is not None else None
     limit = options.limit
     count = 0
     started = time.perf_counter()
@@ -113,6 +122,13 @@ def replay(
     try:
         records = read_traffic(options.traffic, force=options.format, har_filter=options.har_filter, on_open=opened)
         for record in records:
+            if fast_observe is not None and fast_observe(record):
+                count += 1
+                if count % PROGRESS_EVERY == 0 and progress is not None:
+                    progress.update(count)
+                if limit is not None and count >= limit:
+                    break
+                continue
             try:
                 described = make_context(record)
             except RequestDescriptionError as exc:
@@ -158,6 +174,6 @@ def replay(
         diff=diff,
         seconds=time.perf_counter() - started,
         cpu_seconds=time.process_time() - cpu_started,
-        memo_hits=decider.hits,
-        memo_misses=decider.misses,
+        memo_hits=decider.hits + (fast.hits if fast is not None else 0),
+        memo_misses=decider.misses + (fast.misses if fast is not None else 0),
     )
