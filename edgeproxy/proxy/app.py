@@ -2,7 +2,7 @@
 
 Streaming both ways (bodies never sit in memory), hop-by-hop headers removed, X-Forwarded-* appended and
 trusted only from configured proxies, HEAD/204/304 without bodies, redirects passed through, WebSocket
-upgrades bridged, one pooled keep-alive session to the origin, 502/504 on origin failure.
+upgrades bridged, a pool of keep-alive connections to the origin (upstream.py), 502/504 on origin failure.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from edgeproxy.proxy.metrics import ProxyMetrics
 from edgeproxy.proxy.personalize import add_upstream_headers, cookie_headers, identify, visitor_from_request
 from edgeproxy.proxy.routes import RouteTable
 from edgeproxy.proxy.snapshots import SnapshotHolder
+from edgeproxy.proxy.upstream import OriginPool, UpstreamResponse, pool_for_origin
 from edgeproxy.store.base import StateStore, StoreError
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ log = logging.getLogger("edgeproxy.proxy")
 CHUNK = 64 * 1024
 NO_BODY_STATUSES = frozenset({204, 304})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-UPSTREAM_REMOVED = removal_set(*UPSTREAM_OWNED, "host")
+UPSTREAM_REMOVED = removal_set(*UPSTREAM_OWNED, "host", "expect")  # 100-continue is answered here
 # Dropped from what the origin sends back: framing is ours to decide when streaming.
 RESPONSE_DROP = frozenset({"content-length"})
 
@@ -81,7 +82,8 @@ class ProxyState:
         self.routes = RouteTable(config)
         self.counters = Counters()
         self.classifier = UserAgentClassifier()
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # WebSocket upgrades only
+        self._upstream: OriginPool | None = None  # every other request to the origin
         self.poller: SnapshotPoller | None = None  # set by the server when a poller keeps the snapshot fresh
         self.cache: ResponseCache | None = None  # set by the server when the response cache is on
         self.decision_log: DecisionLog | None = None  # set by the server with --decision-log
@@ -93,8 +95,14 @@ class ProxyState:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            raise RuntimeError("the origin session starts with the app (on_startup)")
+            raise RuntimeError("the origin session starts with the proxy (ProxyState.start)")
         return self._session
+
+    @property
+    def upstream(self) -> OriginPool:
+        if self._upstream is None:
+            raise RuntimeError("the origin pool starts with the proxy (ProxyState.start)")
+        return self._upstream
 
     def observe_decision(self, manifest: Manifest, seconds: float) -> None:
         self.metrics.observe_manifest(manifest, seconds)
@@ -111,6 +119,11 @@ class ProxyState:
 
     async def start(self) -> None:
         await self.store.start()
+        self._upstream = pool_for_origin(
+            self.origin.scheme, self.origin.raw_host or "127.0.0.1", self.origin.port,
+            limit=self.config.pool_size, connect_timeout=self.config.connect_timeout,
+            read_timeout=self.config.read_timeout, keepalive=30.0,
+        )  # fmt: skip
         connector = aiohttp.TCPConnector(
             limit=self.config.pool_size, ttl_dns_cache=300, keepalive_timeout=30, enable_cleanup_closed=True
         )
@@ -127,6 +140,8 @@ class ProxyState:
     async def stop(self) -> None:
         if self._session is not None:
             await self._session.close()
+        if self._upstream is not None:
+            await self._upstream.close()
         if self.cache is not None:
             await self.cache.close()
         if self.decision_log is not None:
@@ -268,7 +283,7 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
             impressions = ResponseHook(state.impressions, manifest, config.impressions == "proxy", explain_header)
     else:
         state.counters.passed_through += 1
-    target = URL(f"{state.origin_prefix}{raw_path}{'?' + query if query else ''}", encoded=True)
+    target = f"{state.origin_base_path}{raw_path}{'?' + query if query else ''}"
 
     has_body = request.body_exists
     x_cache = None
@@ -299,17 +314,12 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
         else:
             x_cache = "BYPASS"
     try:
-        upstream = await state.session.request(
-            request.method,
-            target,
-            headers=upstream_headers,
-            data=request.content if has_body else None,
-            allow_redirects=False,
-            compress=None,
+        upstream = await state.upstream.request(
+            request.method, target, upstream_headers, request.content if has_body else None
         )
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except TimeoutError as exc:
         return _origin_failed(request, state, 504, "origin_timeout", "The origin did not answer in time.", exc)
-    except (aiohttp.ClientError, OSError) as exc:
+    except OSError as exc:
         return _origin_failed(request, state, 502, "origin_unreachable", "The origin could not be reached.", exc)
 
     try:
@@ -412,7 +422,7 @@ def client_headers(
 
 async def relay(
     request: web.BaseRequest,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     cookies: list[str],
     personalized: bool,
     config: ProxyConfig,
@@ -425,22 +435,30 @@ async def relay(
     headers = client_headers(upstream.headers, cookies, personalized, config, x_cache, impressions)
     length = upstream.headers.get("Content-Length")
     no_body = request.method == "HEAD" or upstream.status in NO_BODY_STATUSES or upstream.status < 200
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-    if length is not None and not no_body:
-        response.content_length = int(length)
     if no_body:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         if length is not None and request.method == "HEAD":
             response.headers["Content-Length"] = length
         await response.prepare(request)
         await response.write_eof()
         return response, True
+    if upstream.body_complete:
+        # The whole body came with the headers (most pages): one write of headers and body to the client.
+        body = upstream.take_body()
+        if on_chunk is not None:
+            on_chunk(body)
+        headers.popall("Content-Length", None)
+        return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body), True
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    if length is not None:
+        response.content_length = int(length)
     await response.prepare(request)
     try:
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.iter_chunks():
             if on_chunk is not None:
                 on_chunk(chunk)
             await response.write(chunk)
-    except (aiohttp.ClientPayloadError, TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except OSError as exc:  # UpstreamError, TimeoutError: the origin failed mid-body
         # Headers are gone already: the only honest signal left is to cut the connection.
         log.warning("%s %s: origin body failed mid-stream: %r", request.method, request.path_qs, exc)
         if request.transport is not None:
@@ -514,6 +532,10 @@ def build_handler(state: ProxyState, reserved: dict[str, tuple[str, ReservedHand
     prefixes = tuple(reserved.items())
 
     async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+        if "Expect" in request.headers:
+            expected = await _expect(request)
+            if expected is not None:
+                return expected
         # Reserved prefixes: matched on the decoded, dot-segment-resolved and raw path, case-insensitively,
         # so an encoded or re-cased spelling cannot slip a proxy-internal path through to the origin.
         path = _normalized(request.path)
@@ -526,6 +548,16 @@ def build_handler(state: ProxyState, reserved: dict[str, tuple[str, ReservedHand
         return await proxy_handler(request, state)
 
     return dispatch
+
+
+async def _expect(request: web.BaseRequest) -> web.StreamResponse | None:
+    """RFC 9110 §10.1.1, as aiohttp's router does it: `100 Continue` before the body is read (and streamed on)."""
+    if request.headers["Expect"].lower() != "100-continue":
+        return web.Response(status=417, text="Only Expect: 100-continue is supported.\n")
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+    return None
 
 
 def build_server(state: ProxyState, reserved: dict[str, tuple[str, ReservedHandler]], **kwargs: Any) -> web.Server:

@@ -14,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from edgeproxy.cache.rules import parse_cache_control
 from edgeproxy.cache.store import CachedResponse
@@ -60,7 +58,7 @@ async def cached_exchange(
     state: ProxyState,
     key: str,
     path: str,
-    target: URL,
+    target: str,
     upstream_headers: CIMultiDict[str],
     cookies: list[str],
     personalized: bool,
@@ -113,7 +111,7 @@ async def _lead(
     state: ProxyState,
     key: str,
     path: str,
-    target: URL,
+    target: str,
     upstream_headers: CIMultiDict[str],
     cookies: list[str],
     personalized: bool,
@@ -131,13 +129,12 @@ async def _lead(
             headers["If-Modified-Since"] = entry.last_modified
     request_time = time.time()
     try:
-        upstream = await state.session.request("GET", target, headers=headers, allow_redirects=False, compress=None)
-    except (TimeoutError, aiohttp.ServerTimeoutError, aiohttp.ClientError, OSError) as exc:
+        upstream = await state.upstream.request("GET", target, headers)
+    except OSError as exc:  # TimeoutError, UpstreamError
         if entry is not None and entry.within_sie(time.time()):
             future.set_result((entry, "STALE"))  # requests waiting on this fetch get the stale copy too
             return await serve_entry(request, state, entry, "STALE", cookies, personalized, impressions)  # RFC 5861 §4
-        timeout = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
-        if timeout:
+        if isinstance(exc, TimeoutError):
             return _origin_failed(request, state, 504, "origin_timeout", "The origin did not answer in time.", exc)
         return _origin_failed(request, state, 502, "origin_unreachable", "The origin could not be reached.", exc)
     try:
@@ -197,7 +194,7 @@ async def _lead(
 async def _forward(
     request: web.BaseRequest,
     state: ProxyState,
-    target: URL,
+    target: str,
     headers: CIMultiDict[str],
     cookies: list[str],
     personalized: bool,
@@ -205,12 +202,10 @@ async def _forward(
     impressions: ResponseHook | None = None,
 ) -> web.StreamResponse:
     try:
-        upstream = await state.session.request(
-            request.method, target, headers=headers, allow_redirects=False, compress=None
-        )
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        upstream = await state.upstream.request(request.method, target, headers)
+    except TimeoutError as exc:
         return _origin_failed(request, state, 504, "origin_timeout", "The origin did not answer in time.", exc)
-    except (aiohttp.ClientError, OSError) as exc:
+    except OSError as exc:
         return _origin_failed(request, state, 502, "origin_unreachable", "The origin could not be reached.", exc)
     try:
         state.cache.counts[label.lower()] += 1  # type: ignore[union-attr]
@@ -223,7 +218,7 @@ async def _forward(
 
 
 async def _refresh(
-    state: ProxyState, key: str, path: str, target: URL, upstream_headers: CIMultiDict[str], entry: CachedResponse
+    state: ProxyState, key: str, path: str, target: str, upstream_headers: CIMultiDict[str], entry: CachedResponse
 ) -> None:
     """Background revalidation for stale-while-revalidate: conditional GET, store the result."""
     cache = state.cache
@@ -234,7 +229,8 @@ async def _refresh(
     if entry.last_modified:
         headers["If-Modified-Since"] = entry.last_modified
     request_time = time.time()
-    async with state.session.request("GET", target, headers=headers, allow_redirects=False, compress=None) as up:
+    up = await state.upstream.request("GET", target, headers)
+    try:
         response_time = time.time()
         if up.status == 304:
             await cache.put(key, cache.refreshed(entry, list(up.headers.items()), request_time, response_time))
@@ -246,7 +242,7 @@ async def _refresh(
         if length is not None and int(length) > cache.max_object_bytes:
             return
         collected = bytearray()
-        async for chunk in up.content.iter_any():  # the whole body, however it is chunked
+        async for chunk in up.iter_chunks():  # the whole body, however it is chunked
             collected += chunk
             if len(collected) > cache.max_object_bytes:
                 return
@@ -258,3 +254,5 @@ async def _refresh(
         if fresh is not None:
             await cache.put(key, fresh)
             cache.counts["background_refreshed"] += 1
+    finally:
+        up.release()
