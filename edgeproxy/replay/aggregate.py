@@ -2,8 +2,9 @@
 
 Counting is the hot path of a replay, so it works on dense integers: every user uid gets an index once
 (`UserIndex`), every (experience, variant) pair of a snapshot a slot, and a slot keeps a request counter and a
-bitmap of the users it saw (one bit per user, so a million users cost 125 kB per variant). Memory grows with the
-number of distinct users, never with the size of the traffic.
+bitmap of the users it saw (one bit per user, so a million users cost 125 kB per variant). The bitmaps are
+interleaved, byte by byte (`bits[(user >> 3) * slots + slot]`), so that the slots one request sets share a cache
+line. Memory grows with the number of distinct users, never with the size of the traffic.
 """
 
 from __future__ import annotations
@@ -39,17 +40,6 @@ class UserIndex:
         return len(self.ids)
 
 
-def bitmap_count(bitmap: bytearray) -> int:
-    return int.from_bytes(bitmap, "little").bit_count()
-
-
-def set_bit(bitmap: bytearray, index: int) -> None:
-    byte = index >> 3
-    if byte >= len(bitmap):
-        bitmap.extend(bytes(byte - len(bitmap) + 1 + (len(bitmap) >> 1)))
-    bitmap[byte] |= 1 << (index & 7)
-
-
 @dataclass(frozen=True, slots=True)
 class VariantCount:
     short_uid: str | None  # None: in the manifest with no variant (not in the experience)
@@ -78,8 +68,17 @@ class Distribution:
             self.layout.append((position, variant_slots, slot))
             slot += 1
         self.counts = [0] * slot
-        self.bitmaps = [bytearray(1024) for _ in range(slot)]
+        self.stride = slot
+        self.capacity = 1024  # users / 8 the bits hold (`reserve`)
+        self.bits = bytearray(self.capacity * self.stride)
         self.requests = 0
+
+    def reserve(self, user: int) -> None:
+        """Make room for user number `user`: afterwards `bits[(user >> 3) * stride + slot]` exists for every slot."""
+        if user >> 3 >= self.capacity:
+            capacity = max((user >> 3) + 1, self.capacity + (self.capacity >> 1))
+            self.bits.extend(bytes((capacity - self.capacity) * self.stride))
+            self.capacity = capacity
 
     def slot(self, experience_short_uid: str, variant: CompiledVariant | None) -> int:
         """The counter of one manifest entry."""
@@ -88,20 +87,21 @@ class Distribution:
     def observe(self, manifest: Manifest, user: int) -> None:
         self.count([self.slot(short_uid, variant) for short_uid, variant in manifest.entries], user)
 
-    def count(self, slots: Iterable[int], user: int, *more: Iterable[int]) -> None:
-        """One request that got the entries of `slots` (and of each of `more`), from user number `user`."""
+    def count(self, slots: Iterable[int], user: int) -> None:
+        """One request that got the entries of `slots`, from user number `user`."""
         self.requests += 1
+        self.reserve(user)
         counts = self.counts
-        bitmaps = self.bitmaps
-        byte = user >> 3
+        bits = self.bits
+        base = (user >> 3) * self.stride
         mask = 1 << (user & 7)
-        for group in (slots, *more):
-            for slot in group:
-                counts[slot] += 1
-                bitmap = bitmaps[slot]
-                if byte >= len(bitmap):
-                    bitmap.extend(bytes(byte - len(bitmap) + 1 + (len(bitmap) >> 1)))
-                bitmap[byte] |= mask
+        for slot in slots:
+            counts[slot] += 1
+            bits[base + slot] |= mask
+
+    def users_bitmap(self, slot: int) -> int:
+        """The users of one slot, as an integer whose bit n is user number n."""
+        return int.from_bytes(self.bits[slot :: self.stride], "little")
 
     # -- results ---------------------------------------------------------------------------------------------------
 
@@ -116,16 +116,16 @@ class Distribution:
                     short_uid=v.short_uid,
                     name=v.name,
                     requests=self.counts[s],
-                    users=bitmap_count(self.bitmaps[s]),
+                    users=self.users_bitmap(s).bit_count(),
                     weight=v.weight if is_ab else None,
                 )
                 for v, s in zip(experience.variants, variant_slots, strict=True)
             ]
             nobody = VariantCount(None, "(not in experience)", self.counts[none_slot],
-                                  bitmap_count(self.bitmaps[none_slot]), None)  # fmt: skip
+                                  self.users_bitmap(none_slot).bit_count(), None)  # fmt: skip
             union = 0
             for s in (*variant_slots, none_slot):
-                union |= int.from_bytes(self.bitmaps[s], "little")
+                union |= self.users_bitmap(s)
             split = None
             if is_ab and experience.status == "ACTIVE":
                 split = chi_square_goodness_of_fit([v.users for v in variants], [v.weight or 0 for v in variants])

@@ -157,11 +157,15 @@ class Coverage:
 
     def mark(self, rules: Iterable[int], audiences: Iterable[int]) -> None:
         """Rules and audiences (indexes into `rules`, `audiences`) true on a request outside the sample."""
+        changed = False
         for i in rules:
+            changed = changed or not self.rule_ever[i]
             self.rule_ever[i] = True
         for i in audiences:
+            changed = changed or not self.audience_ever[i]
             self.audience_ever[i] = True
-        self._update_pending()
+        if changed:
+            self._update_pending()
 
     def truth(self, ctx: VisitorContext) -> CoverageTruth:
         """(rules true, audiences true) on one request, as indexes into `rules` and `audiences`."""

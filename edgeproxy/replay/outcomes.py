@@ -78,9 +78,11 @@ _PRESET_FEATURES = {
 }
 # The description fields `context_from_description` type-checks, as exact classes (JSON gives exact classes; a
 # subclass only sends the request down the slow path, which accepts or rejects it).
-_FIELD_CLASSES: dict[str, tuple[type, ...]] = {
-    name: kinds if isinstance(kinds, tuple) else (kinds,) for name, (kinds, _) in _FIELD_TYPES.items()
+_FIELD_CLASSES: dict[str, frozenset[type]] = {
+    name: frozenset((*(kinds if isinstance(kinds, tuple) else (kinds,)), type(None)))
+    for name, (kinds, _) in _FIELD_TYPES.items()
 }
+_OPTIONAL_STR = frozenset((str, type(None)))
 # Headers whose handling this module leaves to the slow path: CDN geo (merged per field) and live attributes (JSON).
 _SLOW_HEADERS = frozenset({LIVE_ATTRIBUTES_HEADER, *(name for names in GEO_HEADERS.values() for name in names)})
 _EMPTY: dict[str, Any] = {}
@@ -113,11 +115,10 @@ def _no_features(key: tuple[int, ...]) -> tuple[()]:
 class _Feature:
     """One feature: its atoms, and raw value -> id of their truth tuple (`atoms[id]`)."""
 
-    __slots__ = ("atoms", "ids", "predicates", "raw", "raw_of", "rule_indexes")
+    __slots__ = ("atoms", "ids", "predicates", "raw", "raw_of")
 
     def __init__(self, name: str) -> None:
         self.predicates: list[Callable[[VisitorContext], bool]] = []
-        self.rule_indexes: list[int] = []  # the coverage rule of each atom; -1 for a Lytics audience membership
         self.raw: dict[Any, int] = {}
         self.ids: dict[tuple[bool, ...], int] = {}
         self.atoms: list[tuple[bool, ...]] = []
@@ -140,13 +141,13 @@ class _Unit:
         self.memo: dict[Any, Any] = {}
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Template:
     """How one outcome counts for one tag selection: the slots known from the outcome, and the running A/B tests
-    whose targeting held (experience uid, cumulative weights, slot per variant index with the "none" slot last)."""
+    whose targeting held (as positions in a user's arms, `OutcomeMemo._arms_of`)."""
 
     fixed: tuple[int, ...]
-    ab: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]
+    ab: tuple[int, ...]
 
 
 @dataclass(slots=True)
@@ -175,6 +176,7 @@ class OutcomeMemo:
         self.snapshot = snapshot
         self.distribution = distribution
         self.users = users
+        self._user_ids = users.ids
         self.coverage = coverage
         self.hits = 0
         self.misses = 0
@@ -183,8 +185,8 @@ class OutcomeMemo:
         self._now = 0.0
         # Contexts for first sights, with the clock this module read for the request (a description without `now`).
         self._contexts = ContextFactory(snapshot, geo_lookup, lambda: self._now)
-        self._record: TrafficRecord | None = None
-        self._context: VisitorContext | None = None
+        self._record: TrafficRecord | None = None  # the record being read
+        self._context: VisitorContext | None = None  # its context, once built
         self._outcomes: dict[tuple[int, ...], Outcome] = {}
 
         # Features, in key order: request-level ones, the clock, custom attributes.
@@ -202,19 +204,19 @@ class OutcomeMemo:
         self._features = [_Feature(name) for name in order]
         self._index = {name: n for n, name in enumerate(order)}
         time_rules: list[Rule] = []
-        for i, site in enumerate(sites):
+        self._rule_atoms: list[tuple[int, int]] = []  # per coverage rule: its feature, its atom in that feature
+        for site in sites:
             name = _feature_of(site.rule)
             assert name is not None
             feature = self._features[self._index[name]]
+            self._rule_atoms.append((self._index[name], len(feature.predicates)))
             feature.predicates.append(site.predicate)
-            feature.rule_indexes.append(i)
             if name == "time":
                 time_rules.append(site.rule)
         for audience in snapshot.project.audiences:
             if audience.lytics_slug is not None:
                 feature = self._features[self._index["lytics"]]
                 feature.predicates.append(snapshot.audience_predicates[audience.uid])
-                feature.rule_indexes.append(-1)
         static_fields = [i for name in order[: self._static_count] for i in _RAW_FIELDS[name]]
         self._static_key = itemgetter(*static_fields) if static_fields else None
         self._static: dict[Any, tuple[int, ...]] = {}
@@ -233,10 +235,20 @@ class OutcomeMemo:
         experiences = snapshot.experiences
         self._position = {id(ce): n for n, ce in enumerate(experiences)}
         self._uid_dependent = tuple(uid_dependent(ce) for ce in experiences)
-        self._ab_slots = tuple(
-            (*(distribution.slot(ce.short_uid, v) for v in ce.variants), distribution.slot(ce.short_uid, None))
-            for ce in experiences
-        )
+        # Running A/B tests: (experience uid, cumulative weights, slot per variant index with the "none" slot last).
+        self._ab_tests = [
+            (
+                ce.experience.uid,
+                cumulative([v.weight for v in ce.experience.variants]),
+                (*(distribution.slot(ce.short_uid, v) for v in ce.variants), distribution.slot(ce.short_uid, None)),
+            )
+            for ce, dependent in zip(experiences, self._uid_dependent, strict=True)
+            if dependent
+        ]
+        self._ab_position = {n: k for k, n in enumerate(n for n, dep in enumerate(self._uid_dependent) if dep)}
+        self._arms: list[tuple[int, ...] | None] = []  # per user number: `_arms_of` its uid, once needed
+        self._distinct_arms: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self._templates: dict[tuple[Any, ...], _Template] = {}
         self._choices: list[_Unit] = []
         for ce, dependent in zip(experiences, self._uid_dependent, strict=True):
             experience = ce.experience
@@ -252,6 +264,9 @@ class OutcomeMemo:
             _Unit(site.predicate, self._audience_features(site.uid))
             for site in (coverage.audiences if coverage is not None else ())
         ]
+        self._read = self._reader()
+        # Decide and count one record (distribution, distinct users, coverage); False: not done, take the slow path.
+        self.observe = self._observer()
 
     def _audience_features(self, uid: str) -> set[int]:
         audience = next(a for a in self.snapshot.project.audiences if a.uid == uid)
@@ -332,105 +347,124 @@ class OutcomeMemo:
 
     def read(self, record: TrafficRecord) -> tuple[str, tuple[str, ...] | None, tuple[int, ...]] | None:
         """(user uid, tags, key) of a record, as `context_from_description` would see it; None: the slow path."""
-        self._record = record
-        self._context = None
         try:
             return self._read(record)
         except _SlowPath:
             return None
 
-    def _read(self, record: TrafficRecord) -> tuple[str, tuple[str, ...] | None, tuple[int, ...]] | None:
-        desc = record.description
-        if desc.__class__ is not dict:
-            return None
+    def _reader(self) -> Callable[[TrafficRecord], tuple[str, tuple[str, ...] | None, tuple[int, ...]] | None]:
+        """The function behind `read`, with what it uses bound once: it runs for every request. May raise
+        `_SlowPath`."""
+        memo = self
         field_classes = _FIELD_CLASSES
-        for name, value in desc.items():
-            kinds = field_classes.get(name)
-            if kinds is not None and value is not None and value.__class__ not in kinds:
-                return None
-        headers: dict[str, str] = {}
-        raw_headers = desc.get("headers")
-        if raw_headers:
-            for name, value in raw_headers.items():
-                if value.__class__ is not str:
-                    return None
-                headers[name.lower()] = value
-            if not _SLOW_HEADERS.isdisjoint(headers):
-                return None
-        tags = desc.get("tags")
-        if tags is not None:
-            for tag in tags:
-                if tag.__class__ is not str:
-                    return None
-            tags = tuple(tags)
-        now_field = desc.get("now")
-        if now_field is not None:
-            try:
-                now = parse_iso_time(now_field).timestamp()
-            except ValueError:
-                return None
-        else:
-            now = self._clock()
-        self._now = now
-        geo = desc.get("geo")
-        if geo:
-            country = geo.get("country")
-            region = geo.get("region")
-            city = geo.get("city")
-            for part in (country, region, city):
-                if part is not None and part.__class__ is not str:
-                    return None
-        else:
-            country = region = city = None
-        cookie_header = headers.get("cookie")
-        cookies = parse_cookie_header(cookie_header) if cookie_header else _EMPTY
-        user_uid, _ = resolve_user_uid(headers, cookies, desc.get("userUid"), self._new_uid)
-        live = desc.get("liveAttributes") or _EMPTY
-
+        slow_headers = _SLOW_HEADERS
+        optional_str = _OPTIONAL_STR
+        empty = _EMPTY
+        clock = self._clock
+        new_uid = self._new_uid
         static_key = self._static_key
-        if static_key is not None:
-            ip = None
-            if self._geo_ip and record.geo_lookup_allowed and (country is None or region is None or city is None):
-                ip = desc.get("ip")
-                if ip is None and "x-forwarded-for" in headers:
-                    ip = headers["x-forwarded-for"].split(",")[0].strip() or None
-            raws = (
-                country,
-                region,
-                city,
-                ip,
-                headers.get("user-agent"),
-                headers.get(PAGE_URL_HEADER) or desc.get("url"),
-                headers.get("referer"),
-                typed_value(live.get(LYTICS_AUDIENCES_ATTRIBUTE)) if live else None,
-                cookies.get(LYTICS_AUDIENCES_COOKIE),
-                cookies.get(LYTICS_FLOWS_COOKIE),
-            )
-            static = static_key(raws)
-            key = self._static.get(static)
-            if key is None:
-                key = self._static_ids(static, raws)
-        else:
-            key = ()
-        feature = self._time
-        if feature is not None:
-            thresholds = self._thresholds
-            raw: Any = (bisect_left(thresholds, now), bisect_right(thresholds, now)) if thresholds is not None else now
-            found = feature.raw.get(raw)
-            key += (self._feature_id(feature, raw) if found is None else found,)
-        if self._custom:
-            stored = desc.get("storedAttributes") or _EMPTY
-            if live or stored:
-                ids = []
-                for attribute, feature in self._custom:
-                    value = live[attribute] if attribute in live else stored.get(attribute)
-                    raw = value if value is None or value.__class__ is str else typed_value(value)
-                    found = feature.raw.get(raw)
-                    ids.append(self._feature_id(feature, raw) if found is None else found)
-                key += tuple(ids)
+        static_cache = self._static
+        static_ids = self._static_ids
+        geo_ip = self._geo_ip
+        time_feature = self._time
+        thresholds = self._thresholds
+        feature_id = self._feature_id
+        custom = self._custom
+
+        def read(record: TrafficRecord) -> tuple[str, tuple[str, ...] | None, tuple[int, ...]] | None:
+            memo._record = record
+            memo._context = None
+            desc = record.description
+            if desc.__class__ is not dict:
+                return None
+            for name, value in desc.items():
+                kinds = field_classes.get(name)
+                if kinds is not None and value.__class__ not in kinds:
+                    return None
+            headers: dict[str, str] = {}
+            raw_headers = desc.get("headers")
+            if raw_headers:
+                for name, value in raw_headers.items():
+                    if value.__class__ is not str:
+                        return None
+                    headers[name.lower()] = value
+                if not slow_headers.isdisjoint(headers):
+                    return None
+            tags = desc.get("tags")
+            if tags is not None:
+                for tag in tags:
+                    if tag.__class__ is not str:
+                        return None
+                tags = tuple(tags)
+            now_field = desc.get("now")
+            if now_field is not None:
+                try:
+                    now = parse_iso_time(now_field).timestamp()
+                except ValueError:
+                    return None
             else:
-                key += self._no_custom
-        return user_uid, tags, key
+                now = memo._now = clock()
+            geo = desc.get("geo")
+            if geo:
+                country = geo.get("country")
+                region = geo.get("region")
+                city = geo.get("city")
+                if (
+                    country.__class__ not in optional_str
+                    or region.__class__ not in optional_str
+                    or city.__class__ not in optional_str
+                ):
+                    return None
+            else:
+                country = region = city = None
+            cookie_header = headers.get("cookie")
+            cookies = parse_cookie_header(cookie_header) if cookie_header else empty
+            user_uid, _ = resolve_user_uid(headers, cookies, desc.get("userUid"), new_uid)
+            live = desc.get("liveAttributes") or empty
+
+            key: tuple[int, ...] = ()
+            if static_key is not None:
+                ip = None
+                if geo_ip and record.geo_lookup_allowed and (country is None or region is None or city is None):
+                    ip = desc.get("ip")
+                    if ip is None and "x-forwarded-for" in headers:
+                        ip = headers["x-forwarded-for"].split(",")[0].strip() or None
+                raws = (
+                    country,
+                    region,
+                    city,
+                    ip,
+                    headers.get("user-agent"),
+                    headers.get(PAGE_URL_HEADER) or desc.get("url"),
+                    headers.get("referer"),
+                    typed_value(live.get(LYTICS_AUDIENCES_ATTRIBUTE)) if live else None,
+                    cookies.get(LYTICS_AUDIENCES_COOKIE),
+                    cookies.get(LYTICS_FLOWS_COOKIE),
+                )
+                static = static_key(raws)
+                found_ids = static_cache.get(static)
+                key = static_ids(static, raws) if found_ids is None else found_ids
+            if time_feature is not None:
+                raw: Any = (
+                    (bisect_left(thresholds, now), bisect_right(thresholds, now)) if thresholds is not None else now
+                )
+                found = time_feature.raw.get(raw)
+                key += (feature_id(time_feature, raw) if found is None else found,)
+            if custom:
+                stored = desc.get("storedAttributes") or empty
+                if live or stored:
+                    ids = []
+                    for attribute, feature in custom:
+                        value = live[attribute] if attribute in live else stored.get(attribute)
+                        raw = value if value is None or value.__class__ is str else typed_value(value)
+                        found = feature.raw.get(raw)
+                        ids.append(feature_id(feature, raw) if found is None else found)
+                    key += tuple(ids)
+                else:
+                    key += memo._no_custom
+            return user_uid, tags, key
+
+        return read
 
     def _new_uid(self) -> str:
         return self._contexts.new_uid_for(self._record)
@@ -452,12 +486,15 @@ class OutcomeMemo:
             unit.memo[sub_key] = value
         return value
 
-    def _rules_true(self, key: tuple[int, ...]) -> list[int]:
+    def _rules_true(self, key: tuple[int, ...], rules: Iterable[int]) -> list[int]:
+        """Which of `rules` (coverage rule indexes) are true for `key`: read off the features' atoms."""
+        features = self._features
+        atoms = self._rule_atoms
         found = []
-        for feature, feature_id in zip(self._features, key, strict=True):
-            for rule, true in zip(feature.rule_indexes, feature.atoms[feature_id], strict=True):
-                if true and rule >= 0:
-                    found.append(rule)
+        for i in rules:
+            feature, atom = atoms[i]
+            if features[feature].atoms[key[feature]][atom]:
+                found.append(i)
         return found
 
     def outcome(self, key: tuple[int, ...]) -> Outcome:
@@ -466,13 +503,18 @@ class OutcomeMemo:
         if found is not None:
             self.hits += 1
             return found
+        return self._new_outcome(key)
+
+    def _new_outcome(self, key: tuple[int, ...]) -> Outcome:
         choices = tuple([self._unit(unit, key) for unit in self._choices])
         coverage = self.coverage
         if coverage is not None and (coverage.pending_rules or coverage.pending_audiences):
             # Each key is looked at once: what is still pending now was false on every earlier request.
-            pending = coverage.pending_audiences
             audiences = self._audiences
-            coverage.mark(self._rules_true(key), [i for i in pending if self._unit(audiences[i], key)])
+            coverage.mark(
+                self._rules_true(key, coverage.pending_rules),
+                [i for i in coverage.pending_audiences if self._unit(audiences[i], key)],
+            )
         self.misses += 1
         if len(self._outcomes) >= LIMIT:
             self._outcomes.clear()
@@ -480,25 +522,35 @@ class OutcomeMemo:
         return found
 
     def _truth(self, key: tuple[int, ...]) -> CoverageTruth:
-        rules = tuple(sorted(self._rules_true(key)))
+        rules = tuple(self._rules_true(key, range(len(self._rule_atoms))))
         return rules, tuple([i for i, unit in enumerate(self._audiences) if self._unit(unit, key)])
 
     def _template(self, outcome: Outcome, tags: tuple[str, ...] | None) -> _Template:
-        fixed: list[int] = []
-        ab: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
-        slot = self.distribution.slot
-        for ce in self.snapshot.select(tags):
-            n = self._position[id(ce)]
-            choice = outcome.choices[n]
-            if not self._uid_dependent[n]:
-                fixed.append(slot(ce.short_uid, choice))
-            elif choice:
-                sums = cumulative([v.weight for v in ce.experience.variants])
-                ab.append((ce.experience.uid, sums, self._ab_slots[n]))
-            else:
-                fixed.append(slot(ce.short_uid, None))  # outside the A/B test's targeting (SPEC §4.6)
-        template = outcome.templates[tags] = _Template(tuple(fixed), tuple(ab))
-        return template
+        found = self._templates.get((outcome.choices, tags))
+        if found is None:
+            fixed: list[int] = []
+            ab: list[int] = []
+            slot = self.distribution.slot
+            for ce in self.snapshot.select(tags):
+                n = self._position[id(ce)]
+                choice = outcome.choices[n]
+                if not self._uid_dependent[n]:
+                    fixed.append(slot(ce.short_uid, choice))
+                elif choice:
+                    ab.append(self._ab_position[n])
+                else:
+                    fixed.append(slot(ce.short_uid, None))  # outside the A/B test's targeting (SPEC §4.6)
+            if len(self._templates) >= LIMIT:
+                self._templates.clear()
+            found = self._templates[(outcome.choices, tags)] = _Template(tuple(fixed), tuple(ab))
+        outcome.templates[tags] = found
+        return found
+
+    def _arms_of(self, user_uid: str) -> tuple[int, ...]:
+        """The slot of each running A/B test's variant for this user (SPEC §4.6: the first variant whose cumulative
+        weight exceeds the bucket; past the total, none: the last slot)."""
+        arms = tuple([slots[bisect_right(sums, bucket(uid, user_uid))] for uid, sums, slots in self._ab_tests])
+        return self._distinct_arms.setdefault(arms, arms)
 
     def manifest(self, record: TrafficRecord) -> Manifest | None:
         """The record's manifest from its outcome (what `snapshot.decide` returns); None: the slow path. For checks:
@@ -526,36 +578,75 @@ class OutcomeMemo:
 
     # -- counting -----------------------------------------------------------------------------------------------
 
-    def observe(self, record: TrafficRecord) -> bool:
-        """Decide and count one record (distribution, distinct users, coverage); False: not done, use the slow
-        path."""
-        self._record = record
-        self._context = None
+    def _observer(self) -> Callable[[TrafficRecord], bool]:
+        """The function behind `observe`, with what it uses bound once: it runs for every request."""
+        memo = self
+        read = self._read
+        outcomes = self._outcomes
+        new_outcome = self._new_outcome
+        truth = self._truth
+        template_of = self._template
         coverage = self.coverage
-        try:
-            read = self._read(record)
-            if read is None:
+        distribution = self.distribution
+        counts = distribution.counts
+        bits = distribution.bits  # grown in place by `reserve`
+        stride = distribution.stride
+        reserve = distribution.reserve
+        user_ids = self.users.ids
+        new_user = self.users.index
+        user_arms = self._arms
+        arms_of = self._arms_of
+
+        def observe(record: TrafficRecord) -> bool:
+            sampled = False
+            try:
+                found = read(record)
+                if found is None:
+                    return False
+                user_uid, tags, key = found
+                outcome = outcomes.get(key)
+                if outcome is None:
+                    outcome = new_outcome(key)
+                else:
+                    memo.hits += 1
+                if coverage is not None and coverage.in_sample(coverage.requests + 1):
+                    sampled = True
+                    if outcome.truth is None:
+                        outcome.truth = truth(key)
+            except _SlowPath:
                 return False
-            user_uid, tags, key = read
-            outcome = self.outcome(key)
-            sampled = coverage is not None and coverage.in_sample(coverage.requests + 1)
-            if sampled and outcome.truth is None:
-                outcome.truth = self._truth(key)
-        except _SlowPath:
-            return False
-        if coverage is not None:
-            coverage.requests += 1
-            if sampled:
-                assert outcome.truth is not None
-                coverage.add_sample(outcome.truth)
-        template = outcome.templates.get(tags)
-        if template is None:
-            template = self._template(outcome, tags)
-        # SPEC §4.6: the A/B variant is the first whose cumulative weight exceeds the bucket; past the total, none
-        # (the last slot).
-        ab = [slots[bisect_right(sums, bucket(uid, user_uid))] for uid, sums, slots in template.ab]
-        self.distribution.count(template.fixed, self.users.index(user_uid), ab)
-        return True
+            if coverage is not None:
+                coverage.requests += 1
+                if sampled:
+                    assert outcome.truth is not None
+                    coverage.add_sample(outcome.truth)
+            template = outcome.templates.get(tags)
+            if template is None:
+                template = template_of(outcome, tags)
+            user = user_ids.get(user_uid)
+            if user is None:
+                user = new_user(user_uid)
+                reserve(user)
+            distribution.requests += 1
+            base = (user >> 3) * stride
+            mask = 1 << (user & 7)
+            for slot in template.fixed:
+                counts[slot] += 1
+                bits[base + slot] |= mask
+            if template.ab:
+                # A user's arms are computed once: a user comes back, and bucketing is the costly part.
+                arms = user_arms[user] if user < len(user_arms) else None
+                if arms is None:
+                    if user >= len(user_arms):
+                        user_arms.extend([None] * (user + 1 - len(user_arms)))
+                    arms = user_arms[user] = arms_of(user_uid)
+                for k in template.ab:
+                    slot = arms[k]
+                    counts[slot] += 1
+                    bits[base + slot] |= mask
+            return True
+
+        return observe
 
 
 def _always(ctx: VisitorContext) -> bool:
