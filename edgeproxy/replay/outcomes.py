@@ -141,6 +141,17 @@ class _Unit:
         self.memo: dict[Any, Any] = {}
 
 
+class _Node:
+    """The requests whose request-level features (geo, User-Agent, URL, referrer, Lytics) have one set of ids: the
+    ids, and the outcomes under them by the rest of the key (the clock's and the custom attributes' ids)."""
+
+    __slots__ = ("ids", "outcomes")
+
+    def __init__(self, ids: tuple[int, ...]) -> None:
+        self.ids = ids
+        self.outcomes: dict[tuple[int, ...], Outcome] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class _Template:
     """How one outcome counts for one tag selection: the slots known from the outcome, and the running A/B tests
@@ -187,7 +198,7 @@ class OutcomeMemo:
         self._contexts = ContextFactory(snapshot, geo_lookup, lambda: self._now)
         self._record: TrafficRecord | None = None  # the record being read
         self._context: VisitorContext | None = None  # its context, once built
-        self._outcomes: dict[tuple[int, ...], Outcome] = {}
+        self._outcomes = 0  # outcomes kept, under every node
 
         # Features, in key order: request-level ones, the clock, custom attributes.
         sites = coverage.rules if coverage is not None else rule_sites(snapshot)
@@ -219,7 +230,8 @@ class OutcomeMemo:
                 feature.predicates.append(snapshot.audience_predicates[audience.uid])
         static_fields = [i for name in order[: self._static_count] for i in _RAW_FIELDS[name]]
         self._static_key = itemgetter(*static_fields) if static_fields else None
-        self._static: dict[Any, tuple[int, ...]] = {}
+        self._static: dict[Any, _Node] = {}  # request-level raw values -> their node
+        self._nodes: dict[tuple[int, ...], _Node] = {}  # request-level ids -> their node
         self._geo_ip = geo_lookup is not None and "geo" in names
         self._time = self._features[self._index["time"]] if "time" in names else None
         self._thresholds = time_thresholds(time_rules)
@@ -321,15 +333,18 @@ class OutcomeMemo:
         found = feature.raw.get(raw)
         return self._register(feature, raw, self._build_context()) if found is None else found
 
-    def _static_ids(self, static_key: Any, raws: tuple[Any, ...]) -> tuple[int, ...]:
+    def _static_node(self, static_key: Any, raws: tuple[Any, ...]) -> _Node:
         ids = []
         for feature in self._features[: self._static_count]:
             assert feature.raw_of is not None
             ids.append(self._feature_id(feature, feature.raw_of(raws)))
+        node = self._nodes.get(tuple(ids))
+        if node is None:
+            node = self._nodes[tuple(ids)] = _Node(tuple(ids))
         if len(self._static) >= LIMIT:
             self._static.clear()
-        found = self._static[static_key] = tuple(ids)
-        return found
+        self._static[static_key] = node
+        return node
 
     def _reset(self) -> None:
         for feature in self._features:
@@ -338,8 +353,7 @@ class OutcomeMemo:
             feature.atoms.clear()
         for unit in (*self._choices, *self._audiences):
             unit.memo.clear()
-        self._static.clear()
-        self._outcomes.clear()
+        self._forget_outcomes()
         blank = VisitorContext(user_uid="", now=0.0)
         self._no_custom = tuple(self._register(feature, None, blank) for _, feature in self._custom)
 
@@ -348,11 +362,15 @@ class OutcomeMemo:
     def read(self, record: TrafficRecord) -> tuple[str, tuple[str, ...] | None, tuple[int, ...]] | None:
         """(user uid, tags, key) of a record, as `context_from_description` would see it; None: the slow path."""
         try:
-            return self._read(record)
+            found = self._read(record)
         except _SlowPath:
             return None
+        if found is None:
+            return None
+        user_uid, tags, node, rest = found
+        return user_uid, tags, node.ids + rest
 
-    def _reader(self) -> Callable[[TrafficRecord], tuple[str, tuple[str, ...] | None, tuple[int, ...]] | None]:
+    def _reader(self) -> Callable[[TrafficRecord], tuple[str, tuple[str, ...] | None, _Node, tuple[int, ...]] | None]:
         """The function behind `read`, with what it uses bound once: it runs for every request. May raise
         `_SlowPath`."""
         memo = self
@@ -364,14 +382,15 @@ class OutcomeMemo:
         new_uid = self._new_uid
         static_key = self._static_key
         static_cache = self._static
-        static_ids = self._static_ids
+        static_node = self._static_node
+        root = _Node(())
         geo_ip = self._geo_ip
         time_feature = self._time
         thresholds = self._thresholds
         feature_id = self._feature_id
         custom = self._custom
 
-        def read(record: TrafficRecord) -> tuple[str, tuple[str, ...] | None, tuple[int, ...]] | None:
+        def read(record: TrafficRecord) -> tuple[str, tuple[str, ...] | None, _Node, tuple[int, ...]] | None:
             memo._record = record
             memo._context = None
             desc = record.description
@@ -422,7 +441,7 @@ class OutcomeMemo:
             user_uid, _ = resolve_user_uid(headers, cookies, desc.get("userUid"), new_uid)
             live = desc.get("liveAttributes") or empty
 
-            key: tuple[int, ...] = ()
+            node = root
             if static_key is not None:
                 ip = None
                 if geo_ip and record.geo_lookup_allowed and (country is None or region is None or city is None):
@@ -442,14 +461,15 @@ class OutcomeMemo:
                     cookies.get(LYTICS_FLOWS_COOKIE),
                 )
                 static = static_key(raws)
-                found_ids = static_cache.get(static)
-                key = static_ids(static, raws) if found_ids is None else found_ids
+                found_node = static_cache.get(static)
+                node = static_node(static, raws) if found_node is None else found_node
+            rest: tuple[int, ...] = ()
             if time_feature is not None:
                 raw: Any = (
                     (bisect_left(thresholds, now), bisect_right(thresholds, now)) if thresholds is not None else now
                 )
                 found = time_feature.raw.get(raw)
-                key += (feature_id(time_feature, raw) if found is None else found,)
+                rest = (feature_id(time_feature, raw) if found is None else found,)
             if custom:
                 stored = desc.get("storedAttributes") or empty
                 if live or stored:
@@ -459,10 +479,10 @@ class OutcomeMemo:
                         raw = value if value is None or value.__class__ is str else typed_value(value)
                         found = feature.raw.get(raw)
                         ids.append(feature_id(feature, raw) if found is None else found)
-                    key += tuple(ids)
+                    rest += tuple(ids)
                 else:
-                    key += memo._no_custom
-            return user_uid, tags, key
+                    rest += memo._no_custom
+            return user_uid, tags, node, rest
 
         return read
 
@@ -497,15 +517,16 @@ class OutcomeMemo:
                 found.append(i)
         return found
 
-    def outcome(self, key: tuple[int, ...]) -> Outcome:
-        """The outcome of the current record's key (after `read`), assembled from its units on first sight."""
-        found = self._outcomes.get(key)
+    def _outcome(self, node: _Node, rest: tuple[int, ...]) -> Outcome:
+        """The outcome of the current record (after `_read`), assembled from its units on first sight."""
+        found = node.outcomes.get(rest)
         if found is not None:
             self.hits += 1
             return found
-        return self._new_outcome(key)
+        return self._new_outcome(node, rest)
 
-    def _new_outcome(self, key: tuple[int, ...]) -> Outcome:
+    def _new_outcome(self, node: _Node, rest: tuple[int, ...]) -> Outcome:
+        key = node.ids + rest
         choices = tuple([self._unit(unit, key) for unit in self._choices])
         coverage = self.coverage
         if coverage is not None and (coverage.pending_rules or coverage.pending_audiences):
@@ -516,17 +537,27 @@ class OutcomeMemo:
                 [i for i in coverage.pending_audiences if self._unit(audiences[i], key)],
             )
         self.misses += 1
-        if len(self._outcomes) >= LIMIT:
-            self._outcomes.clear()
-        found = self._outcomes[key] = Outcome(choices)
+        if self._outcomes >= LIMIT:
+            self._forget_outcomes()
+        self._outcomes += 1
+        found = node.outcomes[rest] = Outcome(choices)
         return found
+
+    def _forget_outcomes(self) -> None:
+        for node in self._nodes.values():
+            node.outcomes.clear()
+        self._nodes.clear()
+        self._static.clear()
+        self._outcomes = 0
 
     def _truth(self, key: tuple[int, ...]) -> CoverageTruth:
         rules = tuple(self._rules_true(key, range(len(self._rule_atoms))))
         return rules, tuple([i for i, unit in enumerate(self._audiences) if self._unit(unit, key)])
 
     def _template(self, outcome: Outcome, tags: tuple[str, ...] | None) -> _Template:
-        found = self._templates.get((outcome.choices, tags))
+        # Keyed by identity: the choices are variants of this snapshot, True, False or None.
+        by = (tuple(map(id, outcome.choices)), tags)
+        found = self._templates.get(by)
         if found is None:
             fixed: list[int] = []
             ab: list[int] = []
@@ -542,7 +573,7 @@ class OutcomeMemo:
                     fixed.append(slot(ce.short_uid, None))  # outside the A/B test's targeting (SPEC §4.6)
             if len(self._templates) >= LIMIT:
                 self._templates.clear()
-            found = self._templates[(outcome.choices, tags)] = _Template(tuple(fixed), tuple(ab))
+            found = self._templates[by] = _Template(tuple(fixed), tuple(ab))
         outcome.templates[tags] = found
         return found
 
@@ -555,12 +586,12 @@ class OutcomeMemo:
     def manifest(self, record: TrafficRecord) -> Manifest | None:
         """The record's manifest from its outcome (what `snapshot.decide` returns); None: the slow path. For checks:
         `observe` counts without building manifests."""
-        read = self.read(record)
-        if read is None:
-            return None
-        user_uid, tags, key = read
         try:
-            outcome = self.outcome(key)
+            found = self._read(record)
+            if found is None:
+                return None
+            user_uid, tags, node, rest = found
+            outcome = self._outcome(node, rest)
         except _SlowPath:
             return None
         entries: list[tuple[str, CompiledVariant | None]] = []
@@ -582,7 +613,6 @@ class OutcomeMemo:
         """The function behind `observe`, with what it uses bound once: it runs for every request."""
         memo = self
         read = self._read
-        outcomes = self._outcomes
         new_outcome = self._new_outcome
         truth = self._truth
         template_of = self._template
@@ -603,16 +633,16 @@ class OutcomeMemo:
                 found = read(record)
                 if found is None:
                     return False
-                user_uid, tags, key = found
-                outcome = outcomes.get(key)
+                user_uid, tags, node, rest = found
+                outcome = node.outcomes.get(rest)
                 if outcome is None:
-                    outcome = new_outcome(key)
+                    outcome = new_outcome(node, rest)
                 else:
                     memo.hits += 1
                 if coverage is not None and coverage.in_sample(coverage.requests + 1):
                     sampled = True
                     if outcome.truth is None:
-                        outcome.truth = truth(key)
+                        outcome.truth = truth(node.ids + rest)
             except _SlowPath:
                 return False
             if coverage is not None:
