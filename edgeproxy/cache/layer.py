@@ -59,19 +59,27 @@ class ResponseCache:
         extra = "|".join(f"{name}={headers.get(name, '')}" for name in self.key_headers)
         return f"GET|{host.lower()}|{path_qs}|v={variant_param}|{extra}"
 
-    async def lookup(self, key: str, upstream_headers: Mapping[str, str]) -> CachedResponse | None:
+    async def fetch(self, key: str) -> CachedResponse | None:
+        """The stored entry for `key`, whatever its Vary says (see `selected`)."""
         try:
-            entry = await self.store.get(key)
+            return await self.store.get(key)
         except Exception as exc:  # a shared cache going away must not fail the request
             self.counts["store_errors"] += 1
             log.warning("cache lookup failed, going to the origin: %s", exc)
             return None
+
+    @staticmethod
+    def selected(entry: CachedResponse | None, upstream_headers: Mapping[str, str]) -> CachedResponse | None:
+        """`entry` if this request selects it: RFC 9111 §4.1, the headers its Vary names must match."""
         if entry is None:
             return None
-        for name, value in entry.vary:  # RFC 9111 §4.1: the selecting headers must match
+        for name, value in entry.vary:
             if upstream_headers.get(name, "") != value:
                 return None
         return entry
+
+    async def lookup(self, key: str, upstream_headers: Mapping[str, str]) -> CachedResponse | None:
+        return self.selected(await self.fetch(key), upstream_headers)
 
     async def put(self, key: str, entry: CachedResponse) -> None:
         try:

@@ -28,7 +28,8 @@ class CachedResponse:
     vary: tuple[tuple[str, str], ...] = ()  # request header name -> value this response was selected by
     etag: str | None = None
     last_modified: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # What the proxy derives once per entry for serving it (app.ClientBase); never stored, reset by replace().
+    prepared: Any = field(default=None, init=False, compare=False, repr=False)
 
     def age(self, now: float) -> float:
         return self.initial_age + max(0.0, now - self.stored_at)

@@ -227,22 +227,10 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
     config = state.config
     state.counters.requests += 1
     where = client_view(request, state)
-    peer, trusted, incoming_xff = where.peer, where.trusted, where.forwarded_for
-    client_ip, proto, host = where.client_ip, where.proto, where.host
-
-    upstream_headers = end_to_end(request.headers, UPSTREAM_REMOVED)
-    # X-Forwarded-*: a trusted peer's chain is kept and extended; an untrusted one is replaced, not believed.
-    chain = f"{incoming_xff}, {peer}" if trusted and incoming_xff else (peer or "")
-    if chain:
-        upstream_headers["X-Forwarded-For"] = chain
-    upstream_headers["X-Forwarded-Proto"] = proto
-    upstream_headers["X-Forwarded-Host"] = host
-    if not trusted:
-        upstream_headers.popall("Forwarded", None)
-    upstream_headers["Host"] = request.host if config.preserve_host else state.origin_host
-
-    if request.headers.get("Upgrade", "").lower() == "websocket":
-        return await _websocket(request, state, upstream_headers)
+    trusted, client_ip, proto, host = where.trusted, where.client_ip, where.proto, where.host
+    upgrade = request.headers.get("Upgrade")
+    if upgrade is not None and upgrade.lower() == "websocket":
+        return await _websocket(request, state, upstream_request_headers(request, state, where))
 
     route = state.routes.decide(request.path)
     loaded = state.holder.current
@@ -273,7 +261,6 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
         state.observe_decision(manifest, time.perf_counter() - decide_started)
         decided.ctx, decided.manifest = visitor.context, manifest
         decided.snapshot, decided.tags = loaded.snapshot.version, route.tags
-        add_upstream_headers(upstream_headers, manifest, config.cda_variant_limit, loaded.snapshot.version)
         if config.variant_query_param:
             query = _with_param(query, config.variant_query_param, manifest.variant_param)
         cookies = cookie_headers(manifest, visitor.secure, loaded.snapshot.manifest_json(manifest))
@@ -287,30 +274,38 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
 
     has_body = request.body_exists
     x_cache = None
-    if state.cache is not None:
-        cache_key = ""
-        if request.method in ("GET", "HEAD") and not has_body and route.cache:
-            cache_key = state.cache.key(
+    cache = state.cache
+    cache_key = ""
+    fetched = None
+    if cache is not None and request.method in ("GET", "HEAD") and not has_body and route.cache and upgrade is None:
+        from edgeproxy.proxy.caching import early_lookup
+
+        variant_param = manifest.variant_param if manifest is not None else ""
+        early = await early_lookup(request, state, host, variant_param, cookies, personalized, impressions)
+        if early.response is not None:
+            return early.response
+        cache_key, fetched = early.key, early.fetched
+
+    upstream_headers = upstream_request_headers(request, state, where)
+    if manifest is not None:
+        assert loaded is not None
+        add_upstream_headers(upstream_headers, manifest, config.cda_variant_limit, loaded.snapshot.version)
+    if cache is not None:
+        if not cache_key and request.method in ("GET", "HEAD") and not has_body and route.cache:
+            cache_key = cache.key(
                 host, request.raw_path, manifest.variant_param if manifest is not None else "", upstream_headers
             )
-        if cache_key and state.cache.passes(cache_key, time.time()):
+        if cache_key and cache.passes(cache_key, time.time()):
             # Hit-for-pass: this key's responses are not storable; forward directly, like an uncached route.
             x_cache = "MISS"
-            state.cache.counts["miss"] += 1
+            cache.counts["miss"] += 1
         elif cache_key:
             from edgeproxy.proxy.caching import cached_exchange
 
             return await cached_exchange(
-                request,
-                state,
-                cache_key,
-                request.raw_path,
-                target,
-                upstream_headers,
-                cookies,
-                personalized,
-                impressions,
-            )
+                request, state, cache_key, request.raw_path, target, upstream_headers, cookies, personalized,
+                impressions, fetched,
+            )  # fmt: skip
         else:
             x_cache = "BYPASS"
     try:
@@ -329,6 +324,22 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
         return response
     finally:
         upstream.release()
+
+
+def upstream_request_headers(request: web.BaseRequest, state: ProxyState, where: ClientView) -> CIMultiDict[str]:
+    """The client's end-to-end headers for the origin, with Host and X-Forwarded-* set."""
+    headers = end_to_end(request.headers, UPSTREAM_REMOVED)
+    # X-Forwarded-*: a trusted peer's chain is kept and extended; an untrusted one is replaced, not believed.
+    peer = where.peer
+    chain = f"{where.forwarded_for}, {peer}" if where.trusted and where.forwarded_for else (peer or "")
+    if chain:
+        headers["X-Forwarded-For"] = chain
+    headers["X-Forwarded-Proto"] = where.proto
+    headers["X-Forwarded-Host"] = where.host
+    if not where.trusted:
+        headers.popall("Forwarded", None)
+    headers["Host"] = request.host if state.config.preserve_host else state.origin_host
+    return headers
 
 
 def _debug_explanation(
@@ -393,6 +404,44 @@ def _response_removed(applied_variants_header: str) -> frozenset[str]:
     return removal_set(*SURROGATE_HEADERS, applied_variants_header)  # a pure function: computed once per name
 
 
+@dataclass(frozen=True, slots=True)
+class ClientBase:
+    """An origin response's headers as every browser gets them; the per-request part is added by `finish`.
+    The response cache keeps one per stored entry, so a hit copies it instead of rebuilding it."""
+
+    headers: CIMultiDict[str]  # end-to-end, without surrogate headers and the applied-variants report
+    applied: str | None  # the origin's applied-variants report (origin-confirmed impressions)
+    html: bool
+    applied_header: str  # the configured name it was read from
+
+    @classmethod
+    def of(cls, origin_headers: CIMultiDict[str] | CIMultiDictProxy[str], config: ProxyConfig) -> ClientBase:
+        name = config.applied_variants_header
+        headers = end_to_end(origin_headers, _response_removed(name))
+        html = headers.get("Content-Type", "").lower().startswith("text/html")
+        return cls(headers, origin_headers.get(name), html, name)
+
+    def finish(
+        self,
+        headers: CIMultiDict[str],
+        cookies: list[str],
+        personalized: bool,
+        config: ProxyConfig,
+        x_cache: str | None = None,
+        impressions: ResponseHook | None = None,
+    ) -> None:
+        """Add this request's part to `headers` (a copy of `self.headers`): impressions and the debug header,
+        our cookies, no-store on personalized HTML, X-Cache."""
+        if impressions is not None:
+            impressions(headers, self.applied)
+        for value in cookies:
+            headers.add("Set-Cookie", value)
+        if personalized and self.html and config.no_store_personalized_html:
+            headers["Cache-Control"] = "no-store"  # SPEC §7: personalized HTML is never cached downstream
+        if x_cache is not None:
+            headers["X-Cache"] = x_cache
+
+
 def client_headers(
     origin_headers: CIMultiDict[str] | CIMultiDictProxy[str],
     cookies: list[str],
@@ -403,21 +452,9 @@ def client_headers(
 ) -> CIMultiDict[str]:
     """What the browser gets: end-to-end origin headers, our cookies, no-store on personalized HTML.
     The origin's applied-variants report is recorded (origin-confirmed impressions) and stripped."""
-    applied = origin_headers.get(config.applied_variants_header)
-    headers = end_to_end(origin_headers, _response_removed(config.applied_variants_header))
-    if impressions is not None:
-        impressions(headers, applied)
-    for value in cookies:
-        headers.add("Set-Cookie", value)
-    if (
-        personalized
-        and config.no_store_personalized_html
-        and headers.get("Content-Type", "").lower().startswith("text/html")
-    ):
-        headers["Cache-Control"] = "no-store"  # SPEC §7: personalized HTML is never cached downstream
-    if x_cache is not None:
-        headers["X-Cache"] = x_cache
-    return headers
+    base = ClientBase.of(origin_headers, config)
+    base.finish(base.headers, cookies, personalized, config, x_cache, impressions)
+    return base.headers
 
 
 async def relay(

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy.cache.rules import parse_cache_control
 from edgeproxy.cache.store import CachedResponse
-from edgeproxy.proxy.app import ProxyState, ResponseHook, _origin_failed, client_headers, relay
+from edgeproxy.proxy.app import UPSTREAM_REMOVED, ClientBase, ProxyState, ResponseHook, _origin_failed, relay
+from edgeproxy.proxy.config import ProxyConfig
+from edgeproxy.proxy.headers import connection_listed, removal_set
 
 CONDITIONAL_REQUEST_HEADERS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range")
 
@@ -32,7 +35,87 @@ def _weak_match(if_none_match: str, etag: str) -> bool:
     return any(tag.strip().removeprefix("W/") == own for tag in if_none_match.split(","))
 
 
-async def serve_entry(
+# Request headers that do not reach the origin as the client sent them: removed, replaced or set by the proxy.
+REWRITTEN_REQUEST_HEADERS = removal_set(
+    *UPSTREAM_REMOVED, "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded",
+    *CONDITIONAL_REQUEST_HEADERS,
+)  # fmt: skip
+
+
+class CacheView:
+    """Whether a cache decision can be made on the client's own request headers: true for every header name
+    that reaches the origin unchanged, which is what the key and the stored Vary values were computed from."""
+
+    __slots__ = ("_headers", "_rewritten")
+
+    def __init__(self, headers: CIMultiDictProxy[str]) -> None:
+        self._headers = headers
+        self._rewritten = (
+            REWRITTEN_REQUEST_HEADERS | connection_listed(headers) if "Connection" in headers
+            else REWRITTEN_REQUEST_HEADERS
+        )  # fmt: skip
+
+    def passes_unchanged(self, names: tuple[str, ...]) -> bool:
+        """`names` are lower-case."""
+        rewritten = self._rewritten
+        return not any(name in rewritten for name in names)
+
+    def selects(self, entry: CachedResponse) -> bool:
+        """RFC 9111 §4.1 on the client's headers; False also when a Vary name is one the proxy rewrites (the
+        full exchange decides those)."""
+        rewritten, get = self._rewritten, self._headers.get
+        for name, value in entry.vary:  # names are stored lower-case
+            if name in rewritten or get(name, "") != value:
+                return False
+        return True
+
+
+@dataclass(slots=True)
+class EarlyLookup:
+    response: web.StreamResponse | None = None  # a fresh hit, served
+    key: str = ""  # the cache key, when it could be computed from the client's headers
+    fetched: tuple[CachedResponse | None] | None = None  # the store's answer for `key`, for cached_exchange
+
+
+async def early_lookup(
+    request: web.BaseRequest,
+    state: ProxyState,
+    host: str,
+    variant_param: str,
+    cookies: list[str],
+    personalized: bool,
+    impressions: ResponseHook | None,
+) -> EarlyLookup:
+    """A fresh hit served from the client's request as it is, before any upstream request is built, whenever
+    the headers the key and the entry's Vary name reach the origin unchanged (CacheView). Otherwise what was
+    learnt on the way, so the full exchange does not compute or fetch it again."""
+    cache = state.cache
+    assert cache is not None
+    view = CacheView(request.headers)
+    if not view.passes_unchanged(cache.key_headers):
+        return EarlyLookup()
+    key = cache.key(host, request.raw_path, variant_param, request.headers)
+    now = time.time()
+    if cache.passes(key, now):
+        return EarlyLookup(key=key)
+    entry = await cache.fetch(key)
+    if entry is not None and entry.fresh(now) and view.selects(entry):
+        return EarlyLookup(serve_entry(request, state, entry, "HIT", cookies, personalized, impressions))
+    return EarlyLookup(key=key, fetched=(entry,))
+
+
+def _client_base(entry: CachedResponse, config: ProxyConfig) -> ClientBase:
+    """The entry's headers as browsers get them, derived once per entry (per applied-variants header name)."""
+    base = entry.prepared
+    if base is None or base.applied_header != config.applied_variants_header:
+        base = ClientBase.of(CIMultiDict(entry.headers), config)
+        base.headers.popall("Content-Length", None)  # aiohttp sets it from the body (and keeps it for HEAD)
+        entry.prepared = base
+    assert isinstance(base, ClientBase)
+    return base
+
+
+def serve_entry(
     request: web.BaseRequest,
     state: ProxyState,
     entry: CachedResponse,
@@ -41,16 +124,19 @@ async def serve_entry(
     personalized: bool,
     impressions: ResponseHook | None = None,
 ) -> web.StreamResponse:
-    headers = client_headers(CIMultiDict(entry.headers), cookies, personalized, state.config, label, impressions)
-    headers["Age"] = str(int(entry.age(time.time())))
-    state.cache.counts[label.lower()] += 1  # type: ignore[union-attr]
+    config = state.config
+    base = _client_base(entry, config)
     inm = request.headers.get("If-None-Match")
     if entry.etag and inm and entry.status == 200 and _weak_match(inm, entry.etag):
-        headers.popall("Content-Length", None)
-        return web.Response(status=304, headers=headers)  # the browser's copy is current
-    headers.popall("Content-Length", None)
-    # For HEAD, aiohttp sends the headers (with this body's Content-Length) and no body.
-    return web.Response(status=entry.status, reason=entry.reason, headers=headers, body=entry.body)
+        response = web.Response(status=304, headers=base.headers)  # the browser's copy is current
+    else:
+        # For HEAD, aiohttp sends the headers (with this body's Content-Length) and no body.
+        response = web.Response(status=entry.status, reason=entry.reason, headers=base.headers, body=entry.body)
+    headers = response.headers  # aiohttp's own copy of base.headers
+    base.finish(headers, cookies, personalized, config, label, impressions)
+    headers["Age"] = str(int(entry.age(time.time())))
+    state.cache.counts[label.lower()] += 1  # type: ignore[union-attr]
+    return response
 
 
 async def cached_exchange(
@@ -63,20 +149,22 @@ async def cached_exchange(
     cookies: list[str],
     personalized: bool,
     impressions: ResponseHook | None = None,
+    fetched: tuple[CachedResponse | None] | None = None,
 ) -> web.StreamResponse:
+    """`fetched`: the store's answer for `key` when the caller asked already (one store round trip a request)."""
     cache = state.cache
     assert cache is not None
     for name in CONDITIONAL_REQUEST_HEADERS:  # the cache fetches for everyone; it answers conditionals itself
         upstream_headers.popall(name, None)
-    entry = await cache.lookup(key, upstream_headers)
+    entry = cache.selected(fetched[0] if fetched is not None else await cache.fetch(key), upstream_headers)
     now = time.time()
     if entry is not None:
         if entry.fresh(now):
-            return await serve_entry(request, state, entry, "HIT", cookies, personalized, impressions)
+            return serve_entry(request, state, entry, "HIT", cookies, personalized, impressions)
         if entry.within_swr(now):
             stale = entry
             cache.revalidate_in_background(key, lambda: _refresh(state, key, path, target, upstream_headers, stale))
-            return await serve_entry(request, state, entry, "STALE", cookies, personalized, impressions)
+            return serve_entry(request, state, entry, "STALE", cookies, personalized, impressions)
     if request.method == "HEAD" or (entry is None and cache.passes(key, now)):
         return await _forward(request, state, target, upstream_headers, cookies, personalized, "MISS", impressions)
 
@@ -91,7 +179,7 @@ async def cached_exchange(
         if result is not None:
             shared, label = result
             if all(upstream_headers.get(name, "") == value for name, value in shared.vary):  # RFC 9111 §4.1
-                return await serve_entry(request, state, shared, label, cookies, personalized, impressions)
+                return serve_entry(request, state, shared, label, cookies, personalized, impressions)
         return await _forward(request, state, target, upstream_headers, cookies, personalized, "MISS", impressions)
 
     future: asyncio.Future[tuple[CachedResponse, str] | None] = asyncio.get_running_loop().create_future()
@@ -133,7 +221,7 @@ async def _lead(
     except OSError as exc:  # TimeoutError, UpstreamError
         if entry is not None and entry.within_sie(time.time()):
             future.set_result((entry, "STALE"))  # requests waiting on this fetch get the stale copy too
-            return await serve_entry(request, state, entry, "STALE", cookies, personalized, impressions)  # RFC 5861 §4
+            return serve_entry(request, state, entry, "STALE", cookies, personalized, impressions)  # RFC 5861 §4
         if isinstance(exc, TimeoutError):
             return _origin_failed(request, state, 504, "origin_timeout", "The origin did not answer in time.", exc)
         return _origin_failed(request, state, 502, "origin_unreachable", "The origin could not be reached.", exc)
@@ -143,10 +231,10 @@ async def _lead(
             refreshed = cache.refreshed(entry, list(upstream.headers.items()), request_time, response_time)
             await cache.put(key, refreshed)
             future.set_result((refreshed, "REVALIDATED"))
-            return await serve_entry(request, state, refreshed, "REVALIDATED", cookies, personalized, impressions)
+            return serve_entry(request, state, refreshed, "REVALIDATED", cookies, personalized, impressions)
         if upstream.status >= 500 and entry is not None and entry.within_sie(response_time):
             future.set_result((entry, "STALE"))
-            return await serve_entry(request, state, entry, "STALE", cookies, personalized, impressions)
+            return serve_entry(request, state, entry, "STALE", cookies, personalized, impressions)
         candidate = cache.build_entry(
             status=upstream.status, reason=upstream.reason or "", headers=list(upstream.headers.items()), body=b"",
             path=path, upstream_headers=headers, request_time=request_time, response_time=response_time,
