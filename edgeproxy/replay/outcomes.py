@@ -527,7 +527,10 @@ class OutcomeMemo:
 
     def _new_outcome(self, node: _Node, rest: tuple[int, ...]) -> Outcome:
         key = node.ids + rest
-        choices = tuple([self._unit(unit, key) for unit in self._choices])
+        choices = []
+        for unit in self._choices:
+            value = unit.memo.get(unit.sub_key(key), _MISSING)
+            choices.append(self._unit(unit, key) if value is _MISSING else value)
         coverage = self.coverage
         if coverage is not None and (coverage.pending_rules or coverage.pending_audiences):
             # Each key is looked at once: what is still pending now was false on every earlier request.
@@ -540,7 +543,7 @@ class OutcomeMemo:
         if self._outcomes >= LIMIT:
             self._forget_outcomes()
         self._outcomes += 1
-        found = node.outcomes[rest] = Outcome(choices)
+        found = node.outcomes[rest] = Outcome(tuple(choices))
         return found
 
     def _forget_outcomes(self) -> None:
