@@ -127,8 +127,9 @@ class Coverage:
         self._seen.clear()
 
     def in_sample(self, number: int) -> bool:
-        """Whether request number `number` (1-based, as counted in `requests`) is one of the sample."""
-        return number % self.sample_every == 1 or self.sample_every == 1
+        """Whether request number `number` (1-based, as counted in `requests`) is one of the sample: the 1st,
+        then every `sample_every`th."""
+        return (number - 1) % self.sample_every == 0
 
     def observe(self, ctx: VisitorContext) -> None:
         self.requests += 1

@@ -387,6 +387,7 @@ class OutcomeMemo:
         geo_ip = self._geo_ip
         time_feature = self._time
         thresholds = self._thresholds
+        positions = len(thresholds) + 1 if thresholds is not None else 0  # the pair of positions as one int
         feature_id = self._feature_id
         custom = self._custom
 
@@ -466,7 +467,9 @@ class OutcomeMemo:
             rest: tuple[int, ...] = ()
             if time_feature is not None:
                 raw: Any = (
-                    (bisect_left(thresholds, now), bisect_right(thresholds, now)) if thresholds is not None else now
+                    bisect_left(thresholds, now) * positions + bisect_right(thresholds, now)
+                    if thresholds is not None
+                    else now
                 )
                 found = time_feature.raw.get(raw)
                 rest = (feature_id(time_feature, raw) if found is None else found,)
@@ -620,6 +623,7 @@ class OutcomeMemo:
         truth = self._truth
         template_of = self._template
         coverage = self.coverage
+        sample_every = coverage.sample_every if coverage is not None else 1
         distribution = self.distribution
         counts = distribution.counts
         bits = distribution.bits  # grown in place by `reserve`
@@ -642,7 +646,7 @@ class OutcomeMemo:
                     outcome = new_outcome(node, rest)
                 else:
                     memo.hits += 1
-                if coverage is not None and coverage.in_sample(coverage.requests + 1):
+                if coverage is not None and coverage.requests % sample_every == 0:  # in_sample(requests + 1)
                     sampled = True
                     if outcome.truth is None:
                         outcome.truth = truth(node.ids + rest)
