@@ -1,9 +1,10 @@
 """Live decision counts of one proxy process, for the dashboard: `ProxyState.live.record(manifest)` per decision.
 
 Counts per (experience, variant or None) since the process started, plus per-minute buckets for the last hour.
-Recording is a few dict increments (no lock: the proxy decides on one event-loop thread; a rare lost increment
-from another thread would only make a live counter one short). With `serve --workers N` each worker counts its
-own decisions; the dashboard shows those of the worker that answered.
+Recording is one dict increment per decision, keyed by the manifest's entries (a project has few distinct
+variant sets); the per-experience counts are expanded when read. No lock: the proxy decides on one event-loop
+thread; a rare lost increment from another thread would only make a live counter one short. With
+`serve --workers N` each worker counts its own decisions; the dashboard shows those of the worker that answered.
 """
 
 from __future__ import annotations
@@ -22,6 +23,15 @@ class _Variant(Protocol):
     short_uid: str
 
 
+class _Folded:
+    """A variant stand-in after `_fold` (None stays None: no variant)."""
+
+    __slots__ = ("short_uid",)
+
+    def __init__(self, short_uid: str | None) -> None:
+        self.short_uid = short_uid
+
+
 class DecidedManifest(Protocol):
     """What `record_decision` reads of `edgeproxy.engine.decide.Manifest`."""
 
@@ -29,16 +39,28 @@ class DecidedManifest(Protocol):
     def entries(self) -> tuple[tuple[str, Any], ...]: ...
 
 
+Entries = tuple[tuple[str, Any], ...]
+
+
+def _expand(by_entries: dict[Entries, int], into: dict[Slot, int] | None = None) -> dict[Slot, int]:
+    slots = {} if into is None else into
+    for entries, n in by_entries.items():
+        for experience, variant in entries:
+            slot = (experience, None if variant is None else variant.short_uid)
+            slots[slot] = slots.get(slot, 0) + n
+    return slots
+
+
 class LiveDecisions:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self.started = clock()
         self.decisions = 0
-        self.totals: dict[Slot, int] = {}
+        self._totals: dict[Entries, int] = {}
         self._minute = int(self.started // 60)
-        self._current: dict[Slot, int] = {}
+        self._current: dict[Entries, int] = {}
         self._current_decisions = 0
-        self._history: deque[tuple[int, int, dict[Slot, int]]] = deque(maxlen=MINUTES_KEPT)
+        self._history: deque[tuple[int, int, dict[Entries, int]]] = deque(maxlen=MINUTES_KEPT)
 
     def record(self, manifest: DecidedManifest) -> None:
         minute = int(self._clock() // 60)
@@ -46,11 +68,22 @@ class LiveDecisions:
             self._roll(minute)
         self.decisions += 1
         self._current_decisions += 1
-        totals, current = self.totals, self._current
-        for experience, variant in manifest.entries:
-            slot = (experience, None if variant is None else variant.short_uid)
-            totals[slot] = totals.get(slot, 0) + 1
-            current[slot] = current.get(slot, 0) + 1
+        entries = manifest.entries
+        totals, current = self._totals, self._current
+        totals[entries] = totals.get(entries, 0) + 1
+        current[entries] = current.get(entries, 0) + 1
+        if len(totals) > 100_000:  # a project with a huge variant-set cardinality: fold into slots, keep going
+            self._fold()
+
+    def _fold(self) -> None:
+        """Keep totals bounded: collapse them into one pseudo-entry per slot (same expansion)."""
+        folded = _expand(self._totals)
+        self._totals = {((experience, _Folded(variant)),): n for (experience, variant), n in folded.items()}
+
+    @property
+    def totals(self) -> dict[Slot, int]:
+        """Decisions per (experience, variant or None) since start."""
+        return _expand(self._totals)
 
     def _roll(self, minute: int) -> None:
         self._history.append((self._minute, self._current_decisions, self._current))
@@ -61,15 +94,14 @@ class LiveDecisions:
         now_minute = int(self._clock() // 60)
         if now_minute != self._minute:
             self._roll(now_minute)
-        recent: dict[Slot, int] = dict(self._current)
+        recent = _expand(self._current)
         per_minute = {m: n for m, n, _ in self._history}
         per_minute[self._minute] = self._current_decisions
         first = now_minute - MINUTES_KEPT + 1
         last_5: dict[Slot, int] = dict(recent)
         for m, _, counts in self._history:
             if m > now_minute - 5:
-                for slot, n in counts.items():
-                    last_5[slot] = last_5.get(slot, 0) + n
+                _expand(counts, last_5)
         experiences: dict[str, dict[str, dict[str, int]]] = {}
         for (e, v), n in self.totals.items():
             cell = experiences.setdefault(e, {}).setdefault(v or "-", {"total": 0, "last5Minutes": 0})

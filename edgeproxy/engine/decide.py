@@ -33,6 +33,10 @@ class CompiledExperience:
     tags: frozenset[str]  # casefolded
     choose: Callable[[VisitorContext], CompiledVariant | None]
     variants: tuple[CompiledVariant, ...]
+    # A/B tests (SPEC §4.6): what `choose` uses, for deciders that split the uid-independent targeting from the
+    # per-visitor bucket (memo.py). `targeting` None: everyone is in the test.
+    targeting: Predicate | None = None
+    cumulative_weights: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,18 +158,25 @@ def _compile_experience(experience: Experience, audiences: dict[str, Predicate])
         for v in experience.variants
     )
     choose: Callable[[VisitorContext], CompiledVariant | None]
+    targeting: Predicate | None = None
+    sums: tuple[int, ...] = ()
     if experience.status == "PAUSED":
         choose = _paused  # SPEC §4.4
     elif experience.type == "SEGMENTED":
         choose = _segmented_chooser(experience.variants, compiled_variants, audiences)
     else:
-        choose = _ab_chooser(experience, compiled_variants, audiences)
+        sums = cumulative([v.weight for v in experience.variants])
+        if experience.targeting is not None:
+            targeting = compile_audience_condition(experience.targeting, audiences)
+        choose = _ab_chooser(experience.uid, sums, targeting, compiled_variants)
     return CompiledExperience(
         experience=experience,
         short_uid=experience.short_uid,
         tags=frozenset(tag.casefold() for tag in experience.tags),
         choose=choose,
         variants=compiled_variants,
+        targeting=targeting,
+        cumulative_weights=sums,
     )
 
 
@@ -193,15 +204,9 @@ def _segmented_chooser(
 
 
 def _ab_chooser(
-    experience: Experience, compiled: tuple[CompiledVariant, ...], audiences: dict[str, Predicate]
+    uid: str, sums: tuple[int, ...], targeting: Predicate | None, compiled: tuple[CompiledVariant, ...]
 ) -> Callable[[VisitorContext], CompiledVariant | None]:
     # SPEC §4.6: outside the targeting -> null; else hash v1 bucket against cumulative weights.
-    sums = cumulative([v.weight for v in experience.variants])
-    uid = experience.uid
-    targeting = (
-        compile_audience_condition(experience.targeting, audiences) if experience.targeting is not None else None
-    )
-
     def choose(ctx: VisitorContext) -> CompiledVariant | None:
         if targeting is not None and not targeting(ctx):
             return None

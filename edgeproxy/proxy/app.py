@@ -105,7 +105,7 @@ class ProxyState:
         return self._upstream
 
     def observe_decision(self, manifest: Manifest, seconds: float) -> None:
-        self.metrics.observe_manifest(manifest, seconds)
+        self.metrics.observe_decision(seconds)
         self.live.record(manifest)
 
     async def stored_attributes(self, project_uid: str, user_uid: str) -> dict[str, object]:
@@ -257,7 +257,7 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
             stored=stored,
         )
         decide_started = time.perf_counter()
-        manifest = loaded.snapshot.decide(visitor.context, route.tags)
+        manifest = loaded.decider.decide(visitor.context, route.tags)
         state.observe_decision(manifest, time.perf_counter() - decide_started)
         decided.ctx, decided.manifest = visitor.context, manifest
         decided.snapshot, decided.tags = loaded.snapshot.version, route.tags
@@ -278,10 +278,8 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
     cache_key = ""
     fetched = None
     if cache is not None and request.method in ("GET", "HEAD") and not has_body and route.cache and upgrade is None:
-        from edgeproxy.proxy.caching import early_lookup
-
         variant_param = manifest.variant_param if manifest is not None else ""
-        early = await early_lookup(request, state, host, variant_param, cookies, personalized, impressions)
+        early = await caching.early_lookup(request, state, host, variant_param, cookies, personalized, impressions)
         if early.response is not None:
             return early.response
         cache_key, fetched = early.key, early.fetched
@@ -300,9 +298,7 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
             x_cache = "MISS"
             cache.counts["miss"] += 1
         elif cache_key:
-            from edgeproxy.proxy.caching import cached_exchange
-
-            return await cached_exchange(
+            return await caching.cached_exchange(
                 request, state, cache_key, request.raw_path, target, upstream_headers, cookies, personalized,
                 impressions, fetched,
             )  # fmt: skip
@@ -622,3 +618,7 @@ def _normalized(path: str) -> str:
             continue
         parts.append(segment)
     return "/" + "/".join(parts) + ("/" if path.endswith("/") and parts else "")
+
+
+# The cache's HTTP side builds on this module (relay, ClientBase, ...); imported last, so either can load first.
+from edgeproxy.proxy import caching  # noqa: E402

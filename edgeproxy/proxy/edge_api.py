@@ -168,7 +168,7 @@ async def _manifest(request: web.BaseRequest, state: ProxyState, project_uid: st
         stored=stored,
     )
     started = time.perf_counter()
-    manifest = loaded.snapshot.decide(visitor.context, tags or None)
+    manifest = loaded.decider.decide(visitor.context, tags or None)
     state.observe_decision(manifest, time.perf_counter() - started)
     # The snapshot version lets a client (and the swap test) tie a manifest to exactly one snapshot.
     extra = {USER_UID_HEADER_NAME: manifest.user_uid, "X-Edgeproxy-Snapshot": loaded.snapshot.version}

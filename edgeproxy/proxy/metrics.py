@@ -28,7 +28,6 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from edgeproxy.engine.decide import Manifest
     from edgeproxy.proxy.app import ProxyState
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -62,7 +61,6 @@ class ProxyMetrics(Collector):
         self.requests: dict[tuple[str, int], int] = {}
         self.durations: dict[str, _Histogram] = {}
         self.decisions = _Histogram(DECISION_BUCKETS)
-        self.variants: dict[tuple[str, str], int] = {}
         self.cache_results: dict[str, int] = {}
         self.origin_errors: dict[int, int] = {}
         self.registry = CollectorRegistry(auto_describe=False)
@@ -78,13 +76,8 @@ class ProxyMetrics(Collector):
             histogram = self.durations[kind] = _Histogram(LATENCY_BUCKETS)
         histogram.observe(seconds)
 
-    def observe_manifest(self, manifest: Manifest, seconds: float) -> None:
-        self.decisions.observe(seconds)
-        variants = self.variants
-        for experience, variant in manifest.entries:
-            if variant is not None:
-                key = (experience, variant.short_uid)
-                variants[key] = variants.get(key, 0) + 1
+    def observe_decision(self, seconds: float) -> None:
+        self.decisions.observe(seconds)  # what was decided is counted once, by state.live (read at scrape time)
 
     def cache_result(self, result: str) -> None:
         self.cache_results[result] = self.cache_results.get(result, 0) + 1
@@ -110,8 +103,9 @@ class ProxyMetrics(Collector):
         variants = CounterMetricFamily(
             "edgeproxy_variants_served", "Variants decided", labels=["experience", "variant"]
         )
-        for (experience, variant), n in sorted(self.variants.items()):
-            variants.add_metric([experience, variant], n)
+        served = self.state.live.totals
+        for (experience, variant), n in sorted((slot, n) for slot, n in served.items() if slot[1] is not None):
+            variants.add_metric([experience, str(variant)], n)
         yield variants
         cache = CounterMetricFamily("edgeproxy_cache_results", "Cache results", labels=["result"])
         for result, n in sorted(self.cache_results.items()):

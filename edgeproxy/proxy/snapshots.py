@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edgeproxy.engine.decide import CompiledSnapshot
+from edgeproxy.engine.memo import MemoDecider
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,6 +14,11 @@ class LoadedSnapshot:
     snapshot: CompiledSnapshot
     source: str
     loaded_at: float
+    # Decides like `snapshot.decide`, memoised per visitor features; lives and dies with this snapshot.
+    decider: MemoDecider = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decider", MemoDecider(self.snapshot))
 
 
 class SnapshotHolder:
