@@ -35,7 +35,7 @@ from edgeproxy.geo import MaxMindGeo
 from edgeproxy.replay.aggregate import Distribution, UserIndex
 from edgeproxy.replay.coverage import Coverage
 from edgeproxy.replay.decider import ContextFactory
-from edgeproxy.replay.outcomes import OutcomeMemo, supported_snapshot
+from edgeproxy.replay.outcomes import CHECKED_FIELDS, OutcomeMemo, supported_snapshot
 from edgeproxy.replay.readers import TrafficRecord
 from edgeproxy.replay.reporting import report_dict
 from edgeproxy.replay.run import ReplayOptions, replay
@@ -321,6 +321,13 @@ def test_the_rules_here_read_every_feature(every_feature: CompiledSnapshot) -> N
         "LYTICS_FLOW_STATE",
     } <= read
     assert supported_snapshot(every_feature)
+
+
+def test_the_fast_path_checks_every_field_the_engine_types() -> None:
+    """A description the engine would reject never takes the fast path: it checks the same fields, as strictly."""
+    from edgeproxy.engine.context import _FIELD_TYPES
+
+    assert {name: kinds for name, (kinds, _) in _FIELD_TYPES.items()} == CHECKED_FIELDS
 
 
 @pytest.mark.parametrize("with_geoip", [False, True])

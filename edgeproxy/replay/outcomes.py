@@ -34,7 +34,6 @@ from typing import Any
 
 from edgeproxy.engine.bucketing import bucket, cumulative
 from edgeproxy.engine.context import (
-    _FIELD_TYPES,
     GEO_HEADERS,
     LIVE_ATTRIBUTES_HEADER,
     LYTICS_AUDIENCES_ATTRIBUTE,
@@ -78,11 +77,21 @@ _PRESET_FEATURES = {
 }
 # The description fields `context_from_description` type-checks, as exact classes (JSON gives exact classes; a
 # subclass only sends the request down the slow path, which accepts or rejects it).
-_FIELD_CLASSES: dict[str, frozenset[type]] = {
-    name: frozenset((*(kinds if isinstance(kinds, tuple) else (kinds,)), type(None)))
-    for name, (kinds, _) in _FIELD_TYPES.items()
-}
+CHECKED_FIELDS: dict[str, type] = {
+    "url": str,
+    "method": str,
+    "headers": dict,
+    "userUid": str,
+    "ip": str,
+    "geo": dict,
+    "liveAttributes": dict,
+    "storedAttributes": dict,
+    "now": str,
+    "tags": list,
+}  # the engine's `_FIELD_TYPES`, which a test keeps in step
 _OPTIONAL_STR = frozenset((str, type(None)))
+_OPTIONAL_DICT = frozenset((dict, type(None)))
+_OPTIONAL_LIST = frozenset((list, type(None)))
 # Headers whose handling this module leaves to the slow path: CDN geo (merged per field) and live attributes (JSON).
 _SLOW_HEADERS = frozenset({LIVE_ATTRIBUTES_HEADER, *(name for names in GEO_HEADERS.values() for name in names)})
 _EMPTY: dict[str, Any] = {}
@@ -374,7 +383,8 @@ class OutcomeMemo:
         """The function behind `read`, with what it uses bound once: it runs for every request. May raise
         `_SlowPath`."""
         memo = self
-        field_classes = _FIELD_CLASSES
+        optional_dict = _OPTIONAL_DICT
+        optional_list = _OPTIONAL_LIST
         slow_headers = _SLOW_HEADERS
         optional_str = _OPTIONAL_STR
         empty = _EMPTY
@@ -397,12 +407,30 @@ class OutcomeMemo:
             desc = record.description
             if desc.__class__ is not dict:
                 return None
-            for name, value in desc.items():
-                kinds = field_classes.get(name)
-                if kinds is not None and value.__class__ not in kinds:
-                    return None
-            headers: dict[str, str] = {}
+            # The type checks of `context_from_description`, field by field (`CHECKED_FIELDS`).
             raw_headers = desc.get("headers")
+            tags = desc.get("tags")
+            now_field = desc.get("now")
+            geo = desc.get("geo")
+            uid_field = desc.get("userUid")
+            live = desc.get("liveAttributes")
+            stored = desc.get("storedAttributes")
+            url = desc.get("url")
+            ip = desc.get("ip")
+            if (
+                raw_headers.__class__ not in optional_dict
+                or tags.__class__ not in optional_list
+                or now_field.__class__ not in optional_str
+                or geo.__class__ not in optional_dict
+                or uid_field.__class__ not in optional_str
+                or live.__class__ not in optional_dict
+                or stored.__class__ not in optional_dict
+                or url.__class__ not in optional_str
+                or ip.__class__ not in optional_str
+                or desc.get("method").__class__ not in optional_str
+            ):
+                return None
+            headers: dict[str, str] = {}
             if raw_headers:
                 for name, value in raw_headers.items():
                     if value.__class__ is not str:
@@ -410,13 +438,11 @@ class OutcomeMemo:
                     headers[name.lower()] = value
                 if not slow_headers.isdisjoint(headers):
                     return None
-            tags = desc.get("tags")
             if tags is not None:
                 for tag in tags:
                     if tag.__class__ is not str:
                         return None
                 tags = tuple(tags)
-            now_field = desc.get("now")
             if now_field is not None:
                 try:
                     now = parse_iso_time(now_field).timestamp()
@@ -424,7 +450,6 @@ class OutcomeMemo:
                     return None
             else:
                 now = memo._now = clock()
-            geo = desc.get("geo")
             if geo:
                 country = geo.get("country")
                 region = geo.get("region")
@@ -439,23 +464,22 @@ class OutcomeMemo:
                 country = region = city = None
             cookie_header = headers.get("cookie")
             cookies = parse_cookie_header(cookie_header) if cookie_header else empty
-            user_uid, _ = resolve_user_uid(headers, cookies, desc.get("userUid"), new_uid)
-            live = desc.get("liveAttributes") or empty
+            user_uid, _ = resolve_user_uid(headers, cookies, uid_field, new_uid)
+            live = live or empty
 
             node = root
             if static_key is not None:
-                ip = None
-                if geo_ip and record.geo_lookup_allowed and (country is None or region is None or city is None):
-                    ip = desc.get("ip")
-                    if ip is None and "x-forwarded-for" in headers:
-                        ip = headers["x-forwarded-for"].split(",")[0].strip() or None
+                if not (geo_ip and record.geo_lookup_allowed and (country is None or region is None or city is None)):
+                    ip = None
+                elif ip is None and "x-forwarded-for" in headers:
+                    ip = headers["x-forwarded-for"].split(",")[0].strip() or None
                 raws = (
                     country,
                     region,
                     city,
                     ip,
                     headers.get("user-agent"),
-                    headers.get(PAGE_URL_HEADER) or desc.get("url"),
+                    headers.get(PAGE_URL_HEADER) or url,
                     headers.get("referer"),
                     typed_value(live.get(LYTICS_AUDIENCES_ATTRIBUTE)) if live else None,
                     cookies.get(LYTICS_AUDIENCES_COOKIE),
@@ -474,7 +498,7 @@ class OutcomeMemo:
                 found = time_feature.raw.get(raw)
                 rest = (feature_id(time_feature, raw) if found is None else found,)
             if custom:
-                stored = desc.get("storedAttributes") or empty
+                stored = stored or empty
                 if live or stored:
                     ids = []
                     for attribute, feature in custom:
