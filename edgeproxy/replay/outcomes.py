@@ -241,6 +241,7 @@ class OutcomeMemo:
         self._static_key = itemgetter(*static_fields) if static_fields else None
         self._static: dict[Any, _Node] = {}  # request-level raw values -> their node
         self._nodes: dict[tuple[int, ...], _Node] = {}  # request-level ids -> their node
+        self._shared: dict[Any, Any] = {}  # one object per distinct raw value in the keys of `_static`
         self._geo_ip = geo_lookup is not None and "geo" in names
         self._time = self._features[self._index["time"]] if "time" in names else None
         self._thresholds = time_thresholds(time_rules)
@@ -352,6 +353,12 @@ class OutcomeMemo:
             node = self._nodes[tuple(ids)] = _Node(tuple(ids))
         if len(self._static) >= LIMIT:
             self._static.clear()
+            self._shared.clear()
+        if isinstance(static_key, tuple):
+            # The kept key shares its strings with the other keys: comparing a request's key to it then reads a few
+            # hot strings rather than one cold copy each.
+            shared = self._shared
+            static_key = tuple([shared.setdefault(part, part) for part in static_key])
         self._static[static_key] = node
         return node
 
