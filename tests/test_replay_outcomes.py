@@ -353,6 +353,26 @@ def test_memoised_manifests_hold_for_any_traffic_order(every_feature: CompiledSn
         assert memo.manifest(record) == engine_manifest(every_feature, record), record.description
 
 
+@pytest.mark.parametrize(("limit", "atoms_limit"), [(5, 100_000), (50_000, 4)])
+def test_full_caches_are_forgotten_without_a_wrong_decision(
+    every_feature: CompiledSnapshot, monkeypatch: pytest.MonkeyPatch, limit: int, atoms_limit: int
+) -> None:
+    """Caches that fill up are cleared (and ids reset) mid-traffic; what is decided after is still the engine's."""
+    import edgeproxy.replay.outcomes as outcomes
+
+    monkeypatch.setattr(outcomes, "LIMIT", limit)
+    monkeypatch.setattr(outcomes, "ATOMS_LIMIT", atoms_limit)
+    memo = fast_path(every_feature)
+    rng = random.Random(17)
+    decided = 0
+    for record in records([random_description(rng) for _ in range(1500)]):
+        manifest = memo.manifest(record)
+        if manifest is not None:  # after a reset, a request goes the slow way
+            decided += 1
+            assert manifest == engine_manifest(every_feature, record), record.description
+    assert decided > 100
+
+
 def test_the_clock_keys_by_the_truth_of_the_time_rules(every_feature: CompiledSnapshot) -> None:
     """Times at which every time rule agrees share a key; a second across a threshold that changes a rule's truth
     is another key."""

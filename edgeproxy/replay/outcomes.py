@@ -9,18 +9,22 @@ or one custom attribute; and a feature is a function of a few raw fields of the 
 - per feature, a bounded cache maps the raw fields to an id of the truth tuple of the feature's atoms, evaluated
   on first sight by the engine (the compiled rule, on the context `context_from_description` builds);
 - the ids of all features are the request's *key*; the `Outcome` of a key (each experience's segment choice or
-  A/B targeting, and when the coverage samples it, which rules and audiences are true) is computed once;
+  A/B targeting, and once the coverage samples it, which rules and audiences are true) is computed once. Keys are
+  looked up in two steps: the request-level features (one cache from their raw values to a `_Node`), then the
+  clock and the custom attributes;
 - a new key is assembled from *units* (one experience's choice or targeting, one audience), each memoized on the
   ids of the features it reads, so real traffic (whose keys multiply a few values per feature) rarely needs a
   context at all;
-- per request only the uid is new: it is indexed for distinct users and bucketed for the running A/B tests.
+- per request only the uid is new: it is indexed for distinct users, and its A/B arms are bucketed once per user.
 
-Exact by construction: equal ids mean equal atoms, and outcomes and units are functions of the atoms. The clock is
-a feature whose raw value is the position of `now` among the rules' time thresholds (`bisect_left`,
-`bisect_right`), which decides every BEFORE/AFTER/BETWEEN_TIME rule; with any other rule on the clock it is `now`.
-A description this module does not read exactly as `context_from_description` would (a header value that is not a
-string, CDN geo headers, X-Live-Attributes, a `now` that is not ISO-8601, a field of the wrong type) makes
-`observe` return False, and the caller decides it from its context (and rejects it when it is invalid).
+Exact by construction: equal ids mean equal atoms, and outcomes and units are functions of the atoms; a rule's
+truth on a request without custom attributes is its truth on None. The clock's raw value is the position of `now`
+among the rules' time thresholds (`bisect_left`, `bisect_right`), which decides every BEFORE/AFTER/BETWEEN_TIME
+rule; with any other rule on the clock it is `now` itself. A description this module does not read exactly as
+`context_from_description` would (a header value that is not a string, CDN geo headers, X-Live-Attributes, a `now`
+that is not ISO-8601, a field of the wrong type, an error while evaluating a rule) makes `observe` return False, and
+the caller decides it from its context (and rejects it when it is invalid). Memory is bounded by the caches' limits
+and, like the distribution's, by the number of distinct users (one arms entry each).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from edgeproxy.engine.errors import RequestDescriptionError
 from edgeproxy.engine.loader import iter_rules, parse_iso_time
 from edgeproxy.engine.model import AudienceCondition, Rule
 from edgeproxy.replay.aggregate import Distribution, UserIndex
-from edgeproxy.replay.coverage import Coverage, CoverageTruth, RuleSite, rule_sites
+from edgeproxy.replay.coverage import Coverage, CoverageTruth, rule_sites
 from edgeproxy.replay.decider import ContextFactory, time_thresholds, typed_value, uid_dependent
 from edgeproxy.replay.readers import TrafficRecord
 
@@ -211,7 +215,6 @@ class OutcomeMemo:
 
         # Features, in key order: request-level ones, the clock, custom attributes.
         sites = coverage.rules if coverage is not None else rule_sites(snapshot)
-        self._sites: list[RuleSite] = sites
         if any(_feature_of(site.rule) is None for site in sites):
             raise ValueError("a rule reads a feature the replay fast path does not know: check supported_snapshot")
         names = {name for site in sites if (name := _feature_of(site.rule)) is not None}
@@ -241,6 +244,7 @@ class OutcomeMemo:
         self._static_key = itemgetter(*static_fields) if static_fields else None
         self._static: dict[Any, _Node] = {}  # request-level raw values -> their node
         self._nodes: dict[tuple[int, ...], _Node] = {}  # request-level ids -> their node
+        self._root = _Node(())  # the node of every request when no rule reads a request-level feature
         self._shared: dict[Any, Any] = {}  # one object per distinct raw value in the keys of `_static`
         self._geo_ip = geo_lookup is not None and "geo" in names
         self._time = self._features[self._index["time"]] if "time" in names else None
@@ -400,7 +404,7 @@ class OutcomeMemo:
         static_key = self._static_key
         static_cache = self._static
         static_node = self._static_node
-        root = _Node(())
+        root = self._root
         geo_ip = self._geo_ip
         time_feature = self._time
         thresholds = self._thresholds
@@ -529,10 +533,9 @@ class OutcomeMemo:
         sub_key = unit.sub_key(key)
         value = unit.memo.get(sub_key, _MISSING)
         if value is _MISSING:
+            ctx = self._build_context()
             try:
-                value = unit.evaluate(self._build_context())
-            except _SlowPath:
-                raise
+                value = unit.evaluate(ctx)
             except Exception:  # the slow path meets the same error where the engine meets it
                 raise _SlowPath from None
             if len(unit.memo) >= LIMIT:
@@ -581,7 +584,7 @@ class OutcomeMemo:
         return found
 
     def _forget_outcomes(self) -> None:
-        for node in self._nodes.values():
+        for node in (*self._nodes.values(), self._root):
             node.outcomes.clear()
         self._nodes.clear()
         self._static.clear()
