@@ -19,6 +19,8 @@ features, and A/B tests are decided per request. The key is sound by constructio
 - a rule on anything not listed here (a future preset) turns the memo off for that snapshot.
 
 `--no-memo` decides every request with `CompiledSnapshot.decide`; the tests check both agree on varied traffic.
+A plain replay (no `--against`, no `--from-log`) goes faster still through `edgeproxy.replay.outcomes`, which
+memoises whole outcomes on the truth of the rules; this module decides what it leaves to the slow path.
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
 """The replay loop: every record of the traffic decided under one snapshot (and optionally a second), counted.
 
-One pass, streaming: read a record, build its context once, decide it (`Decider`), count it (`Distribution`), and
-feed the optional observers: rule coverage, the recorded-decision check (`--from-log`) and the snapshot diff
-(`--against`, the same context decided under the second snapshot). Memory stays flat in the size of the traffic.
+One pass, streaming. By default a record is decided and counted from the truth of the rules it meets, memoised
+(`OutcomeMemo`, the fast path): distribution, distinct users and coverage, with no context built for a request
+whose features were seen before. Otherwise (a description the fast path leaves to the slow one, `--no-memo`,
+`--against`, `--from-log`): build its context once, decide it (`Decider`), count it (`Distribution`), and feed the
+optional observers: rule coverage, the recorded-decision check (`--from-log`) and the snapshot diff (`--against`,
+the same context decided under the second snapshot). Both paths count into the same objects, and the report is the
+same either way (tests/test_replay_outcomes.py). Memory stays flat in the size of the traffic.
 """
 
 from __future__ import annotations
