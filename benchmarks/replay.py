@@ -6,8 +6,10 @@ Generates realistic traffic for rules/ (a JSONL of request descriptions: returni
 countries, devices, campaigns, Lytics cookies, stored attributes, times around Black Friday; and a HAR of page views,
 each with its stylesheet, script and image and an embedded HTML body, as a browser records it), then runs
 `edgeproxy replay` as a subprocess pinned to one core and reports requests/s (wall and CPU) and the peak RSS of the
-process. Baselines in the same run: reading + JSON parsing alone (the ceiling of any replay in Python), and the
-replay without the segment memo and without coverage. A second HAR four times larger shows memory stays flat.
+process. Baselines in the same run: reading + JSON parsing alone, with json and with msgspec (which replay reads
+JSON lines with: the ceiling of any replay in Python), the engine's context built for each request, and the replay
+without the memo (the slow path: a context, a decision and counts per request) and without coverage. A second HAR
+four times larger shows memory stays flat.
 Timing lives here, never in tests.
 """
 
@@ -223,6 +225,16 @@ with open(sys.argv[1], 'rb') as f:
         n += 1
 print(json.dumps({"requests": n, "seconds": time.perf_counter() - t}))
 """
+PARSE_MSGSPEC = """
+import json, sys, time
+import msgspec
+decode = msgspec.json.Decoder().decode
+t = time.perf_counter(); n = 0
+with open(sys.argv[1], 'rb') as f:
+    for line in f:
+        decode(line); n += 1
+print(json.dumps({"requests": n, "seconds": time.perf_counter() - t}))
+"""
 PARSE_ONLY = """
 import json, sys, time
 t = time.perf_counter(); n = 0
@@ -258,6 +270,7 @@ def main() -> int:
         info = machine()
         results = [
             run_case("baseline: read + json.loads only (JSONL)", [sys.executable, "-c", PARSE_ONLY, str(jsonl)]),
+            run_case("baseline: read + msgspec decode only (JSONL)", [sys.executable, "-c", PARSE_MSGSPEC, str(jsonl)]),
             run_case("baseline: + context_from_description", [sys.executable, "-c", CONTEXT_ONLY, str(jsonl)]),
             run_case("replay JSONL (memo + coverage, default)", [*replay, str(jsonl)]),
             run_case("replay JSONL --no-coverage", [*replay, str(jsonl), "--no-coverage"]),
@@ -265,7 +278,7 @@ def main() -> int:
             run_case(f"replay HAR ({sizes['traffic.har']} MB)", [*replay, str(har), *geoip]),
             run_case(f"replay HAR 4x ({sizes['traffic-4x.har']} MB)", [*replay, str(har_big), *geoip]),
         ]
-    base = results[2]["requests_per_s"]
+    base = next(r["requests_per_s"] for r in results if r["name"].startswith("replay JSONL (memo"))
     for r in results:
         r["ratio_to_default_jsonl"] = round(r["requests_per_s"] / base, 2) if base else None
     report = {"benchmark": "replay", "machine": info, "pinned_to_one_core": True, "traffic_mb": sizes,
