@@ -31,6 +31,7 @@ from rulesets import (
 
 from edgeproxy.engine import CompiledSnapshot, load_snapshot
 from edgeproxy.engine.decide import Manifest
+from edgeproxy.engine.model import LYTICS_REFS, PRESET_ATTRIBUTES
 from edgeproxy.geo import MaxMindGeo
 from edgeproxy.replay.aggregate import Distribution, UserIndex
 from edgeproxy.replay.coverage import Coverage
@@ -303,23 +304,8 @@ def every_feature(tmp_path_factory: pytest.TempPathFactory) -> CompiledSnapshot:
 
 def test_the_rules_here_read_every_feature(every_feature: CompiledSnapshot) -> None:
     read = {site.rule.attribute for site in Coverage(every_feature).rules}
-    assert {
-        "COUNTRY",
-        "REGION",
-        "CITY",
-        "DEVICE_TYPE",
-        "OPERATING_SYSTEM",
-        "QUERY_PARAMETERS",
-        "REFERRER",
-        "DATE_AND_TIME",
-        "tier",
-        "visits",
-        "subscribed",
-        "profile",
-        "score",
-        "LYTICS_AUDIENCE",
-        "LYTICS_FLOW_STATE",
-    } <= read
+    custom = {"tier", "visits", "subscribed", "profile", "score"}
+    assert {*PRESET_ATTRIBUTES, *LYTICS_REFS, *custom} <= read
     assert supported_snapshot(every_feature)
 
 
