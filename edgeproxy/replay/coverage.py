@@ -22,8 +22,8 @@ from edgeproxy.engine.conditions import compile_group
 from edgeproxy.engine.context import VisitorContext
 from edgeproxy.engine.decide import CompiledSnapshot
 from edgeproxy.engine.loader import iter_rules
+from edgeproxy.engine.memo import feature_key_function
 from edgeproxy.engine.model import AudienceCondition, Rule, RuleGroup
-from edgeproxy.replay.decider import feature_key_function
 
 DEFAULT_RULE_SAMPLE = 32
 SEEN_LIMIT = 50_000

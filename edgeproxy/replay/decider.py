@@ -28,24 +28,28 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgeproxy.engine.context import (
-    LYTICS_AUDIENCES_ATTRIBUTE,
-    LYTICS_AUDIENCES_COOKIE,
-    LYTICS_FLOWS_COOKIE,
     DescribedRequest,
     GeoLookup,
     VisitorContext,
     context_from_description,
 )
 from edgeproxy.engine.decide import CompiledExperience, CompiledSnapshot, CompiledVariant, Manifest
-from edgeproxy.engine.loader import iter_rules, parse_iso_time
-from edgeproxy.engine.model import TIME_CONDITIONS, AudienceCondition, Rule, RuleGroup
+from edgeproxy.engine.loader import iter_rules
+from edgeproxy.engine.memo import (
+    condition_groups,
+    feature_key_function,
+    reads_lytics_membership,
+    uid_dependent,
+)
+from edgeproxy.engine.model import Rule
 from edgeproxy.replay.readers import TrafficRecord
+
+__all__ = ["MEMO_LIMIT", "ContextFactory", "Decider", "feature_key_function", "segment_key_function"]
 
 MEMO_LIMIT = 50_000  # entries per tag set; cleared when full, so memory stays bounded
 
@@ -89,51 +93,6 @@ class ContextFactory:
 # -- the segment memo key ---------------------------------------------------------------------------------------
 
 
-def _condition_groups(condition: AudienceCondition | None, snapshot: CompiledSnapshot) -> Iterable[RuleGroup]:
-    if condition is None:
-        return
-    if condition.target is not None:
-        yield condition.target
-        return
-    audiences = {a.uid: a for a in snapshot.project.audiences}
-    for uid in condition.audiences + condition.lytics_audiences:
-        definition = audiences[uid].definition
-        if definition is not None:
-            yield definition
-
-
-def _reads_lytics_membership(condition: AudienceCondition | None, snapshot: CompiledSnapshot) -> bool:
-    if condition is None or condition.target is not None:
-        return False
-    audiences = {a.uid: a for a in snapshot.project.audiences}
-    return any(audiences[uid].lytics_slug is not None for uid in condition.audiences + condition.lytics_audiences)
-
-
-def _time_threshold(text: Any) -> float:
-    return parse_iso_time(str(text)).timestamp()
-
-
-def time_thresholds(time_rules: Sequence[Rule]) -> list[float] | None:
-    """The sorted thresholds of DATE_AND_TIME rules when every one is BEFORE/AFTER/BETWEEN_TIME: then the position
-    of `now` among them (`bisect_left`, `bisect_right`) decides each of those rules. None otherwise."""
-    if not all(r.condition in TIME_CONDITIONS for r in time_rules):
-        return None
-    thresholds: set[float] = set()
-    for r in time_rules:
-        operands = r.operand if isinstance(r.operand, tuple) else (r.operand,)
-        thresholds.update(_time_threshold(item) for item in operands)
-    return sorted(thresholds)
-
-
-def typed_value(value: Any) -> Any:
-    """A key part for a custom attribute value: strings and None as they are; anything else typed and exact, so
-    `1`, `1.0`, `true` and `-0.0`/`0.0` never share a key (the rules may tell them apart), and dicts/lists are
-    hashable."""
-    if value is None or value.__class__ is str:
-        return value
-    return (value.__class__.__name__, repr(value))
-
-
 def segment_key_function(snapshot: CompiledSnapshot, experiences: Sequence[CompiledExperience]) -> Any:
     """A function ctx -> hashable key covering everything these experiences' rules read; None when a rule reads
     something this function does not know (then nothing is memoized)."""
@@ -141,67 +100,9 @@ def segment_key_function(snapshot: CompiledSnapshot, experiences: Sequence[Compi
     lytics_membership = False
     for ce in experiences:
         for variant in ce.experience.variants:
-            rules.extend(rule for group in _condition_groups(variant.condition, snapshot) for rule in iter_rules(group))
-            lytics_membership = lytics_membership or _reads_lytics_membership(variant.condition, snapshot)
+            rules.extend(rule for group in condition_groups(variant.condition, snapshot) for rule in iter_rules(group))
+            lytics_membership = lytics_membership or reads_lytics_membership(variant.condition, snapshot)
     return feature_key_function(rules, lytics_membership=lytics_membership)
-
-
-def feature_key_function(rules: Sequence[Rule], *, lytics_membership: bool) -> Any:
-    """ctx -> a hashable key such that two contexts with equal keys give every one of `rules` (and, with
-    `lytics_membership`, every Lytics audience membership) the same result. None for an unknown attribute."""
-    parts: list[str] = []
-    namespace: dict[str, Any] = {"_bl": bisect_left, "_br": bisect_right, "_typed": typed_value}
-    presets = {r.attribute for r in rules if r.attribute_kind == "preset"}
-    known = {"COUNTRY", "REGION", "CITY", "DEVICE_TYPE", "OPERATING_SYSTEM", "QUERY_PARAMETERS", "REFERRER",
-             "DATE_AND_TIME"}  # fmt: skip
-    if presets - known or any(r.attribute_kind not in ("preset", "custom", "lytics") for r in rules):
-        return None
-    prologue: list[str] = []
-    if presets & {"COUNTRY", "REGION", "CITY"}:
-        prologue.append("g = ctx.geo()")
-        parts += [f"g.{name.lower()}" for name in ("COUNTRY", "REGION", "CITY") if name in presets]
-    if presets & {"DEVICE_TYPE", "OPERATING_SYSTEM"}:
-        prologue.append("ua = ctx.ua_class()")
-        parts.append("ua is None")
-        if "DEVICE_TYPE" in presets:
-            parts.append("ua.device_type if ua is not None else None")
-        if "OPERATING_SYSTEM" in presets:
-            parts.append("ua.operating_system if ua is not None else None")
-    if "QUERY_PARAMETERS" in presets:
-        parts.append("ctx.query_string()")  # the raw query: cheaper than parsing it, and JSON_MATCH reads only it
-    if "REFERRER" in presets:
-        parts.append("ctx.referrer")
-    time_rules = [r for r in rules if r.attribute_kind == "preset" and r.attribute == "DATE_AND_TIME"]
-    thresholds = time_thresholds(time_rules)
-    if thresholds is not None:
-        namespace["_T"] = thresholds
-        parts += ["_bl(_T, ctx.now)", "_br(_T, ctx.now)"]
-    elif time_rules:
-        parts.append("ctx.now")
-    for key in sorted({r.attribute for r in rules if r.attribute_kind == "custom"}):
-        name = f"k{len(namespace)}"
-        namespace[name] = key
-        value = f"(L[{name}] if {name} in L else S.get({name}))"
-        parts.append(f"(v if (v := {value}) is None or v.__class__ is str else _typed(v))")
-    refs = {r.attribute for r in rules if r.attribute_kind == "lytics"}
-    # The raw sources of ctx.lytics_audiences() / lytics_flows(), not the parsed sets: cheaper, and as exact.
-    if "LYTICS_AUDIENCE" in refs or lytics_membership:
-        namespace["_la"] = LYTICS_AUDIENCES_ATTRIBUTE
-        namespace["_lc"] = LYTICS_AUDIENCES_COOKIE
-        parts.append("_typed(L.get(_la))")
-        parts.append("ctx.cookies.get(_lc)")
-    if "LYTICS_FLOW_STATE" in refs:
-        namespace["_fc"] = LYTICS_FLOWS_COOKIE
-        parts.append("ctx.cookies.get(_fc)")
-    body = "\n    ".join(["L = ctx.live", "S = ctx.stored", *prologue])
-    source = f"def key(ctx):\n    {body}\n    return ({', '.join(parts)}{',' if parts else ''})\n"
-    exec(compile(source, "<edgeproxy replay memo key>", "exec"), namespace)
-    return namespace["key"]
-
-
-def uid_dependent(ce: CompiledExperience) -> bool:
-    # SPEC §4.6: only a running A/B test buckets by uid; PAUSED experiences are constant (§4.4).
-    return ce.experience.type == "AB_TEST" and ce.experience.status == "ACTIVE"
 
 
 @dataclass

@@ -51,10 +51,11 @@ from edgeproxy.engine.context import (
 from edgeproxy.engine.decide import CompiledSnapshot, CompiledVariant, Manifest, compile_audience_condition
 from edgeproxy.engine.errors import RequestDescriptionError
 from edgeproxy.engine.loader import iter_rules, parse_iso_time
+from edgeproxy.engine.memo import time_thresholds, typed_value, uid_dependent
 from edgeproxy.engine.model import AudienceCondition, Rule
 from edgeproxy.replay.aggregate import Distribution, UserIndex
 from edgeproxy.replay.coverage import Coverage, CoverageTruth, rule_sites
-from edgeproxy.replay.decider import ContextFactory, time_thresholds, typed_value, uid_dependent
+from edgeproxy.replay.decider import ContextFactory
 from edgeproxy.replay.readers import TrafficRecord
 
 LIMIT = 50_000  # entries per cache (raw values per feature, keys, units); a full cache is cleared
