@@ -589,6 +589,7 @@ class OutcomeMemo:
             node.outcomes.clear()
         self._nodes.clear()
         self._static.clear()
+        self._shared.clear()
         self._outcomes = 0
 
     def _truth(self, key: tuple[int, ...]) -> CoverageTruth:
