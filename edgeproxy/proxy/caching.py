@@ -15,7 +15,9 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy.cache.rules import parse_cache_control
@@ -23,6 +25,7 @@ from edgeproxy.cache.store import CachedResponse
 from edgeproxy.proxy.app import UPSTREAM_REMOVED, ClientBase, ProxyState, ResponseHook, _origin_failed, relay
 from edgeproxy.proxy.config import ProxyConfig
 from edgeproxy.proxy.headers import connection_listed, removal_set
+from edgeproxy.proxy.prebuilt import PrebuiltResponse
 
 CONDITIONAL_REQUEST_HEADERS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range")
 
@@ -104,15 +107,40 @@ async def early_lookup(
     return EarlyLookup(key=key, fetched=(entry,))
 
 
-def _client_base(entry: CachedResponse, config: ProxyConfig) -> ClientBase:
-    """The entry's headers as browsers get them, derived once per entry (per applied-variants header name)."""
-    base = entry.prepared
-    if base is None or base.applied_header != config.applied_variants_header:
+class _Prepared:
+    """What serving an entry needs that is the same for every hit, derived once per entry (and configured
+    applied-variants header name): the browser-facing headers, and the prebuilt head for plain GETs."""
+
+    __slots__ = ("base", "heads")
+
+    def __init__(self, base: ClientBase) -> None:
+        self.base = base
+        self.heads: dict[bool, bytes] = {}  # no-store or not -> status line and constant headers
+
+    def head(self, entry: CachedResponse, no_store: bool) -> bytes:
+        found = self.heads.get(no_store)
+        if found is None:
+            lines = [f"HTTP/1.1 {entry.status} {entry.reason}\r\n"]
+            for name, value in self.base.headers.items():
+                if no_store and name.lower() == "cache-control":
+                    continue
+                lines.append(f"{name}: {value}\r\n")
+            if no_store:
+                lines.append("Cache-Control: no-store\r\n")  # SPEC §7, as ClientBase.finish does
+            if "Server" not in self.base.headers:
+                lines.append(f"Server: {SERVER_SOFTWARE}\r\n")  # as aiohttp adds it to every other response
+            lines.append(f"Content-Length: {len(entry.body)}\r\n")
+            found = self.heads[no_store] = "".join(lines).encode("utf-8", "surrogateescape")
+        return found
+
+
+def _prepared(entry: CachedResponse, config: ProxyConfig) -> _Prepared:
+    prepared = entry.prepared
+    if not isinstance(prepared, _Prepared) or prepared.base.applied_header != config.applied_variants_header:
         base = ClientBase.of(CIMultiDict(entry.headers), config)
         base.headers.popall("Content-Length", None)  # aiohttp sets it from the body (and keeps it for HEAD)
-        entry.prepared = base
-    assert isinstance(base, ClientBase)
-    return base
+        prepared = entry.prepared = _Prepared(base)
+    return prepared
 
 
 def serve_entry(
@@ -125,17 +153,34 @@ def serve_entry(
     impressions: ResponseHook | None = None,
 ) -> web.StreamResponse:
     config = state.config
-    base = _client_base(entry, config)
+    prepared = _prepared(entry, config)
+    base = prepared.base
+    state.cache.counts[label.lower()] += 1  # type: ignore[union-attr]
+    age = int(entry.age(time.time()))
     inm = request.headers.get("If-None-Match")
-    if entry.etag and inm and entry.status == 200 and _weak_match(inm, entry.etag):
+    not_modified = bool(entry.etag and inm and entry.status == 200 and _weak_match(inm, entry.etag))
+    if (
+        not not_modified and request.method == "GET" and request.version == HttpVersion11 and request.keep_alive
+        and (impressions is None or impressions.explain is None)
+    ):  # fmt: skip
+        # The common case, prebuilt: constant head + this visitor's lines + body, in one write.
+        if impressions is not None:
+            impressions(base.headers, base.applied)  # records; without a debug header it adds nothing
+        no_store = personalized and base.html and config.no_store_personalized_html
+        dynamic = "".join([f"Set-Cookie: {cookie}\r\n" for cookie in cookies])
+        dynamic += f"X-Cache: {label}\r\nAge: {age}\r\n"
+        if "Date" not in base.headers:
+            dynamic += f"Date: {rfc822_formatted_time()}\r\n"
+        parts = (prepared.head(entry, no_store), (dynamic + "\r\n").encode("utf-8", "surrogateescape"), entry.body)
+        return PrebuiltResponse(entry.status, entry.reason, parts, len(entry.body), label)
+    if not_modified:
         response = web.Response(status=304, headers=base.headers)  # the browser's copy is current
     else:
         # For HEAD, aiohttp sends the headers (with this body's Content-Length) and no body.
         response = web.Response(status=entry.status, reason=entry.reason, headers=base.headers, body=entry.body)
     headers = response.headers  # aiohttp's own copy of base.headers
     base.finish(headers, cookies, personalized, config, label, impressions)
-    headers["Age"] = str(int(entry.age(time.time())))
-    state.cache.counts[label.lower()] += 1  # type: ignore[union-attr]
+    headers["Age"] = str(age)
     return response
 
 

@@ -548,3 +548,68 @@ def test_status_shows_cache_counters_and_variant_keys_per_path(
     assert status["results"]["miss"] == 3 and status["results"]["hit"] == 3
     assert status["store"]["entries"] == 3 and status["store"]["bytes"] > 0
     assert {"path": target, "keys": 3} in status["store"]["variantKeysPerPath"]
+
+
+# -- prebuilt hits ------------------------------------------------------------------------------------------------
+
+
+def raw_exchange(port: int, data: bytes, responses: int) -> list[tuple[str, dict[str, list[str]], bytes]]:
+    """Send raw request bytes on one connection; read `responses` Content-Length-framed responses."""
+    import socket
+
+    out: list[tuple[str, dict[str, list[str]], bytes]] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        buffer = b""
+        while len(out) < responses:
+            while b"\r\n\r\n" not in buffer:
+                chunk = sock.recv(65536)
+                assert chunk, f"connection closed after {len(out)} responses"
+                buffer += chunk
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            status, *lines = head.decode("latin-1").split("\r\n")
+            headers: dict[str, list[str]] = {}
+            for line in lines:
+                name, _, value = line.partition(":")
+                headers.setdefault(name.strip().lower(), []).append(value.strip())
+            length = int(headers.get("content-length", ["0"])[0])
+            body_expected = not data.startswith(b"HEAD")
+            while body_expected and len(buffer) < length:
+                chunk = sock.recv(65536)
+                assert chunk
+                buffer += chunk
+            body, buffer = (buffer[:length], buffer[length:]) if body_expected else (b"", buffer)
+            out.append((status, headers, body))
+    return out
+
+
+def test_prebuilt_hits_send_what_the_general_response_path_sends(cached: Service, crowd: list[Visitor]) -> None:
+    """Plain HTTP/1.1 GET hits are written from a prebuilt head (prebuilt.py); HEAD, HTTP/1.0 and conditional
+    requests take aiohttp's response path. Both must send the same status, headers and body, and pipelined hits
+    on one keep-alive connection must come back whole and in order."""
+    visitor = crowd[0]
+    target = cacheable("public,max-age=300", "prebuilt")
+    cookie = "; ".join(f"{k}={v}" for k, v in visitor.cookies)
+    host = f"127.0.0.1:{cached.port}"
+    common = f"Host: {host}\r\nUser-Agent: {visitor.user_agent}\r\nCookie: {cookie}\r\n"
+    (miss,) = raw_exchange(cached.port, f"GET {target} HTTP/1.1\r\n{common}\r\n".encode(), 1)
+    assert miss[1]["x-cache"] == ["MISS"]
+    get = f"GET {target} HTTP/1.1\r\n{common}\r\n".encode()
+    pipelined = raw_exchange(cached.port, get * 5, 5)
+    (http10,) = raw_exchange(cached.port, f"GET {target} HTTP/1.0\r\n{common}\r\n".encode(), 1)
+    (head,) = raw_exchange(cached.port, f"HEAD {target} HTTP/1.1\r\n{common}\r\n".encode(), 1)
+    (other_etag,) = raw_exchange(
+        cached.port, f'GET {target} HTTP/1.1\r\n{common}If-None-Match: "x"\r\n\r\n'.encode(), 1
+    )
+
+    def comparable(headers: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {name: values for name, values in headers.items() if name not in ("date", "age", "connection")}
+
+    status, headers, body = pipelined[0]
+    assert status == "HTTP/1.1 200 OK" and headers["x-cache"] == ["HIT"] and body == miss[2]
+    assert len(headers["set-cookie"]) == 2 and int(headers["content-length"][0]) == len(body)
+    for other_status, other_headers, other_body in [*pipelined[1:], http10, other_etag]:
+        assert other_status.split(" ", 1)[1] == "200 OK" and other_body == body
+        assert comparable(other_headers) == comparable(headers)
+    assert comparable(head[1]) == comparable(headers) and head[2] == b""
+    assert all(int(h["age"][0]) >= 0 and h["date"] for _, h, _ in [*pipelined, http10, head])
