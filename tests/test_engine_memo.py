@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rulesets import FIXED_NOW_TS
 
 from edgeproxy.engine import load_snapshot
@@ -118,3 +120,27 @@ def test_a_full_memo_starts_over_and_stays_exact(example_rules: Path, limit: int
                                          classifier=snapshot.classifier, geo_lookup=None).context  # fmt: skip
         assert decider.decide(ctx) == snapshot.decide(again)
     assert all(len(plan.memo) <= limit for plan in decider._plans.values())
+
+
+# -- the query string a caller already has (the proxy) ---------------------------------------------------------
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    host=st.text(alphabet="ab.:?#/\t@[]", max_size=6),
+    path=st.text(alphabet="ab/?#=&%\t;", max_size=12),
+)
+def test_a_given_query_is_used_only_when_it_is_what_urlsplit_finds(host: str, path: str) -> None:
+    from urllib.parse import urlsplit
+
+    from edgeproxy.engine.context import VisitorContext
+
+    url = f"https://{host}/{path}"
+    query = path.partition("?")[2]  # what the proxy passes: the raw query of the request target
+    given = VisitorContext(user_uid="u", now=0.0, page_url=url, query=query).query_string()
+    parsed = VisitorContext(user_uid="u", now=0.0, page_url=url).query_string()
+    assert given == parsed
+    try:
+        assert (parsed or "") == urlsplit(url).query
+    except ValueError:  # a bracket out of place in the host: not a URL urlsplit accepts
+        assert (parsed or "") == url.partition("?")[2].partition("#")[0]

@@ -107,6 +107,16 @@ def parse_pipe_set(raw: Any) -> frozenset[str]:
     return frozenset(item.strip() for item in text.split(separator) if item.strip())
 
 
+def _known_query(page_url: str | None, query: str | None) -> str | None:
+    """`query` when it is exactly `urlsplit(page_url).query` (everything after the URL's first `?`, with no
+    fragment or characters urlsplit strips), else None: then it is parsed from the URL when first asked for."""
+    if page_url is None or query is None or any(ch in page_url for ch in "#\t\r\n"):
+        return None
+    if not query:
+        return "" if "?" not in page_url else None
+    return query if page_url.find("?") == len(page_url) - len(query) - 1 else None
+
+
 class VisitorContext:
     """One request's view for the decision; each derived value is computed on first use only."""
 
@@ -147,7 +157,9 @@ class VisitorContext:
         geo: Geo = NO_GEO,
         geo_lookup: GeoLookup | None = None,
         classifier: UserAgentClassifier | None = None,
+        query: str | None = None,
     ) -> None:
+        """`query`: the query string of `page_url` when the caller has it already (else parsed from the URL)."""
         self.user_uid = user_uid
         self.now = now  # POSIX seconds, UTC
         self.user_agent = user_agent or None
@@ -163,7 +175,7 @@ class VisitorContext:
         self._geo_lookup = geo_lookup
         self._classifier = classifier
         self._ua: UserAgentClass | None = None
-        self._query: str | None = None
+        self._query: str | None = _known_query(self.page_url, query)
         self._params: dict[str, list[str]] | None = None
         self._lytics: frozenset[str] | None = None
         self._flows: frozenset[str] | None = None
@@ -194,7 +206,11 @@ class VisitorContext:
 
     def query_string(self) -> str | None:
         if self._query is None:
-            query = urlsplit(self.page_url).query if self.page_url else ""
+            url = self.page_url or ""
+            try:
+                query = urlsplit(url).query
+            except ValueError:  # a bracket out of place in the host ("http://]/?q" from a bogus Host header)
+                query = url.partition("?")[2].partition("#")[0]
             self._query = query
         return self._query or None
 
@@ -282,6 +298,7 @@ def build_context(
     trust_geo_headers: bool,
     geo_lookup: GeoLookup | None,
     classifier: UserAgentClassifier | None,
+    query: str | None = None,
 ) -> VisitorContext:
     """The one way a context is made, for descriptions and live requests alike.
 
@@ -308,6 +325,7 @@ def build_context(
         geo=geo,
         geo_lookup=geo_lookup,
         classifier=classifier,
+        query=query,
     )
 
 

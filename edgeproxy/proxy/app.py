@@ -166,7 +166,7 @@ def forwarded_for(request: web.BaseRequest) -> str | None:
     return ", ".join(values) if values else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request: not frozen, whose __init__ costs a setattr call per field
 class ClientView:
     """Who is asking and for which URL, believing X-Forwarded-* only from trusted proxies."""
 
@@ -201,7 +201,8 @@ class Decided:
 async def proxy_handler(request: web.BaseRequest, state: ProxyState) -> web.StreamResponse:
     started = time.perf_counter()
     decided = Decided()
-    request[DECIDED_KEY] = decided  # for the JSON access log
+    if state.config.access_log:
+        request[DECIDED_KEY] = decided  # for the JSON access log
     response = await _proxy(request, state, decided)
     state.metrics.observe_request(
         "page" if decided.manifest is not None else "passthrough", response.status, time.perf_counter() - started
@@ -248,6 +249,7 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
         visitor = visitor_from_request(
             request.headers,
             page_url=f"{proto}://{host}{request.raw_path}",
+            query=query,
             client_ip=client_ip,
             secure=proto == "https",
             trust_geo_headers=trusted,
@@ -375,7 +377,7 @@ def _origin_failed(
 SURROGATE_HEADERS = frozenset({"surrogate-key", "surrogate-control"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResponseHook:
     """Runs as a personalized response's headers go out: records its impressions (see impressions.py) and
     adds the token-protected `X-Edgeproxy-Explain` debug header when it was asked for."""

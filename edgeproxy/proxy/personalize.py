@@ -26,7 +26,7 @@ from edgeproxy.engine.useragent import UserAgentClassifier
 UID_COOKIE_MAX_AGE = 31_536_000  # SPEC §6
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Visitor:
     context: VisitorContext
     uid_is_new: bool
@@ -44,7 +44,7 @@ def _live_attributes(raw: str | None) -> dict[str, object]:
     return value if isinstance(value, dict) else {}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Identity:
     cookies: dict[str, str]
     user_uid: str
@@ -63,6 +63,7 @@ def visitor_from_request(
     headers: CIMultiDictProxy[str],
     *,
     page_url: str,
+    query: str | None = None,
     client_ip: str | None,
     secure: bool,
     trust_geo_headers: bool,
@@ -79,6 +80,7 @@ def visitor_from_request(
         user_uid=identity.user_uid,
         now=time.time(),
         page_url=page_url,
+        query=query,
         live=live if live is not None else _live_attributes(headers.get(LIVE_ATTRIBUTES_HEADER)),
         stored=stored or {},
         ip=client_ip,
