@@ -32,6 +32,7 @@ from edgeproxy.proxy.headers import UPSTREAM_OWNED, TrustedProxies, end_to_end, 
 from edgeproxy.proxy.impressions import ImpressionRecorder
 from edgeproxy.proxy.metrics import ProxyMetrics
 from edgeproxy.proxy.personalize import add_upstream_headers, cookie_headers, identify, visitor_from_request
+from edgeproxy.proxy.prebuilt import prebuilt_allowed, whole_response
 from edgeproxy.proxy.routes import RouteTable
 from edgeproxy.proxy.snapshots import SnapshotHolder
 from edgeproxy.proxy.upstream import OriginPool, UpstreamResponse, pool_for_origin
@@ -482,6 +483,8 @@ async def relay(
         body = upstream.take_body()
         if on_chunk is not None:
             on_chunk(body)
+        if prebuilt_allowed(request):
+            return whole_response(upstream.status, upstream.reason, headers, body), True
         headers.popall("Content-Length", None)
         return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body), True
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)

@@ -15,9 +15,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from aiohttp import HttpVersion11, web
-from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import SERVER_SOFTWARE
+from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy.cache.rules import parse_cache_control
@@ -25,7 +23,7 @@ from edgeproxy.cache.store import CachedResponse
 from edgeproxy.proxy.app import UPSTREAM_REMOVED, ClientBase, ProxyState, ResponseHook, _origin_failed, relay
 from edgeproxy.proxy.config import ProxyConfig
 from edgeproxy.proxy.headers import connection_listed, removal_set
-from edgeproxy.proxy.prebuilt import PrebuiltResponse
+from edgeproxy.proxy.prebuilt import PrebuiltResponse, date_line, head_lines, prebuilt_allowed
 
 CONDITIONAL_REQUEST_HEADERS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range")
 
@@ -120,16 +118,11 @@ class _Prepared:
     def head(self, entry: CachedResponse, no_store: bool) -> bytes:
         found = self.heads.get(no_store)
         if found is None:
-            lines = [f"HTTP/1.1 {entry.status} {entry.reason}\r\n"]
-            for name, value in self.base.headers.items():
-                if no_store and name.lower() == "cache-control":
-                    continue
-                lines.append(f"{name}: {value}\r\n")
-            if no_store:
-                lines.append("Cache-Control: no-store\r\n")  # SPEC §7, as ClientBase.finish does
-            if "Server" not in self.base.headers:
-                lines.append(f"Server: {SERVER_SOFTWARE}\r\n")  # as aiohttp adds it to every other response
-            lines.append(f"Content-Length: {len(entry.body)}\r\n")
+            headers = list(self.base.headers.items())
+            if no_store:  # SPEC §7, as ClientBase.finish does
+                headers = [(k, v) for k, v in headers if k.lower() != "cache-control"] + [("Cache-Control", "no-store")]
+            names = {name.lower() for name, _ in headers}
+            lines = head_lines(entry.status, entry.reason, headers, len(entry.body), names=names)
             found = self.heads[no_store] = "".join(lines).encode("utf-8", "surrogateescape")
         return found
 
@@ -159,10 +152,7 @@ def serve_entry(
     age = int(entry.age(time.time()))
     inm = request.headers.get("If-None-Match")
     not_modified = bool(entry.etag and inm and entry.status == 200 and _weak_match(inm, entry.etag))
-    if (
-        not not_modified and request.method == "GET" and request.version == HttpVersion11 and request.keep_alive
-        and (impressions is None or impressions.explain is None)
-    ):  # fmt: skip
+    if not not_modified and prebuilt_allowed(request) and (impressions is None or impressions.explain is None):
         # The common case, prebuilt: constant head + this visitor's lines + body, in one write.
         if impressions is not None:
             impressions(base.headers, base.applied)  # records; without a debug header it adds nothing
@@ -170,7 +160,7 @@ def serve_entry(
         dynamic = "".join([f"Set-Cookie: {cookie}\r\n" for cookie in cookies])
         dynamic += f"X-Cache: {label}\r\nAge: {age}\r\n"
         if "Date" not in base.headers:
-            dynamic += f"Date: {rfc822_formatted_time()}\r\n"
+            dynamic += date_line()
         parts = (prepared.head(entry, no_store), (dynamic + "\r\n").encode("utf-8", "surrogateescape"), entry.body)
         return PrebuiltResponse(entry.status, entry.reason, parts, len(entry.body), label)
     if not_modified:

@@ -7,24 +7,69 @@ per-visitor lines (cookies, Age, X-Cache), so caching.py builds the constant par
 parts to `PrebuiltResponse`, which aiohttp's server drives like any other response (prepare, write_eof, access
 log, keep-alive) but which only writes.
 
-Used for plain HTTP/1.1 keep-alive GETs only; anything else (HEAD, HTTP/1.0, conditional requests, debug
-headers) goes through `web.Response`, where aiohttp handles the framing rules.
+The same goes for an origin response whose whole body arrived with its headers (most pages): `whole_response`
+serialises its headers the way aiohttp would and writes them and the body at once.
+
+Used for HTTP/1.1 keep-alive requests with a body to send only (`prebuilt_allowed`); anything else (HEAD,
+HTTP/1.0, 1xx/204/304, conditional cache hits, debug headers) goes through `web.Response`, where aiohttp
+handles the framing rules. `head_lines` follows what aiohttp's `StreamResponse._prepare_headers` adds to such a
+response (Content-Type default, Date, Server, Content-Length), and tests hold the two paths to the same bytes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
+from multidict import CIMultiDict
+
+
+def prebuilt_allowed(request: web.BaseRequest) -> bool:
+    """A request whose response may be prebuilt: HTTP/1.1, keep-alive, and one that gets a body."""
+    return request.version == HttpVersion11 and request.keep_alive and request.method != "HEAD"
+
+
+def head_lines(
+    status: int, reason: str, headers: Iterable[tuple[str, str]], body_length: int, *, names: set[str]
+) -> list[str]:
+    """Status line and headers (no blank line yet), as aiohttp's response path would send them. `names`: the
+    lower-case names in `headers`. Date is left to the caller (it changes every second)."""
+    lines = [f"HTTP/1.1 {status} {reason}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers]
+    if body_length and "content-type" not in names:
+        lines.append("Content-Type: application/octet-stream\r\n")  # RFC 9110 §8.3, as aiohttp does
+    if "server" not in names:
+        lines.append(f"Server: {SERVER_SOFTWARE}\r\n")
+    lines.append(f"Content-Length: {body_length}\r\n")
+    return lines
+
+
+def date_line() -> str:
+    return f"Date: {rfc822_formatted_time()}\r\n"
+
+
+def whole_response(status: int, reason: str, headers: CIMultiDict[str], body: bytes) -> PrebuiltResponse:
+    """A response with all of its body at hand, for a `prebuilt_allowed` request (Content-Length is ours)."""
+    names = {name.lower() for name in headers}
+    names.discard("content-length")
+    lines = head_lines(status, reason, [(k, v) for k, v in headers.items() if k.lower() != "content-length"],
+                       len(body), names=names)  # fmt: skip
+    if "date" not in names:
+        lines.append(date_line())
+    lines.append("\r\n")
+    head = "".join(lines).encode("utf-8", "surrogateescape")
+    return PrebuiltResponse(status, reason, (head, body), len(body), headers.get("X-Cache"))
 
 
 class PrebuiltResponse(web.StreamResponse):
     """`parts`: the status line and header block (ending with the blank line), then the body. `headers` holds
     only what the proxy's own bookkeeping reads back (X-Cache), not what is sent: that is in `parts`."""
 
-    def __init__(self, status: int, reason: str, parts: Sequence[bytes], body_length: int, x_cache: str) -> None:
-        super().__init__(status=status, reason=reason, headers={"X-Cache": x_cache})
+    def __init__(self, status: int, reason: str, parts: Sequence[bytes], body_length: int, x_cache: str | None) -> None:
+        super().__init__(status=status, reason=reason, headers={"X-Cache": x_cache} if x_cache else None)
         self._parts = parts
         self._sent_length = body_length
         self._written = False

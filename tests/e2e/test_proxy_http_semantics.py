@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from .conftest import Http, Service
+from .conftest import Http, Service, raw_exchange
 
 pytestmark = pytest.mark.e2e
 
@@ -162,3 +162,26 @@ def test_origin_error_statuses_pass_through_with_the_origin_body(
     assert reply.status == status
     assert reply.body == direct.body
     assert reply.headers["Content-Type"] == direct.headers["Content-Type"]
+
+
+@pytest.mark.parametrize("path", ["/", "/download?bytes=3000", "/no-such-page"])
+def test_whole_bodies_are_sent_as_the_general_response_path_sends_them(proxy: Service, path: str) -> None:
+    """An origin response that arrived whole is written from a prebuilt head on HTTP/1.1 keep-alive requests
+    (prebuilt.py) and through aiohttp's response path otherwise: the same status, headers and body, and
+    pipelined requests come back whole and in order."""
+    common = f"Host: 127.0.0.1:{proxy.port}\r\nCookie: cs-personalize-user-uid=prebuilt-whole\r\n"
+    pipelined = raw_exchange(proxy.port, f"GET {path} HTTP/1.1\r\n{common}\r\n".encode() * 4, 4)
+    (http10,) = raw_exchange(proxy.port, f"GET {path} HTTP/1.0\r\n{common}\r\n".encode(), 1)
+
+    def comparable(headers: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {name: values for name, values in headers.items() if name not in ("date", "connection")}
+
+    status, headers, body = pipelined[0]
+    assert status.endswith(" 404 Not Found" if path == "/no-such-page" else " 200 OK")
+    assert int(headers["content-length"][0]) == len(body) > 0
+    for other_status, other_headers, other_body in [*pipelined[1:], http10]:
+        assert other_status.split(" ", 1)[1] == status.split(" ", 1)[1]
+        assert comparable(other_headers) == comparable(headers)
+        if path.startswith("/download"):
+            assert other_body == body
+    assert all(h["date"] for _, h, _ in [*pipelined, http10])
