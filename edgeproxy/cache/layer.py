@@ -27,6 +27,8 @@ class ResponseCache:
         self, store: CacheStore, *, key_headers: tuple[str, ...], default_ttl: float, max_object_bytes: int
     ) -> None:
         self.store = store
+        # Stores that answer without I/O (memory) are asked directly, without a coroutine.
+        self.get_now: Callable[[str], CachedResponse | None] | None = getattr(store, "get_now", None)
         self.key_headers = tuple(h.lower() for h in key_headers)
         self.default_ttl = default_ttl
         self.max_object_bytes = max_object_bytes
@@ -61,6 +63,8 @@ class ResponseCache:
 
     async def fetch(self, key: str) -> CachedResponse | None:
         """The stored entry for `key`, whatever its Vary says (see `selected`)."""
+        if self.get_now is not None:
+            return self.get_now(key)
         try:
             return await self.store.get(key)
         except Exception as exc:  # a shared cache going away must not fail the request

@@ -95,6 +95,10 @@ class MemoryCacheStore:
         self.evictions = 0
 
     async def get(self, key: str) -> CachedResponse | None:
+        return self.get_now(key)
+
+    def get_now(self, key: str) -> CachedResponse | None:
+        """`get` without a coroutine: the memory store answers at once (the cache-hit path uses this)."""
         entry = self._entries.get(key)
         if entry is None:
             return None

@@ -110,7 +110,7 @@ def parse_pipe_set(raw: Any) -> frozenset[str]:
 def _known_query(page_url: str | None, query: str | None) -> str | None:
     """`query` when it is exactly `urlsplit(page_url).query` (everything after the URL's first `?`, with no
     fragment or characters urlsplit strips), else None: then it is parsed from the URL when first asked for."""
-    if page_url is None or query is None or any(ch in page_url for ch in "#\t\r\n"):
+    if page_url is None or query is None or "#" in page_url or "\t" in page_url or "\r" in page_url or "\n" in page_url:
         return None
     if not query:
         return "" if "?" not in page_url else None

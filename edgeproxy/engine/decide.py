@@ -25,6 +25,9 @@ class CompiledVariant:
     alias: str
     param: str  # "{exp}_{var}"
 
+    def __hash__(self) -> int:  # equal variants have equal params; hashing one str beats the generated tuple hash
+        return hash(self.param)
+
 
 @dataclass(frozen=True, slots=True)
 class CompiledExperience:

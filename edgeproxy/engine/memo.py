@@ -187,6 +187,8 @@ class _Plan:
     evaluate: tuple[Callable[[VisitorContext], Any], ...]  # the memoized values, in slot order
     key: KeyFunction | None
     memo: dict[Any, tuple[Any, ...]] = field(default_factory=dict)
+    # (uid, key) -> the whole manifest: a returning visitor with the same features gets the same decision.
+    visitors: dict[tuple[str, Any], Manifest] = field(default_factory=dict)
 
 
 def _always(ctx: VisitorContext) -> bool:
@@ -231,6 +233,11 @@ class MemoDecider:
         if plan.key is None:
             return self.snapshot.decide(ctx, selection)
         key = plan.key(ctx)
+        uid = ctx.user_uid
+        known = plan.visitors.get((uid, key))
+        if known is not None:
+            self.hits += 1
+            return known
         memo = plan.memo
         values = memo.get(key)
         if values is None:
@@ -241,7 +248,6 @@ class MemoDecider:
             memo[key] = values
         else:
             self.hits += 1
-        uid = ctx.user_uid
         entries: list[tuple[str, CompiledVariant | None]] = []
         for short_uid, index, ab in plan.slots:
             value = values[index]
@@ -253,4 +259,8 @@ class MemoDecider:
                 entries.append((short_uid, None if chosen is None else variants[chosen]))
             else:
                 entries.append((short_uid, None))
-        return Manifest(uid, tuple(entries))
+        manifest = Manifest(uid, tuple(entries))
+        if len(plan.visitors) >= self._limit:
+            plan.visitors.clear()
+        plan.visitors[(uid, key)] = manifest
+        return manifest

@@ -99,7 +99,8 @@ async def early_lookup(
     now = time.time()
     if cache.passes(key, now):
         return EarlyLookup(key=key)
-    entry = await cache.fetch(key)
+    get_now = cache.get_now
+    entry = get_now(key) if get_now is not None else await cache.fetch(key)
     if entry is not None and entry.fresh(now) and view.selects(entry):
         return EarlyLookup(serve_entry(request, state, entry, "HIT", cookies, personalized, impressions))
     return EarlyLookup(key=key, fetched=(entry,))
