@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 from replay_traffic import GB_UA, crafted_traffic, shop_rules, visit, write_jsonl
 from rulesets import FIXED_NOW_TS, decide_one
 
@@ -155,27 +154,21 @@ def _random_description(rng: random.Random) -> dict[str, Any]:
     return description
 
 
-@pytest.mark.parametrize("coverage", [True, False])
-def test_memoized_replay_decides_exactly_like_the_engine(tmp_path: Path, example_rules: Path, coverage: bool) -> None:
-    # coverage=True: the memo keyed by the key over every rule of the project (a superset key, `shared_key`).
-    """The segment memo is an optimization only: every replayed manifest equals `CompiledSnapshot.decide`."""
-    from edgeproxy.replay.decider import ContextFactory, Decider
+def test_memoized_replay_decides_exactly_like_the_engine(example_rules: Path) -> None:
+    """The slow path's memo (the engine's MemoDecider) is an optimization only: every replayed manifest equals
+    `CompiledSnapshot.decide`'s."""
+    from edgeproxy.engine.memo import MemoDecider
+    from edgeproxy.replay.decider import ContextFactory
     from edgeproxy.replay.readers import TrafficRecord
 
     snapshot = load_snapshot(example_rules)
     rng = random.Random(7)
     descriptions = [_random_description(rng) for _ in range(3000)]
     factory = ContextFactory(snapshot, None, lambda: FIXED_NOW_TS)
-    from edgeproxy.replay.coverage import Coverage
-    from edgeproxy.replay.decider import feature_key_function
-
-    every_rule = [site.rule for site in Coverage(snapshot).rules]
-    shared = feature_key_function(every_rule, lytics_membership=True) if coverage else None
-    decider = Decider(snapshot, shared_key=shared)
+    decider = MemoDecider(snapshot)
     for n, description in enumerate(descriptions):
         described = factory(TrafficRecord("t", n, description))
-        key = shared(described.context) if shared is not None else None
-        replayed = decider.decide(described.context, described.tags, key).to_dict()
+        replayed = decider.decide(described.context, described.tags).to_dict()
         assert replayed == decide_one(snapshot, description), description
     assert decider.hits > 200  # the memo did work
 

@@ -201,6 +201,8 @@ class MemoDecider:
     __slots__ = ("_limit", "_plans", "hits", "misses", "snapshot")
 
     def __init__(self, snapshot: CompiledSnapshot, *, limit: int = MEMO_LIMIT) -> None:
+        """`limit`: keys kept per tag selection before the memo starts over; 0 turns the memo off (every decision
+        is `snapshot.decide`, the reference replay's `--no-memo` compares against)."""
         self.snapshot = snapshot
         self._limit = limit
         self._plans: dict[tuple[str, ...] | None, _Plan] = {}
@@ -209,7 +211,7 @@ class MemoDecider:
 
     def _plan(self, tags: tuple[str, ...] | None) -> _Plan:
         selected = list(self.snapshot.select(tags))
-        key = key_function_for(self.snapshot, selected)
+        key = key_function_for(self.snapshot, selected) if self._limit > 0 else None
         slots: list[_Slot] = []
         evaluate: list[Callable[[VisitorContext], Any]] = []
         for ce in selected:

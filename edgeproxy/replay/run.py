@@ -3,7 +3,7 @@
 One pass, streaming. By default a record is decided and counted from the truth of the rules it meets, memoised
 (`OutcomeMemo`, the fast path): distribution, distinct users and coverage, with no context built for a request
 whose features were seen before. Otherwise (a description the fast path leaves to the slow one, `--no-memo`,
-`--against`, `--from-log`): build its context once, decide it (`Decider`), count it (`Distribution`), and feed the
+`--against`, `--from-log`): build its context once, decide it (`MemoDecider`), count it (`Distribution`), and feed the
 optional observers: rule coverage, the recorded-decision check (`--from-log`) and the snapshot diff (`--against`,
 the same context decided under the second snapshot). Both paths count into the same objects, and the report is the
 same either way (tests/test_replay_outcomes.py). Memory stays flat in the size of the traffic.
@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from edgeproxy.engine.context import GeoLookup
 from edgeproxy.engine.decide import CompiledSnapshot
 from edgeproxy.engine.errors import RequestDescriptionError
+from edgeproxy.engine.memo import MEMO_LIMIT, MemoDecider
 from edgeproxy.replay.aggregate import Distribution, UserIndex
 from edgeproxy.replay.coverage import DEFAULT_RULE_SAMPLE, Coverage
-from edgeproxy.replay.decider import ContextFactory, Decider
+from edgeproxy.replay.decider import ContextFactory
 from edgeproxy.replay.diff import DEFAULT_EXPLAINED_MOVES, DEFAULT_SAMPLES_PER_MOVE, SnapshotDiff
 from edgeproxy.replay.outcomes import OutcomeMemo, supported_snapshot
 from edgeproxy.replay.progress import Progress
@@ -91,14 +92,14 @@ def replay(
 
     make_context = ContextFactory(snapshot, options.geo_lookup, options.clock)
     coverage = Coverage(snapshot, options.rule_sample) if options.coverage else None
-    decider = Decider(snapshot, memo=options.memo)
+    decider = MemoDecider(snapshot, limit=MEMO_LIMIT if options.memo else 0)
     decide = decider.decide
     users = UserIndex()
     user_index = users.index
     distribution = Distribution(snapshot)
     observe = distribution.observe
     recorded = RecordedCheck(snapshot) if options.verify_recorded else None
-    other = Decider(against, memo=options.memo) if against is not None else None
+    other = MemoDecider(against, limit=MEMO_LIMIT if options.memo else 0) if against is not None else None
     other_distribution = Distribution(against) if against is not None else None
     diff = (
         SnapshotDiff(snapshot, against, samples_per_move=options.samples_per_move,

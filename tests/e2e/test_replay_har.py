@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 
 from edgeproxy.engine import load_snapshot
+from edgeproxy.engine.memo import MemoDecider
 from edgeproxy.geo import MaxMindGeo
-from edgeproxy.replay.decider import ContextFactory, Decider
+from edgeproxy.replay.decider import ContextFactory
 from edgeproxy.replay.readers import HarFilter, read_traffic
 
 from .conftest import (
@@ -165,7 +166,7 @@ def test_chromium_har_replays_to_the_served_decisions(launch: Launcher, node_ori
     # 2. Entry by entry, against what the origin received (independent of the manifest cookie).
     snapshot = load_snapshot(RULES)
     factory = ContextFactory(snapshot, MaxMindGeo(GEOIP).lookup, clock=lambda: 0.0)
-    decider = Decider(snapshot)
+    decider = MemoDecider(snapshot)
     replayed = []
     for record in read_traffic([str(har)], force=None, har_filter=HarFilter()):
         described = factory(record)
