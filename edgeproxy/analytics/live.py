@@ -69,11 +69,10 @@ class LiveDecisions:
         self.decisions += 1
         self._current_decisions += 1
         entries = manifest.entries
-        totals, current = self._totals, self._current
-        totals[entries] = totals.get(entries, 0) + 1
+        current = self._current  # the minute's counts; added to the totals when the minute rolls over
         current[entries] = current.get(entries, 0) + 1
-        if len(totals) > 100_000:  # a project with a huge variant-set cardinality: fold into slots, keep going
-            self._fold()
+        if len(current) > 100_000:  # a project with a huge variant-set cardinality: fold into slots, keep going
+            self._roll(minute)
 
     def _fold(self) -> None:
         """Keep totals bounded: collapse them into one pseudo-entry per slot (same expansion)."""
@@ -83,9 +82,18 @@ class LiveDecisions:
     @property
     def totals(self) -> dict[Slot, int]:
         """Decisions per (experience, variant or None) since start."""
-        return _expand(self._totals)
+        return _expand(self._current, _expand(self._totals))
 
     def _roll(self, minute: int) -> None:
+        totals = self._totals
+        for entries, n in self._current.items():
+            totals[entries] = totals.get(entries, 0) + n
+        if len(totals) > 100_000:
+            self._fold()
+        if minute == self._minute:  # rolled early (a huge minute): keep counting the same minute
+            self._history.append((self._minute, 0, self._current))
+            self._current = {}
+            return
         self._history.append((self._minute, self._current_decisions, self._current))
         self._minute, self._current, self._current_decisions = minute, {}, 0
 

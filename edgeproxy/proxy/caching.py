@@ -93,7 +93,7 @@ async def early_lookup(
     cache = state.cache
     assert cache is not None
     view = CacheView(request.headers)
-    if not view.passes_unchanged(cache.key_headers):
+    if cache.key_headers and not view.passes_unchanged(cache.key_headers):
         return EarlyLookup()
     key = cache.key(host, request.raw_path, variant_param, request.headers)
     now = time.time()
