@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -90,3 +91,46 @@ def crafted_traffic() -> list[dict[str, Any]]:
 def write_jsonl(path: Path, items: Iterable[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(item) + "\n" for item in items), encoding="utf-8")
     return path
+
+
+def random_example_description(rng: random.Random) -> dict[str, Any]:
+    """A varied visitor of the example project (rules/): devices, campaigns, clocks, geo, attributes, Lytics."""
+    uas = [
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+        "Version/17.5 Mobile/15E148 Safari/604.1",
+        GB_UA,
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        "Mozilla/5.0 (Linux; Android 13; SM-X710) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
+    ]
+    cookies = [f"cs-personalize-user-uid=v{rng.randrange(300)}"]
+    if rng.random() < 0.3:
+        cookies.append(rng.choice(["cs-lytics-audiences=|vip_shoppers|", "cs-lytics-audiences=|high_value_shoppers|"]))
+    if rng.random() < 0.2:
+        cookies.append("cs-lytics-flows=|post-purchase-nurture:engaged|")
+    headers = {"User-Agent": rng.choice(uas), "Cookie": "; ".join(cookies)}
+    if rng.random() < 0.2:
+        headers["Referer"] = rng.choice(
+            ["https://www.google.com/search?q=x", "https://duckduckgo.com/", "https://a.b/"]
+        )
+    description: dict[str, Any] = {
+        "url": "https://shop.example/" + rng.choice(["", "?utm_campaign=bf", "?ref=newsletter", "?utm_campaign=x"]),
+        "headers": headers,
+        "now": rng.choice(["2026-11-20T10:00:00Z", "2026-11-27T00:00:00Z", "2026-11-30T23:59:59Z",
+                           "2026-12-01T00:00:00Z", "2026-12-15T12:00:00Z", "2027-03-01T00:00:00Z"]),
+    }  # fmt: skip
+    if rng.random() < 0.7:
+        description["geo"] = rng.choice(
+            [{"country": "GB", "region": "ENG", "city": "London"}, {"country": "US", "region": "WA"}, {"country": "gb"}]
+        )
+    if rng.random() < 0.5:
+        description["storedAttributes"] = {
+            "tier": rng.choice(["gold", "silver", "bronze"]),
+            "visits": rng.choice([0, 1, 2, 5, 9, 10, 11, "10", 10.0, True]),
+            "lifetime_value": rng.choice([500, 1001, 2600, "3000", None]),
+            "newsletter_subscriber": rng.choice([True, False, "true", "false", 1, None]),
+        }
+    if rng.random() < 0.1:
+        description["liveAttributes"] = {"tier": "gold", "preferred_store": "london-oxford-street"}
+    if rng.random() < 0.2:
+        description["tags"] = rng.choice([["section:homepage"], ["section:checkout"], ["campaign:black-friday"]])
+    return description

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from replay_traffic import random_example_description
 from rulesets import FIXED_NOW_TS
 
 from edgeproxy.engine import load_snapshot
@@ -24,48 +25,6 @@ from edgeproxy.engine.memo import MemoDecider, key_function_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from limits_project import random_visitors, write_limits_project
-
-UAS = [
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-    "Version/17.5 Mobile/15E148 Safari/604.1",
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
-    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
-    "Mozilla/5.0 (Linux; Android 13; SM-X710) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
-]
-CLOCKS = ["2026-11-20T10:00:00Z", "2026-11-27T00:00:00Z", "2026-11-30T23:59:59Z", "2026-12-01T00:00:00Z",
-          "2026-12-15T12:00:00Z", "2027-03-01T00:00:00Z"]  # fmt: skip
-
-
-def example_visitor(rng: random.Random) -> dict[str, Any]:
-    cookies = [f"cs-personalize-user-uid=v{rng.randrange(400)}"]
-    if rng.random() < 0.3:
-        cookies.append(rng.choice(["cs-lytics-audiences=|vip_shoppers|", "cs-lytics-audiences=|high_value_shoppers|"]))
-    if rng.random() < 0.2:
-        cookies.append("cs-lytics-flows=|post-purchase-nurture:engaged|")
-    headers = {"User-Agent": rng.choice(UAS), "Cookie": "; ".join(cookies)}
-    if rng.random() < 0.2:
-        headers["Referer"] = rng.choice(
-            ["https://www.google.com/search?q=x", "https://duckduckgo.com/", "https://a.b/"]
-        )
-    description: dict[str, Any] = {
-        "url": "https://shop.example/" + rng.choice(["", "?utm_campaign=bf", "?ref=newsletter", "?utm_campaign=x"]),
-        "headers": headers,
-        "now": rng.choice(CLOCKS),
-    }
-    if rng.random() < 0.7:
-        description["geo"] = rng.choice(
-            [{"country": "GB", "region": "ENG", "city": "London"}, {"country": "US", "region": "WA"}, {"country": "gb"}]
-        )
-    if rng.random() < 0.5:
-        description["storedAttributes"] = {
-            "tier": rng.choice(["gold", "silver", "bronze"]),
-            "visits": rng.choice([0, 1, 2, 5, 9, 10, 11, "10", 10.0, True]),
-            "lifetime_value": rng.choice([500, 1001, 2600, "3000", None]),
-            "newsletter_subscriber": rng.choice([True, False, "true", "false", 1, None]),
-        }
-    if rng.random() < 0.1:
-        description["liveAttributes"] = {"tier": "gold", "preferred_store": "london-oxford-street"}
-    return description
 
 
 def check(snapshot: CompiledSnapshot, descriptions: list[dict[str, Any]], tag_choices: list[Any]) -> MemoDecider:
@@ -89,7 +48,7 @@ def check(snapshot: CompiledSnapshot, descriptions: list[dict[str, Any]], tag_ch
 def test_example_project(example_rules: Path) -> None:
     snapshot = load_snapshot(example_rules)
     rng = random.Random(7)
-    visitors = [example_visitor(rng) for _ in range(4000)]
+    visitors = [random_example_description(rng) for _ in range(4000)]
     tags = [None, ("section:homepage",), ("section:checkout",), ("section:cart",), ("campaign:black-friday",), ()]
     decider = check(snapshot, visitors, tags)
     assert key_function_for(snapshot, snapshot.experiences) is not None  # the memo is on for this project
@@ -101,7 +60,7 @@ def test_project_at_the_limits(tmp_path: Path) -> None:
     visitors = random_visitors(1500)
     rng = random.Random(5)
     for visitor in visitors:  # repeat features under other uids and clocks, as real traffic does
-        visitor["now"] = rng.choice(CLOCKS)
+        visitor["now"] = random_example_description(rng)["now"]
     visitors += [dict(v, userUid=f"again-{n}") for n, v in enumerate(visitors[:500])]
     decider = check(snapshot, visitors, [None, ("section:1",), ("section:2", "section:3")])
     assert decider.hits + decider.misses == len(visitors)
@@ -113,7 +72,7 @@ def test_a_full_memo_starts_over_and_stays_exact(example_rules: Path, limit: int
     rng = random.Random(11)
     decider = MemoDecider(snapshot, limit=limit)
     for _ in range(300):
-        description = example_visitor(rng)
+        description = random_example_description(rng)
         ctx = context_from_description(description, clock=lambda: FIXED_NOW_TS, new_uid=lambda: "n",
                                        classifier=snapshot.classifier, geo_lookup=None).context  # fmt: skip
         again = context_from_description(description, clock=lambda: FIXED_NOW_TS, new_uid=lambda: "n",

@@ -7,9 +7,8 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-from replay_traffic import GB_UA, crafted_traffic, shop_rules, visit, write_jsonl
+from replay_traffic import crafted_traffic, random_example_description, shop_rules, visit, write_jsonl
 from rulesets import FIXED_NOW_TS, decide_one
 
 from edgeproxy.engine import load_snapshot
@@ -112,48 +111,6 @@ def test_skewed_split_is_a_sample_ratio_mismatch(tmp_path: Path) -> None:
     assert fair_result.split is not None and not fair_result.split_mismatch
 
 
-def _random_description(rng: random.Random) -> dict[str, Any]:
-    uas = [
-        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-        "Version/17.5 Mobile/15E148 Safari/604.1",
-        GB_UA,
-        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
-        "Mozilla/5.0 (Linux; Android 13; SM-X710) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
-    ]
-    cookies = [f"cs-personalize-user-uid=v{rng.randrange(300)}"]
-    if rng.random() < 0.3:
-        cookies.append(rng.choice(["cs-lytics-audiences=|vip_shoppers|", "cs-lytics-audiences=|high_value_shoppers|"]))
-    if rng.random() < 0.2:
-        cookies.append("cs-lytics-flows=|post-purchase-nurture:engaged|")
-    headers = {"User-Agent": rng.choice(uas), "Cookie": "; ".join(cookies)}
-    if rng.random() < 0.2:
-        headers["Referer"] = rng.choice(
-            ["https://www.google.com/search?q=x", "https://duckduckgo.com/", "https://a.b/"]
-        )
-    description: dict[str, Any] = {
-        "url": "https://shop.example/" + rng.choice(["", "?utm_campaign=bf", "?ref=newsletter", "?utm_campaign=x"]),
-        "headers": headers,
-        "now": rng.choice(["2026-11-20T10:00:00Z", "2026-11-27T00:00:00Z", "2026-11-30T23:59:59Z",
-                           "2026-12-01T00:00:00Z", "2026-12-15T12:00:00Z", "2027-03-01T00:00:00Z"]),
-    }  # fmt: skip
-    if rng.random() < 0.7:
-        description["geo"] = rng.choice(
-            [{"country": "GB", "region": "ENG", "city": "London"}, {"country": "US", "region": "WA"}, {"country": "gb"}]
-        )
-    if rng.random() < 0.5:
-        description["storedAttributes"] = {
-            "tier": rng.choice(["gold", "silver", "bronze"]),
-            "visits": rng.choice([0, 1, 2, 5, 9, 10, 11, "10", 10.0, True]),
-            "lifetime_value": rng.choice([500, 1001, 2600, "3000", None]),
-            "newsletter_subscriber": rng.choice([True, False, "true", "false", 1, None]),
-        }
-    if rng.random() < 0.1:
-        description["liveAttributes"] = {"tier": "gold", "preferred_store": "london-oxford-street"}
-    if rng.random() < 0.2:
-        description["tags"] = rng.choice([["section:homepage"], ["section:checkout"], ["campaign:black-friday"]])
-    return description
-
-
 def test_memoized_replay_decides_exactly_like_the_engine(example_rules: Path) -> None:
     """The slow path's memo (the engine's MemoDecider) is an optimization only: every replayed manifest equals
     `CompiledSnapshot.decide`'s."""
@@ -163,7 +120,7 @@ def test_memoized_replay_decides_exactly_like_the_engine(example_rules: Path) ->
 
     snapshot = load_snapshot(example_rules)
     rng = random.Random(7)
-    descriptions = [_random_description(rng) for _ in range(3000)]
+    descriptions = [random_example_description(rng) for _ in range(3000)]
     factory = ContextFactory(snapshot, None, lambda: FIXED_NOW_TS)
     decider = MemoDecider(snapshot)
     for n, description in enumerate(descriptions):
