@@ -269,7 +269,11 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
             query = _with_param(query, config.variant_query_param, manifest.variant_param)
         cookies = cookie_headers(manifest, visitor.secure, loaded.snapshot.manifest_json(manifest))
         state.counters.personalized += 1
-        explain_header = _debug_explanation(request, state, loaded.snapshot, visitor.context, route.tags)
+        explain_header = (
+            _debug_explanation(request, state, loaded.snapshot, visitor.context, route.tags)
+            if config.ops_token and "X-Edgeproxy-Explain" in request.headers
+            else None
+        )
         if state.impressions is not None or explain_header is not None:
             impressions = ResponseHook(state.impressions, manifest, config.impressions == "proxy", explain_header)
     else:

@@ -51,11 +51,15 @@ class Identity:
     is_new: bool
 
 
+def new_user_uid() -> str:
+    return str(uuid.uuid4())
+
+
 def identify(headers: CIMultiDictProxy[str]) -> Identity:
     """User uid: `X-CS-Personalize-User-Uid` header, else the cookie, else a new UUID4 (SPEC §9)."""
     cookie_header = headers.get("Cookie")
     cookies = parse_cookie_header(cookie_header) if cookie_header else {}
-    user_uid, is_new = resolve_user_uid(headers, cookies, None, lambda: str(uuid.uuid4()))
+    user_uid, is_new = resolve_user_uid(headers, cookies, None, new_user_uid)
     return Identity(cookies=cookies, user_uid=user_uid, is_new=is_new)
 
 
