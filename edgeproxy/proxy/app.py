@@ -73,6 +73,9 @@ class ProxyState:
     ) -> None:
         self.config = config
         self.store = store
+        self._cached_attributes: Callable[[str, str], dict[str, object] | None] | None = getattr(
+            store, "cached_attributes", None
+        )
         self.holder = holder
         self.geo_lookup = geo_lookup
         self.origin = URL(config.origin.rstrip("/"))
@@ -108,6 +111,10 @@ class ProxyState:
     def observe_decision(self, manifest: Manifest, seconds: float) -> None:
         self.metrics.observe_decision(seconds)
         self.live.record(manifest)
+
+    def cached_attributes(self, project_uid: str, user_uid: str) -> dict[str, object] | None:
+        """A store that caches in process (SQLite) answers without a coroutine; None: ask `stored_attributes`."""
+        return self._cached_attributes(project_uid, user_uid) if self._cached_attributes is not None else None
 
     async def stored_attributes(self, project_uid: str, user_uid: str) -> dict[str, object]:
         """Stored attributes for a decision; a store outage degrades to request-local data, logged."""
@@ -247,7 +254,10 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
         identity = identify(request.headers)
         stored = None
         if not identity.is_new and loaded.snapshot.reads_custom_attributes:
-            stored = await state.stored_attributes(loaded.snapshot.project.uid, identity.user_uid)
+            project_uid = loaded.snapshot.project.uid
+            stored = state.cached_attributes(project_uid, identity.user_uid)
+            if stored is None:
+                stored = await state.stored_attributes(project_uid, identity.user_uid)
         visitor = visitor_from_request(
             request.headers,
             page_url=f"{proto}://{host}{request.raw_path}",

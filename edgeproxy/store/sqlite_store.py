@@ -100,6 +100,10 @@ class SqliteStore:
         while len(self._cache) > self._cache_users:
             self._cache.popitem(last=False)
 
+    def cached_attributes(self, project_uid: str, user_uid: str) -> dict[str, Any] | None:
+        """The attributes `get_attributes` would return from its in-process cache, or None (not cached)."""
+        return self._cache.get((project_uid, user_uid))
+
     async def get_attributes(self, project_uid: str, user_uid: str) -> dict[str, Any]:
         key = (project_uid, user_uid)
         cached = self._cache.get(key)
