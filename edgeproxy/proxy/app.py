@@ -295,11 +295,17 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
     cache_key = ""
     fetched = None
     if cache is not None and request.method in ("GET", "HEAD") and not has_body and route.cache and upgrade is None:
-        variant_param = manifest.variant_param if manifest is not None else ""
-        early = await caching.early_lookup(request, state, host, variant_param, cookies, personalized, impressions)
-        if early.response is not None:
-            return early.response
-        cache_key, fetched = early.key, early.fetched
+        # A fresh hit is served from the client's request as it is, before any upstream request is built.
+        early = caching.early_key(request, cache, host, manifest.variant_param if manifest is not None else "")
+        if early is not None:
+            view, cache_key = early
+            if not cache.passes(cache_key, time.time()):
+                get_now = cache.get_now  # a memory store answers without a coroutine
+                entry = get_now(cache_key) if get_now is not None else await cache.fetch(cache_key)
+                hit = caching.early_hit(request, state, view, entry, cookies, personalized, impressions)
+                if hit is not None:
+                    return hit
+                fetched = (entry,)
 
     target = f"{state.origin_base_path}{raw_path}{'?' + query if query else ''}"
     upstream_headers = upstream_request_headers(request, state, where)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from edgeproxy.cache.layer import ResponseCache
 from edgeproxy.cache.rules import parse_cache_control
 from edgeproxy.cache.store import CachedResponse
 from edgeproxy.proxy.app import UPSTREAM_REMOVED, ClientBase, ProxyState, ResponseHook, _origin_failed, relay
@@ -71,39 +71,31 @@ class CacheView:
         return True
 
 
-@dataclass(slots=True)
-class EarlyLookup:
-    response: web.StreamResponse | None = None  # a fresh hit, served
-    key: str = ""  # the cache key, when it could be computed from the client's headers
-    fetched: tuple[CachedResponse | None] | None = None  # the store's answer for `key`, for cached_exchange
+def early_key(
+    request: web.BaseRequest, cache: ResponseCache, host: str, variant_param: str
+) -> tuple[CacheView, str] | None:
+    """The cache key computed from the client's request as it is, with the view that can tell whether an entry
+    is selected by it, when the key's headers reach the origin unchanged (CacheView); None otherwise (the full
+    exchange computes the key from the upstream headers)."""
+    view = CacheView(request.headers)
+    if cache.key_headers and not view.passes_unchanged(cache.key_headers):
+        return None
+    return view, cache.key(host, request.raw_path, variant_param, request.headers)
 
 
-async def early_lookup(
+def early_hit(
     request: web.BaseRequest,
     state: ProxyState,
-    host: str,
-    variant_param: str,
+    view: CacheView,
+    entry: CachedResponse | None,
     cookies: list[str],
     personalized: bool,
     impressions: ResponseHook | None,
-) -> EarlyLookup:
-    """A fresh hit served from the client's request as it is, before any upstream request is built, whenever
-    the headers the key and the entry's Vary name reach the origin unchanged (CacheView). Otherwise what was
-    learnt on the way, so the full exchange does not compute or fetch it again."""
-    cache = state.cache
-    assert cache is not None
-    view = CacheView(request.headers)
-    if cache.key_headers and not view.passes_unchanged(cache.key_headers):
-        return EarlyLookup()
-    key = cache.key(host, request.raw_path, variant_param, request.headers)
-    now = time.time()
-    if cache.passes(key, now):
-        return EarlyLookup(key=key)
-    get_now = cache.get_now
-    entry = get_now(key) if get_now is not None else await cache.fetch(key)
-    if entry is not None and entry.fresh(now) and view.selects(entry):
-        return EarlyLookup(serve_entry(request, state, entry, "HIT", cookies, personalized, impressions))
-    return EarlyLookup(key=key, fetched=(entry,))
+) -> web.StreamResponse | None:
+    """A fresh hit served before any upstream request is built, when the client's headers select `entry`."""
+    if entry is not None and entry.fresh(time.time()) and view.selects(entry):
+        return serve_entry(request, state, entry, "HIT", cookies, personalized, impressions)
+    return None
 
 
 class _Prepared:
