@@ -7,12 +7,12 @@ A low-level aiohttp server answers each request twice over — once with `web.Re
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import RawTestServer
 from multidict import CIMultiDict
+from support.raw_http import raw_exchange
 
 from edgeproxy.proxy.prebuilt import whole_response
 
@@ -25,22 +25,16 @@ CASES = [
 ]
 
 
-def wire(port: int, n: int) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(f"GET /{n} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-        data = b""
-        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < len(CASES[n][3]):
-            chunk = sock.recv(65536)
-            assert chunk
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"date:")]
-    return b"\r\n".join(sorted(lines[1:], key=bytes.lower)) + b"|" + lines[0] + b"|" + body
+def wire(port: int, n: int) -> tuple[str, dict[str, list[str]], bytes]:
+    """One response to `GET /n`, headers without Date (it changes every second)."""
+    ((status, headers, body),) = raw_exchange(port, f"GET /{n} HTTP/1.1\r\nHost: t\r\n\r\n".encode(), 1)
+    headers.pop("date")
+    return status, headers, body
 
 
 @pytest.mark.parametrize("n", range(len(CASES)))
 def test_whole_response_matches_aiohttp(n: int) -> None:
-    async def main() -> tuple[bytes, bytes]:
+    async def main() -> tuple[object, object]:
         async def general(request: web.BaseRequest) -> web.StreamResponse:
             status, reason, headers, body = CASES[int(request.path[1:])]
             clean = CIMultiDict(headers)

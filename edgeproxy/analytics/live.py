@@ -51,6 +51,11 @@ def _expand(by_entries: dict[Entries, int], into: dict[Slot, int] | None = None)
     return slots
 
 
+def _folded(by_entries: dict[Entries, int]) -> dict[Entries, int]:
+    """The same counts with one pseudo-entry per slot (same expansion): bounded by experiences x variants."""
+    return {((experience, _Folded(variant)),): n for (experience, variant), n in _expand(by_entries).items()}
+
+
 class LiveDecisions:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -72,12 +77,7 @@ class LiveDecisions:
         current = self._current  # the minute's counts; added to the totals when the minute rolls over
         current[entries] = current.get(entries, 0) + 1
         if len(current) > 100_000:  # a project with a huge variant-set cardinality: fold into slots, keep going
-            self._roll(minute)
-
-    def _fold(self) -> None:
-        """Keep totals bounded: collapse them into one pseudo-entry per slot (same expansion)."""
-        folded = _expand(self._totals)
-        self._totals = {((experience, _Folded(variant)),): n for (experience, variant), n in folded.items()}
+            self._current = _folded(current)
 
     @property
     def totals(self) -> dict[Slot, int]:
@@ -89,11 +89,7 @@ class LiveDecisions:
         for entries, n in self._current.items():
             totals[entries] = totals.get(entries, 0) + n
         if len(totals) > 100_000:
-            self._fold()
-        if minute == self._minute:  # rolled early (a huge minute): keep counting the same minute
-            self._history.append((self._minute, 0, self._current))
-            self._current = {}
-            return
+            self._totals = _folded(totals)
         self._history.append((self._minute, self._current_decisions, self._current))
         self._minute, self._current, self._current_decisions = minute, {}, 0
 

@@ -45,12 +45,9 @@ if TYPE_CHECKING:
     from edgeproxy.sync.poller import SnapshotPoller
 
 log = logging.getLogger("edgeproxy.proxy")
-CHUNK = 64 * 1024
 NO_BODY_STATUSES = frozenset({204, 304})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 UPSTREAM_REMOVED = removal_set(*UPSTREAM_OWNED, "host", "expect")  # 100-continue is answered here
-# Dropped from what the origin sends back: framing is ours to decide when streaming.
-RESPONSE_DROP = frozenset({"content-length"})
 
 
 @dataclass(slots=True)
@@ -73,9 +70,6 @@ class ProxyState:
     ) -> None:
         self.config = config
         self.store = store
-        self._cached_attributes: Callable[[str, str], dict[str, object] | None] | None = getattr(
-            store, "cached_attributes", None
-        )
         self.holder = holder
         self.geo_lookup = geo_lookup
         self.origin = URL(config.origin.rstrip("/"))
@@ -111,10 +105,6 @@ class ProxyState:
     def observe_decision(self, manifest: Manifest, seconds: float) -> None:
         self.metrics.observe_decision(seconds)
         self.live.record(manifest)
-
-    def cached_attributes(self, project_uid: str, user_uid: str) -> dict[str, object] | None:
-        """A store that caches in process (SQLite) answers without a coroutine; None: ask `stored_attributes`."""
-        return self._cached_attributes(project_uid, user_uid) if self._cached_attributes is not None else None
 
     async def stored_attributes(self, project_uid: str, user_uid: str) -> dict[str, object]:
         """Stored attributes for a decision; a store outage degrades to request-local data, logged."""
@@ -255,7 +245,7 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
         stored = None
         if not identity.is_new and loaded.snapshot.reads_custom_attributes:
             project_uid = loaded.snapshot.project.uid
-            stored = state.cached_attributes(project_uid, identity.user_uid)
+            stored = state.store.cached_attributes(project_uid, identity.user_uid)  # no coroutine when cached
             if stored is None:
                 stored = await state.stored_attributes(project_uid, identity.user_uid)
         visitor = visitor_from_request(
@@ -290,13 +280,14 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
         state.counters.passed_through += 1
 
     has_body = request.body_exists
+    variant_param = manifest.variant_param if manifest is not None else ""
     x_cache = None
     cache = state.cache
     cache_key = ""
     fetched = None
     if cache is not None and request.method in ("GET", "HEAD") and not has_body and route.cache and upgrade is None:
         # A fresh hit is served from the client's request as it is, before any upstream request is built.
-        early = caching.early_key(request, cache, host, manifest.variant_param if manifest is not None else "")
+        early = caching.early_key(request, cache, host, variant_param)
         if early is not None:
             view, cache_key = early
             if not cache.passes(cache_key, time.time()):
@@ -314,9 +305,7 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
         add_upstream_headers(upstream_headers, manifest, config.cda_variant_limit, loaded.snapshot.version)
     if cache is not None:
         if not cache_key and request.method in ("GET", "HEAD") and not has_body and route.cache:
-            cache_key = cache.key(
-                host, request.raw_path, manifest.variant_param if manifest is not None else "", upstream_headers
-            )
+            cache_key = cache.key(host, request.raw_path, variant_param, upstream_headers)
         if cache_key and cache.passes(cache_key, time.time()):
             # Hit-for-pass: this key's responses are not storable; forward directly, like an uncached route.
             x_cache = "MISS"

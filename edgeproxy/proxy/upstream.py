@@ -51,7 +51,6 @@ class _Connection(asyncio.Protocol):
         "closed",
         "idle_since",
         "pool",
-        "served",
         "transport",
     )
 
@@ -62,7 +61,6 @@ class _Connection(asyncio.Protocol):
         self._write_ready: asyncio.Future[None] | None = None
         self.closed = False
         self.idle_since = 0.0
-        self.served = 0  # exchanges completed on this connection
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
 
@@ -114,7 +112,6 @@ class _Connection(asyncio.Protocol):
         """The exchange is over: back to the pool when the message ended cleanly and keep-alive holds."""
         self._exchange = None
         if reusable and not self.closed:
-            self.served += 1
             self.pool._release(self)
         else:
             self.abort()
@@ -151,7 +148,6 @@ class UpstreamResponse:
         "parser",
         "reason",
         "status",
-        "version",
     )
 
     def __init__(self, conn: _Connection, head_only: bool, timeout: float | None) -> None:
@@ -163,7 +159,6 @@ class UpstreamResponse:
         self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.status = 0
         self.reason = ""
-        self.version = "1.1"
         self.headers: CIMultiDict[str] = CIMultiDict()
         self.keep_alive = False
         self.got_bytes = False
@@ -196,7 +191,6 @@ class UpstreamResponse:
             self.reason = ""
             return
         self.status = status
-        self.version = parser.get_http_version()
         self.keep_alive = parser.should_keep_alive()
         self._headers_done = True
         if self._head_only or status in NO_BODY_STATUSES:
@@ -306,11 +300,6 @@ class UpstreamResponse:
             await self._wait()
 
     # -- for the caller ---------------------------------------------------------------------------------
-
-    @property
-    def content_length(self) -> int | None:
-        value = self.headers.get("Content-Length")
-        return int(value) if value is not None and value.isdigit() else None
 
     def take_body(self) -> bytes:
         """The whole body, when `body_complete` (else what has arrived so far)."""

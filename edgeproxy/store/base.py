@@ -76,6 +76,10 @@ class StateStore(Protocol):
 
     async def get_attributes(self, project_uid: str, user_uid: str) -> dict[str, Any]: ...
 
+    def cached_attributes(self, project_uid: str, user_uid: str) -> dict[str, Any] | None:
+        """What `get_attributes` would return from an in-process cache, without I/O; None when not cached."""
+        ...
+
     async def patch_attributes(self, project_uid: str, user_uid: str, attributes: dict[str, Any]) -> None:
         """Upsert; a null value removes the key; other keys unchanged. StoreLimitError past the per-user cap."""
         ...

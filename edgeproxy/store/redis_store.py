@@ -76,6 +76,9 @@ class RedisStore:
     def _user_key(project_uid: str, user_uid: str) -> str:
         return f"edgeproxy:{project_uid}:user:{user_uid}"
 
+    def cached_attributes(self, project_uid: str, user_uid: str) -> dict[str, Any] | None:
+        return None  # shared between instances: always read from Redis
+
     async def get_attributes(self, project_uid: str, user_uid: str) -> dict[str, Any]:
         try:
             raw = await self.client.hgetall(self._user_key(project_uid, user_uid))

@@ -552,33 +552,3 @@ class Http:
 @pytest.fixture(scope="session")
 def http() -> Http:
     return Http()
-
-
-def raw_exchange(port: int, data: bytes, responses: int) -> list[tuple[str, dict[str, list[str]], bytes]]:
-    """Send raw request bytes on one connection; read `responses` Content-Length-framed responses."""
-    import socket
-
-    out: list[tuple[str, dict[str, list[str]], bytes]] = []
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        buffer = b""
-        while len(out) < responses:
-            while b"\r\n\r\n" not in buffer:
-                chunk = sock.recv(65536)
-                assert chunk, f"connection closed after {len(out)} responses"
-                buffer += chunk
-            head, _, buffer = buffer.partition(b"\r\n\r\n")
-            status, *lines = head.decode("latin-1").split("\r\n")
-            headers: dict[str, list[str]] = {}
-            for line in lines:
-                name, _, value = line.partition(":")
-                headers.setdefault(name.strip().lower(), []).append(value.strip())
-            length = int(headers.get("content-length", ["0"])[0])
-            body_expected = not data.startswith(b"HEAD")
-            while body_expected and len(buffer) < length:
-                chunk = sock.recv(65536)
-                assert chunk
-                buffer += chunk
-            body, buffer = (buffer[:length], buffer[length:]) if body_expected else (b"", buffer)
-            out.append((status, headers, body))
-    return out

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from support.raw_http import raw_exchange
 
 from .conftest import (
     NODE_SERVER,
@@ -33,7 +34,6 @@ from .conftest import (
     VisitorCatalog,
     free_port,
     parse_set_cookie,
-    raw_exchange,
     require_tool,
 )  # fmt: skip
 

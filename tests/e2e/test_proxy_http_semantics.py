@@ -9,8 +9,9 @@ import json
 import os
 
 import pytest
+from support.raw_http import raw_exchange
 
-from .conftest import Http, Service, raw_exchange
+from .conftest import Http, Service
 
 pytestmark = pytest.mark.e2e
 
