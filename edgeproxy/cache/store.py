@@ -108,6 +108,10 @@ class MemoryCacheStore:
         self._entries.move_to_end(key)
         return entry
 
+    def holds_path(self, path: str) -> bool:
+        """Whether any entry is stored for this path + query (any host, variant set or key headers)."""
+        return path in self._by_path
+
     async def put(self, key: str, entry: CachedResponse) -> None:
         if entry.size > self.max_bytes:
             return

@@ -19,14 +19,15 @@ def variant_alias(experience_short_uid: str, variant_short_uid: str) -> str:
     return f"cs_personalize_{experience_short_uid}_{variant_short_uid}"  # SPEC §2
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class CompiledVariant:
+    """One per variant of a compiled snapshot, compared and hashed by identity: a manifest's entries are keys of
+    per-decision dicts (live counts, the manifest JSON memo), and identity hashing is done in C, without a call
+    into Python per variant. Across snapshots, compare `param` (or `short_uid`)."""
+
     short_uid: str
     alias: str
     param: str  # "{exp}_{var}"
-
-    def __hash__(self) -> int:  # equal variants have equal params; hashing one str beats the generated tuple hash
-        return hash(self.param)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,8 @@ class Manifest:
 
     user_uid: str
     entries: tuple[tuple[str, CompiledVariant | None], ...]
+    # `variant_param`, worked out once: deciders hand a returning visitor the same manifest object again.
+    _param: str | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def experiences(self) -> list[dict[str, str | None]]:
@@ -66,7 +69,11 @@ class Manifest:
 
     @property
     def variant_param(self) -> str:
-        return ",".join(v.param for _, v in self.entries if v is not None)
+        param = self._param
+        if param is None:
+            param = ",".join([v.param for _, v in self.entries if v is not None])
+            object.__setattr__(self, "_param", param)  # a cache of a pure function of the frozen fields
+        return param
 
     def edge_body(self) -> dict[str, Any]:
         """The Edge API manifest body (SPEC §4.7)."""

@@ -14,6 +14,7 @@ import time
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from edgeproxy.engine.decide import Manifest
 from edgeproxy.proxy.decision_log import iso
 
 # Request-scoped: set by the proxy handler (an `app.Decided`), read here for the decision fields.
@@ -28,26 +29,35 @@ def _redacted(path: str) -> str:
     return _SECRET_PARAMS.sub(r"\1[redacted]", path) if "token=" in path.lower() else path
 
 
+def access_line(
+    *, remote: str | None, method: str, raw_path: str, status: int, body_bytes: int, seconds: float,
+    manifest: Manifest | None, snapshot: str | None, cache: str | None,
+) -> str:  # fmt: skip
+    """One access log line (also written by the hit lane, which has no aiohttp request to log)."""
+    record: dict[str, object] = {
+        "ts": iso(time.time()),
+        "remote": remote,
+        "method": method,
+        "path": _redacted(raw_path),
+        "status": status,
+        "bytes": body_bytes,
+        "ms": round(seconds * 1000, 3),
+    }
+    if manifest is not None:
+        record.update(kind="page", userUid=manifest.user_uid, variants=manifest.variant_param, snapshot=snapshot)
+    if cache:
+        record["cache"] = cache
+    return json.dumps(record, separators=(",", ":"))
+
+
 class JsonAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, duration: float) -> None:
-        record: dict[str, object] = {
-            "ts": iso(time.time()),
-            "remote": request.remote,
-            "method": request.method,
-            "path": _redacted(request.raw_path),
-            "status": response.status,
-            "bytes": response.body_length,
-            "ms": round(duration * 1000, 3),
-        }
         decided = request.get(DECIDED_KEY)
-        manifest = getattr(decided, "manifest", None)
-        if manifest is not None:
-            record.update(kind="page", userUid=manifest.user_uid, variants=manifest.variant_param,
-                          snapshot=getattr(decided, "snapshot", None))  # fmt: skip
-        cache = response.headers.get("X-Cache")
-        if cache:
-            record["cache"] = cache
-        self.logger.info(json.dumps(record, separators=(",", ":")))
+        self.logger.info(access_line(
+            remote=request.remote, method=request.method, raw_path=request.raw_path, status=response.status,
+            body_bytes=response.body_length, seconds=duration, manifest=getattr(decided, "manifest", None),
+            snapshot=getattr(decided, "snapshot", None), cache=response.headers.get("X-Cache"),
+        ))  # fmt: skip
 
     @property
     def enabled(self) -> bool:

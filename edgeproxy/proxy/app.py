@@ -12,7 +12,7 @@ import functools
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,12 +29,19 @@ from edgeproxy.proxy.access_log import DECIDED_KEY
 from edgeproxy.proxy.config import ProxyConfig
 from edgeproxy.proxy.errors import error_response
 from edgeproxy.proxy.headers import UPSTREAM_OWNED, TrustedProxies, end_to_end, removal_set
+from edgeproxy.proxy.hitlane import HitLaneServer
 from edgeproxy.proxy.impressions import ImpressionRecorder
 from edgeproxy.proxy.metrics import ProxyMetrics
-from edgeproxy.proxy.personalize import add_upstream_headers, cookie_headers, identify, visitor_from_request
+from edgeproxy.proxy.personalize import (
+    Identities,
+    Identity,
+    VisitorCookies,
+    add_upstream_headers,
+    visitor_from_request,
+)
 from edgeproxy.proxy.prebuilt import prebuilt_allowed, whole_response
 from edgeproxy.proxy.routes import RouteTable
-from edgeproxy.proxy.snapshots import SnapshotHolder
+from edgeproxy.proxy.snapshots import LoadedSnapshot, SnapshotHolder
 from edgeproxy.proxy.upstream import OriginPool, UpstreamResponse, pool_for_origin
 from edgeproxy.store.base import StateStore, StoreError
 
@@ -88,6 +95,8 @@ class ProxyState:
         self.impressions: ImpressionRecorder | None = None  # set by the server unless impressions = "off"
         self.metrics = ProxyMetrics(self)
         self.live = LiveDecisions()  # decision counts for the dashboard
+        self.cookies = VisitorCookies()  # the visitor's Set-Cookie values per decided manifest
+        self.identities = Identities()  # returning visitors' uids and parsed cookies
         self.fleet: FleetFollower | None = None  # when following a fleet channel (--fleet-redis)
 
     @property
@@ -159,11 +168,6 @@ def peer_address(request: web.BaseRequest) -> str | None:
     return None
 
 
-def forwarded_for(request: web.BaseRequest) -> str | None:
-    values = request.headers.getall("X-Forwarded-For", ())
-    return ", ".join(values) if values else None
-
-
 @dataclass(slots=True)  # one per request: not frozen, whose __init__ costs a setattr call per field
 class ClientView:
     """Who is asking and for which URL, believing X-Forwarded-* only from trusted proxies."""
@@ -177,14 +181,83 @@ class ClientView:
 
 
 def client_view(request: web.BaseRequest, state: ProxyState) -> ClientView:
-    peer = peer_address(request)
+    return view_of_client(state, peer_address(request), request.scheme, request.host, request.headers)
+
+
+def view_of_client(
+    state: ProxyState, peer: str | None, scheme: str, host: str, headers: CIMultiDictProxy[str]
+) -> ClientView:
+    """`host`: the request's Host. Used by the general path and the hit lane alike."""
     if not state.trusted.trusts(peer):  # the common case: nothing forwarded is believed
-        return ClientView(peer, False, None, peer, request.scheme, request.host)
-    incoming_xff = forwarded_for(request)
+        return ClientView(peer, False, None, peer, scheme, host)
+    incoming_xff = ", ".join(headers.getall("X-Forwarded-For", ())) or None
     client_ip = state.trusted.client_address(peer, incoming_xff)
-    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip() or request.scheme
-    host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip() or request.host
-    return ClientView(peer, True, incoming_xff, client_ip, proto, host)
+    proto = headers.get("X-Forwarded-Proto", "").split(",")[0].strip() or scheme
+    forwarded_host = headers.get("X-Forwarded-Host", "").split(",")[0].strip() or host
+    return ClientView(peer, True, incoming_xff, client_ip, proto, forwarded_host)
+
+
+@dataclass(slots=True)
+class Personalization:
+    """What a personalized request decided, before anything about it is recorded (`record_personalization`)."""
+
+    loaded: LoadedSnapshot
+    ctx: VisitorContext
+    manifest: Manifest
+    tags: tuple[str, ...] | None
+    secure: bool
+    cookies: Sequence[str]  # the visitor's Set-Cookie values (SPEC §6)
+    decide_seconds: float
+
+
+def attributes_at_hand(
+    state: ProxyState, loaded: LoadedSnapshot, identity: Identity
+) -> tuple[bool, Mapping[str, object] | None]:
+    """(known, stored): the stored attributes a decision reads, when they are known without I/O (none needed,
+    or cached by the store); (False, None) when they must be fetched (`ProxyState.stored_attributes`)."""
+    if identity.is_new or not loaded.snapshot.reads_custom_attributes:
+        return True, None
+    stored = state.store.cached_attributes(loaded.snapshot.project.uid, identity.user_uid)
+    return stored is not None, stored
+
+
+def personalize(
+    state: ProxyState,
+    loaded: LoadedSnapshot,
+    tags: tuple[str, ...] | None,
+    headers: CIMultiDictProxy[str],
+    raw_path: str,
+    query: str,
+    where: ClientView,
+    identity: Identity,
+    stored: Mapping[str, object] | None,
+) -> Personalization:
+    """The visitor's decision for this request: nothing is counted or recorded yet."""
+    visitor = visitor_from_request(
+        headers,
+        page_url=f"{where.proto}://{where.host}{raw_path}",
+        query=query,
+        client_ip=where.client_ip,
+        secure=where.proto == "https",
+        trust_geo_headers=where.trusted,
+        geo_lookup=state.geo_lookup,
+        classifier=state.classifier,
+        identity=identity,
+        stored=stored,
+    )
+    started = time.perf_counter()
+    manifest = loaded.decider.decide(visitor.context, tags)
+    seconds = time.perf_counter() - started
+    cookies = state.cookies.of(manifest, visitor.secure, loaded.snapshot)
+    return Personalization(loaded, visitor.context, manifest, tags, visitor.secure, cookies, seconds)
+
+
+def record_personalization(state: ProxyState, decision: Personalization, decided: Decided) -> None:
+    """Count a decision whose response is being sent (metrics, live counts) and note it for the logs."""
+    state.observe_decision(decision.manifest, decision.decide_seconds)
+    state.counters.personalized += 1
+    decided.ctx, decided.manifest = decision.ctx, decision.manifest
+    decided.snapshot, decided.tags = decision.loaded.snapshot.version, decision.tags
 
 
 @dataclass(slots=True)
@@ -227,55 +300,36 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
     config = state.config
     state.counters.requests += 1
     where = client_view(request, state)
-    trusted, client_ip, proto, host = where.trusted, where.client_ip, where.proto, where.host
+    host = where.host
     upgrade = request.headers.get("Upgrade")
     if upgrade is not None and upgrade.lower() == "websocket":
         return await _websocket(request, state, upstream_request_headers(request, state, where))
 
     route = state.routes.decide(request.path)
     loaded = state.holder.current
-    cookies: list[str] = []
+    cookies: Sequence[str] = ()
     manifest = None
     impressions = None
     personalized = route.personalize and loaded is not None
     raw_path, _, query = request.raw_path.partition("?")
     if personalized:
         assert loaded is not None
-        identity = identify(request.headers)
-        stored = None
-        if not identity.is_new and loaded.snapshot.reads_custom_attributes:
-            project_uid = loaded.snapshot.project.uid
-            stored = state.store.cached_attributes(project_uid, identity.user_uid)  # no coroutine when cached
-            if stored is None:
-                stored = await state.stored_attributes(project_uid, identity.user_uid)
-        visitor = visitor_from_request(
-            request.headers,
-            page_url=f"{proto}://{host}{request.raw_path}",
-            query=query,
-            client_ip=client_ip,
-            secure=proto == "https",
-            trust_geo_headers=trusted,
-            geo_lookup=state.geo_lookup,
-            classifier=state.classifier,
-            identity=identity,
-            stored=stored,
-        )
-        decide_started = time.perf_counter()
-        manifest = loaded.decider.decide(visitor.context, route.tags)
-        state.observe_decision(manifest, time.perf_counter() - decide_started)
-        decided.ctx, decided.manifest = visitor.context, manifest
-        decided.snapshot, decided.tags = loaded.snapshot.version, route.tags
+        identity = state.identities.of(request.headers)
+        known, stored = attributes_at_hand(state, loaded, identity)
+        if not known:
+            stored = await state.stored_attributes(loaded.snapshot.project.uid, identity.user_uid)
+        decision = personalize(state, loaded, route.tags, request.headers, request.raw_path, query, where,
+                               identity, stored)  # fmt: skip
+        record_personalization(state, decision, decided)
+        manifest, cookies = decision.manifest, decision.cookies
         if config.variant_query_param:
             query = _with_param(query, config.variant_query_param, manifest.variant_param)
-        cookies = cookie_headers(manifest, visitor.secure, loaded.snapshot.manifest_json(manifest))
-        state.counters.personalized += 1
         explain_header = (
-            _debug_explanation(request, state, loaded.snapshot, visitor.context, route.tags)
+            _debug_explanation(request, state, loaded.snapshot, decision.ctx, route.tags)
             if config.ops_token and "X-Edgeproxy-Explain" in request.headers
             else None
         )
-        if state.impressions is not None or explain_header is not None:
-            impressions = ResponseHook(state.impressions, manifest, config.impressions == "proxy", explain_header)
+        impressions = response_hook(state, manifest, explain_header)
     else:
         state.counters.passed_through += 1
 
@@ -408,6 +462,12 @@ class ResponseHook:
             headers["X-Edgeproxy-Explain"] = self.explain
 
 
+def response_hook(state: ProxyState, manifest: Manifest, explain: str | None = None) -> ResponseHook | None:
+    if state.impressions is None and explain is None:
+        return None
+    return ResponseHook(state.impressions, manifest, state.config.impressions == "proxy", explain)
+
+
 @functools.cache
 def _response_removed(applied_variants_header: str) -> frozenset[str]:
     return removal_set(*SURROGATE_HEADERS, applied_variants_header)  # a pure function: computed once per name
@@ -433,7 +493,7 @@ class ClientBase:
     def finish(
         self,
         headers: CIMultiDict[str],
-        cookies: list[str],
+        cookies: Sequence[str],
         personalized: bool,
         config: ProxyConfig,
         x_cache: str | None = None,
@@ -453,7 +513,7 @@ class ClientBase:
 
 def client_headers(
     origin_headers: CIMultiDict[str] | CIMultiDictProxy[str],
-    cookies: list[str],
+    cookies: Sequence[str],
     personalized: bool,
     config: ProxyConfig,
     x_cache: str | None = None,
@@ -469,7 +529,7 @@ def client_headers(
 async def relay(
     request: web.BaseRequest,
     upstream: UpstreamResponse,
-    cookies: list[str],
+    cookies: Sequence[str],
     personalized: bool,
     config: ProxyConfig,
     *,
@@ -574,29 +634,43 @@ RequestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 ReservedHandler = Callable[[web.BaseRequest, ProxyState], Awaitable[web.StreamResponse]]
 
 
+class ReservedPaths:
+    """Ops and the Edge API: path prefixes mapped to (metrics kind, handler), never forwarded to the origin."""
+
+    def __init__(self, reserved: dict[str, tuple[str, ReservedHandler]]) -> None:
+        # Lower-cased prefixes, with their slash-less spelling: the prefix without the trailing slash is ours too.
+        self._prefixes = tuple(
+            (prefix.lower(), prefix.lower().rstrip("/"), kind, handler) for prefix, (kind, handler) in reserved.items()
+        )
+
+    def match(self, path: str, raw_path: str) -> tuple[str, ReservedHandler] | None:
+        """Matched on the decoded, dot-segment-resolved and raw path, case-insensitively, so an encoded or
+        re-cased spelling cannot slip a proxy-internal path through to the origin."""
+        path = _normalized(path).lower()
+        raw = raw_path.lower()
+        for prefix, bare, kind, handler in self._prefixes:
+            if path.startswith(prefix) or raw.startswith(prefix) or path.rstrip("/") == bare:
+                return kind, handler
+        return None
+
+
 def build_handler(state: ProxyState, reserved: dict[str, tuple[str, ReservedHandler]]) -> RequestHandler:
     """The one handler every request goes to. `reserved` maps path prefixes to (metrics kind, handler): ops and
     the Edge API, never forwarded; everything else is proxied."""
-    # Lower-cased prefixes, with their slash-less spelling: the prefix itself without the trailing slash is ours too.
-    prefixes = tuple(
-        (prefix.lower(), prefix.lower().rstrip("/"), kind, handler) for prefix, (kind, handler) in reserved.items()
-    )
+    paths = ReservedPaths(reserved)
 
     async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
         if "Expect" in request.headers:
             expected = await _expect(request)
             if expected is not None:
                 return expected
-        # Reserved prefixes: matched on the decoded, dot-segment-resolved and raw path, case-insensitively,
-        # so an encoded or re-cased spelling cannot slip a proxy-internal path through to the origin.
-        path = _normalized(request.path).lower()
-        raw = request.raw_path.lower()
-        for prefix, bare, kind, handler in prefixes:
-            if path.startswith(prefix) or raw.startswith(prefix) or path.rstrip("/") == bare:
-                started = time.perf_counter()
-                response = await handler(request, state)
-                state.metrics.observe_request(kind, response.status, time.perf_counter() - started)
-                return response
+        matched = paths.match(request.path, request.raw_path)
+        if matched is not None:
+            kind, handler = matched
+            started = time.perf_counter()
+            response = await handler(request, state)
+            state.metrics.observe_request(kind, response.status, time.perf_counter() - started)
+            return response
         return await proxy_handler(request, state)
 
     return dispatch
@@ -612,11 +686,20 @@ async def _expect(request: web.BaseRequest) -> web.StreamResponse | None:
     return None
 
 
-def build_server(state: ProxyState, reserved: dict[str, tuple[str, ReservedHandler]], **kwargs: Any) -> web.Server:
+def build_server(
+    state: ProxyState, reserved: dict[str, tuple[str, ReservedHandler]], *, hit_lane: bool = True, **kwargs: Any
+) -> web.Server:
     """aiohttp's low-level server around `build_handler`: no router, middleware chain or Application
     signals, which one catch-all route would not use anyway (about 30 µs less CPU per request, measured with
-    wrk on a minimal handler). The caller starts and stops `state` (see server.serve)."""
-    return web.Server(build_handler(state, reserved), **kwargs)
+    wrk on a minimal handler). With the response cache and `hit_lane`, fresh hits of the in-memory store are
+    answered as they are parsed (hitlane.py, caching.lane_answer).
+    The caller starts and stops `state` (see server.serve)."""
+    handler = build_handler(state, reserved)
+    if hit_lane and state.cache is not None:
+        access_log = kwargs.get("access_log")
+        answer = caching.lane_answer(state, access_log if state.config.access_log else None)
+        return HitLaneServer(handler, answer, **kwargs)
+    return web.Server(handler, **kwargs)
 
 
 def _normalized(path: str) -> str:

@@ -12,17 +12,36 @@ N concurrent misses for one key make one origin request; the others wait for it 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Sequence
+from time import perf_counter  # not through `time`: tests replace the cache's clock (time.time) only
 
 from aiohttp import web
+from aiohttp.http_parser import RawRequestMessage
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy.cache.layer import ResponseCache
 from edgeproxy.cache.rules import parse_cache_control
-from edgeproxy.cache.store import CachedResponse
-from edgeproxy.proxy.app import UPSTREAM_REMOVED, ClientBase, ProxyState, ResponseHook, _origin_failed, relay
+from edgeproxy.cache.store import CachedResponse, MemoryCacheStore
+from edgeproxy.proxy.access_log import access_line
+from edgeproxy.proxy.app import (
+    UPSTREAM_REMOVED,
+    ClientBase,
+    Decided,
+    ProxyState,
+    ResponseHook,
+    _origin_failed,
+    attributes_at_hand,
+    personalize,
+    record_personalization,
+    relay,
+    response_hook,
+    view_of_client,
+)
 from edgeproxy.proxy.config import ProxyConfig
 from edgeproxy.proxy.headers import connection_listed, removal_set
+from edgeproxy.proxy.hitlane import LaneAnswer
 from edgeproxy.proxy.prebuilt import PrebuiltResponse, date_line, head_lines, prebuilt_allowed
 
 CONDITIONAL_REQUEST_HEADERS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range")
@@ -88,7 +107,7 @@ def early_hit(
     state: ProxyState,
     view: CacheView,
     entry: CachedResponse | None,
-    cookies: list[str],
+    cookies: Sequence[str],
     personalized: bool,
     impressions: ResponseHook | None,
 ) -> web.StreamResponse | None:
@@ -134,28 +153,21 @@ def serve_entry(
     state: ProxyState,
     entry: CachedResponse,
     label: str,
-    cookies: list[str],
+    cookies: Sequence[str],
     personalized: bool,
     impressions: ResponseHook | None = None,
 ) -> web.StreamResponse:
     config = state.config
     prepared = _prepared(entry, config)
     base = prepared.base
-    state.cache.counts[label.lower()] += 1  # type: ignore[union-attr]
-    age = int(entry.age(time.time()))
     inm = request.headers.get("If-None-Match")
     not_modified = bool(entry.etag and inm and entry.status == 200 and _weak_match(inm, entry.etag))
     if not not_modified and prebuilt_allowed(request) and (impressions is None or impressions.explain is None):
         # The common case, prebuilt: constant head + this visitor's lines + body, in one write.
-        if impressions is not None:
-            impressions(base.headers, base.applied)  # records; without a debug header it adds nothing
-        no_store = personalized and base.html and config.no_store_personalized_html
-        dynamic = "".join([f"Set-Cookie: {cookie}\r\n" for cookie in cookies])
-        dynamic += f"X-Cache: {label}\r\nAge: {age}\r\n"
-        if "Date" not in base.headers:
-            dynamic += date_line()
-        parts = (prepared.head(entry, no_store), (dynamic + "\r\n").encode("utf-8", "surrogateescape"), entry.body)
+        parts = entry_parts(state, entry, prepared, label, cookies, personalized, impressions)
         return PrebuiltResponse(entry.status, entry.reason, parts, len(entry.body), label)
+    state.cache.counts[label.lower()] += 1  # type: ignore[union-attr]
+    age = int(entry.age(time.time()))
     if not_modified:
         response = web.Response(status=304, headers=base.headers)  # the browser's copy is current
     else:
@@ -167,6 +179,110 @@ def serve_entry(
     return response
 
 
+def entry_parts(
+    state: ProxyState,
+    entry: CachedResponse,
+    prepared: _Prepared,
+    label: str,
+    cookies: Sequence[str],
+    personalized: bool,
+    impressions: ResponseHook | None,
+) -> tuple[bytes, bytes, bytes]:
+    """A stored entry as the bytes of a whole HTTP/1.1 keep-alive response (no debug header asked for):
+    the entry's constant head, this visitor's lines, the body. Counts the cache result and the impressions."""
+    base = prepared.base
+    state.cache.counts[label.lower()] += 1  # type: ignore[union-attr]
+    if impressions is not None:
+        impressions(base.headers, base.applied)  # records; without a debug header it adds nothing
+    no_store = personalized and base.html and state.config.no_store_personalized_html
+    dynamic = "".join([f"Set-Cookie: {cookie}\r\n" for cookie in cookies])
+    dynamic += f"X-Cache: {label}\r\nAge: {int(entry.age(time.time()))}\r\n"
+    if "Date" not in base.headers:
+        dynamic += date_line()
+    return prepared.head(entry, no_store), (dynamic + "\r\n").encode("utf-8", "surrogateescape"), entry.body
+
+
+def lane_answer(state: ProxyState, access_log: logging.Logger | None) -> LaneAnswer:
+    """The hit lane's question (hitlane.py): is this parsed GET a fresh hit of the in-memory cache whose
+    response can be sent whole? Then its bytes, with everything the general path records for a hit (counters,
+    decision metrics and live counts, impressions, cache and request metrics, decision and access logs);
+    otherwise None, having recorded nothing, and the general path handles the request from the start.
+    The same functions decide here as there (view_of_client, personalize, the key, CacheView.selects)."""
+
+    def answer(message: RawRequestMessage, peer: str | None, scheme: str) -> Sequence[bytes] | None:
+        started = perf_counter()
+        raw_path = message.path
+        headers = message.headers
+        cache = state.cache
+        if cache is None:
+            return None
+        store = cache.store
+        if not isinstance(store, MemoryCacheStore) or not store.holds_path(raw_path):
+            return None  # the cheap no: nothing is stored for this URL
+        config = state.config
+        host = headers.get("Host")
+        url = message.url
+        if host is None or url.absolute or "Upgrade" in headers:
+            return None  # absolute-form targets and upgrades: the general path
+        if config.ops_token and "X-Edgeproxy-Explain" in headers:
+            return None  # a debug explanation: the general path adds it
+        # Not a reserved path (ops, Edge API) either: those never reach the proxy, so nothing is ever stored
+        # for them (holds_path above), and their prefixes are fixed for the life of the process.
+        route = state.routes.decide(url.path)
+        if not route.cache or "If-None-Match" in headers:
+            return None  # not cached here / answered with a 304 by the general path
+        where = view_of_client(state, peer, scheme, host, headers)
+        loaded = state.holder.current
+        decision = None
+        variant_param = ""
+        if route.personalize and loaded is not None:
+            identity = state.identities.of(headers)
+            known, stored = attributes_at_hand(state, loaded, identity)
+            if not known:
+                return None  # the stored attributes need a store round trip
+            decision = personalize(state, loaded, route.tags, headers, raw_path, raw_path.partition("?")[2], where,
+                                   identity, stored)  # fmt: skip
+            variant_param = decision.manifest.variant_param
+        view = CacheView(headers)
+        if cache.key_headers and not view.passes_unchanged(cache.key_headers):
+            return None
+        key = cache.key(where.host, raw_path, variant_param, headers)
+        now = time.time()
+        if cache.passes(key, now):
+            return None
+        entry = store.get_now(key)
+        if entry is None or not entry.fresh(now) or not view.selects(entry):
+            return None
+        # A fresh hit: from here on it is answered, and counted as the general path counts one.
+        state.counters.requests += 1
+        decided = Decided()
+        impressions = None
+        cookies: Sequence[str] = ()
+        if decision is not None:
+            record_personalization(state, decision, decided)
+            impressions = response_hook(state, decision.manifest)
+            cookies = decision.cookies
+        else:
+            state.counters.passed_through += 1
+        parts = entry_parts(state, entry, _prepared(entry, config), "HIT", cookies, decision is not None, impressions)
+        seconds = perf_counter() - started
+        state.metrics.observe_request("page" if decision is not None else "passthrough", entry.status, seconds)
+        state.metrics.cache_result("HIT")
+        if state.decision_log is not None and decision is not None:
+            state.decision_log.write(
+                ctx=decision.ctx, manifest=decision.manifest, snapshot=decided.snapshot, method="GET",
+                path=raw_path, tags=route.tags, status=entry.status, cache="HIT", started=started,
+            )  # fmt: skip
+        if access_log is not None and access_log.isEnabledFor(logging.INFO):
+            access_log.info(access_line(
+                remote=peer, method="GET", raw_path=raw_path, status=entry.status, body_bytes=len(entry.body),
+                seconds=seconds, manifest=decided.manifest, snapshot=decided.snapshot or None, cache="HIT",
+            ))  # fmt: skip
+        return parts
+
+    return answer
+
+
 async def cached_exchange(
     request: web.BaseRequest,
     state: ProxyState,
@@ -174,7 +290,7 @@ async def cached_exchange(
     path: str,
     target: str,
     upstream_headers: CIMultiDict[str],
-    cookies: list[str],
+    cookies: Sequence[str],
     personalized: bool,
     impressions: ResponseHook | None = None,
     fetched: tuple[CachedResponse | None] | None = None,
@@ -229,7 +345,7 @@ async def _lead(
     path: str,
     target: str,
     upstream_headers: CIMultiDict[str],
-    cookies: list[str],
+    cookies: Sequence[str],
     personalized: bool,
     entry: CachedResponse | None,
     future: asyncio.Future[tuple[CachedResponse, str] | None],
@@ -312,7 +428,7 @@ async def _forward(
     state: ProxyState,
     target: str,
     headers: CIMultiDict[str],
-    cookies: list[str],
+    cookies: Sequence[str],
     personalized: bool,
     label: str,
     impressions: ResponseHook | None = None,

@@ -82,9 +82,15 @@ class DecisionLog:
         except OSError as exc:  # a full disk must not take pages down; it is reported
             log.error("decision log %s: %s", self.path, exc)
 
-    def close(self) -> None:
+    def flush(self) -> None:
         try:
             self._file.flush()
+        except OSError as exc:
+            log.error("decision log %s: %s", self.path, exc)
+
+    def close(self) -> None:
+        self.flush()
+        try:
             self._file.close()
         except OSError as exc:
             log.error("decision log %s: %s", self.path, exc)

@@ -14,13 +14,14 @@ from edgeproxy.engine.context import (
     LIVE_ATTRIBUTES_HEADER,
     MANIFEST_COOKIE,
     USER_UID_COOKIE,
+    USER_UID_HEADER,
     GeoLookup,
     VisitorContext,
     build_context,
     parse_cookie_header,
     resolve_user_uid,
 )
-from edgeproxy.engine.decide import Manifest
+from edgeproxy.engine.decide import CompiledSnapshot, Manifest
 from edgeproxy.engine.useragent import UserAgentClassifier
 
 UID_COOKIE_MAX_AGE = 31_536_000  # SPEC §6
@@ -44,9 +45,9 @@ def _live_attributes(raw: str | None) -> dict[str, object]:
     return value if isinstance(value, dict) else {}
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Identity:
-    cookies: dict[str, str]
+    cookies: Mapping[str, str]  # read-only: a returning visitor's may be shared between requests (Identities)
     user_uid: str
     is_new: bool
 
@@ -61,6 +62,29 @@ def identify(headers: CIMultiDictProxy[str]) -> Identity:
     cookies = parse_cookie_header(cookie_header) if cookie_header else {}
     user_uid, is_new = resolve_user_uid(headers, cookies, None, new_user_uid)
     return Identity(cookies=cookies, user_uid=user_uid, is_new=is_new)
+
+
+class Identities:
+    """`identify`, memoised for returning visitors on the two headers it reads (uid header, Cookie): a visitor
+    sends the same cookies page after page. A new visitor is never memoised: each gets a uid of its own."""
+
+    __slots__ = ("_limit", "_memo")
+
+    def __init__(self, limit: int = 50_000) -> None:
+        self._limit = limit
+        self._memo: dict[tuple[str | None, str | None], Identity] = {}
+
+    def of(self, headers: CIMultiDictProxy[str]) -> Identity:
+        asked = (headers.get(USER_UID_HEADER), headers.get("Cookie"))
+        found = self._memo.get(asked)
+        if found is not None:
+            return found
+        identity = identify(headers)
+        if not identity.is_new:
+            if len(self._memo) >= self._limit:
+                self._memo.clear()
+            self._memo[asked] = identity
+        return identity
 
 
 def visitor_from_request(
@@ -106,7 +130,29 @@ def add_upstream_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limi
     headers["x-edgeproxy-snapshot"] = version  # which rules decided, for origin logs
 
 
-def cookie_headers(manifest: Manifest, secure: bool, manifest_json: str | None = None) -> list[str]:
+class VisitorCookies:
+    """`cookie_headers` per decided manifest, memoised by the manifest object: the decider hands a returning
+    visitor the same manifest object again (engine/memo.py), and its cookies are the same strings again."""
+
+    __slots__ = ("_limit", "_memo")
+
+    def __init__(self, limit: int = 50_000) -> None:
+        self._limit = limit
+        # id(manifest) -> (manifest, secure, cookies); holding the manifest keeps its id from being reused
+        self._memo: dict[int, tuple[Manifest, bool, tuple[str, str]]] = {}
+
+    def of(self, manifest: Manifest, secure: bool, snapshot: CompiledSnapshot) -> tuple[str, str]:
+        found = self._memo.get(id(manifest))
+        if found is not None and found[0] is manifest and found[1] is secure:
+            return found[2]
+        cookies = cookie_headers(manifest, secure, snapshot.manifest_json(manifest))
+        if len(self._memo) >= self._limit:
+            self._memo.clear()
+        self._memo[id(manifest)] = (manifest, secure, cookies)
+        return cookies
+
+
+def cookie_headers(manifest: Manifest, secure: bool, manifest_json: str | None = None) -> tuple[str, str]:
     """SPEC §6, built by hand: the SDK reads the raw text between `=` and `;`, so nothing is quoted."""
     flags = "; Secure; SameSite=Lax" if secure else "; SameSite=Lax"
     # Raw, as the SDK writes and reads it: any encoding here would come back as a different uid.
@@ -114,7 +160,7 @@ def cookie_headers(manifest: Manifest, secure: bool, manifest_json: str | None =
     uid = manifest.user_uid
     if not uid.isprintable():
         uid = "".join(ch for ch in uid if ch >= " " and ch != "\x7f")
-    return [
+    return (
         f"{USER_UID_COOKIE}={uid}; Max-Age={UID_COOKIE_MAX_AGE}; Path=/{flags}",
         f"{MANIFEST_COOKIE}={manifest_json or manifest.cookie_json()}; Path=/{flags}",
-    ]
+    )

@@ -66,3 +66,26 @@ def redis_server(tmp: Path) -> Iterator[str]:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@contextmanager
+def node_origin(*args: str) -> Iterator[str]:
+    """The bundled example origin (examples/origin/server.js) on a free port, with `args` (e.g.
+    `--page-cache-control`); yields its base URL."""
+    node = require_tool("node")
+    port = free_port()
+    server = Path(__file__).resolve().parents[2] / "examples" / "origin" / "server.js"
+    process = subprocess.Popen(
+        [node, str(server), "--host", "127.0.0.1", "--port", str(port), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()

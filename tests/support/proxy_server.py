@@ -1,5 +1,5 @@
-"""Run the proxy's real request handler in-process for tests: the same low-level aiohttp server `serve` uses,
-on a free loopback port, with the state started and stopped around it."""
+"""Run the proxy's real server in-process for tests: the same low-level aiohttp server `serve` uses (with the hit
+lane when the cache is in memory), on a free loopback port, with the state started and stopped around it."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from aiohttp.test_utils import RawTestServer, TestClient
+from aiohttp.test_utils import BaseTestServer, TestClient
+from aiohttp.web_runner import ServerRunner
 
-from edgeproxy.proxy.app import ProxyState, ReservedHandler, build_handler
+from edgeproxy.proxy.app import ProxyState, ReservedHandler, build_server
 from edgeproxy.proxy.edge_api import edge_api_handler
 from edgeproxy.proxy.ops import ops_handler
 
@@ -20,12 +21,28 @@ def reserved_for(state: ProxyState) -> dict[str, tuple[str, ReservedHandler]]:
     return {config.ops_prefix: ("ops", ops_handler), config.edge_api_prefix: ("edge_api", edge_api_handler)}
 
 
+class ProxyTestServer(BaseTestServer):
+    """`build_server`'s server (the hit lane included unless `hit_lane=False`) as an aiohttp test server."""
+
+    def __init__(self, state: ProxyState, *, hit_lane: bool = True, **kwargs: Any) -> None:
+        self.state = state
+        self.hit_lane = hit_lane
+        super().__init__(host="127.0.0.1", **kwargs)
+
+    async def _make_runner(self, **kwargs: Any) -> ServerRunner:
+        self.proxy = build_server(self.state, reserved_for(self.state), hit_lane=self.hit_lane, **kwargs)
+        return ServerRunner(self.proxy, **kwargs)
+
+
 @asynccontextmanager
-async def proxy_server(state: ProxyState) -> AsyncIterator[RawTestServer]:
+async def proxy_server(
+    state: ProxyState, *, hit_lane: bool = True, **server_kwargs: Any
+) -> AsyncIterator[ProxyTestServer]:
+    """`server_kwargs`: aiohttp server settings (access_log, keepalive_timeout, ...)."""
     await state.start()
-    server = RawTestServer(build_handler(state, reserved_for(state)), host="127.0.0.1")
+    server = ProxyTestServer(state, hit_lane=hit_lane)
     try:
-        await server.start_server()
+        await server.start_server(**server_kwargs)
         yield server
     finally:
         await server.close()
@@ -33,6 +50,6 @@ async def proxy_server(state: ProxyState) -> AsyncIterator[RawTestServer]:
 
 
 @asynccontextmanager
-async def proxy_client(state: ProxyState) -> AsyncIterator[TestClient[Any, Any]]:
-    async with proxy_server(state) as server, TestClient(server) as client:
+async def proxy_client(state: ProxyState, *, hit_lane: bool = True) -> AsyncIterator[TestClient[Any, Any]]:
+    async with proxy_server(state, hit_lane=hit_lane) as server, TestClient(server) as client:
         yield client
