@@ -634,43 +634,29 @@ RequestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 ReservedHandler = Callable[[web.BaseRequest, ProxyState], Awaitable[web.StreamResponse]]
 
 
-class ReservedPaths:
-    """Ops and the Edge API: path prefixes mapped to (metrics kind, handler), never forwarded to the origin."""
-
-    def __init__(self, reserved: dict[str, tuple[str, ReservedHandler]]) -> None:
-        # Lower-cased prefixes, with their slash-less spelling: the prefix without the trailing slash is ours too.
-        self._prefixes = tuple(
-            (prefix.lower(), prefix.lower().rstrip("/"), kind, handler) for prefix, (kind, handler) in reserved.items()
-        )
-
-    def match(self, path: str, raw_path: str) -> tuple[str, ReservedHandler] | None:
-        """Matched on the decoded, dot-segment-resolved and raw path, case-insensitively, so an encoded or
-        re-cased spelling cannot slip a proxy-internal path through to the origin."""
-        path = _normalized(path).lower()
-        raw = raw_path.lower()
-        for prefix, bare, kind, handler in self._prefixes:
-            if path.startswith(prefix) or raw.startswith(prefix) or path.rstrip("/") == bare:
-                return kind, handler
-        return None
-
-
 def build_handler(state: ProxyState, reserved: dict[str, tuple[str, ReservedHandler]]) -> RequestHandler:
     """The one handler every request goes to. `reserved` maps path prefixes to (metrics kind, handler): ops and
     the Edge API, never forwarded; everything else is proxied."""
-    paths = ReservedPaths(reserved)
+    # Lower-cased prefixes, with their slash-less spelling: the prefix itself without the trailing slash is ours too.
+    prefixes = tuple(
+        (prefix.lower(), prefix.lower().rstrip("/"), kind, handler) for prefix, (kind, handler) in reserved.items()
+    )
 
     async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
         if "Expect" in request.headers:
             expected = await _expect(request)
             if expected is not None:
                 return expected
-        matched = paths.match(request.path, request.raw_path)
-        if matched is not None:
-            kind, handler = matched
-            started = time.perf_counter()
-            response = await handler(request, state)
-            state.metrics.observe_request(kind, response.status, time.perf_counter() - started)
-            return response
+        # Reserved prefixes: matched on the decoded, dot-segment-resolved and raw path, case-insensitively,
+        # so an encoded or re-cased spelling cannot slip a proxy-internal path through to the origin.
+        path = _normalized(request.path).lower()
+        raw = request.raw_path.lower()
+        for prefix, bare, kind, handler in prefixes:
+            if path.startswith(prefix) or raw.startswith(prefix) or path.rstrip("/") == bare:
+                started = time.perf_counter()
+                response = await handler(request, state)
+                state.metrics.observe_request(kind, response.status, time.perf_counter() - started)
+                return response
         return await proxy_handler(request, state)
 
     return dispatch
