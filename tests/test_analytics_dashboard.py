@@ -169,3 +169,16 @@ def test_live_counters_roll_per_minute() -> None:
     now[0] += 600  # ten minutes later: nothing in the last five
     later = counters.snapshot()
     assert later["experiences"]["2"]["1"] == {"total": 2, "last5Minutes": 0}
+
+
+def test_live_counts_of_past_minutes_stay_per_slot_across_snapshot_reloads() -> None:
+    """Every reload compiles new variant objects (hashed by identity): past minutes must not keep a key per
+    reload, or a proxy reloading every few seconds would grow its live counts for ever."""
+    now = [6000.0]
+    counters = LiveDecisions(clock=lambda: now[0])
+    for _reload in range(200):
+        counters.record(FakeManifest(("2", "1"), ("0", None)))  # new variant objects each time, same slots
+        now[0] += 61
+    assert counters.totals == {("2", "1"): 200, ("0", None): 200}
+    assert len(counters._totals) == 2  # past minutes, per (experience, variant)
+    assert all(len(counts) == 2 for _, _, counts in counters._history)

@@ -361,6 +361,30 @@ def _read_responses(sock: socket.socket, n: int) -> list[Exchange]:
     return out
 
 
+def test_a_failing_lane_leaves_the_request_to_the_general_path(
+    origin: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        state = make_state(config_for(origin, tmp_path, "failing"))
+        async with proxy_server(state) as server:
+            hit = request_bytes(CACHEABLE, "fail-1")
+            await exchange(server, hit)
+            ((_, expected, body),) = await exchange(server, hit)
+            assert answered(server) == 1
+            proxy = server.proxy
+            assert isinstance(proxy, HitLaneServer)
+
+            def broken(message: object, peer: object, scheme: object) -> None:
+                raise RuntimeError("a bug in the lane")
+
+            proxy.answer = broken
+            replies = await exchange(server, hit + hit, 2)  # one connection: it survives the failure
+        assert [comparable(reply) for reply in replies] == [comparable(("HTTP/1.1 200 OK", expected, body))] * 2
+        assert "hit lane failed on GET /cacheable" in caplog.text and "a bug in the lane" in caplog.text
+
+    run(scenario)
+
+
 def test_keep_alive_timer_runs_for_lane_hits(origin: str, tmp_path: Path) -> None:
     async def scenario() -> None:
         state = make_state(config_for(origin, tmp_path, "keepalive"))

@@ -2,7 +2,8 @@
 
 Counts per (experience, variant or None) since the process started, plus per-minute buckets for the last hour.
 Recording is one dict increment per decision, keyed by the manifest's entries (a project has few distinct
-variant sets); the per-experience counts are expanded when read. No lock: the proxy decides on one event-loop
+variant sets); the minute's counts are expanded per experience and variant when the minute rolls over, and when
+read. No lock: the proxy decides on one event-loop
 thread; a rare lost increment from another thread would only make a live counter one short. With
 `serve --workers N` each worker counts its own decisions; the dashboard shows those of the worker that answered.
 """
@@ -24,7 +25,7 @@ class _Variant(Protocol):
 
 
 class _Folded:
-    """A variant stand-in after `_fold` (None stays None: no variant)."""
+    """A variant stand-in after `_folded` (None stays None: no variant)."""
 
     __slots__ = ("short_uid",)
 
@@ -61,11 +62,11 @@ class LiveDecisions:
         self._clock = clock
         self.started = clock()
         self.decisions = 0
-        self._totals: dict[Entries, int] = {}
+        self._totals: dict[Slot, int] = {}  # the minutes before this one, per slot
         self._minute = int(self.started // 60)
         self._current: dict[Entries, int] = {}
         self._current_decisions = 0
-        self._history: deque[tuple[int, int, dict[Entries, int]]] = deque(maxlen=MINUTES_KEPT)
+        self._history: deque[tuple[int, int, dict[Slot, int]]] = deque(maxlen=MINUTES_KEPT)
 
     def record(self, manifest: DecidedManifest) -> None:
         minute = int(self._clock() // 60)
@@ -82,15 +83,16 @@ class LiveDecisions:
     @property
     def totals(self) -> dict[Slot, int]:
         """Decisions per (experience, variant or None) since start."""
-        return _expand(self._current, _expand(self._totals))
+        return _expand(self._current, dict(self._totals))
 
     def _roll(self, minute: int) -> None:
+        # Past minutes are kept per slot: bounded by experiences x variants, and the same slot whichever snapshot
+        # decided it (a manifest's entries are keyed by variant object, and every reload compiles new ones).
+        counts = _expand(self._current)
         totals = self._totals
-        for entries, n in self._current.items():
-            totals[entries] = totals.get(entries, 0) + n
-        if len(totals) > 100_000:
-            self._totals = _folded(totals)
-        self._history.append((self._minute, self._current_decisions, self._current))
+        for slot, n in counts.items():
+            totals[slot] = totals.get(slot, 0) + n
+        self._history.append((self._minute, self._current_decisions, counts))
         self._minute, self._current, self._current_decisions = minute, {}, 0
 
     def snapshot(self) -> dict[str, Any]:
@@ -105,7 +107,8 @@ class LiveDecisions:
         last_5: dict[Slot, int] = dict(recent)
         for m, _, counts in self._history:
             if m > now_minute - 5:
-                _expand(counts, last_5)
+                for slot, n in counts.items():
+                    last_5[slot] = last_5.get(slot, 0) + n
         experiences: dict[str, dict[str, dict[str, int]]] = {}
         for (e, v), n in self.totals.items():
             cell = experiences.setdefault(e, {}).setdefault(v or "-", {"total": 0, "last5Minutes": 0})

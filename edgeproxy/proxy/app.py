@@ -35,7 +35,6 @@ from edgeproxy.proxy.metrics import ProxyMetrics
 from edgeproxy.proxy.personalize import (
     Identities,
     Identity,
-    VisitorCookies,
     add_upstream_headers,
     visitor_from_request,
 )
@@ -95,7 +94,6 @@ class ProxyState:
         self.impressions: ImpressionRecorder | None = None  # set by the server unless impressions = "off"
         self.metrics = ProxyMetrics(self)
         self.live = LiveDecisions()  # decision counts for the dashboard
-        self.cookies = VisitorCookies()  # the visitor's Set-Cookie values per decided manifest
         self.identities = Identities()  # returning visitors' uids and parsed cookies
         self.fleet: FleetFollower | None = None  # when following a fleet channel (--fleet-redis)
 
@@ -248,7 +246,7 @@ def personalize(
     started = time.perf_counter()
     manifest = loaded.decider.decide(visitor.context, tags)
     seconds = time.perf_counter() - started
-    cookies = state.cookies.of(manifest, visitor.secure, loaded.snapshot)
+    cookies = loaded.cookies.of(manifest, visitor.secure)
     return Personalization(loaded, visitor.context, manifest, tags, visitor.secure, cookies, seconds)
 
 

@@ -24,6 +24,7 @@ whose internals it was written against, and tests/test_hitlane.py drives it thro
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,6 +32,8 @@ from aiohttp import HttpVersion11, web
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
+
+log = logging.getLogger("edgeproxy.proxy")
 
 # (the parsed request, the peer's IP address, "http" or "https") -> the whole response, or None
 LaneAnswer = Callable[[RawRequestMessage, str | None, str], Sequence[bytes] | None]
@@ -117,7 +120,11 @@ class _LaneParser:
                     and protocol.lane_open()
                 ):
                     break
-                parts = answer(message, protocol._lane_peer, protocol._lane_scheme)
+                try:
+                    parts = answer(message, protocol._lane_peer, protocol._lane_scheme)
+                except Exception:  # a bug here must cost the lane, not the connection: the general path answers
+                    log.exception("hit lane failed on %s %s; the general path answers", message.method, message.path)
+                    parts = None
                 if parts is None:
                     break
                 self._parser.message_consumed()  # the parser counts the messages it handed out

@@ -70,7 +70,7 @@ class Identities:
 
     __slots__ = ("_limit", "_memo")
 
-    def __init__(self, limit: int = 50_000) -> None:
+    def __init__(self, limit: int = 4096) -> None:  # entries hold whole Cookie headers: a few KB each at worst
         self._limit = limit
         self._memo: dict[tuple[str | None, str | None], Identity] = {}
 
@@ -131,21 +131,23 @@ def add_upstream_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limi
 
 
 class VisitorCookies:
-    """`cookie_headers` per decided manifest, memoised by the manifest object: the decider hands a returning
-    visitor the same manifest object again (engine/memo.py), and its cookies are the same strings again."""
+    """`cookie_headers` per decided manifest of one snapshot, memoised by the manifest object: the snapshot's
+    decider hands a returning visitor the same manifest object again (engine/memo.py), and its cookies are the
+    same strings again. Kept with the snapshot (snapshots.LoadedSnapshot), so it goes when the snapshot goes."""
 
-    __slots__ = ("_limit", "_memo")
+    __slots__ = ("_limit", "_memo", "_snapshot")
 
-    def __init__(self, limit: int = 50_000) -> None:
+    def __init__(self, snapshot: CompiledSnapshot, limit: int = 16_384) -> None:
+        self._snapshot = snapshot
         self._limit = limit
         # id(manifest) -> (manifest, secure, cookies); holding the manifest keeps its id from being reused
         self._memo: dict[int, tuple[Manifest, bool, tuple[str, str]]] = {}
 
-    def of(self, manifest: Manifest, secure: bool, snapshot: CompiledSnapshot) -> tuple[str, str]:
+    def of(self, manifest: Manifest, secure: bool) -> tuple[str, str]:
         found = self._memo.get(id(manifest))
         if found is not None and found[0] is manifest and found[1] is secure:
             return found[2]
-        cookies = cookie_headers(manifest, secure, snapshot.manifest_json(manifest))
+        cookies = cookie_headers(manifest, secure, self._snapshot.manifest_json(manifest))
         if len(self._memo) >= self._limit:
             self._memo.clear()
         self._memo[id(manifest)] = (manifest, secure, cookies)

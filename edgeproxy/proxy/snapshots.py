@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from edgeproxy.engine.decide import CompiledSnapshot
 from edgeproxy.engine.memo import MemoDecider
+from edgeproxy.proxy.personalize import VisitorCookies
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,9 +17,12 @@ class LoadedSnapshot:
     loaded_at: float
     # Decides like `snapshot.decide`, memoised per visitor features; lives and dies with this snapshot.
     decider: MemoDecider = field(init=False, compare=False, repr=False)
+    # The Set-Cookie values of the manifests it decided, memoised per manifest; dies with it too.
+    cookies: VisitorCookies = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decider", MemoDecider(self.snapshot))
+        object.__setattr__(self, "cookies", VisitorCookies(self.snapshot))
 
 
 class SnapshotHolder:
