@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from support.processes import node_origin
 from support.proxy_server import ProxyTestServer, proxy_server
-from support.raw_http import Exchange, raw_exchange
+from support.raw_http import Exchange, raw_exchange, read_responses
 
 from edgeproxy.analytics.live import LiveDecisions
 from edgeproxy.proxy.access_log import JsonAccessLogger
@@ -327,7 +327,7 @@ def test_a_client_that_reads_late_gets_every_response_in_order(origin: str, tmp_
                     sock.connect(("127.0.0.1", server.port))
                     sock.sendall((a + b) * (n // 2))
                     time.sleep(0.5)  # not reading yet: the proxy's transport fills up
-                    return [body for _, _, body in _read_responses(sock, n)]
+                    return [body for _, _, body in read_responses(sock, n)]
 
             before = answered(server)
             bodies = await asyncio.to_thread(conversation)
@@ -335,30 +335,6 @@ def test_a_client_that_reads_late_gets_every_response_in_order(origin: str, tmp_
             assert 0 < answered(server) - before < n, "the lane stood aside while the client was not reading"
 
     run(scenario)
-
-
-def _read_responses(sock: socket.socket, n: int) -> list[Exchange]:
-    out: list[Exchange] = []
-    buffer = b""
-    while len(out) < n:
-        while b"\r\n\r\n" not in buffer:
-            chunk = sock.recv(65536)
-            assert chunk, f"closed after {len(out)} responses"
-            buffer += chunk
-        head, _, buffer = buffer.partition(b"\r\n\r\n")
-        status, *lines = head.decode("latin-1").split("\r\n")
-        headers: dict[str, list[str]] = {}
-        for line in lines:
-            name, _, value = line.partition(":")
-            headers.setdefault(name.strip().lower(), []).append(value.strip())
-        length = int(headers["content-length"][0])
-        while len(buffer) < length:
-            chunk = sock.recv(65536)
-            assert chunk
-            buffer += chunk
-        out.append((status, headers, buffer[:length]))
-        buffer = buffer[length:]
-    return out
 
 
 def test_a_failing_lane_leaves_the_request_to_the_general_path(
@@ -398,7 +374,7 @@ def test_keep_alive_timer_runs_for_lane_hits(origin: str, tmp_path: Path) -> Non
                     deadline = time.monotonic() + 1.8  # three keep-alive timeouts of steady hits: kept open
                     while time.monotonic() < deadline:
                         sock.sendall(hit)
-                        _read_responses(sock, 1)
+                        read_responses(sock, 1)
                         served += 1
                         time.sleep(0.1)
                     sock.settimeout(3)

@@ -49,17 +49,12 @@ def require_tool(name: str) -> str:
 
 
 @contextmanager
-def redis_server(tmp: Path) -> Iterator[str]:
-    binary = require_tool("redis-server")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def _serving(argv: list[str], port: int) -> Iterator[None]:
+    """A server process, until it listens on `port`; terminated (then killed) on the way out."""
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield
     finally:
         process.terminate()
         try:
@@ -69,23 +64,20 @@ def redis_server(tmp: Path) -> Iterator[str]:
 
 
 @contextmanager
+def redis_server(tmp: Path) -> Iterator[str]:
+    binary = require_tool("redis-server")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)]
+    with _serving(argv, port):
+        yield f"redis://127.0.0.1:{port}/0"
+
+
+@contextmanager
 def node_origin(*args: str) -> Iterator[str]:
     """The bundled example origin (examples/origin/server.js) on a free port, with `args` (e.g.
     `--page-cache-control`); yields its base URL."""
     node = require_tool("node")
     port = free_port()
     server = Path(__file__).resolve().parents[2] / "examples" / "origin" / "server.js"
-    process = subprocess.Popen(
-        [node, str(server), "--host", "127.0.0.1", "--port", str(port), *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port)
+    with _serving([node, str(server), "--host", "127.0.0.1", "--port", str(port), *args], port):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
