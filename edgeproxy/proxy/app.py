@@ -339,7 +339,7 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
     fetched = None
     if cache is not None and request.method in ("GET", "HEAD") and not has_body and route.cache and upgrade is None:
         # A fresh hit is served from the client's request as it is, before any upstream request is built.
-        early = caching.early_key(request, cache, host, variant_param)
+        early = caching.early_key(request.headers, request.raw_path, cache, host, variant_param)
         if early is not None:
             view, cache_key = early
             if not cache.passes(cache_key, time.time()):

@@ -91,15 +91,20 @@ class CacheView:
 
 
 def early_key(
-    request: web.BaseRequest, cache: ResponseCache, host: str, variant_param: str
+    headers: CIMultiDictProxy[str], raw_path: str, cache: ResponseCache, host: str, variant_param: str
 ) -> tuple[CacheView, str] | None:
     """The cache key computed from the client's request as it is, with the view that can tell whether an entry
     is selected by it, when the key's headers reach the origin unchanged (CacheView); None otherwise (the full
     exchange computes the key from the upstream headers)."""
-    view = CacheView(request.headers)
+    view = CacheView(headers)
     if cache.key_headers and not view.passes_unchanged(cache.key_headers):
         return None
-    return view, cache.key(host, request.raw_path, variant_param, request.headers)
+    return view, cache.key(host, raw_path, variant_param, headers)
+
+
+def fresh_and_selected(view: CacheView, entry: CachedResponse | None, now: float) -> bool:
+    """Whether `entry` can be served as a fresh hit on the client's own headers."""
+    return entry is not None and entry.fresh(now) and view.selects(entry)
 
 
 def early_hit(
@@ -112,7 +117,8 @@ def early_hit(
     impressions: ResponseHook | None,
 ) -> web.StreamResponse | None:
     """A fresh hit served before any upstream request is built, when the client's headers select `entry`."""
-    if entry is not None and entry.fresh(time.time()) and view.selects(entry):
+    if fresh_and_selected(view, entry, time.time()):
+        assert entry is not None
         return serve_entry(request, state, entry, "HIT", cookies, personalized, impressions)
     return None
 
@@ -243,16 +249,17 @@ def lane_answer(state: ProxyState, access_log: logging.Logger | None) -> LaneAns
             decision = personalize(state, loaded, route.tags, headers, raw_path, raw_path.partition("?")[2], where,
                                    identity, stored)  # fmt: skip
             variant_param = decision.manifest.variant_param
-        view = CacheView(headers)
-        if cache.key_headers and not view.passes_unchanged(cache.key_headers):
+        early = early_key(headers, raw_path, cache, where.host, variant_param)
+        if early is None:
             return None
-        key = cache.key(where.host, raw_path, variant_param, headers)
+        view, key = early
         now = time.time()
         if cache.passes(key, now):
             return None
         entry = store.get_now(key)
-        if entry is None or not entry.fresh(now) or not view.selects(entry):
+        if not fresh_and_selected(view, entry, now):
             return None
+        assert entry is not None
         # A fresh hit: from here on it is answered, and counted as the general path counts one.
         state.counters.requests += 1
         decided = Decided()
