@@ -58,7 +58,7 @@ class ResponseCache:
         return True
 
     def key(self, host: str, path_qs: str, variant_param: str, headers: Mapping[str, str]) -> str:
-        extra = "|".join(f"{name}={headers.get(name, '')}" for name in self.key_headers)
+        extra = "|".join([f"{name}={headers.get(name, '')}" for name in self.key_headers]) if self.key_headers else ""
         return f"GET|{host.lower()}|{path_qs}|v={variant_param}|{extra}"
 
     async def fetch(self, key: str) -> CachedResponse | None:

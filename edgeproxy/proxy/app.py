@@ -35,8 +35,9 @@ from edgeproxy.proxy.metrics import ProxyMetrics
 from edgeproxy.proxy.personalize import (
     Identities,
     Identity,
+    SetCookies,
     add_upstream_headers,
-    visitor_from_request,
+    context_from_request,
 )
 from edgeproxy.proxy.prebuilt import prebuilt_allowed, whole_response
 from edgeproxy.proxy.routes import RouteTable
@@ -204,7 +205,7 @@ class Personalization:
     manifest: Manifest
     tags: tuple[str, ...] | None
     secure: bool
-    cookies: Sequence[str]  # the visitor's Set-Cookie values (SPEC §6)
+    cookies: SetCookies
     decide_seconds: float
 
 
@@ -231,12 +232,12 @@ def personalize(
     stored: Mapping[str, object] | None,
 ) -> Personalization:
     """The visitor's decision for this request: nothing is counted or recorded yet."""
-    visitor = visitor_from_request(
+    secure = where.proto == "https"
+    ctx = context_from_request(
         headers,
         page_url=f"{where.proto}://{where.host}{raw_path}",
         query=query,
         client_ip=where.client_ip,
-        secure=where.proto == "https",
         trust_geo_headers=where.trusted,
         geo_lookup=state.geo_lookup,
         classifier=state.classifier,
@@ -244,18 +245,18 @@ def personalize(
         stored=stored,
     )
     started = time.perf_counter()
-    manifest = loaded.decider.decide(visitor.context, tags)
+    manifest = loaded.decider.decide(ctx, tags)
     seconds = time.perf_counter() - started
-    cookies = loaded.cookies.of(manifest, visitor.secure)
-    return Personalization(loaded, visitor.context, manifest, tags, visitor.secure, cookies, seconds)
+    return Personalization(loaded, ctx, manifest, tags, secure, loaded.cookies.of(manifest, secure), seconds)
 
 
-def record_personalization(state: ProxyState, decision: Personalization, decided: Decided) -> None:
+def record_personalization(state: ProxyState, decision: Personalization, decided: Decided | None) -> None:
     """Count a decision whose response is being sent (metrics, live counts) and note it for the logs."""
     state.observe_decision(decision.manifest, decision.decide_seconds)
     state.counters.personalized += 1
-    decided.ctx, decided.manifest = decision.ctx, decision.manifest
-    decided.snapshot, decided.tags = decision.loaded.snapshot.version, decision.tags
+    if decided is not None:
+        decided.ctx, decided.manifest = decision.ctx, decision.manifest
+        decided.snapshot, decided.tags = decision.loaded.snapshot.version, decision.tags
 
 
 @dataclass(slots=True)
@@ -319,7 +320,7 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
         decision = personalize(state, loaded, route.tags, request.headers, request.raw_path, query, where,
                                identity, stored)  # fmt: skip
         record_personalization(state, decision, decided)
-        manifest, cookies = decision.manifest, decision.cookies
+        manifest, cookies = decision.manifest, decision.cookies.values
         if config.variant_query_param:
             query = _with_param(query, config.variant_query_param, manifest.variant_param)
         explain_header = (

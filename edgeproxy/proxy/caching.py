@@ -24,11 +24,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from edgeproxy.cache.layer import ResponseCache
 from edgeproxy.cache.rules import parse_cache_control
 from edgeproxy.cache.store import CachedResponse, MemoryCacheStore
+from edgeproxy.engine.decide import Manifest
 from edgeproxy.proxy.access_log import access_line
 from edgeproxy.proxy.app import (
     UPSTREAM_REMOVED,
     ClientBase,
-    Decided,
     ProxyState,
     ResponseHook,
     _origin_failed,
@@ -42,6 +42,7 @@ from edgeproxy.proxy.app import (
 from edgeproxy.proxy.config import ProxyConfig
 from edgeproxy.proxy.headers import connection_listed, removal_set
 from edgeproxy.proxy.hitlane import LaneAnswer
+from edgeproxy.proxy.personalize import SetCookies
 from edgeproxy.proxy.prebuilt import PrebuiltResponse, date_line, head_lines, prebuilt_allowed
 
 CONDITIONAL_REQUEST_HEADERS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range")
@@ -170,7 +171,8 @@ def serve_entry(
     not_modified = bool(entry.etag and inm and entry.status == 200 and _weak_match(inm, entry.etag))
     if not not_modified and prebuilt_allowed(request) and (impressions is None or impressions.explain is None):
         # The common case, prebuilt: constant head + this visitor's lines + body, in one write.
-        parts = entry_parts(state, entry, prepared, label, cookies, personalized, impressions)
+        lines = SetCookies.of(tuple(cookies)).lines
+        parts = entry_parts(state, entry, prepared, label, lines, personalized, impressions)
         return PrebuiltResponse(entry.status, entry.reason, parts, len(entry.body), label)
     state.cache.counts[label.lower()] += 1  # type: ignore[union-attr]
     age = int(entry.age(time.time()))
@@ -190,19 +192,19 @@ def entry_parts(
     entry: CachedResponse,
     prepared: _Prepared,
     label: str,
-    cookies: Sequence[str],
+    cookie_lines: str,
     personalized: bool,
     impressions: ResponseHook | None,
 ) -> tuple[bytes, bytes, bytes]:
-    """A stored entry as the bytes of a whole HTTP/1.1 keep-alive response (no debug header asked for):
-    the entry's constant head, this visitor's lines, the body. Counts the cache result and the impressions."""
+    """A stored entry as the bytes of a whole HTTP/1.1 keep-alive response (no debug header asked for): the
+    entry's constant head, this visitor's lines (`cookie_lines`: SetCookies.lines), the body. Counts the cache
+    result and the impressions."""
     base = prepared.base
     state.cache.counts[label.lower()] += 1  # type: ignore[union-attr]
     if impressions is not None:
         impressions(base.headers, base.applied)  # records; without a debug header it adds nothing
     no_store = personalized and base.html and state.config.no_store_personalized_html
-    dynamic = "".join([f"Set-Cookie: {cookie}\r\n" for cookie in cookies])
-    dynamic += f"X-Cache: {label}\r\nAge: {int(entry.age(time.time()))}\r\n"
+    dynamic = f"{cookie_lines}X-Cache: {label}\r\nAge: {int(entry.age(time.time()))}\r\n"
     if "Date" not in base.headers:
         dynamic += date_line()
     return prepared.head(entry, no_store), (dynamic + "\r\n").encode("utf-8", "surrogateescape"), entry.body
@@ -262,28 +264,30 @@ def lane_answer(state: ProxyState, access_log: logging.Logger | None) -> LaneAns
         assert entry is not None
         # A fresh hit: from here on it is answered, and counted as the general path counts one.
         state.counters.requests += 1
-        decided = Decided()
-        impressions = None
-        cookies: Sequence[str] = ()
         if decision is not None:
-            record_personalization(state, decision, decided)
+            record_personalization(state, decision, None)
+            manifest: Manifest | None = decision.manifest
             impressions = response_hook(state, decision.manifest)
-            cookies = decision.cookies
+            cookie_lines = decision.cookies.lines
         else:
             state.counters.passed_through += 1
-        parts = entry_parts(state, entry, _prepared(entry, config), "HIT", cookies, decision is not None, impressions)
+            manifest = impressions = None
+            cookie_lines = ""
+        parts = entry_parts(state, entry, _prepared(entry, config), "HIT", cookie_lines, manifest is not None,
+                            impressions)  # fmt: skip
         seconds = perf_counter() - started
-        state.metrics.observe_request("page" if decision is not None else "passthrough", entry.status, seconds)
+        state.metrics.observe_request("page" if manifest is not None else "passthrough", entry.status, seconds)
         state.metrics.cache_result("HIT")
         if state.decision_log is not None and decision is not None:
             state.decision_log.write(
-                ctx=decision.ctx, manifest=decision.manifest, snapshot=decided.snapshot, method="GET",
+                ctx=decision.ctx, manifest=decision.manifest, snapshot=decision.loaded.snapshot.version, method="GET",
                 path=raw_path, tags=route.tags, status=entry.status, cache="HIT", started=started,
             )  # fmt: skip
         if access_log is not None and access_log.isEnabledFor(logging.INFO):
             access_log.info(access_line(
                 remote=peer, method="GET", raw_path=raw_path, status=entry.status, body_bytes=len(entry.body),
-                seconds=seconds, manifest=decided.manifest, snapshot=decided.snapshot or None, cache="HIT",
+                seconds=seconds, manifest=manifest, cache="HIT",
+                snapshot=decision.loaded.snapshot.version if decision is not None else None,
             ))  # fmt: skip
         return parts
 

@@ -26,7 +26,7 @@ from edgeproxy.engine.context import (
 )
 from edgeproxy.engine.errors import RequestDescriptionError
 from edgeproxy.proxy.app import ProxyState, client_view
-from edgeproxy.proxy.personalize import identify, visitor_from_request
+from edgeproxy.proxy.personalize import context_from_request, identify
 from edgeproxy.store.base import EventRecord, StoreError, StoreLimitError
 
 log = logging.getLogger("edgeproxy.edge_api")
@@ -155,11 +155,10 @@ async def _manifest(request: web.BaseRequest, state: ProxyState, project_uid: st
         stored = await state.stored_attributes(project_uid, identity.user_uid)
     where = client_view(request, state)
     tags = request.query.getall("tags[]", []) + request.query.getall("tags", [])
-    visitor = visitor_from_request(
+    context = context_from_request(
         request.headers,
         page_url=request.headers.get(PAGE_URL_HEADER, ""),
         client_ip=where.client_ip,
-        secure=where.proto == "https",
         trust_geo_headers=where.trusted,
         geo_lookup=state.geo_lookup,
         classifier=state.classifier,
@@ -168,7 +167,7 @@ async def _manifest(request: web.BaseRequest, state: ProxyState, project_uid: st
         stored=stored,
     )
     started = time.perf_counter()
-    manifest = loaded.decider.decide(visitor.context, tags or None)
+    manifest = loaded.decider.decide(context, tags or None)
     state.observe_decision(manifest, time.perf_counter() - started)
     # The snapshot version lets a client (and the swap test) tie a manifest to exactly one snapshot.
     extra = {USER_UID_HEADER_NAME: manifest.user_uid, "X-Edgeproxy-Snapshot": loaded.snapshot.version}

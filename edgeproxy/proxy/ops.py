@@ -18,7 +18,7 @@ from edgeproxy.engine.errors import RequestDescriptionError
 from edgeproxy.engine.explain import explain
 from edgeproxy.proxy.app import ProxyState, client_view
 from edgeproxy.proxy.errors import error_response
-from edgeproxy.proxy.personalize import identify, visitor_from_request
+from edgeproxy.proxy.personalize import context_from_request, identify
 
 MAX_EXPLAIN_BODY = 256 * 1024
 
@@ -228,12 +228,11 @@ async def _explain(request: web.BaseRequest, state: ProxyState) -> web.Response:
         if not identity.is_new and snapshot.reads_custom_attributes:
             stored = await state.stored_attributes(snapshot.project.uid, identity.user_uid)
         # The same view of the visitor as the page itself gets (trusted X-Forwarded-*, stored attributes).
-        visitor = visitor_from_request(
+        context = context_from_request(
             request.headers, page_url=f"{where.proto}://{where.host}{path}", client_ip=where.client_ip,
-            secure=where.proto == "https", trust_geo_headers=where.trusted, geo_lookup=state.geo_lookup,
-            classifier=state.classifier, identity=identity, stored=stored,
+            trust_geo_headers=where.trusted, geo_lookup=state.geo_lookup, classifier=state.classifier,
+            identity=identity, stored=stored,
         )  # fmt: skip
-        context = visitor.context
         tags = tuple(t for t in request.query.get("tags", "").split(",") if t) or route.tags
     manifest = snapshot.decide(context, tags)
     return _json({"manifest": manifest.to_dict(), "explanation": explain(snapshot, context, tags)})

@@ -27,13 +27,6 @@ from edgeproxy.engine.useragent import UserAgentClassifier
 UID_COOKIE_MAX_AGE = 31_536_000  # SPEC §6
 
 
-@dataclass(slots=True)
-class Visitor:
-    context: VisitorContext
-    uid_is_new: bool
-    secure: bool  # the visitor's scheme is https
-
-
 def _live_attributes(raw: str | None) -> dict[str, object]:
     # On proxied pages a malformed header is ignored rather than failing the page; the Edge API rejects it.
     if not raw:
@@ -87,22 +80,21 @@ class Identities:
         return identity
 
 
-def visitor_from_request(
+def context_from_request(
     headers: CIMultiDictProxy[str],
     *,
     page_url: str,
     query: str | None = None,
     client_ip: str | None,
-    secure: bool,
     trust_geo_headers: bool,
     geo_lookup: GeoLookup | None,
     classifier: UserAgentClassifier,
     identity: Identity | None = None,
     live: Mapping[str, object] | None = None,
     stored: Mapping[str, object] | None = None,
-) -> Visitor:
+) -> VisitorContext:
     identity = identity or identify(headers)
-    context = build_context(
+    return build_context(
         headers=headers,
         cookies=identity.cookies,
         user_uid=identity.user_uid,
@@ -116,7 +108,6 @@ def visitor_from_request(
         geo_lookup=geo_lookup,
         classifier=classifier,
     )
-    return Visitor(context=context, uid_is_new=identity.is_new, secure=secure)
 
 
 def add_upstream_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limit: int, version: str) -> None:
@@ -130,6 +121,21 @@ def add_upstream_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limi
     headers["x-edgeproxy-snapshot"] = version  # which rules decided, for origin logs
 
 
+@dataclass(frozen=True, slots=True)
+class SetCookies:
+    """The visitor's Set-Cookie values (SPEC §6) and the response header lines they make."""
+
+    values: tuple[str, ...]
+    lines: str  # "Set-Cookie: …\r\n" per value
+
+    @classmethod
+    def of(cls, values: tuple[str, ...]) -> SetCookies:
+        return cls(values, "".join([f"Set-Cookie: {value}\r\n" for value in values]))
+
+
+NO_COOKIES = SetCookies((), "")
+
+
 class VisitorCookies:
     """`cookie_headers` per decided manifest of one snapshot, memoised by the manifest object: the snapshot's
     decider hands a returning visitor the same manifest object again (engine/memo.py), and its cookies are the
@@ -141,13 +147,13 @@ class VisitorCookies:
         self._snapshot = snapshot
         self._limit = limit
         # id(manifest) -> (manifest, secure, cookies); holding the manifest keeps its id from being reused
-        self._memo: dict[int, tuple[Manifest, bool, tuple[str, str]]] = {}
+        self._memo: dict[int, tuple[Manifest, bool, SetCookies]] = {}
 
-    def of(self, manifest: Manifest, secure: bool) -> tuple[str, str]:
+    def of(self, manifest: Manifest, secure: bool) -> SetCookies:
         found = self._memo.get(id(manifest))
         if found is not None and found[0] is manifest and found[1] is secure:
             return found[2]
-        cookies = cookie_headers(manifest, secure, self._snapshot.manifest_json(manifest))
+        cookies = SetCookies.of(cookie_headers(manifest, secure, self._snapshot.manifest_json(manifest)))
         if len(self._memo) >= self._limit:
             self._memo.clear()
         self._memo[id(manifest)] = (manifest, secure, cookies)
