@@ -71,6 +71,11 @@ def test_routes_from_file_first_match_wins_then_skips_and_static_extensions(tmp_
     assert not table.decide("/api/v1").personalize
     assert not table.decide("/static/site.CSS").personalize
     assert table.decide("/static/special.js").personalize  # an explicit route beats the extension rule
+    # Decisions are memoised per path (bounded): the same answers when asked again, after thousands of others.
+    for n in range(10_000):
+        assert table.decide(f"/admin/{n}").personalize is False and table.decide(f"/p/{n}").personalize
+    assert table.decide("/").tags == ("section:homepage",) and not table.decide("/api/v1").personalize
+    assert len(table._decided) <= 4096
 
 
 def test_client_address_walks_forwarded_for_through_trusted_hops_only() -> None:

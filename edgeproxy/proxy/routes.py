@@ -31,8 +31,18 @@ class RouteTable:
         self._skip = tuple(re.compile(translate(glob)) for glob in config.skip_paths)
         self._extensions = frozenset(ext.lower() if ext.startswith(".") else f".{ext.lower()}"
                                      for ext in config.static_extensions)  # fmt: skip
+        # Paths repeat: each is matched once (bounded, cleared when full; paths come from clients).
+        self._decided: dict[str, RouteDecision] = {}
 
     def decide(self, path: str) -> RouteDecision:
+        decision = self._decided.get(path)
+        if decision is None:
+            if len(self._decided) >= 4096:
+                self._decided.clear()
+            decision = self._decided[path] = self._match(path)
+        return decision
+
+    def _match(self, path: str) -> RouteDecision:
         for pattern, decision in self._routes:
             if pattern.match(path):
                 return decision
