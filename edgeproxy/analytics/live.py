@@ -3,9 +3,9 @@
 Counts per (experience, variant or None) since the process started, plus per-minute buckets for the last hour.
 Recording is one dict increment per decision, keyed by the manifest's entries (a project has few distinct
 variant sets); the minute's counts are expanded per experience and variant when the minute rolls over, and when
-read. No lock: the proxy decides on one event-loop
-thread; a rare lost increment from another thread would only make a live counter one short. With
-`serve --workers N` each worker counts its own decisions; the dashboard shows those of the worker that answered.
+read. No lock: the proxy decides on one event-loop thread; a rare lost increment from another thread would only
+make a live counter one short. With `serve --workers N` each worker counts its own decisions; the dashboard
+shows those of the worker that answered.
 """
 
 from __future__ import annotations

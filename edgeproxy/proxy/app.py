@@ -204,8 +204,7 @@ class Personalization:
     ctx: VisitorContext
     manifest: Manifest
     tags: tuple[str, ...] | None
-    secure: bool
-    cookies: SetCookies
+    cookies: SetCookies  # for the visitor's scheme (Secure on https)
     decide_seconds: float
 
 
@@ -247,7 +246,7 @@ def personalize(
     started = time.perf_counter()
     manifest = loaded.decider.decide(ctx, tags)
     seconds = time.perf_counter() - started
-    return Personalization(loaded, ctx, manifest, tags, secure, loaded.cookies.of(manifest, secure), seconds)
+    return Personalization(loaded, ctx, manifest, tags, loaded.cookies.of(manifest, secure), seconds)
 
 
 def record_personalization(state: ProxyState, decision: Personalization, decided: Decided | None) -> None:

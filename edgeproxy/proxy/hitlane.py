@@ -2,8 +2,9 @@
 
 A fresh cache hit is a few dictionary lookups and one write, yet aiohttp serves every request through the
 same steps: a task per request, a request object, a response object, and three turns of the event loop
-between them. For a hit those steps were a third of the CPU. aiohttp's server protocol stays in charge
-of everything; the lane sits between its parser and its request queue (`_LaneParser.feed_data`).
+between them (measured with wrk on one core: 30 µs a request for a handler returning fixed bytes, 20 µs when
+the same bytes are written from the parser's callback). aiohttp's server protocol stays in charge of
+everything; the lane sits between its parser and its request queue (`_LaneParser.feed_data`).
 
     bytes -> aiohttp's parser -> messages -> lane: answered now?  yes -> one write to the transport
                                                                no  -> aiohttp's queue, the handler, as ever
