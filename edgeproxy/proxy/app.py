@@ -12,7 +12,7 @@ import functools
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from edgeproxy.proxy.hitlane import HitLaneServer
 from edgeproxy.proxy.impressions import ImpressionRecorder
 from edgeproxy.proxy.metrics import ProxyMetrics
 from edgeproxy.proxy.personalize import (
+    NO_COOKIES,
     Identities,
     Identity,
     SetCookies,
@@ -249,13 +250,12 @@ def personalize(
     return Personalization(loaded, ctx, manifest, tags, loaded.cookies.of(manifest, secure), seconds)
 
 
-def record_personalization(state: ProxyState, decision: Personalization, decided: Decided | None) -> None:
+def record_personalization(state: ProxyState, decision: Personalization, decided: Decided) -> None:
     """Count a decision whose response is being sent (metrics, live counts) and note it for the logs."""
     state.observe_decision(decision.manifest, decision.decide_seconds)
     state.counters.personalized += 1
-    if decided is not None:
-        decided.ctx, decided.manifest = decision.ctx, decision.manifest
-        decided.snapshot, decided.tags = decision.loaded.snapshot.version, decision.tags
+    decided.ctx, decided.manifest = decision.ctx, decision.manifest
+    decided.snapshot, decided.tags = decision.loaded.snapshot.version, decision.tags
 
 
 @dataclass(slots=True)
@@ -274,24 +274,32 @@ async def proxy_handler(request: web.BaseRequest, state: ProxyState) -> web.Stre
     if state.config.access_log:
         request[DECIDED_KEY] = decided  # for the JSON access log
     response = await _proxy(request, state, decided)
-    state.metrics.observe_request(
-        "page" if decided.manifest is not None else "passthrough", response.status, time.perf_counter() - started
-    )
     x_cache = response.headers.get("X-Cache")
-    if x_cache is not None:
-        state.metrics.cache_result(x_cache)
+    observe_served(state, started, request.method, request.raw_path, response.status, x_cache, decided)
     if state.cache is not None and request.method in UNSAFE_METHODS and response.status < 400:
         # RFC 9111 §4.4: a successful unsafe request invalidates the stored responses for its URI.
         try:
             await state.cache.store.purge(paths=[request.raw_path], prefixes=[], tags=[])
         except Exception as exc:  # a shared cache being away must not fail the request that already succeeded
             log.warning("cache invalidation after %s %s failed: %s", request.method, request.raw_path, exc)
+    return response
+
+
+def observe_served(
+    state: ProxyState, started: float, method: str, raw_path: str, status: int, x_cache: str | None, decided: Decided
+) -> float:
+    """What every proxied request records once answered (the general path and the hit lane alike): request and
+    cache metrics, and the decision log line. Returns the seconds it took."""
+    seconds = time.perf_counter() - started
+    state.metrics.observe_request("page" if decided.manifest is not None else "passthrough", status, seconds)
+    if x_cache is not None:
+        state.metrics.cache_result(x_cache)
     if state.decision_log is not None and decided.manifest is not None and decided.ctx is not None:
         state.decision_log.write(
-            ctx=decided.ctx, manifest=decided.manifest, snapshot=decided.snapshot, method=request.method,
-            path=request.raw_path, tags=decided.tags, status=response.status, cache=x_cache, started=started,
+            ctx=decided.ctx, manifest=decided.manifest, snapshot=decided.snapshot, method=method, path=raw_path,
+            tags=decided.tags, status=status, cache=x_cache, started=started,
         )  # fmt: skip
-    return response
+    return seconds
 
 
 async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) -> web.StreamResponse:
@@ -305,7 +313,7 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
 
     route = state.routes.decide(request.path)
     loaded = state.holder.current
-    cookies: Sequence[str] = ()
+    cookies = NO_COOKIES
     manifest = None
     impressions = None
     personalized = route.personalize and loaded is not None
@@ -319,7 +327,7 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
         decision = personalize(state, loaded, route.tags, request.headers, request.raw_path, query, where,
                                identity, stored)  # fmt: skip
         record_personalization(state, decision, decided)
-        manifest, cookies = decision.manifest, decision.cookies.values
+        manifest, cookies = decision.manifest, decision.cookies
         if config.variant_query_param:
             query = _with_param(query, config.variant_query_param, manifest.variant_param)
         explain_header = (
@@ -491,7 +499,7 @@ class ClientBase:
     def finish(
         self,
         headers: CIMultiDict[str],
-        cookies: Sequence[str],
+        cookies: SetCookies,
         personalized: bool,
         config: ProxyConfig,
         x_cache: str | None = None,
@@ -501,7 +509,7 @@ class ClientBase:
         our cookies, no-store on personalized HTML, X-Cache."""
         if impressions is not None:
             impressions(headers, self.applied)
-        for value in cookies:
+        for value in cookies.values:
             headers.add("Set-Cookie", value)
         if personalized and self.html and config.no_store_personalized_html:
             headers["Cache-Control"] = "no-store"  # SPEC §7: personalized HTML is never cached downstream
@@ -511,7 +519,7 @@ class ClientBase:
 
 def client_headers(
     origin_headers: CIMultiDict[str] | CIMultiDictProxy[str],
-    cookies: Sequence[str],
+    cookies: SetCookies,
     personalized: bool,
     config: ProxyConfig,
     x_cache: str | None = None,
@@ -527,7 +535,7 @@ def client_headers(
 async def relay(
     request: web.BaseRequest,
     upstream: UpstreamResponse,
-    cookies: Sequence[str],
+    cookies: SetCookies,
     personalized: bool,
     config: ProxyConfig,
     *,
@@ -670,16 +678,14 @@ async def _expect(request: web.BaseRequest) -> web.StreamResponse | None:
     return None
 
 
-def build_server(
-    state: ProxyState, reserved: dict[str, tuple[str, ReservedHandler]], *, hit_lane: bool = True, **kwargs: Any
-) -> web.Server:
+def build_server(state: ProxyState, reserved: dict[str, tuple[str, ReservedHandler]], **kwargs: Any) -> web.Server:
     """aiohttp's low-level server around `build_handler`: no router, middleware chain or Application
     signals, which one catch-all route would not use anyway (about 30 µs less CPU per request, measured with
-    wrk on a minimal handler). With the response cache and `hit_lane`, fresh hits of the in-memory store are
+    wrk on a minimal handler). With the response cache on, fresh hits of the in-memory store are
     answered as they are parsed (hitlane.py, caching.lane_answer).
     The caller starts and stops `state` (see server.serve)."""
     handler = build_handler(state, reserved)
-    if hit_lane and state.cache is not None:
+    if state.cache is not None:
         access_log = kwargs.get("access_log")
         answer = caching.lane_answer(state, access_log if state.config.access_log else None)
         return HitLaneServer(handler, answer, **kwargs)

@@ -24,15 +24,16 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from edgeproxy.cache.layer import ResponseCache
 from edgeproxy.cache.rules import parse_cache_control
 from edgeproxy.cache.store import CachedResponse, MemoryCacheStore
-from edgeproxy.engine.decide import Manifest
 from edgeproxy.proxy.access_log import access_line
 from edgeproxy.proxy.app import (
     UPSTREAM_REMOVED,
     ClientBase,
+    Decided,
     ProxyState,
     ResponseHook,
     _origin_failed,
     attributes_at_hand,
+    observe_served,
     personalize,
     record_personalization,
     relay,
@@ -42,7 +43,7 @@ from edgeproxy.proxy.app import (
 from edgeproxy.proxy.config import ProxyConfig
 from edgeproxy.proxy.headers import connection_listed, removal_set
 from edgeproxy.proxy.hitlane import LaneAnswer
-from edgeproxy.proxy.personalize import SetCookies
+from edgeproxy.proxy.personalize import NO_COOKIES, SetCookies
 from edgeproxy.proxy.prebuilt import PrebuiltResponse, date_line, head_lines, prebuilt_allowed
 
 CONDITIONAL_REQUEST_HEADERS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range")
@@ -103,9 +104,9 @@ def early_key(
     return view, cache.key(host, raw_path, variant_param, headers)
 
 
-def fresh_and_selected(view: CacheView, entry: CachedResponse | None, now: float) -> bool:
-    """Whether `entry` can be served as a fresh hit on the client's own headers."""
-    return entry is not None and entry.fresh(now) and view.selects(entry)
+def fresh_selected(view: CacheView, entry: CachedResponse | None, now: float) -> CachedResponse | None:
+    """`entry` when it can be served as a fresh hit on the client's own headers, else None."""
+    return entry if entry is not None and entry.fresh(now) and view.selects(entry) else None
 
 
 def early_hit(
@@ -113,14 +114,14 @@ def early_hit(
     state: ProxyState,
     view: CacheView,
     entry: CachedResponse | None,
-    cookies: Sequence[str],
+    cookies: SetCookies,
     personalized: bool,
     impressions: ResponseHook | None,
 ) -> web.StreamResponse | None:
     """A fresh hit served before any upstream request is built, when the client's headers select `entry`."""
-    if fresh_and_selected(view, entry, time.time()):
-        assert entry is not None
-        return serve_entry(request, state, entry, "HIT", cookies, personalized, impressions)
+    hit = fresh_selected(view, entry, time.time())
+    if hit is not None:
+        return serve_entry(request, state, hit, "HIT", cookies, personalized, impressions)
     return None
 
 
@@ -160,7 +161,7 @@ def serve_entry(
     state: ProxyState,
     entry: CachedResponse,
     label: str,
-    cookies: Sequence[str],
+    cookies: SetCookies,
     personalized: bool,
     impressions: ResponseHook | None = None,
 ) -> web.StreamResponse:
@@ -171,8 +172,7 @@ def serve_entry(
     not_modified = bool(entry.etag and inm and entry.status == 200 and _weak_match(inm, entry.etag))
     if not not_modified and prebuilt_allowed(request) and (impressions is None or impressions.explain is None):
         # The common case, prebuilt: constant head + this visitor's lines + body, in one write.
-        lines = SetCookies.of(tuple(cookies)).lines
-        parts = entry_parts(state, entry, prepared, label, lines, personalized, impressions)
+        parts = entry_parts(state, entry, prepared, label, cookies.lines, personalized, impressions)
         return PrebuiltResponse(entry.status, entry.reason, parts, len(entry.body), label)
     state.cache.counts[label.lower()] += 1  # type: ignore[union-attr]
     age = int(entry.age(time.time()))
@@ -258,36 +258,27 @@ def lane_answer(state: ProxyState, access_log: logging.Logger | None) -> LaneAns
         now = time.time()
         if cache.passes(key, now):
             return None
-        entry = store.get_now(key)
-        if not fresh_and_selected(view, entry, now):
+        entry = fresh_selected(view, store.get_now(key), now)
+        if entry is None:
             return None
-        assert entry is not None
         # A fresh hit: from here on it is answered, and counted as the general path counts one.
         state.counters.requests += 1
+        decided = Decided()
+        impressions = None
+        cookies = NO_COOKIES
         if decision is not None:
-            record_personalization(state, decision, None)
-            manifest: Manifest | None = decision.manifest
+            record_personalization(state, decision, decided)
             impressions = response_hook(state, decision.manifest)
-            cookie_lines = decision.cookies.lines
+            cookies = decision.cookies
         else:
             state.counters.passed_through += 1
-            manifest = impressions = None
-            cookie_lines = ""
-        parts = entry_parts(state, entry, _prepared(entry, config), "HIT", cookie_lines, manifest is not None,
+        parts = entry_parts(state, entry, _prepared(entry, config), "HIT", cookies.lines, decision is not None,
                             impressions)  # fmt: skip
-        seconds = perf_counter() - started
-        state.metrics.observe_request("page" if manifest is not None else "passthrough", entry.status, seconds)
-        state.metrics.cache_result("HIT")
-        if state.decision_log is not None and decision is not None:
-            state.decision_log.write(
-                ctx=decision.ctx, manifest=decision.manifest, snapshot=decision.loaded.snapshot.version, method="GET",
-                path=raw_path, tags=route.tags, status=entry.status, cache="HIT", started=started,
-            )  # fmt: skip
+        seconds = observe_served(state, started, "GET", raw_path, entry.status, "HIT", decided)
         if access_log is not None and access_log.isEnabledFor(logging.INFO):
             access_log.info(access_line(
                 remote=peer, method="GET", raw_path=raw_path, status=entry.status, body_bytes=len(entry.body),
-                seconds=seconds, manifest=manifest, cache="HIT",
-                snapshot=decision.loaded.snapshot.version if decision is not None else None,
+                seconds=seconds, manifest=decided.manifest, snapshot=decided.snapshot or None, cache="HIT",
             ))  # fmt: skip
         return parts
 
@@ -301,7 +292,7 @@ async def cached_exchange(
     path: str,
     target: str,
     upstream_headers: CIMultiDict[str],
-    cookies: Sequence[str],
+    cookies: SetCookies,
     personalized: bool,
     impressions: ResponseHook | None = None,
     fetched: tuple[CachedResponse | None] | None = None,
@@ -356,7 +347,7 @@ async def _lead(
     path: str,
     target: str,
     upstream_headers: CIMultiDict[str],
-    cookies: Sequence[str],
+    cookies: SetCookies,
     personalized: bool,
     entry: CachedResponse | None,
     future: asyncio.Future[tuple[CachedResponse, str] | None],
@@ -439,7 +430,7 @@ async def _forward(
     state: ProxyState,
     target: str,
     headers: CIMultiDict[str],
-    cookies: Sequence[str],
+    cookies: SetCookies,
     personalized: bool,
     label: str,
     impressions: ResponseHook | None = None,

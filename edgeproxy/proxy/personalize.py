@@ -133,6 +133,9 @@ class SetCookies:
         return cls(values, "".join([f"Set-Cookie: {value}\r\n" for value in values]))
 
 
+NO_COOKIES = SetCookies((), "")  # responses to requests that are not personalized
+
+
 class VisitorCookies:
     """`cookie_headers` per decided manifest of one snapshot, memoised by the manifest object: the snapshot's
     decider hands a returning visitor the same manifest object again (engine/memo.py), and its cookies are the

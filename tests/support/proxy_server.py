@@ -22,25 +22,24 @@ def reserved_for(state: ProxyState) -> dict[str, tuple[str, ReservedHandler]]:
 
 
 class ProxyTestServer(BaseTestServer):
-    """`build_server`'s server (the hit lane included unless `hit_lane=False`) as an aiohttp test server."""
+    """`build_server`'s server (the hit lane included) as an aiohttp test server."""
 
-    def __init__(self, state: ProxyState, *, hit_lane: bool = True, **kwargs: Any) -> None:
+    def __init__(self, state: ProxyState, **kwargs: Any) -> None:
         self.state = state
-        self.hit_lane = hit_lane
         super().__init__(host="127.0.0.1", **kwargs)
 
     async def _make_runner(self, **kwargs: Any) -> ServerRunner:
-        self.proxy = build_server(self.state, reserved_for(self.state), hit_lane=self.hit_lane, **kwargs)
+        self.proxy = build_server(self.state, reserved_for(self.state), **kwargs)
         return ServerRunner(self.proxy, **kwargs)
 
 
 @asynccontextmanager
 async def proxy_server(
-    state: ProxyState, *, hit_lane: bool = True, **server_kwargs: Any
+    state: ProxyState, **server_kwargs: Any
 ) -> AsyncIterator[ProxyTestServer]:
     """`server_kwargs`: aiohttp server settings (access_log, keepalive_timeout, ...)."""
     await state.start()
-    server = ProxyTestServer(state, hit_lane=hit_lane)
+    server = ProxyTestServer(state)
     try:
         await server.start_server(**server_kwargs)
         yield server
@@ -50,6 +49,6 @@ async def proxy_server(
 
 
 @asynccontextmanager
-async def proxy_client(state: ProxyState, *, hit_lane: bool = True) -> AsyncIterator[TestClient[Any, Any]]:
-    async with proxy_server(state, hit_lane=hit_lane) as server, TestClient(server) as client:
+async def proxy_client(state: ProxyState) -> AsyncIterator[TestClient[Any, Any]]:
+    async with proxy_server(state) as server, TestClient(server) as client:
         yield client
