@@ -215,7 +215,8 @@ def lane_answer(state: ProxyState, access_log: logging.Logger | None) -> LaneAns
     response can be sent whole? Then its bytes, with everything the general path records for a hit (counters,
     decision metrics and live counts, impressions, cache and request metrics, decision and access logs);
     otherwise None, having recorded nothing, and the general path handles the request from the start.
-    The same functions decide here as there (view_of_client, personalize, the key, CacheView.selects)."""
+    The same functions decide and record here as there (view_of_client, personalize, early_key, fresh_selected,
+    entry_parts, record_personalization, observe_served)."""
 
     def answer(message: RawRequestMessage, peer: str | None, scheme: str) -> Sequence[bytes] | None:
         started = perf_counter()
