@@ -2,18 +2,41 @@
 # Start the bundled Node origin and edgeproxy in front of it, on the example rules (no Redis, no services).
 #   examples/run-demo.sh              -> open http://127.0.0.1:8080/
 # ORIGIN_PORT / PROXY_LISTEN override the ports; extra arguments go to `edgeproxy serve`.
+# DEMO_NOW sets the proxy's clock (default 2026-11-28T12:00:00Z, Black Friday week, so the example project's
+# campaign rules show on any date); DEMO_NOW= (empty) uses the real clock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 origin_port="${ORIGIN_PORT:-3000}"
 listen="${PROXY_LISTEN:-127.0.0.1:8080}"
+demo_now="${DEMO_NOW-2026-11-28T12:00:00Z}"
 if ! command -v node >/dev/null 2>&1; then
     echo "run-demo: node is needed for the example origin (apt-get install nodejs, or any Node >= 18)" >&2
+    exit 1
+fi
+if (exec 3<>"/dev/tcp/127.0.0.1/$origin_port") 2>/dev/null; then
+    echo "run-demo: port $origin_port is already taken, so the example origin cannot start there;" >&2
+    echo "          stop what listens on it or pick another: ORIGIN_PORT=3001 examples/run-demo.sh" >&2
     exit 1
 fi
 node examples/origin/server.js --port "$origin_port" &
 origin_pid=$!
 trap 'kill "$origin_pid" 2>/dev/null || true' EXIT INT TERM
-echo "run-demo: open http://$listen/ (origin on :$origin_port); try ?utm_campaign=bf, a phone User-Agent, or"
+# Serve only once our origin answers (never whatever else might be on the port).
+for _ in $(seq 100); do
+    if ! kill -0 "$origin_pid" 2>/dev/null; then
+        echo "run-demo: the example origin exited before it listened on :$origin_port (see its error above)" >&2
+        exit 1
+    fi
+    (exec 3<>"/dev/tcp/127.0.0.1/$origin_port") 2>/dev/null && break
+    sleep 0.1
+done
+now_args=()
+if [ -n "$demo_now" ]; then
+    now_args=(--now "$demo_now")
+fi
+echo "run-demo: open http://$listen/ (origin on :$origin_port; clock: ${demo_now:-real time})"
+echo "          try ?utm_campaign=bf, a phone User-Agent, or"
 echo "          curl -s http://$listen/echo | python3 -m json.tool   to see what the origin receives"
+echo "          the dashboard: http://$listen/_edgeproxy/dashboard?token=demo"
 edgeproxy serve --origin "http://127.0.0.1:$origin_port" --rules rules --listen "$listen" \
-    --geoip tests/data/GeoIP2-City-Test.mmdb "$@"
+    --geoip tests/data/GeoIP2-City-Test.mmdb --ops-token "${DEMO_OPS_TOKEN:-demo}" "${now_args[@]}" "$@"

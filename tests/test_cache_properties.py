@@ -20,7 +20,6 @@ import asyncio
 import hashlib
 import json
 import time
-import types
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,8 +36,6 @@ from hypothesis import strategies as st
 from multidict import CIMultiDictProxy
 from support.proxy_server import proxy_server
 
-import edgeproxy.cache.store as cache_store_module
-import edgeproxy.proxy.caching as caching_module
 from edgeproxy.engine.context import context_from_description
 from edgeproxy.proxy.app import ProxyState
 from edgeproxy.proxy.config import ProxyConfig, RouteRule
@@ -69,17 +66,20 @@ IP_US = "216.160.83.56"
 # -- a clock the cache reads, moved by the test ------------------------------------------------------------------
 
 
+START = 1_795_341_600.0  # 2026-11-22T10:00:00Z: the proxy's clock (decisions, freshness, ages) starts here
+
+
 class Clock:
     """Whole seconds, so the origin's Date header (second resolution) is exact and ages are whole numbers."""
 
     def __init__(self) -> None:
-        self.now = float(int(time.time()))
+        self.now = START
 
     def time(self) -> float:
         return self.now
 
     def reset(self) -> None:
-        self.now = float(int(time.time()))
+        self.now = START
 
 
 # -- the origin ---------------------------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ class Harness:
             origin=f"http://127.0.0.1:{self.origin_server.port}", rules=str(RULES), geoip=str(GEOIP),
             trusted_proxies=("127.0.0.1",), state=f"sqlite:///{self.tmp}/state.sqlite3", purge_token="purge-token",
         )  # fmt: skip
-        self.state: ProxyState = make_state(self.base_config)
+        self.state: ProxyState = make_state(self.base_config, clock=self.clock.time)
         self.proxy_context = proxy_server(self.state)
         self.proxy_server = await self.proxy_context.__aenter__()
         self.session = aiohttp.ClientSession(
@@ -281,7 +281,7 @@ class Harness:
         old = self.state.cache
         self.state.config = config
         self.state.routes = RouteTable(config)
-        self.state.cache = make_cache(config)
+        self.state.cache = make_cache(config, self.clock.time)
         if old is not None:
             self.run(old.close())
         self.origin.reset()
@@ -321,7 +321,7 @@ class Harness:
         loaded = self.state.holder.current
         assert loaded is not None
         described = context_from_description(
-            description, clock=time.time, new_uid=lambda: "unused", classifier=self.state.classifier,
+            description, clock=self.clock.time, new_uid=lambda: "unused", classifier=self.state.classifier,
             geo_lookup=self.state.geo_lookup,
         )  # fmt: skip
         return loaded.snapshot.decide(described.context, described.tags)
@@ -339,12 +339,7 @@ class Harness:
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     h = Harness(tmp_path_factory.mktemp("cache-properties"))
-    # The cache's notion of now (freshness, Age, eviction) is the harness clock; nothing else is.
-    fake_time = types.SimpleNamespace(time=h.clock.time)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(caching_module, "time", fake_time)
-        mp.setattr(cache_store_module, "time", fake_time)
-        yield h
+    yield h
     h.close()
 
 

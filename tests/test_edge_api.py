@@ -19,10 +19,13 @@ from edgeproxy.proxy.server import make_state
 
 P = "6565d3b1a3f0c7b2e1d4a9f0"
 BASE = "/_personalize"
+FIXED_NOW = "2026-11-22T10:00:00Z"  # before Black Friday week (rules/README.md)
 
 
 def with_client(state_url: str, scenario: Callable[[TestClient[Any, Any]], Awaitable[None]]) -> None:
-    config = load_config(None, {}, {"origin": "http://127.0.0.1:9", "rules": "rules", "state": state_url})
+    # The proxy's clock is injected (the `now` setting): Black Friday rules decide the same on any date.
+    config = load_config(None, {}, {"origin": "http://127.0.0.1:9", "rules": "rules", "state": state_url,
+                                    "now": FIXED_NOW})  # fmt: skip
     state = make_state(config)
 
     async def main() -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgpack
+
+from edgeproxy.clock import Clock, system_clock
 
 
 @dataclass(slots=True)
@@ -86,8 +87,9 @@ class CacheStore(Protocol):
 class MemoryCacheStore:
     """LRU bounded by bytes; indexes by path and by surrogate key for purges."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, clock: Clock = system_clock) -> None:
         self.max_bytes = max_bytes
+        self.clock = clock
         self.bytes = 0
         self._entries: OrderedDict[str, CachedResponse] = OrderedDict()
         self._by_path: dict[str, set[str]] = {}
@@ -102,7 +104,7 @@ class MemoryCacheStore:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry.age(time.time()) >= entry.keep_for():
+        if entry.age(self.clock()) >= entry.keep_for():
             self._remove(key)
             return None
         self._entries.move_to_end(key)

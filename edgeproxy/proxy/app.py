@@ -13,7 +13,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -22,6 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from edgeproxy.analytics.live import LiveDecisions
+from edgeproxy.clock import Clock, system_clock
 from edgeproxy.engine.context import GeoLookup, VisitorContext
 from edgeproxy.engine.decide import CompiledSnapshot, Manifest
 from edgeproxy.engine.useragent import UserAgentClassifier
@@ -67,16 +68,22 @@ class Counters:
     origin_errors: int = 0
     store_errors: int = 0
     edge_api: int = 0
-    started: float = field(default_factory=time.time)
+    started: float = 0.0
 
 
 class ProxyState:
     """Everything a request handler needs, built once per process."""
 
     def __init__(
-        self, config: ProxyConfig, holder: SnapshotHolder, geo_lookup: GeoLookup | None, store: StateStore
+        self,
+        config: ProxyConfig,
+        holder: SnapshotHolder,
+        geo_lookup: GeoLookup | None,
+        store: StateStore,
+        clock: Clock = system_clock,
     ) -> None:
         self.config = config
+        self.clock = clock  # the one clock of the process: decisions, cache ages, stored TTLs, logs
         self.store = store
         self.holder = holder
         self.geo_lookup = geo_lookup
@@ -86,7 +93,7 @@ class ProxyState:
         self.origin_prefix = f"{self.origin.scheme}://{self.origin.raw_authority}{self.origin_base_path}"
         self.trusted = TrustedProxies(config.trusted_proxies)
         self.routes = RouteTable(config)
-        self.counters = Counters()
+        self.counters = Counters(started=clock())
         self.classifier = UserAgentClassifier()
         self._session: aiohttp.ClientSession | None = None  # WebSocket upgrades only
         self._upstream: OriginPool | None = None  # every other request to the origin
@@ -236,6 +243,7 @@ def personalize(
     ctx = context_from_request(
         headers,
         page_url=f"{where.proto}://{where.host}{raw_path}",
+        now=state.clock(),
         query=query,
         client_ip=where.client_ip,
         trust_geo_headers=where.trusted,
@@ -350,7 +358,7 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
         early = caching.early_key(request.headers, request.raw_path, cache, host, variant_param)
         if early is not None:
             view, cache_key = early
-            if not cache.passes(cache_key, time.time()):
+            if not cache.passes(cache_key, state.clock()):
                 get_now = cache.get_now  # a memory store answers without a coroutine
                 entry = get_now(cache_key) if get_now is not None else await cache.fetch(cache_key)
                 hit = caching.early_hit(request, state, view, entry, cookies, personalized, impressions)
@@ -366,7 +374,7 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
     if cache is not None:
         if not cache_key and request.method in ("GET", "HEAD") and not has_body and route.cache:
             cache_key = cache.key(host, request.raw_path, variant_param, upstream_headers)
-        if cache_key and cache.passes(cache_key, time.time()):
+        if cache_key and cache.passes(cache_key, state.clock()):
             # Hit-for-pass: this key's responses are not storable; forward directly, like an uncached route.
             x_cache = "MISS"
             cache.counts["miss"] += 1

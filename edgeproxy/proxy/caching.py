@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
-from time import perf_counter  # not through `time`: tests replace the cache's clock (time.time) only
+from time import perf_counter
 
 from aiohttp import web
 from aiohttp.http_parser import RawRequestMessage
@@ -119,7 +118,7 @@ def early_hit(
     impressions: ResponseHook | None,
 ) -> web.StreamResponse | None:
     """A fresh hit served before any upstream request is built, when the client's headers select `entry`."""
-    hit = fresh_selected(view, entry, time.time())
+    hit = fresh_selected(view, entry, state.clock())
     if hit is not None:
         return serve_entry(request, state, hit, "HIT", cookies, personalized, impressions)
     return None
@@ -175,7 +174,7 @@ def serve_entry(
         parts = entry_parts(state, entry, prepared, label, cookies.lines, personalized, impressions)
         return PrebuiltResponse(entry.status, entry.reason, parts, len(entry.body), label)
     state.cache.counts[label.lower()] += 1  # type: ignore[union-attr]
-    age = int(entry.age(time.time()))
+    age = int(entry.age(state.clock()))
     if not_modified:
         response = web.Response(status=304, headers=base.headers)  # the browser's copy is current
     else:
@@ -204,7 +203,7 @@ def entry_parts(
     if impressions is not None:
         impressions(base.headers, base.applied)  # records; without a debug header it adds nothing
     no_store = personalized and base.html and state.config.no_store_personalized_html
-    dynamic = f"{cookie_lines}X-Cache: {label}\r\nAge: {int(entry.age(time.time()))}\r\n"
+    dynamic = f"{cookie_lines}X-Cache: {label}\r\nAge: {int(entry.age(state.clock()))}\r\n"
     if "Date" not in base.headers:
         dynamic += date_line()
     return prepared.head(entry, no_store), (dynamic + "\r\n").encode("utf-8", "surrogateescape"), entry.body
@@ -256,7 +255,7 @@ def lane_answer(state: ProxyState, access_log: logging.Logger | None) -> LaneAns
         if early is None:
             return None
         view, key = early
-        now = time.time()
+        now = state.clock()
         if cache.passes(key, now):
             return None
         entry = fresh_selected(view, store.get_now(key), now)
@@ -304,7 +303,7 @@ async def cached_exchange(
     for name in CONDITIONAL_REQUEST_HEADERS:  # the cache fetches for everyone; it answers conditionals itself
         upstream_headers.popall(name, None)
     entry = cache.selected(fetched[0] if fetched is not None else await cache.fetch(key), upstream_headers)
-    now = time.time()
+    now = state.clock()
     if entry is not None:
         if entry.fresh(now):
             return serve_entry(request, state, entry, "HIT", cookies, personalized, impressions)
@@ -362,18 +361,18 @@ async def _lead(
             headers["If-None-Match"] = entry.etag
         if entry.last_modified:
             headers["If-Modified-Since"] = entry.last_modified
-    request_time = time.time()
+    request_time = state.clock()
     try:
         upstream = await state.upstream.request("GET", target, headers)
     except OSError as exc:  # TimeoutError, UpstreamError
-        if entry is not None and entry.within_sie(time.time()):
+        if entry is not None and entry.within_sie(state.clock()):
             future.set_result((entry, "STALE"))  # requests waiting on this fetch get the stale copy too
             return serve_entry(request, state, entry, "STALE", cookies, personalized, impressions)  # RFC 5861 §4
         if isinstance(exc, TimeoutError):
             return _origin_failed(request, state, 504, "origin_timeout", "The origin did not answer in time.", exc)
         return _origin_failed(request, state, 502, "origin_unreachable", "The origin could not be reached.", exc)
     try:
-        response_time = time.time()
+        response_time = state.clock()
         if upstream.status == 304 and entry is not None:
             refreshed = cache.refreshed(entry, list(upstream.headers.items()), request_time, response_time)
             await cache.put(key, refreshed)
@@ -420,7 +419,7 @@ async def _lead(
             await cache.put(key, candidate)
             future.set_result((candidate, "HIT"))
         else:
-            cache.remember_uncacheable(key, time.time())
+            cache.remember_uncacheable(key, state.clock())
         return response
     finally:
         upstream.release()
@@ -463,10 +462,10 @@ async def _refresh(
         headers["If-None-Match"] = entry.etag
     if entry.last_modified:
         headers["If-Modified-Since"] = entry.last_modified
-    request_time = time.time()
+    request_time = state.clock()
     up = await state.upstream.request("GET", target, headers)
     try:
-        response_time = time.time()
+        response_time = state.clock()
         if up.status == 304:
             await cache.put(key, cache.refreshed(entry, list(up.headers.items()), request_time, response_time))
             cache.counts["background_revalidated"] += 1

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from edgeproxy.clock import parse_instant
+
 DEFAULT_STATIC_EXTENSIONS = (
     ".css", ".js", ".mjs", ".map", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".avif", ".ico", ".bmp",
     ".woff", ".woff2", ".ttf", ".otf", ".eot", ".mp4", ".webm", ".mp3", ".ogg", ".wav", ".pdf", ".zip", ".gz",
@@ -91,6 +93,7 @@ class ProxyConfig:
     impressions: str = "origin"
     applied_variants_header: str = "x-cs-applied-variants"
     log_level: str = "info"
+    now: str = ""
     _sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -157,6 +160,8 @@ FIELDS: dict[str, str] = {
     "decision_log": "append one JSON line per personalized request (request description + decision + status), "
     "replayable with `edgeproxy replay --from-log` (default off)",
     "log_level": "debug, info, warning or error (default info)",
+    "now": "start the proxy's clock at this ISO-8601 instant, e.g. 2026-11-28T12:00:00Z; it then runs on. For demos "
+    "and tests of time-bound rules (default: the system clock)",
 }
 
 
@@ -300,6 +305,11 @@ def validate(config: ProxyConfig) -> ProxyConfig:
         raise ConfigError("setting 'cda_variant_limit' must be >= 0 (0 = all)")
     if config.connect_timeout <= 0 or config.read_timeout <= 0:
         raise ConfigError("timeouts must be > 0 seconds")
+    if config.now:
+        try:
+            parse_instant(config.now)
+        except ValueError as exc:
+            raise ConfigError(f"setting 'now': {exc}") from None
     return config
 
 

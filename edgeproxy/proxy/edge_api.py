@@ -158,6 +158,7 @@ async def _manifest(request: web.BaseRequest, state: ProxyState, project_uid: st
     context = context_from_request(
         request.headers,
         page_url=request.headers.get(PAGE_URL_HEADER, ""),
+        now=state.clock(),
         client_ip=where.client_ip,
         trust_geo_headers=where.trusted,
         geo_lookup=state.geo_lookup,
@@ -192,7 +193,7 @@ async def _events(request: web.BaseRequest, state: ProxyState, project_uid: str)
     if len(body) > state.config.max_events_per_request:
         limit = state.config.max_events_per_request
         raise EdgeApiError(413, "personalize.TOO_MANY_EVENTS", f"{len(body)} events; at most {limit} per request")
-    now = time.time()
+    now = state.clock()
     records = []
     for index, item in enumerate(body):
         where = f"body[{index}]"

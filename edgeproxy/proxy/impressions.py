@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import OrderedDict
 
+from edgeproxy.clock import Clock, system_clock
 from edgeproxy.engine.decide import Manifest
 from edgeproxy.store.base import EventRecord, EventSource, StateStore, StoreError
 
@@ -39,8 +39,9 @@ def parse_aliases(header: str) -> list[tuple[str, str]]:
 
 class ImpressionRecorder:
     def __init__(self, store: StateStore, project_uid: str, *, flush_interval: float = 0.5,
-                 recent: int = 200_000) -> None:  # fmt: skip
+                 recent: int = 200_000, clock: Clock = system_clock) -> None:  # fmt: skip
         self.store = store
+        self.clock = clock
         self.project_uid = project_uid
         self.flush_interval = flush_interval
         self._pending: list[EventRecord] = []
@@ -59,7 +60,7 @@ class ImpressionRecorder:
         if len(self._recent) > self._recent_limit:
             self._recent.popitem(last=False)
         self._pending.append(EventRecord(
-            ts=time.time(), project_uid=self.project_uid, user_uid=user_uid, type="IMPRESSION",
+            ts=self.clock(), project_uid=self.project_uid, user_uid=user_uid, type="IMPRESSION",
             experience_short_uid=experience, variant_short_uid=variant, source=source,
         ))  # fmt: skip
 

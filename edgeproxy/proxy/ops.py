@@ -41,7 +41,7 @@ def snapshot_status(state: ProxyState) -> dict[str, Any]:
         "source": loaded.source,
         "projectUid": project.uid,
         "loadedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(loaded.loaded_at)),
-        "ageSeconds": round(time.time() - loaded.loaded_at, 3),
+        "ageSeconds": round(state.clock() - loaded.loaded_at, 3),
         "experiences": len(project.experiences),
         "omittedExperiences": len(project.omitted),
         "audiences": len(project.audiences),
@@ -79,7 +79,7 @@ async def ops_handler(request: web.BaseRequest, state: ProxyState) -> web.Stream
             "fleet": None if state.fleet is None else {"channel": state.fleet.url, "connected": state.fleet.connected,
                                                        "swaps": state.fleet.swaps, "lastError": state.fleet.last_error},
             "origin": state.config.origin,
-            "uptimeSeconds": round(time.time() - c.started, 3),
+            "uptimeSeconds": round(state.clock() - c.started, 3),
             "requests": {"total": c.requests, "personalized": c.personalized, "passedThrough": c.passed_through,
                          "websockets": c.websockets, "originErrors": c.origin_errors,
                          "storeErrors": c.store_errors, "edgeApi": c.edge_api},
@@ -210,7 +210,7 @@ async def _explain(request: web.BaseRequest, state: ProxyState) -> web.Response:
         try:
             description = json.loads(body)
             described = context_from_description(
-                description, clock=time.time, new_uid=lambda: str(uuid.uuid4()),
+                description, clock=state.clock, new_uid=lambda: str(uuid.uuid4()),
                 classifier=state.classifier, geo_lookup=state.geo_lookup,
             )  # fmt: skip
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -229,9 +229,9 @@ async def _explain(request: web.BaseRequest, state: ProxyState) -> web.Response:
             stored = await state.stored_attributes(snapshot.project.uid, identity.user_uid)
         # The same view of the visitor as the page itself gets (trusted X-Forwarded-*, stored attributes).
         context = context_from_request(
-            request.headers, page_url=f"{where.proto}://{where.host}{path}", client_ip=where.client_ip,
-            trust_geo_headers=where.trusted, geo_lookup=state.geo_lookup, classifier=state.classifier,
-            identity=identity, stored=stored,
+            request.headers, page_url=f"{where.proto}://{where.host}{path}", now=state.clock(),
+            client_ip=where.client_ip, trust_geo_headers=where.trusted, geo_lookup=state.geo_lookup,
+            classifier=state.classifier, identity=identity, stored=stored,
         )  # fmt: skip
         tags = tuple(t for t in request.query.get("tags", "").split(",") if t) or route.tags
     manifest = snapshot.decide(context, tags)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -84,6 +83,7 @@ def context_from_request(
     headers: CIMultiDictProxy[str],
     *,
     page_url: str,
+    now: float,
     query: str | None = None,
     client_ip: str | None,
     trust_geo_headers: bool,
@@ -98,7 +98,7 @@ def context_from_request(
         headers=headers,
         cookies=identity.cookies,
         user_uid=identity.user_uid,
-        now=time.time(),
+        now=now,
         page_url=page_url,
         query=query,
         live=live if live is not None else _live_attributes(headers.get(LIVE_ATTRIBUTES_HEADER)),

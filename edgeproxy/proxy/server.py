@@ -21,6 +21,7 @@ from aiohttp import web
 
 from edgeproxy.cache.layer import ResponseCache
 from edgeproxy.cache.store import CacheStore, MemoryCacheStore, RedisCacheStore
+from edgeproxy.clock import Clock, clock_for, system_clock
 from edgeproxy.engine.errors import RulesError
 from edgeproxy.engine.snapshot_file import load_snapshot
 from edgeproxy.proxy.access_log import JsonAccessLogger
@@ -36,9 +37,11 @@ from edgeproxy.sync.poller import AdminSource, RulesSource, SnapshotPoller
 log = logging.getLogger("edgeproxy")
 
 
-def make_state(config: ProxyConfig, *, load_rules: bool = True) -> ProxyState:
-    """The process state; with `load_rules`, a `--rules` snapshot is loaded now (RulesError if broken)."""
-    holder = SnapshotHolder()
+def make_state(config: ProxyConfig, *, load_rules: bool = True, clock: Clock | None = None) -> ProxyState:
+    """The process state; with `load_rules`, a `--rules` snapshot is loaded now (RulesError if broken).
+    `clock`: the process clock (default: the `now` setting's, else the system clock)."""
+    clock = clock or clock_for(config.now)
+    holder = SnapshotHolder(clock)
     geo_lookup = None
     if config.geoip:
         from edgeproxy.geo import MaxMindGeo
@@ -50,9 +53,9 @@ def make_state(config: ProxyConfig, *, load_rules: bool = True) -> ProxyState:
         ttl_seconds=int(config.attribute_ttl_days * 86_400),
         max_users=config.max_users,
     )
-    state = ProxyState(config, holder, geo_lookup, open_store(config.state, limits))
+    state = ProxyState(config, holder, geo_lookup, open_store(config.state, limits, clock), clock)
     if config.cache:
-        state.cache = make_cache(config)
+        state.cache = make_cache(config, clock)
     if config.decision_log:
         from edgeproxy.proxy.decision_log import DecisionLog
 
@@ -62,10 +65,10 @@ def make_state(config: ProxyConfig, *, load_rules: bool = True) -> ProxyState:
     return state
 
 
-def make_cache(config: ProxyConfig) -> ResponseCache:
+def make_cache(config: ProxyConfig, clock: Clock = system_clock) -> ResponseCache:
     store: CacheStore
     if config.cache_store == "memory":
-        store = MemoryCacheStore(config.cache_max_bytes)
+        store = MemoryCacheStore(config.cache_max_bytes, clock)
     elif config.cache_store.startswith(("redis://", "rediss://", "unix://")):
         store = RedisCacheStore(config.cache_store)
     else:
@@ -123,7 +126,7 @@ async def serve(config: ProxyConfig, *, worker: int | None = None, ready: Any = 
         from edgeproxy.proxy.impressions import ImpressionRecorder
 
         project_uid = state.holder.current.snapshot.project.uid if state.holder.current else config.project_uid
-        state.impressions = ImpressionRecorder(state.store, project_uid)
+        state.impressions = ImpressionRecorder(state.store, project_uid, clock=state.clock)
         state.impressions.start()
     server = build_server(
         state,

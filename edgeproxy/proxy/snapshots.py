@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
+from edgeproxy.clock import Clock, system_clock
 from edgeproxy.engine.decide import CompiledSnapshot
 from edgeproxy.engine.memo import MemoDecider
 from edgeproxy.proxy.personalize import VisitorCookies
@@ -28,12 +28,13 @@ class LoadedSnapshot:
 class SnapshotHolder:
     """Requests read `current` once and use that object throughout, so no request sees two snapshots."""
 
-    __slots__ = ("current", "last_error")
+    __slots__ = ("clock", "current", "last_error")
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = system_clock) -> None:
+        self.clock = clock
         self.current: LoadedSnapshot | None = None
         self.last_error: str | None = None
 
     def swap(self, snapshot: CompiledSnapshot, source: str) -> None:
-        self.current = LoadedSnapshot(snapshot=snapshot, source=source, loaded_at=time.time())
+        self.current = LoadedSnapshot(snapshot=snapshot, source=source, loaded_at=self.clock())
         self.last_error = None

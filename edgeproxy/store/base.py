@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from edgeproxy.clock import Clock, system_clock
+
 EventType = Literal["IMPRESSION", "EVENT"]
 EventSource = Literal["sdk", "proxy", "origin"]
 
@@ -93,7 +95,7 @@ class StateStore(Protocol):
     async def count_events(self, project_uid: str) -> int: ...
 
 
-def open_store(url: str, limits: AttributeLimits | None = None) -> StateStore:
+def open_store(url: str, limits: AttributeLimits | None = None, clock: Clock = system_clock) -> StateStore:
     """`sqlite:///path/to/file.db` (or a bare path) or `redis://host:port/db`."""
     limits = limits or AttributeLimits()
     if url.startswith(("redis://", "rediss://", "unix://")):
@@ -105,4 +107,4 @@ def open_store(url: str, limits: AttributeLimits | None = None) -> StateStore:
         raise ValueError(f"state URL {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db")
     from edgeproxy.store.sqlite_store import SqliteStore
 
-    return SqliteStore(path, limits)
+    return SqliteStore(path, limits, clock=clock)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edgeproxy.clock import Clock, system_clock
 from edgeproxy.store.base import AttributeLimits, EventRecord, StoreError, StoreLimitError, check_attributes
 
 T = TypeVar("T")
@@ -47,8 +47,11 @@ CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 class SqliteStore:
     """All SQL runs on one thread (sqlite3 objects are not shareable), off the event loop."""
 
-    def __init__(self, path: str, limits: AttributeLimits, cache_users: int = 50_000) -> None:
+    def __init__(
+        self, path: str, limits: AttributeLimits, cache_users: int = 50_000, clock: Clock = system_clock
+    ) -> None:
         self.path = path
+        self.clock = clock
         self.limits = limits
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeproxy-sqlite")
         self._db: sqlite3.Connection | None = None
@@ -109,7 +112,7 @@ class SqliteStore:
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        horizon = time.time() - self.limits.ttl_seconds
+        horizon = self.clock() - self.limits.ttl_seconds
 
         def read(db: sqlite3.Connection) -> dict[str, Any]:
             rows = db.execute(
@@ -149,7 +152,7 @@ class SqliteStore:
 
     async def patch_attributes(self, project_uid: str, user_uid: str, attributes: dict[str, Any]) -> None:
         encoded = check_attributes(attributes, self.limits)
-        now = time.time()
+        now = self.clock()
         statements: list[tuple[str, Any]] = []
         for key, text in encoded.items():
             if text == "null":
@@ -168,7 +171,7 @@ class SqliteStore:
         await self._maybe_purge()
 
     async def merge_attributes(self, project_uid: str, source_uid: str, target_uid: str) -> None:
-        now = time.time()
+        now = self.clock()
         copy = (
             "INSERT INTO user_attributes (project_uid, user_uid, key, value, updated_at) "
             "SELECT project_uid, ?, key, value, ? FROM user_attributes WHERE project_uid=? AND user_uid=? "
@@ -219,7 +222,7 @@ class SqliteStore:
 
     async def _maybe_purge(self) -> None:
         """Expire attributes past their TTL and keep at most `max_users` users (oldest writes go first)."""
-        now = time.time()
+        now = self.clock()
         if now - self._last_purge < 60:
             return
         self._last_purge = now
