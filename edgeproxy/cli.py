@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 import uuid
@@ -31,8 +33,9 @@ def _request_lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
 def _request_file(path: Path) -> Iterator[tuple[int, str]]:
     text = path.read_text(encoding="utf-8")
     stripped = text.strip()
-    # A single (possibly pretty-printed) description or an array of them is accepted as well as JSON lines.
-    if stripped.startswith(("[", "{")) and "\n" in stripped:
+    # A single (possibly pretty-printed) description or an array of them (on one line or many) is accepted as well
+    # as JSON lines.
+    if stripped.startswith("[") or (stripped.startswith("{") and "\n" in stripped):
         try:
             whole = json.loads(stripped)
         except json.JSONDecodeError:
@@ -57,12 +60,61 @@ def _geo_lookup(path: str | None) -> GeoLookup | None:
     return MaxMindGeo(path).lookup
 
 
+GEO_PRESETS = frozenset({"COUNTRY", "REGION", "CITY"})
+IP_WITHOUT_GEOIP = (
+    "edgeproxy: warning: request descriptions carry 'ip' but no --geoip was given: COUNTRY/REGION/CITY come only "
+    "from 'geo' fields; pass --geoip tests/data/GeoIP2-City-Test.mmdb for the example"
+)
+
+
+def reads_geo(snapshot: CompiledSnapshot) -> bool:
+    """Whether any live experience's rules read COUNTRY, REGION or CITY."""
+    from edgeproxy.engine.loader import iter_rules
+    from edgeproxy.engine.memo import condition_groups, experience_conditions
+
+    return any(
+        rule.attribute_kind == "preset" and rule.attribute in GEO_PRESETS
+        for ce in snapshot.experiences
+        for condition in experience_conditions(ce)
+        for group in condition_groups(condition, snapshot)
+        for rule in iter_rules(group)
+    )
+
+
+def ip_left_unused(description: Any) -> bool:
+    """A description whose `ip` would be looked up with --geoip: an ip and a geo that lacks a field."""
+    if not isinstance(description, dict) or not description.get("ip"):
+        return False
+    geo = description.get("geo")
+    return not (isinstance(geo, dict) and all(geo.get(name) for name in ("country", "region", "city")))
+
+
+class IpWarning:
+    """Warns once on stderr when descriptions carry an `ip` that no --geoip database will look up."""
+
+    def __init__(self, snapshot: CompiledSnapshot, geoip: str | None, stream: IO[str] | None = None) -> None:
+        self.pending = not geoip and reads_geo(snapshot)
+        self.stream = stream
+
+    def line(self, line: str) -> None:
+        if self.pending and '"ip"' in line:
+            with contextlib.suppress(ValueError):
+                self.description(json.loads(line))
+
+    def description(self, description: Any) -> None:
+        if self.pending and ip_left_unused(description):
+            self.pending = False
+            print(IP_WITHOUT_GEOIP, file=self.stream or sys.stderr, flush=True)
+
+
 def run_decide(args: argparse.Namespace, out: IO[str]) -> int:
     snapshot = load_snapshot(args.rules)
     geo_lookup = _geo_lookup(args.geoip)
     lines = _request_file(Path(args.request)) if args.request else _request_lines(sys.stdin)
+    ip_warning = IpWarning(snapshot, args.geoip)
     failures = 0
     for number, line in lines:
+        ip_warning.line(line)
         result = decide_line(snapshot, line, number, geo_lookup, explain_mode=args.explain)
         if "error" in result[0]:
             failures += 1
@@ -154,11 +206,26 @@ def run_sync(args: argparse.Namespace, out: IO[str]) -> int:
 def run_publish(args: argparse.Namespace, out: IO[str]) -> int:
     import asyncio
 
+    from redis.exceptions import RedisError
+
+    from edgeproxy.analytics.sources import redact
     from edgeproxy.sync.fleet import publish
 
+    url = args.fleet_redis
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        print(f"edgeproxy: publish: --fleet-redis {redact(url)!r} is not a redis://host:port/db URL", file=sys.stderr)
+        return 2
     snapshot = load_snapshot(args.rules)
-    heard = asyncio.run(publish(args.fleet_redis, snapshot))
-    out.write(f"published {snapshot.version} to {args.fleet_redis}: {heard} instance(s) listening\n")
+    try:
+        heard = asyncio.run(publish(url, snapshot))
+    except (RedisError, OSError, ValueError) as exc:
+        print(
+            f"edgeproxy: publish: cannot publish to Redis at {redact(url)}: {exc} "
+            "(is Redis running there? check --fleet-redis)",
+            file=sys.stderr,
+        )
+        return 2
+    out.write(f"published {snapshot.version} to {redact(url)}: {heard} instance(s) listening\n")
     return 0
 
 
@@ -166,6 +233,9 @@ def run_fake_admin(args: argparse.Namespace, out: IO[str]) -> int:
     from edgeproxy.sync.fake_admin import run_fake_admin as serve_fake
 
     host, _, port = args.listen.rpartition(":")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        print(f"edgeproxy: fake-admin: --listen {args.listen!r} is not HOST:PORT with a port 1-65535", file=sys.stderr)
+        return 2
     serve_fake(args.rules, args.project_uid, args.token, host or "127.0.0.1", int(port))
     return 0
 
@@ -265,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     decide = commands.add_parser(
         "decide",
         help="decide manifests for request descriptions (JSON lines on stdin)",
-        description="Read request descriptions (SPEC §9) as JSON lines and print one manifest JSON per line: "
-        "userUid, experiences, activeVariants, aliases, variantParam. Invalid lines print "
+        description="Read request descriptions (docs/contract.md §9) as JSON lines and print one manifest JSON per "
+        "line: userUid, experiences, activeVariants, aliases, variantParam. Invalid lines print "
         '{"line", "error", "message"} and the rest go on.',
     )
     decide.add_argument("--rules", required=True, help=rules_help)
@@ -303,19 +373,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, what `cat` or `grep` exit with when the reader of their output went away
+
+
+def _closed_pipe() -> int:
+    """stdout's reader went away (`edgeproxy decide ... | head -3`): stop quietly. Python's recipe: point stdout
+    at /dev/null so the flush at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file (embedded use): nothing will flush to the pipe
+        pass
+    return EXIT_CLOSED_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return int(args.run(args, sys.stdout))
+        args = parser.parse_args(argv)  # --help prints too
+    except BrokenPipeError:
+        return _closed_pipe()
+    try:
+        code = int(args.run(args, sys.stdout))
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except RulesError as exc:
         print(f"edgeproxy: rules error: {exc}", file=sys.stderr)
         return 2
     except (OSError, ValueError) as exc:
         print(f"edgeproxy: error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        return 0
 
 
 if __name__ == "__main__":

@@ -60,14 +60,16 @@ def test_token_is_required_in_a_header_or_the_query(state_url: str) -> None:
         for path, headers in [("/_edgeproxy/dashboard", {}), ("/_edgeproxy/dashboard?token=nope", {}),
                               ("/_edgeproxy/dashboard/data.json", {"Authorization": "Bearer nope"})]:  # fmt: skip
             response = await client.get(path, headers=headers)
-            assert response.status == 404, path
+            assert response.status == 401, path
+            assert response.headers["WWW-Authenticate"].startswith("Bearer"), path
         for path, headers in [("/_edgeproxy/dashboard?token=" + TOKEN, {}),
                               ("/_edgeproxy/dashboard", {"Authorization": "Bearer " + TOKEN}),
                               ("/_edgeproxy/dashboard", {"X-Edgeproxy-Token": TOKEN})]:  # fmt: skip
             response = await client.get(path, headers=headers)
             assert response.status == 200, path
         assert (await client.get("/_edgeproxy/dashboard/nope?token=" + TOKEN)).status == 404
-        assert (await client.post("/_edgeproxy/dashboard?token=" + TOKEN)).status == 405
+        refused = await client.post("/_edgeproxy/dashboard?token=" + TOKEN)
+        assert refused.status == 405 and refused.headers["Allow"] == "GET, HEAD"
 
     with_dashboard(state_url, scenario)
 
@@ -84,7 +86,7 @@ def test_no_token_configured_means_no_dashboard(tmp_path: Path) -> None:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", handle)
         async with TestClient(TestServer(app)) as client:
-            assert (await client.get("/_edgeproxy/dashboard?token=")).status == 404
+            assert (await client.get("/_edgeproxy/dashboard?token=")).status == 403  # the dashboard is off
 
     asyncio.run(main())
 

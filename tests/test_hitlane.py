@@ -223,7 +223,8 @@ LEFT_ALONE = {
     "If-None-Match": (request_bytes(CACHEABLE, "left-1", extra='If-None-Match: "nope"\r\n'), "HIT"),
     "a body": (request_bytes(CACHEABLE, "left-1", extra="Content-Length: 3\r\n") + b"abc", "BYPASS"),
     "Expect": (request_bytes(CACHEABLE, "left-1", extra="Expect: 100-continue\r\nContent-Length: 0\r\n"), "HIT"),
-    "absolute-form": (request_bytes("http://shop.test" + CACHEABLE, "left-1"), "MISS"),  # keyed by its target
+    # Forwarded in origin-form with the target's authority as Host (RFC 9112 §3.2.2): the same URL, the same hit.
+    "absolute-form": (request_bytes("http://shop.test" + CACHEABLE, "left-1"), "HIT"),
     "explain": (request_bytes(CACHEABLE, "left-1", extra="X-Edgeproxy-Explain: ops-secret\r\n"), "HIT"),
     "Upgrade": (request_bytes(CACHEABLE, "left-1", extra="Upgrade: h2c\r\n"), "HIT"),
     "stale": (request_bytes("/cacheable?cc=public,%20s-maxage=1,%20stale-while-revalidate=60", "left-1"), "STALE"),

@@ -106,3 +106,84 @@ def test_readme_documents_every_setting(repo_root: Path) -> None:
         assert f"| `{name}` |" in readme, f"README settings table lacks {name}"
         if name != "routes":
             assert f"EDGEPROXY_{name.upper()}" in readme
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({**BASE, "listen": "127.0.0.1:99999"}, "command line --listen: setting 'listen': '127.0.0.1:99999' has a"),
+        ({**BASE, "listen": "127.0.0.1:0"}, "has a port that is not 1-65535"),
+        ({**BASE, "origin": "http://127.0.0.1:99999"}, "setting 'origin': 'http://127.0.0.1:99999' has a port"),
+        ({**BASE, "origin": "http://127.0.0.1:0"}, "setting 'origin': 'http://127.0.0.1:0' has a port"),
+        ({**BASE, "origin": "http://127.0.0.1:x"}, "setting 'origin': 'http://127.0.0.1:x' has a port"),
+        ({**BASE, "origin": "http://"}, "setting 'origin': 'http://' has no host"),
+        ({**BASE, "origin": "https:///path"}, "has no host"),
+        ({**BASE, "state": "mysql://x"}, "setting 'state': 'mysql://x': unknown scheme 'mysql://'; use sqlite:///"),
+        ({**BASE, "state": "sqlite://host/x.db"}, "names no file"),
+        ({**BASE, "cache_store": "memcached://x"}, "setting 'cache_store': 'memcached://x' is not 'memory' or a redis"),
+        ({**BASE, "fleet_redis": "http://x"}, "setting 'fleet_redis': 'http://x' is not a redis://host:port/db URL"),
+        ({**BASE, "read_timeout": "-1"}, r"line --read-timeout: setting 'read_timeout' must be > 0 s\w+ \(got -1\)"),
+        ({**BASE, "connect_timeout": "0"}, "setting 'connect_timeout' must be > 0 seconds"),
+        ({**BASE, "pool_size": "0"}, "setting 'pool_size' must be > 0"),
+        ({**BASE, "log_level": "verbose"}, "setting 'log_level': 'verbose' is not debug, info, warning or error"),
+    ],
+)  # fmt: skip
+def test_ports_origins_and_stores_are_checked_naming_setting_and_source(flags: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, {}, flags)
+
+
+def test_errors_name_the_source_of_the_value(tmp_path: Path) -> None:
+    file = tmp_path / "x.toml"
+    file.write_text('origin = "http://127.0.0.1:3000"\nrules = "r"\nread_timeout = -1\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(file), {}, {})
+    assert str(caught.value) == f"config file {file}: setting 'read_timeout' must be > 0 seconds (got -1)"
+    file.write_text('origin = "http://127.0.0.1:3000"\nrules = "r"\ntrusted_proxies = ["not-an-ip"]\n')
+    with pytest.raises(ConfigError, match=rf"^config file {file}: setting 'trusted_proxies': 'not-an-ip' is not"):
+        load_config(str(file), {}, {})
+    with pytest.raises(ConfigError, match=r"^environment variable EDGEPROXY_TRUSTED_PROXIES: setting 'trusted_prox"):
+        load_config(None, {"EDGEPROXY_TRUSTED_PROXIES": "10.0.0.0/8,nope"}, BASE)
+    file.write_text('origin = "http://127.0.0.1:3000"\nrules = "r"\nread_timeout = 5\n')
+    assert load_config(str(file), {}, {}).read_timeout == 5  # a valid file is fine
+    with pytest.raises(ConfigError, match=r"^command line --read-timeout: setting 'read_timeout'"):
+        load_config(str(file), {}, {"read_timeout": "-2"})
+
+
+def test_relative_paths_in_a_config_file_are_relative_to_its_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    file = folder / "edgeproxy.toml"
+    file.write_text(
+        'origin = "http://127.0.0.1:3000"\nrules = "rules"\ngeoip = "geo/City.mmdb"\ndecision_log = "decisions.jsonl"\n'
+        'snapshot_dir = "snap"\nstate = "sqlite:///state/edgeproxy.db"\n'
+    )
+    config = load_config(str(file), {}, {})
+    assert config.rules == str(folder / "rules")
+    assert config.geoip == str(folder / "geo" / "City.mmdb")
+    assert config.decision_log == str(folder / "decisions.jsonl")
+    assert config.snapshot_dir == str(folder / "snap")
+    assert config.state == f"sqlite:///{folder / 'state' / 'edgeproxy.db'}"
+    # Absolute paths and URLs are kept; a bare state path is a path too.
+    head = 'origin = "http://127.0.0.1:3000"\n'
+    file.write_text(head + f'rules = "{tmp_path}/abs"\nstate = "redis://127.0.0.1:6379/0"\n')
+    config = load_config(str(file), {}, {})
+    assert (config.rules, config.state) == (f"{tmp_path}/abs", "redis://127.0.0.1:6379/0")
+    file.write_text('origin = "http://127.0.0.1:3000"\nrules = "r"\nstate = "state.db"\n')
+    assert load_config(str(file), {}, {}).state == str(folder / "state.db")
+    # From the environment or the command line, relative paths stay relative to the current directory.
+    config = load_config(str(file), {"EDGEPROXY_GEOIP": "g.mmdb"}, {"rules": "rules", "state": "sqlite:///s.db"})
+    assert (config.rules, config.geoip, config.state) == ("rules", "g.mmdb", "sqlite:///s.db")
+    # Defaults (not written in the file) stay relative to the current directory too.
+    assert load_config(str(file), {}, {}).snapshot_dir == "edgeproxy-snapshot"
+
+
+def test_open_store_refuses_unknown_schemes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeproxy.store.base import open_store
+
+    monkeypatch.chdir(tmp_path)
+    for url in ("mysql://x", "postgres://u:secret@h/db", "sqlite://host/x.db"):
+        with pytest.raises(ValueError, match=r"use sqlite:///relative/path\.db") as caught:
+            open_store(url)
+        assert "secret" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []

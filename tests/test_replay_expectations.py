@@ -41,6 +41,7 @@ def test_passing_expectations_exit_0_and_write_junit(tmp_path: Path) -> None:
     spec = tmp_path / "expect.yaml"
     spec.write_text(EXPECTATIONS_YAML)
     junit = tmp_path / "out" / "junit.xml"
+    junit.parent.mkdir()  # --junit does not create folders (a typo must not scatter them)
     result = cli("--rules", str(rules), "--expect", str(spec), "--junit", str(junit))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "expectations: 2 of 2 passed" in result.stdout

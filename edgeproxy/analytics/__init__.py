@@ -1,1 +1,2 @@
-"""Analytics: impressions, conversions and A/B results of the stored events (SPEC §8); report and dashboard."""
+"""Analytics: impressions, conversions and A/B results of the stored events (docs/contract.md §8); report and
+dashboard."""

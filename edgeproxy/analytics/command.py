@@ -15,6 +15,7 @@ def run_report(args: argparse.Namespace, out: IO[str]) -> int:
     from edgeproxy.analytics.report import build_report, parse_time, render_table, report_scope
     from edgeproxy.analytics.sources import AnalyticsError, collect_tallies, redact
     from edgeproxy.engine.snapshot_file import load_snapshot
+    from edgeproxy.store.base import state_url_problem
 
     try:
         since = parse_time(args.since) if args.since else None
@@ -29,6 +30,11 @@ def run_report(args: argparse.Namespace, out: IO[str]) -> int:
     snapshot = load_snapshot(args.rules)
     project = snapshot.project
     state = args.state or os.environ.get("EDGEPROXY_STATE") or DEFAULT_STATE
+    problem = state_url_problem(state)
+    if problem:
+        where = "--state" if args.state else "EDGEPROXY_STATE"
+        print(f"edgeproxy: report: {where}: {problem}", file=sys.stderr)
+        return 2
     try:
         scope = report_scope(project, args.experience, since, until)
         tallies = collect_tallies(state, project.uid, scope, daily=False)

@@ -16,7 +16,6 @@ is open). While a newer result is computed, requests get the previous one (`"sta
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import secrets
 import time
@@ -56,26 +55,21 @@ class _Cache:
 _CACHES: weakref.WeakKeyDictionary[Any, _Cache] = weakref.WeakKeyDictionary()
 
 
-def _authorized(request: web.BaseRequest, token: str) -> bool:
-    from edgeproxy.proxy.ops import _authorized as ops_authorized  # the explain check (late: ops imports us)
-
-    if ops_authorized(request, token):
-        return True
-    given = request.query.get("token", "")
-    return bool(token) and bool(given) and hmac.compare_digest(given.encode(), token.encode())
-
-
 async def dashboard_handler(request: web.BaseRequest, state: ProxyState) -> web.StreamResponse:
     """Serve `{ops_prefix}dashboard` and `{ops_prefix}dashboard/data.json` (GET/HEAD)."""
     from edgeproxy.proxy.errors import error_response
+    from edgeproxy.proxy.ops import endpoint_name, refusal  # late: ops imports us
 
     accept = request.headers.get("Accept")
-    if not _authorized(request, state.config.ops_token):
-        return error_response(404, "not_found", "No such endpoint.", accept)
     prefix = state.config.ops_prefix
-    name = request.path[len(prefix) :].strip("/").lower()  # as ops_handler names its endpoints
+    name = endpoint_name(request.path, prefix)  # as ops_handler names its endpoints
+    refused = refusal(request, "dashboard", state.config.ops_token, "ops", query_token=True)
+    if refused is not None:
+        return refused
     if request.method not in ("GET", "HEAD"):
-        return error_response(405, "method_not_allowed", "The dashboard answers GET only.", accept)
+        response = error_response(405, "method_not_allowed", "The dashboard answers GET only.", accept)
+        response.headers["Allow"] = "GET, HEAD"
+        return response
     if name == "dashboard":
         return _page(prefix.rstrip("/") + "/dashboard/data.json")
     if name == "dashboard/data.json":

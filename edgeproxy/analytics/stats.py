@@ -1,6 +1,6 @@
 """The statistics of an A/B report: Wilson intervals, probability to be best, sample-ratio mismatch.
 
-Pure functions on counts; no I/O. SPEC §8 fixes the Beta(1 + conversions, 1 + impressions - conversions)
+Pure functions on counts; no I/O. docs/contract.md §8 fixes the Beta(1 + conversions, 1 + impressions - conversions)
 posterior and the 15,000 Monte Carlo draws; the rest (Wilson 95% interval, chi-square SRM test at p < 0.001,
 the seed) is ours and documented in the README.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
-DRAWS = 15_000  # SPEC §8
+DRAWS = 15_000  # docs/contract.md §8
 SRM_ALPHA = 0.001
 
 
@@ -40,7 +40,7 @@ def draw_seed(*parts: str) -> int:
 def probability_to_be_best(
     conversions: Sequence[int], impressions: Sequence[int], seed: int, draws: int = DRAWS
 ) -> list[float]:
-    """P(variant i has the highest conversion rate), each rate ~ Beta(1 + c, 1 + n - c) (SPEC §8).
+    """P(variant i has the highest conversion rate), each rate ~ Beta(1 + c, 1 + n - c) (docs/contract.md §8).
 
     Monte Carlo with `draws` joint draws from a seeded PCG64 generator: reproducible for the same counts and seed.
     """

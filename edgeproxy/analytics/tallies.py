@@ -1,6 +1,6 @@
 """What analytics counts, independent of where the events live (SQLite, Redis, a list in a test).
 
-Semantics (SPEC §8 and ours; the README documents them for users):
+Semantics (docs/contract.md §8 and ours; the README documents them for users):
 
 - An impression is unique per (user, experience, variant), whatever its source (`sdk`, `proxy`, `origin`): a
   user's impressions of one variant count once, at the time of the first (its *first-seen* time).
@@ -24,7 +24,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-CONVERSION_WINDOW_SECONDS = 30 * 86_400  # SPEC §8: "within 30 days after that user's impression"
+CONVERSION_WINDOW_SECONDS = 30 * 86_400  # docs/contract.md §8: "within 30 days after that user's impression"
 DAY = 86_400
 
 Arm = tuple[str, str]  # (experience short uid, variant short uid)

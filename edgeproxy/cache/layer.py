@@ -19,8 +19,8 @@ log = logging.getLogger("edgeproxy.cache")
 class ResponseCache:
     """Key = method + host + path?query + the visitor's variant param + configured request headers.
 
-    Never the raw cookie, never the user uid (SPEC §7): two visitors with the same variant set share entries,
-    two with different sets never do.
+    Never the raw cookie, never the user uid (docs/contract.md §7): two visitors with the same variant set share
+    entries, two with different sets never do.
     """
 
     def __init__(

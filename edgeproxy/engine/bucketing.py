@@ -1,4 +1,4 @@
-"""A/B bucketing, "hash v1" (SPEC §4.6, ours): stable across processes, instances and releases."""
+"""A/B bucketing, "hash v1" (docs/contract.md §4.6, ours): stable across processes, instances and releases."""
 
 from __future__ import annotations
 

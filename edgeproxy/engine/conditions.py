@@ -3,7 +3,7 @@
 A rule is split in two reusable parts: the *getter* reads the attribute value from the visitor context,
 the *test* checks a present value against the rule's operand. The compiled decision path and the
 explanation path both use these same two functions, so an explanation can never disagree with a decision.
-SPEC §3: a rule whose attribute has no value is false before `invertCondition` is applied.
+docs/contract.md §3: a rule whose attribute has no value is false before `invertCondition` is applied.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def _scalar_text(value: Any) -> str:
 
 
 def operand_test(rule: Rule) -> Test:
-    """The check of a present attribute value against the rule's operand (SPEC §3 match conditions)."""
+    """The check of a present attribute value against the rule's operand (docs/contract.md §3 match conditions)."""
     condition = rule.condition
     operand = rule.operand
     folded = rule.attribute_kind == "preset" and rule.attribute in CASE_INSENSITIVE_PRESETS
@@ -262,7 +262,7 @@ class _GroupCompiler:
 
     def group(self, group: RuleGroup) -> str:
         parts = [self.group(item) if isinstance(item, RuleGroup) else self.rule(item) for item in group.rules]
-        if not parts:  # Python's all([]) / any([]) (SPEC §3, ours)
+        if not parts:  # Python's all([]) / any([]) (docs/contract.md §3, ours)
             return "True" if group.combination == "AND" else "False"
         joiner = " and " if group.combination == "AND" else " or "
         return "(" + joiner.join(parts) + ")"
@@ -283,7 +283,7 @@ def evaluate_rule(rule: Rule, ctx: VisitorContext) -> tuple[Any, bool]:
 
 
 def combine(predicates: list[Predicate], combination: str) -> Predicate:
-    """AND = all, OR = any, with Python's all([])/any([]) for an empty list (SPEC §3, ours)."""
+    """AND = all, OR = any, with Python's all([])/any([]) for an empty list (docs/contract.md §3, ours)."""
     items = tuple(predicates)
     if combination == "AND":
         if not items:

@@ -8,6 +8,7 @@ the clock, the uid generator and the geo database lookup are passed in by the ca
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,7 @@ class VisitorContext:
         "page_url",
         "referrer",
         "stored",
+        "uid_header",
         "user_agent",
         "user_uid",
     )
@@ -158,9 +160,12 @@ class VisitorContext:
         geo_lookup: GeoLookup | None = None,
         classifier: UserAgentClassifier | None = None,
         query: str | None = None,
+        uid_header: str | None = None,
     ) -> None:
-        """`query`: the query string of `page_url` when the caller has it already (else parsed from the URL)."""
+        """`query`: the query string of `page_url` when the caller has it already (else parsed from the URL).
+        `uid_header`: the raw `X-CS-Personalize-User-Uid` header, kept to tell where the uid came from."""
         self.user_uid = user_uid
+        self.uid_header = uid_header
         self.now = now  # POSIX seconds, UTC
         self.user_agent = user_agent or None
         self.referrer = referrer or None
@@ -179,6 +184,18 @@ class VisitorContext:
         self._params: dict[str, list[str]] | None = None
         self._lytics: frozenset[str] | None = None
         self._flows: frozenset[str] | None = None
+
+    def user_uid_source(self) -> str:
+        """Where the uid came from: "header" (`X-CS-Personalize-User-Uid`), "cookie" (`cs-personalize-user-uid`),
+        else "other" (minted by the proxy, or a description's `userUid`)."""
+        uid = self.user_uid
+        header = self.uid_header
+        if header is not None and header.strip() == uid:
+            return "header"
+        cookie = self.cookies.get(USER_UID_COOKIE)
+        if cookie is not None and cookie.strip() == uid:
+            return "cookie"
+        return "other"
 
     # -- presets ------------------------------------------------------------------------------------
 
@@ -253,25 +270,114 @@ def _valid_text(value: str) -> bool:
     return True
 
 
+MAX_USER_UID_LENGTH = 256
+# RFC 6265 §4.1.1 cookie-octet: printable ASCII without space, DQUOTE, comma, semicolon and backslash.
+_UID_OCTETS = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,256}").fullmatch
+
+
+def valid_user_uid(uid: str) -> bool:
+    """SPEC §11: a user uid is 1-256 characters of RFC 6265 cookie-octet; anything else counts as absent, so it
+    can never inject cookie attributes (`; Domain=...`) or headers when it is echoed."""
+    return _UID_OCTETS(uid) is not None
+
+
 def resolve_user_uid(
     headers: Mapping[str, str], cookies: Mapping[str, str], fallback: str | None, new_uid: Callable[[], str]
 ) -> tuple[str, bool]:
-    """SPEC §9: header, else cookie, else the given uid, else a new one. Returns (uid, is_new)."""
-    for candidate in (headers.get(USER_UID_HEADER), cookies.get(USER_UID_COOKIE), fallback):
+    """SPEC §9: header, else cookie, else the given uid, else a new one. Returns (uid, is_new). A header or
+    cookie uid that is not valid (SPEC §11, `valid_user_uid`) counts as absent and is never echoed."""
+    for candidate in (headers.get(USER_UID_HEADER), cookies.get(USER_UID_COOKIE)):
         if candidate is not None:
             candidate = candidate.strip()  # raw: the SDK neither encodes nor decodes the uid (SPEC §6)
-            if candidate and _valid_text(candidate):
+            if _UID_OCTETS(candidate) is not None:
                 return candidate, False
+    if fallback is not None:
+        fallback = fallback.strip()
+        if fallback and _valid_text(fallback):
+            return fallback, False
     return new_uid(), True
+
+
+MAX_JSON_DEPTH = 32  # nesting of JSON a client sends (attributes, Edge API bodies)
+MAX_JSON_NUMBER = 64  # characters of one JSON number
+
+
+class ClientJsonError(ValueError):
+    """JSON from a client that is malformed or beyond the bounds (depth, number size); the message is ours."""
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_JSON_NUMBER:
+        raise ClientJsonError(f"a number over {MAX_JSON_NUMBER} characters")
+    return int(text)
+
+
+def _bounded_float(text: str) -> float:
+    if len(text) > MAX_JSON_NUMBER:
+        raise ClientJsonError(f"a number over {MAX_JSON_NUMBER} characters")
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ClientJsonError("a number out of range")
+    return value
+
+
+def _no_constant(text: str) -> Any:
+    raise ClientJsonError(f"{text} is not JSON")
+
+
+def load_client_json(raw: str | bytes) -> Any:
+    """`json.loads` for what a client sends: numbers of at most MAX_JSON_NUMBER characters and finite, no
+    NaN/Infinity, nesting at most MAX_JSON_DEPTH. Every failure is a ClientJsonError (never a RecursionError
+    or the interpreter's int-size ValueError), so it can only become a 4xx."""
+    try:
+        value = json.loads(raw, parse_int=_bounded_int, parse_float=_bounded_float, parse_constant=_no_constant)
+    except ClientJsonError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise ClientJsonError(f"not valid JSON ({exc.msg})") from None
+    except (ValueError, RecursionError, TypeError):
+        raise ClientJsonError("not valid JSON") from None
+    if isinstance(value, dict | list):
+        _check_depth(value)
+    elif isinstance(value, str) and not value.isascii():
+        _check_text(value)
+    return value
+
+
+def _check_depth(value: dict[str, Any] | list[Any]) -> None:
+    """Nesting within MAX_JSON_DEPTH, and no string (key or value) holding a lone surrogate (`"\\ud800"`),
+    which could be neither stored nor sent on as UTF-8."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ClientJsonError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(item, dict):
+            children: Any = item.values()
+            for key in item:
+                if not key.isascii():
+                    _check_text(key)
+        else:
+            children = item
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+            elif isinstance(child, str) and not child.isascii():
+                _check_text(child)
+
+
+def _check_text(text: str) -> None:
+    if not _valid_text(text):
+        raise ClientJsonError("a string that is not valid Unicode")
 
 
 def parse_live_attributes_header(raw: str | None, where: str = "X-Live-Attributes header") -> dict[str, Any]:
     if raw is None or not raw.strip():
         return {}
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise RequestDescriptionError(where, f"not valid JSON ({exc.msg}); send a JSON object") from None
+        value = load_client_json(raw)
+    except ClientJsonError as exc:
+        raise RequestDescriptionError(where, f"{exc}; send a JSON object") from None
     if not isinstance(value, dict):
         raise RequestDescriptionError(where, "must be a JSON object of attribute key -> value")
     return value
@@ -326,6 +432,7 @@ def build_context(
         geo_lookup=geo_lookup,
         classifier=classifier,
         query=query,
+        uid_header=headers.get(USER_UID_HEADER),
     )
 
 

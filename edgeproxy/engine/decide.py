@@ -1,4 +1,4 @@
-"""Compile a project into a snapshot and decide a visitor's manifest (SPEC §4)."""
+"""Compile a project into a snapshot and decide a visitor's manifest (docs/contract.md §4)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from edgeproxy.engine.useragent import UserAgentClassifier
 
 
 def variant_alias(experience_short_uid: str, variant_short_uid: str) -> str:
-    return f"cs_personalize_{experience_short_uid}_{variant_short_uid}"  # SPEC §2
+    return f"cs_personalize_{experience_short_uid}_{variant_short_uid}"  # docs/contract.md §2
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -37,8 +37,8 @@ class CompiledExperience:
     tags: frozenset[str]  # casefolded
     choose: Callable[[VisitorContext], CompiledVariant | None]
     variants: tuple[CompiledVariant, ...]
-    # A/B tests (SPEC §4.6): what `choose` uses, for deciders that split the uid-independent targeting from the
-    # per-visitor bucket (memo.py). `targeting` None: everyone is in the test.
+    # A/B tests (docs/contract.md §4.6): what `choose` uses, for deciders that split the uid-independent targeting
+    # from the per-visitor bucket (memo.py). `targeting` None: everyone is in the test.
     targeting: Predicate | None = None
     cumulative_weights: tuple[int, ...] = ()
 
@@ -76,11 +76,11 @@ class Manifest:
         return param
 
     def edge_body(self) -> dict[str, Any]:
-        """The Edge API manifest body (SPEC §4.7)."""
+        """The Edge API manifest body (docs/contract.md §4.7)."""
         return {"experiences": self.experiences, "activeVariants": self.active_variants}
 
     def to_dict(self) -> dict[str, Any]:
-        """What `edgeproxy decide` prints per request (SPEC §9)."""
+        """What `edgeproxy decide` prints per request (docs/contract.md §9)."""
         return {
             "userUid": self.user_uid,
             "experiences": self.experiences,
@@ -120,7 +120,7 @@ class CompiledSnapshot:
         return found
 
     def select(self, tags: Iterable[str] | None) -> Sequence[CompiledExperience]:
-        """SPEC §4.2: keep experiences with at least one tag equal, case-insensitively."""
+        """docs/contract.md §4.2: keep experiences with at least one tag equal, case-insensitively."""
         if tags is None:
             return self.experiences
         wanted = {tag.casefold() for tag in tags}
@@ -171,7 +171,7 @@ def _compile_experience(experience: Experience, audiences: dict[str, Predicate])
     targeting: Predicate | None = None
     sums: tuple[int, ...] = ()
     if experience.status == "PAUSED":
-        choose = _paused  # SPEC §4.4
+        choose = _paused  # docs/contract.md §4.4
     elif experience.type == "SEGMENTED":
         choose = _segmented_chooser(experience.variants, compiled_variants, audiences)
     else:
@@ -197,7 +197,7 @@ def _paused(ctx: VisitorContext) -> CompiledVariant | None:
 def _segmented_chooser(
     variants: tuple[Variant, ...], compiled: tuple[CompiledVariant, ...], audiences: dict[str, Predicate]
 ) -> Callable[[VisitorContext], CompiledVariant | None]:
-    # SPEC §4.5: the first variant in array order whose condition holds; one with no condition never does.
+    # docs/contract.md §4.5: the first variant in array order whose condition holds; one with no condition never does.
     candidates = tuple(
         (compile_audience_condition(v.condition, audiences), cv)
         for v, cv in zip(variants, compiled, strict=True)
@@ -216,7 +216,7 @@ def _segmented_chooser(
 def _ab_chooser(
     uid: str, sums: tuple[int, ...], targeting: Predicate | None, compiled: tuple[CompiledVariant, ...]
 ) -> Callable[[VisitorContext], CompiledVariant | None]:
-    # SPEC §4.6: outside the targeting -> null; else hash v1 bucket against cumulative weights.
+    # docs/contract.md §4.6: outside the targeting -> null; else hash v1 bucket against cumulative weights.
     def choose(ctx: VisitorContext) -> CompiledVariant | None:
         if targeting is not None and not targeting(ctx):
             return None

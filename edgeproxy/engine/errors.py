@@ -19,7 +19,7 @@ class RulesError(Exception):
 
 
 class RequestDescriptionError(ValueError):
-    """A request description (SPEC §9) has a field of the wrong shape."""
+    """A request description (docs/contract.md §9) has a field of the wrong shape."""
 
     def __init__(self, field: str, problem: str) -> None:
         self.field = field

@@ -1,4 +1,4 @@
-"""Load and validate a rules directory in the Contentstack CLI export layout (SPEC §3).
+"""Load and validate a rules directory in the Contentstack CLI export layout (docs/contract.md §3).
 
 The loader reads every file first, validates everything the decision can depend on, and only then
 returns a `Project`; any problem raises one `RulesError` naming the file, the JSON path and the fix,
@@ -38,12 +38,12 @@ from edgeproxy.engine.model import (
 )
 
 VERSION_STATUSES = frozenset({"DRAFT", "ACTIVE", "PAUSED", "ARCHIVED"})
-FULL_WEIGHT = 10_000  # basis points (SPEC §4.6)
+FULL_WEIGHT = 10_000  # basis points (docs/contract.md §4.6)
 MAX_RULE_DEPTH = 32  # Personalize's editor nests a few levels; this bounds recursion on hostile input
 
 
 def find_personalize_dir(path: str | Path) -> Path:
-    """Accept the `personalize/` folder itself or a parent that contains it (SPEC §3)."""
+    """Accept the `personalize/` folder itself or a parent that contains it (docs/contract.md §3)."""
     root = Path(path)
     if not root.exists():
         raise RulesError(str(root), "", "does not exist; pass the export's personalize/ folder or its parent")
@@ -264,7 +264,7 @@ class _ProjectLoader:
             else:
                 current[uid] = experience
         ordered = [current.pop(uid) for uid in self._priority() if uid in current]
-        ordered.extend(current.values())  # SPEC §4.3: missing from priorityOrder -> experiences.json order
+        ordered.extend(current.values())  # docs/contract.md §4.3: missing from priorityOrder -> experiences.json order
         return tuple(ordered), tuple(omitted)
 
     def _tags(self, doc: _Doc, value: Any, path: str) -> tuple[str, ...]:
@@ -315,7 +315,7 @@ class _ProjectLoader:
                 raise doc.fail(
                     f"{path}.status", f"unknown status {version_status!r}; expected one of {sorted(VERSION_STATUSES)}"
                 )
-            # SPEC §4.1: the ACTIVE version, else the PAUSED one (the first of each in file order).
+            # docs/contract.md §4.1: the ACTIVE version, else the PAUSED one (the first of each in file order).
             if (version_status == "ACTIVE" and (chosen is None or chosen[1]["status"] != "ACTIVE")) or (
                 version_status == "PAUSED" and chosen is None
             ):
@@ -387,7 +387,7 @@ class _ProjectLoader:
             has_weights = any(obj.get("trafficDistribution") is not None for obj, _, _ in heads)
             split = "CUSTOM_PERCENTAGE" if has_weights else "EQUALLY_SPLIT"
         if split == "EQUALLY_SPLIT":
-            # SPEC §4.6: 10000 split evenly, the remainder one each to the first variants.
+            # docs/contract.md §4.6: 10000 split evenly, the remainder one each to the first variants.
             count = len(heads)
             base, remainder = divmod(FULL_WEIGHT, count) if count else (0, 0)
             weights = [base + (1 if i < remainder else 0) for i in range(count)]
@@ -430,7 +430,7 @@ class _ProjectLoader:
         audiences = self._audience_refs(doc, obj.get("audiences"), f"{path}.audiences", lytics_only=False)
         lytics = self._audience_refs(doc, obj.get("lyticsAudiences"), f"{path}.lyticsAudiences", lytics_only=True)
         if not audiences and not lytics:
-            return None  # SPEC §4.5: a variant with neither matches nobody
+            return None  # docs/contract.md §4.5: a variant with neither matches nobody
         combination = self._combination(
             doc, obj.get("audienceCombinationType", "OR"), f"{path}.audienceCombinationType"
         )

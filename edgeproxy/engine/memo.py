@@ -1,7 +1,7 @@
 """Decisions memoised on exactly what the rules read: `MemoDecider(snapshot).decide(ctx, tags)` returns what
 `snapshot.decide(ctx, tags)` returns, without evaluating every rule for every request.
 
-Only the bucket of a running A/B test depends on the visitor's uid (SPEC §4.6); everything else a decision
+Only the bucket of a running A/B test depends on the visitor's uid (docs/contract.md §4.6); everything else a decision
 depends on — segment choices, A/B targeting, paused experiences — is a pure function of a handful of visitor
 features: the attributes the rules read. Visitors repeat those features (a few countries, device classes,
 campaigns, time windows), so the uid-independent part is memoised under a key made of exactly those features,
@@ -96,7 +96,7 @@ def typed_value(value: Any) -> Any:
 def experience_conditions(ce: CompiledExperience) -> list[AudienceCondition]:
     """Every audience condition the experience's decision can evaluate: its targeting and its variants'."""
     if ce.experience.status == "PAUSED":
-        return []  # decided without reading anything (SPEC §4.4)
+        return []  # decided without reading anything (docs/contract.md §4.4)
     conditions = [v.condition for v in ce.experience.variants if v.condition is not None]
     if ce.experience.targeting is not None:
         conditions.append(ce.experience.targeting)
@@ -170,7 +170,7 @@ def feature_key_function(rules: Sequence[Rule], *, lytics_membership: bool) -> K
 
 
 def uid_dependent(ce: CompiledExperience) -> bool:
-    # SPEC §4.6: only a running A/B test buckets by uid; PAUSED experiences are constant (§4.4).
+    # docs/contract.md §4.6: only a running A/B test buckets by uid; PAUSED experiences are constant (§4.4).
     return ce.experience.type == "AB_TEST" and ce.experience.status == "ACTIVE"
 
 

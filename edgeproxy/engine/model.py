@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-# Attribute kinds of a rule's reference (SPEC §3, audience definition grammar).
+# Attribute kinds of a rule's reference (docs/contract.md §3, audience definition grammar).
 AttributeKind = Literal["preset", "custom", "lytics"]
 Combination = Literal["AND", "OR"]
 ExperienceType = Literal["SEGMENTED", "AB_TEST"]
@@ -25,7 +25,7 @@ PRESET_ATTRIBUTES = (
     "REFERRER",
     "DATE_AND_TIME",
 )
-# Enumerated presets compare case-insensitively (SPEC §3 "ours").
+# Enumerated presets compare case-insensitively (docs/contract.md §3 "ours").
 CASE_INSENSITIVE_PRESETS = frozenset({"COUNTRY", "REGION", "CITY", "DEVICE_TYPE", "OPERATING_SYSTEM"})
 LYTICS_REFS = ("LYTICS_AUDIENCE", "LYTICS_FLOW_STATE")
 
@@ -130,7 +130,7 @@ class Experience:
 
 @dataclass(frozen=True, slots=True)
 class OmittedExperience:
-    """An experience in experiences.json without an ACTIVE or PAUSED version (SPEC §4.1)."""
+    """An experience in experiences.json without an ACTIVE or PAUSED version (docs/contract.md §4.1)."""
 
     uid: str
     short_uid: str

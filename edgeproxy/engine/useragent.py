@@ -1,4 +1,4 @@
-"""DEVICE_TYPE and OPERATING_SYSTEM from a User-Agent (SPEC §3 preset attributes, values ours).
+"""DEVICE_TYPE and OPERATING_SYSTEM from a User-Agent (docs/contract.md §3 preset attributes, values ours).
 
 ua-parser (the maintained uap-core rules) names the OS and device family; the mapping to Contentstack's
 enumerations is ours. Classification is memoised per UA string in a bounded cache owned by the classifier,
@@ -96,11 +96,14 @@ class UserAgentClassifier:
         found = self._cache.get(user_agent)
         if found is not None:
             return found
-        parsed = ua_parser.parse(user_agent)
+        text = user_agent
+        if not text.isascii():  # header bytes that are not UTF-8 arrive as lone surrogates: U+FFFD for the parser
+            text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        parsed = ua_parser.parse(text)
         os_family = parsed.os.family if parsed.os is not None else "Other"
         device_family = parsed.device.family if parsed.device is not None else "Other"
         operating_system = classify_os(os_family)
-        result = UserAgentClass(classify_device(user_agent, device_family, operating_system), operating_system)
+        result = UserAgentClass(classify_device(text, device_family, operating_system), operating_system)
         if len(self._cache) >= self._limit:
             self._cache.clear()  # cheap and bounded; the hot UAs come back within a few requests
         self._cache[user_agent] = result

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -28,9 +30,11 @@ from edgeproxy.engine.decide import CompiledSnapshot, Manifest
 from edgeproxy.engine.useragent import UserAgentClassifier
 from edgeproxy.proxy.access_log import DECIDED_KEY
 from edgeproxy.proxy.config import ProxyConfig
-from edgeproxy.proxy.errors import error_response
+from edgeproxy.proxy.errors import error_response, refusal_response
+from edgeproxy.proxy.gate import Refusal, origin_form
+from edgeproxy.proxy.gate import check as check_request
 from edgeproxy.proxy.headers import UPSTREAM_OWNED, TrustedProxies, end_to_end, removal_set
-from edgeproxy.proxy.hitlane import HitLaneServer
+from edgeproxy.proxy.hitlane import GatedServer, HitLaneServer
 from edgeproxy.proxy.impressions import ImpressionRecorder
 from edgeproxy.proxy.metrics import ProxyMetrics
 from edgeproxy.proxy.personalize import (
@@ -56,7 +60,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgeproxy.proxy")
 NO_BODY_STATUSES = frozenset({204, 304})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-UPSTREAM_REMOVED = removal_set(*UPSTREAM_OWNED, "host", "expect")  # 100-continue is answered here
+# 100-continue is answered here; an h2c upgrade is ignored (RFC 9110 §7.8), its settings header with it
+UPSTREAM_REMOVED = removal_set(*UPSTREAM_OWNED, "host", "expect", "http2-settings")
 
 
 @dataclass(slots=True)
@@ -185,6 +190,13 @@ class ClientView:
     client_ip: str | None
     proto: str
     host: str
+    refusal: Refusal | None = None  # X-Forwarded-* from a trusted peer that are ambiguous: refuse the request
+
+
+AMBIGUOUS_FORWARDING = Refusal(
+    400, "ambiguous_forwarding",
+    "X-Forwarded-For/-Proto/-Host from the trusted proxy are repeated, or not a valid address, scheme or host.",
+)  # fmt: skip
 
 
 def client_view(request: web.BaseRequest, state: ProxyState) -> ClientView:
@@ -197,11 +209,14 @@ def view_of_client(
     """`host`: the request's Host. Used by the general path and the hit lane alike."""
     if not state.trusted.trusts(peer):  # the common case: nothing forwarded is believed
         return ClientView(peer, False, None, peer, scheme, host)
-    incoming_xff = ", ".join(headers.getall("X-Forwarded-For", ())) or None
-    client_ip = state.trusted.client_address(peer, incoming_xff)
-    proto = headers.get("X-Forwarded-Proto", "").split(",")[0].strip() or scheme
-    forwarded_host = headers.get("X-Forwarded-Host", "").split(",")[0].strip() or host
-    return ClientView(peer, True, incoming_xff, client_ip, proto, forwarded_host)
+    xff = headers.getall("X-Forwarded-For", [])
+    found = state.trusted.forwarded(
+        peer, xff, headers.getall("X-Forwarded-Proto", []), headers.getall("X-Forwarded-Host", [])
+    )
+    if found is None:  # ambiguous or invalid: refused (`forwarding_refused`), believed in no part
+        return ClientView(peer, True, None, peer, scheme, host, AMBIGUOUS_FORWARDING)
+    client_ip, proto, forwarded_host = found
+    return ClientView(peer, True, xff[0] if xff else None, client_ip, proto or scheme, forwarded_host or host)
 
 
 @dataclass(slots=True)
@@ -314,10 +329,19 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
     config = state.config
     state.counters.requests += 1
     where = client_view(request, state)
+    if where.refusal is not None:
+        return refuse(request, where.refusal)
     host = where.host
     upgrade = request.headers.get("Upgrade")
-    if upgrade is not None and upgrade.lower() == "websocket":
-        return await _websocket(request, state, upstream_request_headers(request, state, where))
+    if (
+        upgrade is not None and upgrade.lower() == "websocket" and request.method == "GET"
+        and "Sec-WebSocket-Key" in request.headers
+    ):  # fmt: skip
+        bridged = await _websocket(request, state, upstream_request_headers(request, state, where))
+        if bridged is not None:
+            return bridged
+        # The origin declined the upgrade (RFC 9110 §7.8 lets it ignore Upgrade): its plain answer goes through,
+        # fetched below as an ordinary request. Without a Sec-WebSocket-Key it is no handshake at all: the same.
 
     route = state.routes.decide(request.path)
     loaded = state.holder.current
@@ -389,6 +413,12 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
         upstream = await state.upstream.request(
             request.method, target, upstream_headers, request.content if has_body else None
         )
+    except RequestPayloadError as exc:  # the client's body broke its framing, or the client went away
+        log.info("%s request from %s: request body refused: %s", request.method, where.peer, type(exc).__name__)
+        bad = error_response(400, "bad_body", "The request body is not framed correctly.",
+                             request.headers.get("Accept"))  # fmt: skip
+        bad.force_close()
+        return bad
     except TimeoutError as exc:
         return _origin_failed(request, state, 504, "origin_timeout", "The origin did not answer in time.", exc)
     except OSError as exc:
@@ -590,7 +620,10 @@ async def relay(
     return response, True
 
 
-async def _websocket(request: web.BaseRequest, state: ProxyState, headers: CIMultiDict[str]) -> web.StreamResponse:
+async def _websocket(
+    request: web.BaseRequest, state: ProxyState, headers: CIMultiDict[str]
+) -> web.StreamResponse | None:
+    """Bridge a WebSocket; None when the origin answered the handshake with something else than 101."""
     state.counters.websockets += 1
     for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions", "Sec-WebSocket-Accept"):
         headers.popall(name, None)
@@ -603,6 +636,9 @@ async def _websocket(request: web.BaseRequest, state: ProxyState, headers: CIMul
             target, headers=headers, protocols=protocols, autoping=False, max_msg_size=0
         )
     except aiohttp.WSServerHandshakeError as exc:
+        if exc.status != 101:
+            state.counters.websockets -= 1
+            return None
         return _origin_failed(request, state, 502, "origin_websocket_refused", "The origin refused the WebSocket.", exc)
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         return _origin_failed(request, state, 502, "origin_unreachable", "The origin could not be reached.", exc)
@@ -657,6 +693,16 @@ def build_handler(state: ProxyState, reserved: dict[str, tuple[str, ReservedHand
     )
 
     async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+        # The gate first, for every request (hitlane.py's lane asks it too, before it answers).
+        refusal = check_request(
+            request.method, request.raw_path, request.version, request.raw_headers, values_checked=LLHTTP_STRICT
+        )
+        if refusal is not None:
+            return refuse(request, refusal)
+        if request.raw_path[:1] != "/":  # absolute-form or `OPTIONS *`, as the gate let through
+            if request.raw_path == "*":
+                return web.Response(status=200, headers={"Allow": ALLOWED_METHODS, "Content-Length": "0"})
+            request = _in_origin_form(request)
         if "Expect" in request.headers:
             expected = await _expect(request)
             if expected is not None:
@@ -676,6 +722,32 @@ def build_handler(state: ProxyState, reserved: dict[str, tuple[str, ReservedHand
     return dispatch
 
 
+ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+# aiohttp's C request parser is llhttp in strict mode: it refuses control characters in header values itself
+# (tests/e2e/test_gate_hostile.py holds it to that), so the gate need not scan every value byte again.
+# The pure-Python fallback parser does not: then the gate does.
+LLHTTP_STRICT = HttpRequestParser is not HttpRequestParserPy
+
+
+def refuse(request: web.BaseRequest, refusal: Refusal) -> web.Response:
+    """The gate's answer: a short page (JSON when Accept asks for it), logged in one line, connection closed
+    (after a refused head nothing else on the connection can be trusted to be framed as its sender meant)."""
+    log.info("refused request from %s: %d %s", peer_address(request), refusal.status, refusal.code)
+    response = refusal_response(refusal, request.headers.get("Accept"))
+    if refusal.status == 405:
+        response.headers["Allow"] = ALLOWED_METHODS
+    response.force_close()
+    return response
+
+
+def _in_origin_form(request: web.BaseRequest) -> web.BaseRequest:
+    """RFC 9112 §3.2.2: an absolute-form target is forwarded in origin-form, its authority replacing Host."""
+    path, authority = origin_form(request.raw_path)
+    headers = request.headers.copy()
+    headers["Host"] = authority
+    return request.clone(rel_url=URL(path, encoded=True), headers=headers)
+
+
 async def _expect(request: web.BaseRequest) -> web.StreamResponse | None:
     """RFC 9110 §10.1.1, as aiohttp's router does it: `100 Continue` before the body is read (and streamed on)."""
     if request.headers["Expect"].lower() != "100-continue":
@@ -693,11 +765,14 @@ def build_server(state: ProxyState, reserved: dict[str, tuple[str, ReservedHandl
     answered as they are parsed (hitlane.py, caching.lane_answer).
     The caller starts and stops `state` (see server.serve)."""
     handler = build_handler(state, reserved)
+    # Request bodies are relayed as the exact bytes the client framed: never inflated (a gzip body could
+    # otherwise carry a request of its own past the gate). The Edge API decodes what it reads itself.
+    kwargs["auto_decompress"] = False
     if state.cache is not None:
         access_log = kwargs.get("access_log")
         answer = caching.lane_answer(state, access_log if state.config.access_log else None)
         return HitLaneServer(handler, answer, **kwargs)
-    return web.Server(handler, **kwargs)
+    return GatedServer(handler, **kwargs)
 
 
 def _normalized(path: str) -> str:

@@ -25,6 +25,7 @@ from edgeproxy.cache.rules import parse_cache_control
 from edgeproxy.cache.store import CachedResponse, MemoryCacheStore
 from edgeproxy.proxy.access_log import access_line
 from edgeproxy.proxy.app import (
+    LLHTTP_STRICT,
     UPSTREAM_REMOVED,
     ClientBase,
     Decided,
@@ -40,6 +41,7 @@ from edgeproxy.proxy.app import (
     view_of_client,
 )
 from edgeproxy.proxy.config import ProxyConfig
+from edgeproxy.proxy.gate import check as check_request
 from edgeproxy.proxy.headers import connection_listed, removal_set
 from edgeproxy.proxy.hitlane import LaneAnswer
 from edgeproxy.proxy.personalize import NO_COOKIES, SetCookies
@@ -138,7 +140,7 @@ class _Prepared:
         found = self.heads.get(no_store)
         if found is None:
             headers = list(self.base.headers.items())
-            if no_store:  # SPEC §7, as ClientBase.finish does
+            if no_store:  # docs/contract.md §7, as ClientBase.finish does
                 headers = [(k, v) for k, v in headers if k.lower() != "cache-control"] + [("Cache-Control", "no-store")]
             names = {name.lower() for name, _ in headers}
             lines = head_lines(entry.status, entry.reason, headers, len(entry.body), names=names)
@@ -227,6 +229,8 @@ def lane_answer(state: ProxyState, access_log: logging.Logger | None) -> LaneAns
         store = cache.store
         if not isinstance(store, MemoryCacheStore) or not store.holds_path(raw_path):
             return None  # the cheap no: nothing is stored for this URL
+        if check_request("GET", raw_path, message.version, message.raw_headers, values_checked=LLHTTP_STRICT):
+            return None  # the general path asks the gate again and answers its refusal
         config = state.config
         host = headers.get("Host")
         url = message.url
@@ -240,6 +244,8 @@ def lane_answer(state: ProxyState, access_log: logging.Logger | None) -> LaneAns
         if not route.cache or "If-None-Match" in headers:
             return None  # not cached here / answered with a 304 by the general path
         where = view_of_client(state, peer, scheme, host, headers)
+        if where.refusal is not None:
+            return None  # refused by the general path
         loaded = state.holder.current
         decision = None
         variant_param = ""

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from edgeproxy.clock import parse_instant
 
@@ -233,9 +234,29 @@ def _apply(config: ProxyConfig, values: Mapping[str, Any], source: str) -> Proxy
     return replace(config, **changes, _sources=sources)
 
 
+# Settings that name files or folders. A relative one written in a config file is taken relative to that file's
+# folder (so the file works from any current directory); from the environment or a flag, relative to the current
+# directory, as a shell user expects.
+PATH_SETTINGS = ("rules", "geoip", "decision_log", "snapshot_dir", "state")
+
+
+def _relative_to(base: Path, name: str, value: Any) -> Any:
+    if not isinstance(value, str) or not value:
+        return value
+    if name == "state":
+        if value.startswith("sqlite:///"):
+            path = value[len("sqlite:///") :]
+            return value if not path or Path(path).is_absolute() else "sqlite:///" + str(base / path)
+        if "://" in value or value == ":memory:":
+            return value
+    return value if Path(value).is_absolute() else str(base / value)
+
+
 def load_config(
     file: str | None, environ: Mapping[str, str], flags: Mapping[str, Any], *, base_dir: Path | None = None
 ) -> ProxyConfig:
+    """Defaults < `file` < EDGEPROXY_* in `environ` < `flags`, validated. Relative paths in `file` (see
+    PATH_SETTINGS) are resolved against `base_dir`, by default the file's folder."""
     config = ProxyConfig()
     if file:
         path = Path(file)
@@ -245,6 +266,11 @@ def load_config(
             raise ConfigError(f"config file {file}: cannot be read: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file}: not valid TOML: {exc}") from None
+        base = base_dir if base_dir is not None else path.parent
+        data = {
+            key: _relative_to(base, key.replace("-", "_"), value) if key.replace("-", "_") in PATH_SETTINGS else value
+            for key, value in data.items()
+        }
         config = _apply(config, data, f"config file {file}")
     env_values = {
         key[len("EDGEPROXY_") :].lower(): value
@@ -256,20 +282,77 @@ def load_config(
     return validate(config)
 
 
+def source_of(config: ProxyConfig, name: str) -> str:
+    """Where a setting's value came from, as a user would look for it."""
+    source = config._sources.get(name)
+    if source == "environment":
+        return f"environment variable EDGEPROXY_{name.upper()}"
+    if source == "command line":
+        return f"command line --{name.replace('_', '-')}"
+    return source or "default"
+
+
+def _bad(config: ProxyConfig, name: str, problem: str) -> ConfigError:
+    """'<source>: setting <name> <problem>' (a problem starting with ':' follows the name directly)."""
+    joiner = "" if problem.startswith(":") else " "
+    return ConfigError(f"{source_of(config, name)}: setting {name!r}{joiner}{problem}")
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else repr(value)
+
+
+def _port_problem(port: int | None) -> str | None:
+    if port is None or not 1 <= port <= 65535:
+        return "the port must be 1-65535"
+    return None
+
+
+def _check_origin(config: ProxyConfig) -> None:
+    origin = config.origin
+    if not origin.startswith(("http://", "https://")):
+        raise _bad(config, "origin", f": {origin!r} must start with http:// or https://, e.g. http://127.0.0.1:3000")
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        raise _bad(config, "origin", f": {origin!r} has a port that is not 1-65535") from None
+    if not parts.hostname:
+        raise _bad(config, "origin", f": {origin!r} has no host, e.g. http://127.0.0.1:3000")
+    if port is not None and _port_problem(port):
+        raise _bad(config, "origin", f": {origin!r} has a port that is not 1-65535")
+
+
+def _check_url(config: ProxyConfig, name: str, schemes: tuple[str, ...], forms: str) -> None:
+    value: str = getattr(config, name)
+    if not value.startswith(tuple(f"{scheme}://" for scheme in schemes)):
+        raise _bad(config, name, f": {value!r} is not {forms}")
+    try:
+        port = urlsplit(value).port
+    except ValueError:
+        port = 0
+    if port is not None and _port_problem(port):
+        raise _bad(config, name, f": {value!r} has a port that is not 1-65535")
+
+
 def validate(config: ProxyConfig) -> ProxyConfig:
+    """Check every setting; a ConfigError names the setting and where its value came from."""
+    from edgeproxy.store.base import state_url_problem
+
     if not config.origin:
         raise ConfigError("setting 'origin' is required: --origin URL, EDGEPROXY_ORIGIN or origin = '...' in the file")
-    if not config.origin.startswith(("http://", "https://")):
-        raise ConfigError(f"setting 'origin': {config.origin!r} must start with http:// or https://")
+    _check_origin(config)
     if config.admin_url or config.region:
         if config.rules:
-            raise ConfigError("give either 'rules' or 'admin_url'/'region' (sync), not both")
+            raise ConfigError(
+                f"give either 'rules' ({source_of(config, 'rules')}) or 'admin_url'/'region' (sync), not both"
+            )
         if not config.project_uid:
             raise ConfigError("setting 'project_uid' is required to sync from Admin")
         if not config.authtoken and not config.oauth_token:
             raise ConfigError("sync needs credentials: EDGEPROXY_AUTHTOKEN or EDGEPROXY_OAUTH_TOKEN (or the flags)")
-        if config.sync_interval <= 0 or config.sync_timeout <= 0:
-            raise ConfigError("settings 'sync_interval' and 'sync_timeout' must be > 0 seconds")
+        if config.admin_url:
+            _check_url(config, "admin_url", ("http", "https"), "an http:// or https:// URL")
     elif not config.rules:
         raise ConfigError(
             "setting 'rules' is required: --rules PATH, EDGEPROXY_RULES or rules = '...' in the file "
@@ -277,39 +360,53 @@ def validate(config: ProxyConfig) -> ProxyConfig:
         )
     host, sep, port = config.listen.rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise ConfigError(f"setting 'listen': {config.listen!r} is not HOST:PORT")
+        raise _bad(config, "listen", f": {config.listen!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
+    if _port_problem(int(port)):
+        raise _bad(config, "listen", f": {config.listen!r} has a port that is not 1-65535")
     for net in config.trusted_proxies:
         try:
             ipaddress.ip_network(net, strict=False)
         except ValueError:
-            raise ConfigError(f"setting 'trusted_proxies': {net!r} is not an address or CIDR") from None
+            raise _bad(config, "trusted_proxies", f": {net!r} is not an address or CIDR") from None
     for name in ("ops_prefix", "edge_api_prefix"):
         prefix = getattr(config, name)
         if not prefix.startswith("/") or not prefix.endswith("/") or prefix == "/":
-            raise ConfigError(f"setting {name!r}: {prefix!r} must start and end with '/' and not be '/'")
+            raise _bad(config, name, f": {prefix!r} must start and end with '/' and not be '/'")
     if config.ops_prefix.lower().startswith(
         config.edge_api_prefix.lower()
     ) or config.edge_api_prefix.lower().startswith(config.ops_prefix.lower()):
         raise ConfigError("settings 'ops_prefix' and 'edge_api_prefix' must not overlap")
     for name in ("max_body_bytes", "max_events_per_request", "max_attributes_per_user", "max_attribute_value_bytes",
-                 "max_users"):  # fmt: skip
+                 "max_users", "pool_size", "max_header_size", "cache_max_bytes",
+                 "cache_max_object_bytes"):  # fmt: skip
         if getattr(config, name) <= 0:
-            raise ConfigError(f"setting {name!r} must be > 0")
-    if config.attribute_ttl_days <= 0:
-        raise ConfigError("setting 'attribute_ttl_days' must be > 0")
+            raise _bad(config, name, f"must be > 0 (got {_shown(getattr(config, name))})")
+    for name in ("connect_timeout", "read_timeout", "sync_interval", "sync_timeout", "attribute_ttl_days"):
+        if not getattr(config, name) > 0:  # also NaN
+            unit = "days" if name.endswith("days") else "seconds"
+            raise _bad(config, name, f"must be > 0 {unit} (got {_shown(getattr(config, name))})")
+    if not config.cache_default_ttl >= 0:
+        raise _bad(config, "cache_default_ttl", f"must be >= 0 seconds (got {_shown(config.cache_default_ttl)})")
     if config.impressions not in ("origin", "proxy", "off"):
-        raise ConfigError(f"setting 'impressions': {config.impressions!r} is not origin, proxy or off")
+        raise _bad(config, "impressions", f": {config.impressions!r} is not origin, proxy or off")
+    if config.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise _bad(config, "log_level", f": {config.log_level!r} is not debug, info, warning or error")
     if config.workers < 1:
-        raise ConfigError("setting 'workers' must be >= 1")
+        raise _bad(config, "workers", f"must be >= 1 (got {config.workers})")
     if config.cda_variant_limit < 0:
-        raise ConfigError("setting 'cda_variant_limit' must be >= 0 (0 = all)")
-    if config.connect_timeout <= 0 or config.read_timeout <= 0:
-        raise ConfigError("timeouts must be > 0 seconds")
+        raise _bad(config, "cda_variant_limit", f"must be >= 0 (0 = all; got {config.cda_variant_limit})")
+    problem = state_url_problem(config.state)
+    if problem:
+        raise _bad(config, "state", f": {problem}")
+    if config.cache_store != "memory":
+        _check_url(config, "cache_store", ("redis", "rediss", "unix"), "'memory' or a redis://host:port/db URL")
+    if config.fleet_redis:
+        _check_url(config, "fleet_redis", ("redis", "rediss", "unix"), "a redis://host:port/db URL")
     if config.now:
         try:
             parse_instant(config.now)
         except ValueError as exc:
-            raise ConfigError(f"setting 'now': {exc}") from None
+            raise _bad(config, "now", f": {exc}") from None
     return config
 
 

@@ -14,15 +14,20 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zlib
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from edgeproxy.engine.context import (
     LIVE_ATTRIBUTES_HEADER,
     PAGE_URL_HEADER,
     USER_UID_HEADER,
+    ClientJsonError,
+    load_client_json,
     parse_live_attributes_header,
+    valid_user_uid,
 )
 from edgeproxy.engine.errors import RequestDescriptionError
 from edgeproxy.proxy.app import ProxyState, client_view
@@ -93,7 +98,7 @@ async def edge_api_handler(request: web.BaseRequest, state: ProxyState) -> web.S
             if any(route == known for _, known in handlers):
                 allowed = ", ".join(m for m, known in handlers if known == route)
                 raise EdgeApiError(405, "personalize.METHOD_NOT_ALLOWED", f"{request.method} /{route}: use {allowed}")
-            raise EdgeApiError(404, "personalize.NOT_FOUND", f"no Edge API endpoint /{route}; see SPEC §5")
+            raise EdgeApiError(404, "personalize.NOT_FOUND", f"no Edge API endpoint /{route}; see docs/contract.md §5")
         project_uid = _project(request, state)
         return await handler(request, state, project_uid)
     except EdgeApiError as exc:
@@ -117,27 +122,69 @@ def _project(request: web.BaseRequest, state: ProxyState) -> str:
     return project_uid
 
 
+INVALID_USER_UID = EdgeApiError(
+    400, "personalize.INVALID_USER_UID", f"user uid must be 1-{MAX_ID_LENGTH} characters of RFC 6265 cookie-octet"
+)
+
+
 def _user_uid(request: web.BaseRequest, required: bool) -> str | None:
+    """The uid an SDK call names explicitly. Unlike on a page (where an invalid uid counts as absent and a new
+    one is minted, SPEC §11), an invalid one here is a 400: the caller asked about that user, and answering for
+    a fresh one would silently split the visitor's data. It is never echoed."""
     uid = request.headers.get(USER_UID_HEADER, "").strip()
-    if not uid and required:
-        raise EdgeApiError(400, "personalize.MISSING_USER_UID", "header X-CS-Personalize-User-Uid is required")
-    if len(uid) > MAX_ID_LENGTH:
-        raise EdgeApiError(400, "personalize.INVALID_USER_UID", f"user uid over {MAX_ID_LENGTH} characters")
-    return uid or None
+    if not uid:
+        if required:
+            raise EdgeApiError(400, "personalize.MISSING_USER_UID", "header X-CS-Personalize-User-Uid is required")
+        return None
+    if not valid_user_uid(uid):
+        raise INVALID_USER_UID
+    return uid
 
 
 async def _body(request: web.BaseRequest, state: ProxyState) -> Any:
     limit = state.config.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise EdgeApiError(413, "personalize.BODY_TOO_LARGE", f"body over {limit} bytes")
-    raw = await request.content.read(limit + 1)
+    try:
+        raw = await request.content.read(limit + 1)
+    except RequestPayloadError:
+        raise EdgeApiError(400, "personalize.INVALID_BODY", "the request body is not framed correctly") from None
     if len(raw) > limit:
         raise EdgeApiError(413, "personalize.BODY_TOO_LARGE", f"body over {limit} bytes")
+    raw = _decoded(raw, request.headers.get("Content-Encoding"), limit)
     try:
         # The SDK sends JSON without a JSON content type (fetch defaults to text/plain): parse regardless.
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return load_client_json(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise EdgeApiError(400, "personalize.INVALID_JSON", "body is not JSON: not UTF-8") from None
+    except ClientJsonError as exc:
         raise EdgeApiError(400, "personalize.INVALID_JSON", f"body is not JSON: {exc}") from None
+
+
+def _decoded(raw: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body under its Content-Encoding: the server relays bodies undecoded (app.build_server), so the Edge
+    API inflates gzip/deflate itself, to at most `limit` bytes (a gzip bomb is a 413, not a full inflate);
+    a body that is not what its label says is a 400, an unknown coding a 415."""
+    codings = [c.strip().lower() for c in (encoding or "").split(",") if c.strip() and c.strip().lower() != "identity"]
+    for coding in reversed(codings):  # applied in the order listed, so undone from the last
+        if coding in ("gzip", "x-gzip"):
+            inflater = zlib.decompressobj(wbits=31)
+        elif coding == "deflate":
+            inflater = zlib.decompressobj()
+        else:
+            raise EdgeApiError(415, "personalize.UNSUPPORTED_ENCODING", "Content-Encoding must be gzip or deflate")
+        try:
+            out = inflater.decompress(raw, limit + 1)
+            if len(out) <= limit:
+                out += inflater.flush()
+        except zlib.error:
+            raise EdgeApiError(400, "personalize.INVALID_BODY", f"the body is not valid {coding}") from None
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise EdgeApiError(413, "personalize.BODY_TOO_LARGE", f"body over {limit} bytes once decoded")
+        if not inflater.eof:
+            raise EdgeApiError(400, "personalize.INVALID_BODY", f"the body is not valid {coding}")
+        raw = out
+    return raw
 
 
 async def _manifest(request: web.BaseRequest, state: ProxyState, project_uid: str) -> web.Response:
@@ -147,13 +194,14 @@ async def _manifest(request: web.BaseRequest, state: ProxyState, project_uid: st
         live = parse_live_attributes_header(request.headers.get(LIVE_ATTRIBUTES_HEADER))
     except RequestDescriptionError as exc:
         raise EdgeApiError(400, "personalize.INVALID_LIVE_ATTRIBUTES", str(exc)) from None
+    _user_uid(request, required=False)  # an explicit uid must be valid; an invalid cookie counts as absent
     identity = identify(request.headers)
-    if len(identity.user_uid) > MAX_ID_LENGTH:
-        raise EdgeApiError(400, "personalize.INVALID_USER_UID", f"user uid over {MAX_ID_LENGTH} characters")
     stored = None
     if not identity.is_new and loaded.snapshot.reads_custom_attributes:
         stored = await state.stored_attributes(project_uid, identity.user_uid)
     where = client_view(request, state)
+    if where.refusal is not None:
+        raise EdgeApiError(400, "personalize.INVALID_FORWARDED_HEADERS", where.refusal.message)
     tags = request.query.getall("tags[]", []) + request.query.getall("tags", [])
     context = context_from_request(
         request.headers,
@@ -237,8 +285,8 @@ async def _merge(request: web.BaseRequest, state: ProxyState, project_uid: str) 
     uids = []
     for key in ("sourceUserUid", "targetUserUid"):
         value = body.get(key)
-        if not isinstance(value, str) or not value.strip() or len(value) > MAX_ID_LENGTH:
-            raise EdgeApiError(400, "personalize.INVALID_MERGE", f"{key}: expected a non-empty user uid string")
+        if not isinstance(value, str) or not valid_user_uid(value.strip()):
+            raise EdgeApiError(400, "personalize.INVALID_MERGE", f"{key}: expected a user uid (docs/contract.md §11)")
         uids.append(value.strip())
     source, target = uids
     if source != target:

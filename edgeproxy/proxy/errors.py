@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import html
 import json
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-_TITLES = {400: "Bad request", 404: "Not found", 413: "Payload too large", 502: "Bad gateway",
-           503: "Service unavailable", 504: "Gateway timeout"}  # fmt: skip
+if TYPE_CHECKING:
+    from edgeproxy.proxy.gate import Refusal
+
+_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
+           413: "Payload too large", 502: "Bad gateway", 503: "Service unavailable",
+           504: "Gateway timeout"}  # fmt: skip
 
 
 def wants_json(accept: str | None) -> bool:
@@ -34,3 +39,8 @@ def error_response(status: int, code: str, message: str, accept: str | None) -> 
         f"<p><code>{html.escape(code)}</code> · edgeproxy</p></body></html>"
     )
     return web.Response(status=status, text=body, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+def refusal_response(refusal: Refusal, accept: str | None) -> web.Response:
+    """The request gate's refusal (gate.py) as a short page or JSON."""
+    return error_response(refusal.status, refusal.code, refusal.message, accept)

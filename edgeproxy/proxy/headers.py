@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -79,6 +80,57 @@ class TrustedProxies:
             if not self.trusts(hop):
                 return _strip_port(hop)
         return _strip_port(hops[0]) if hops else peer
+
+    def forwarded(
+        self, peer: str | None, forwarded_for: list[str], protos: list[str], hosts: list[str]
+    ) -> tuple[str | None, str | None, str | None] | None:
+        """What a trusted peer's X-Forwarded-For/-Proto/-Host say about the client: (address, proto, host), the
+        proto and host taken from the same hop that recorded the address (as aiohttp-remotes does): walking
+        X-Forwarded-For from the right while hops are trusted, the first untrusted hop is the client, and the
+        proxy that wrote it appended the proto and host at the same distance from the right. None when it is
+        ambiguous or invalid: a header repeated on several lines, a walked hop that is not an IP address, a proto
+        other than http/https, a host that is not `host[:port]`. (None, None, None) parts are not believed."""
+        if len(forwarded_for) > 1 or len(protos) > 1 or len(hosts) > 1:
+            return None  # repeated lines: which one did our trusted peer write?
+        client = peer
+        depth = 1  # the peer itself recorded its client when there is no X-Forwarded-For
+        if forwarded_for:
+            hops = [hop.strip() for hop in forwarded_for[0].split(",")]
+            count = len(hops)
+            for index in range(count - 1, -1, -1):
+                address = _address(hops[index])
+                if address is None:
+                    return None
+                client = address
+                depth = count - index
+                if not self.trusts(address):
+                    break
+        proto = host = None
+        if protos:
+            items = protos[0].split(",")
+            if len(items) >= depth:
+                proto = items[-depth].strip().lower()
+                if proto not in ("http", "https"):
+                    return None
+        if hosts:
+            items = hosts[0].split(",")
+            if len(items) >= depth:
+                host = items[-depth].strip()
+                if not host or _HOST(host) is None:
+                    return None
+        return client, proto, host
+
+
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]{1,5})?").fullmatch
+
+
+def _address(hop: str) -> str | None:
+    """An X-Forwarded-For element as an IP address (a port, IPv6 brackets dropped), or None when it is not one."""
+    text = _strip_port(hop)
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 def _strip_port(hop: str) -> str:

@@ -30,9 +30,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import HttpVersion11, web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
+
+from edgeproxy.proxy.errors import error_response
 
 log = logging.getLogger("edgeproxy.proxy")
 
@@ -40,7 +43,54 @@ log = logging.getLogger("edgeproxy.proxy")
 LaneAnswer = Callable[[RawRequestMessage, str | None, str], Sequence[bytes] | None]
 
 
-class HitLaneServer(web.Server):
+class GatedServer(web.Server):
+    """aiohttp's low-level server whose connections answer what aiohttp's parser rejects (before any handler,
+    so before the request gate) with edgeproxy's own short page and status, never echoing the input."""
+
+    def __call__(self) -> RequestHandler:
+        return _GatedProtocol(self, loop=self._loop, **self._kwargs)
+
+
+def parse_refusal(exc: BaseException) -> tuple[int, str, str]:
+    """(status, code, message) for a request aiohttp's parser rejected; nothing of the input is repeated."""
+    if isinstance(exc, LineTooLong):
+        # The request line's overflow carries the buffered target (a bytearray), a header's the bytes.
+        frames = exc.__traceback__
+        while frames is not None and frames.tb_next is not None:
+            frames = frames.tb_next
+        in_url = isinstance(exc.args[0] if exc.args else None, bytearray) or (
+            frames is not None and "on_url" in frames.tb_frame.f_code.co_name
+        )
+        if in_url:
+            return 414, "uri_too_long", "The request target is too long."
+        return 431, "headers_too_large", "The request header fields are too large."
+    if isinstance(exc, HttpProcessingError) and "too many headers" in str(exc.message).lower():
+        return 431, "headers_too_large", "The request has too many header fields."
+    return 400, "bad_request", "The request is not valid HTTP/1.1."
+
+
+class _GatedProtocol(RequestHandler):
+    __slots__ = ()
+
+    def handle_error(
+        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:  # fmt: skip
+        if not isinstance(exc, HttpProcessingError) or status != 400:
+            return super().handle_error(request, status, exc, message)
+        # A request aiohttp's parser refused: one log line, our page, the connection closed.
+        status, code, text = parse_refusal(exc)
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        log.info("refused malformed request from %s: %d %s", peer[0] if isinstance(peer, tuple) else None,
+                 status, code)  # fmt: skip
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response is under way: the connection is closed instead")
+        response = error_response(status, code, text, None)
+        response.force_close()
+        return response
+
+
+class HitLaneServer(GatedServer):
     """aiohttp's low-level server, whose connections offer each parsed request to `answer` first."""
 
     def __init__(self, handler: Any, answer: LaneAnswer, **kwargs: Any) -> None:
@@ -52,7 +102,7 @@ class HitLaneServer(web.Server):
         return _LaneProtocol(self, loop=self._loop, **self._kwargs)
 
 
-class _LaneProtocol(RequestHandler):
+class _LaneProtocol(_GatedProtocol):
     __slots__ = ("_lane_peer", "_lane_scheme", "_lane_server")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -1,4 +1,4 @@
-"""Impressions the proxy records itself (SPEC §7, §8): server-side and origin-confirmed.
+"""Impressions the proxy records itself (docs/contract.md §7, §8): server-side and origin-confirmed.
 
 - server-side (`impressions = "proxy"`): every personalized HTML page served counts an impression of each
   active variant for that visitor, so an A/B test does not depend on the browser sending events;

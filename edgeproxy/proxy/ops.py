@@ -1,4 +1,10 @@
-"""Ops endpoints under the reserved prefix: health (liveness), ready, status, explain (token-guarded)."""
+"""Ops endpoints under the reserved prefix: health (liveness), ready, status, metrics; explain, dashboard, sync,
+purge and the Contentstack webhook (token-guarded).
+
+Statuses: 404 for a path that names no endpoint, 405 (with `Allow`) for a method the endpoint does not answer,
+403 for a guarded endpoint whose token is not configured (the feature is off), 401 (with
+`WWW-Authenticate: Bearer`) for a missing or wrong token.
+"""
 
 from __future__ import annotations
 
@@ -59,9 +65,82 @@ def _authorized(request: web.BaseRequest, token: str) -> bool:
     return bool(token) and hmac.compare_digest(given.encode(), token.encode())
 
 
+# name -> (methods, whose token guards it: None = public, "ops", "webhook" = webhook_token else ops_token,
+# "purge" = purge_token else ops_token). Anything else under the prefix is 404.
+ENDPOINTS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "health": (("GET", "HEAD"), None),
+    "ready": (("GET", "HEAD"), None),
+    "status": (("GET", "HEAD"), None),
+    "metrics": (("GET", "HEAD"), None),
+    "explain": (("GET", "HEAD", "POST"), "ops"),
+    "dashboard": (("GET", "HEAD"), "ops"),
+    "dashboard/data.json": (("GET", "HEAD"), "ops"),
+    "sync": (("POST",), "webhook"),
+    "purge": (("POST",), "purge"),
+    "webhooks/contentstack": (("POST",), "purge"),
+}
+_TOKEN_SETTINGS = {"ops": "ops_token", "webhook": "webhook_token or ops_token", "purge": "purge_token or ops_token"}
+
+
+def endpoint_name(path: str, prefix: str) -> str:
+    """The endpoint a path under the ops prefix names, after the same decoding, dot-segment removal and
+    case-folding as the dispatch that sent it here (`/a/../_edgeproxy/Status` is `status`)."""
+    from edgeproxy.proxy.app import _normalized
+
+    prefix = prefix.lower()
+    bare = prefix.rstrip("/")
+    for candidate in (_normalized(path).lower(), path.lower()):
+        if candidate.startswith(prefix):
+            return candidate[len(prefix) :].strip("/")
+        if candidate.rstrip("/") == bare:
+            return ""
+    return path.lower().strip("/")  # matched on its raw (still encoded) spelling: no endpoint of ours
+
+
+def token_for(state: ProxyState, guard: str) -> str:
+    config = state.config
+    if guard == "webhook":
+        return config.webhook_token or config.ops_token
+    if guard == "purge":
+        return config.purge_token or config.ops_token
+    return config.ops_token
+
+
+def refusal(
+    request: web.BaseRequest, name: str, token: str, guard: str, *, query_token: bool = False
+) -> web.Response | None:
+    """None when the request may use a guarded endpoint; else 403 (the endpoint is off: no token configured)
+    or 401 with `WWW-Authenticate: Bearer` (a missing or wrong token)."""
+    accept = request.headers.get("Accept")
+    if not token:
+        setting = _TOKEN_SETTINGS.get(guard, "ops_token")
+        return error_response(403, "forbidden", f"{name} is off: set {setting} to use it.", accept)
+    if _authorized(request, token):
+        return None
+    given = request.query.get("token", "") if query_token else ""
+    if given and hmac.compare_digest(given.encode(), token.encode()):
+        return None
+    response = error_response(401, "unauthorized", f"{name} needs Authorization: Bearer <token>.", accept)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="edgeproxy"'
+    return response
+
+
 async def ops_handler(request: web.BaseRequest, state: ProxyState) -> web.StreamResponse:
     accept = request.headers.get("Accept")
-    name = request.path[len(state.config.ops_prefix) :].strip("/").lower()
+    name = endpoint_name(request.path, state.config.ops_prefix)
+    endpoint = ENDPOINTS.get(name)
+    if endpoint is None:
+        known = ", ".join(ENDPOINTS)
+        return error_response(404, "not_found", f"No ops endpoint {name!r}; the endpoints are {known}.", accept)
+    methods, guard = endpoint
+    if request.method not in methods:
+        response = error_response(405, "method_not_allowed", f"{name} answers {', '.join(methods)} only.", accept)
+        response.headers["Allow"] = ", ".join(methods)
+        return response
+    if guard is not None:
+        refused = refusal(request, name, token_for(state, guard), guard, query_token=name.startswith("dashboard"))
+        if refused is not None:
+            return refused
     if name == "metrics":
         return web.Response(body=state.metrics.exposition(), headers={
             "Content-Type": "text/plain; version=0.0.4; charset=utf-8", "Cache-Control": "no-store"})  # fmt: skip
@@ -90,23 +169,15 @@ async def ops_handler(request: web.BaseRequest, state: ProxyState) -> web.Stream
         return await _purge(request, state)
     if name == "webhooks/contentstack":
         return await _contentstack_webhook(request, state)
-    if name == "dashboard" or name.startswith("dashboard/"):
+    if name.startswith("dashboard"):
         from edgeproxy.analytics.dashboard import dashboard_handler
 
         return await dashboard_handler(request, state)
-    if name == "explain":
-        # Off unless a token is configured; a wrong token looks the same as "off" (no oracle).
-        if not _authorized(request, state.config.ops_token):
-            return error_response(404, "not_found", "No such endpoint.", accept)
-        return await _explain(request, state)
-    return error_response(404, "not_found", f"No ops endpoint {name!r}; try health, ready, status.", accept)
+    return await _explain(request, state)
 
 
 async def _sync(request: web.BaseRequest, state: ProxyState) -> web.Response:
     """Webhook (Contentstack webhooks, Automate, CI): refresh the snapshot now and say what happened."""
-    token = state.config.webhook_token or state.config.ops_token
-    if request.method != "POST" or not _authorized(request, token):
-        return error_response(404, "not_found", "No such endpoint.", request.headers.get("Accept"))
     supervisor = os.environ.get("EDGEPROXY_SUPERVISOR_PID")
     if supervisor:
         # One of several workers: the supervisor syncs for all of them; they pick the result up within a second.
@@ -121,9 +192,6 @@ async def _sync(request: web.BaseRequest, state: ProxyState) -> web.Response:
 
 
 async def _purge_body(request: web.BaseRequest, state: ProxyState) -> tuple[Any, web.Response | None]:
-    token = state.config.purge_token or state.config.ops_token
-    if request.method != "POST" or not _authorized(request, token):
-        return None, error_response(404, "not_found", "No such endpoint.", request.headers.get("Accept"))
     if state.cache is None:
         return None, _json({"error": "cache_off", "message": "the response cache is off (cache = false)"}, 409)
     body = await request.content.read(MAX_EXPLAIN_BODY + 1)
@@ -203,7 +271,7 @@ async def _explain(request: web.BaseRequest, state: ProxyState) -> web.Response:
         return _json({"error": "not_ready", "message": "no snapshot loaded yet"}, status=503)
     snapshot = loaded.snapshot
     if request.method == "POST":
-        # A request description (SPEC §9) in the body: explain that visitor.
+        # A request description (docs/contract.md §9) in the body: explain that visitor.
         body = await request.content.read(MAX_EXPLAIN_BODY + 1)
         if len(body) > MAX_EXPLAIN_BODY:
             return _json({"error": "too_large", "message": f"body over {MAX_EXPLAIN_BODY} bytes"}, status=413)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,9 +13,11 @@ from edgeproxy.engine.context import (
     MANIFEST_COOKIE,
     USER_UID_COOKIE,
     USER_UID_HEADER,
+    ClientJsonError,
     GeoLookup,
     VisitorContext,
     build_context,
+    load_client_json,
     parse_cookie_header,
     resolve_user_uid,
 )
@@ -31,8 +32,8 @@ def _live_attributes(raw: str | None) -> dict[str, object]:
     if not raw:
         return {}
     try:
-        value = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError):
+        value = load_client_json(raw)
+    except ClientJsonError:
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -59,7 +60,7 @@ def make_state(config: ProxyConfig, *, load_rules: bool = True, clock: Clock | N
     if config.decision_log:
         from edgeproxy.proxy.decision_log import DecisionLog
 
-        state.decision_log = DecisionLog(config.decision_log)
+        state.decision_log = DecisionLog(config.decision_log, clock)
     if load_rules and config.rules:
         holder.swap(load_snapshot(config.rules, state.classifier), config.rules)
     return state
@@ -96,12 +97,30 @@ def make_poller(config: ProxyConfig, state: ProxyState) -> SnapshotPoller:
     return SnapshotPoller(state.holder, admin, interval=config.sync_interval)
 
 
+class StartupError(Exception):
+    """The proxy cannot start; the message says why (logged as is, exit 2)."""
+
+
+class _StartupRejection(logging.Filter):
+    """While the first snapshot loads there is no previous one: the poller's "previous snapshot keeps serving"
+    would not be true. `initial_snapshot` reports that outcome itself (start-up fails, or what is served)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "keeps serving" in record.getMessage())
+
+
 async def initial_snapshot(config: ProxyConfig, state: ProxyState, poller: SnapshotPoller) -> None:
-    outcome = await poller.refresh("startup")
+    quiet = _StartupRejection()
+    sync_log = logging.getLogger("edgeproxy.sync")
+    sync_log.addFilter(quiet)
+    try:
+        outcome = await poller.refresh("startup")
+    finally:
+        sync_log.removeFilter(quiet)
     if outcome["result"] != "rejected":
         return
-    if config.rules:
-        raise RulesError(config.rules, "", str(outcome["error"]))  # refuse to start on broken rules
+    if config.rules:  # refuse to start on broken rules: there is nothing else to serve
+        raise StartupError(f"rules error, not starting (exit 2): {str(outcome['error']).removeprefix('RulesError: ')}")
     source = poller.source
     assert isinstance(source, AdminSource)
     try:
@@ -110,46 +129,105 @@ async def initial_snapshot(config: ProxyConfig, state: ProxyState, poller: Snaps
         log.error("last good snapshot in %s is unreadable: %s", config.snapshot_dir, exc)
         last = None
     if last is None:
-        log.warning("Admin unreachable and no last good snapshot in %s: not ready, passing requests through "
-                    "unpersonalized until a sync succeeds", config.snapshot_dir)  # fmt: skip
+        log.warning("first sync from Admin failed (%s) and there is no last good snapshot in %s: not ready, "
+                    "passing requests through unpersonalized until a sync succeeds",
+                    outcome["error"], config.snapshot_dir)  # fmt: skip
         return
     state.holder.swap(last, f"last good {config.snapshot_dir}/snapshot.msgpack")
-    log.warning("Admin unreachable at start (%s); serving last good snapshot %s", outcome["error"], last.version)
+    log.warning("first sync from Admin failed (%s); serving last good snapshot %s", outcome["error"], last.version)
+
+
+class ListenError(OSError):
+    """The listening address cannot be bound (port busy, no such address, no permission)."""
+
+
+def bind_sockets(host: str, port: int, *, reuse_port: bool) -> list[socket.socket]:
+    """Bind (without listening) every address `host` resolves to, as asyncio's create_server would; ListenError
+    when one cannot be bound. Binding first lets a busy port fail the start before any sync or store work, and a
+    bound socket that does not listen yet gets no connections (with SO_REUSEPORT the kernel only hands
+    connections to listening sockets), so a worker that fails to load never takes a share of them."""
+    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    sockets: list[socket.socket] = []
+    seen: set[Any] = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if address in seen:
+                continue
+            seen.add(address)
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    return sockets
 
 
 async def serve(config: ProxyConfig, *, worker: int | None = None, ready: Any = None) -> None:
-    state = make_state(config, load_rules=False)
-    poller = make_poller(config, state)
-    state.poller = poller
-    await initial_snapshot(config, state, poller)
-    if config.impressions != "off":
-        from edgeproxy.proxy.impressions import ImpressionRecorder
-
-        project_uid = state.holder.current.snapshot.project.uid if state.holder.current else config.project_uid
-        state.impressions = ImpressionRecorder(state.store, project_uid, clock=state.clock)
-        state.impressions.start()
-    server = build_server(
-        state,
-        {config.ops_prefix: ("ops", ops_handler), config.edge_api_prefix: ("edge_api", edge_api_handler)},
-        access_log=logging.getLogger("edgeproxy.access") if config.access_log else None,
-        access_log_class=JsonAccessLogger,
-        max_line_size=config.max_header_size,
-        max_field_size=config.max_header_size,
-    )
-    await state.start()
-    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=10.0)
-    await runner.setup()
     host, port = listen_address(config)
     # Workers share the port (SO_REUSEPORT); the kernel spreads connections between them.
-    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=worker is not None, backlog=1024)
-    await site.start()
-    if ready is not None:
-        ready.put(os.getpid())
-    loaded = state.holder.current
-    log.info(
-        "edgeproxy listening on http://%s:%d -> %s (snapshot %s)",
-        host, port, config.origin, loaded.snapshot.version if loaded else "none yet",
-    )  # fmt: skip
+    sockets = bind_sockets(host, port, reuse_port=worker is not None)  # first: a busy port fails before any sync
+    listening = False
+    state: ProxyState | None = None
+    runner: web.ServerRunner | None = None
+    try:
+        state = make_state(config, load_rules=False)
+        poller = make_poller(config, state)
+        state.poller = poller
+        await initial_snapshot(config, state, poller)
+        if config.impressions != "off":
+            from edgeproxy.proxy.impressions import ImpressionRecorder
+
+            project_uid = state.holder.current.snapshot.project.uid if state.holder.current else config.project_uid
+            state.impressions = ImpressionRecorder(state.store, project_uid, clock=state.clock)
+            state.impressions.start()
+        server = build_server(
+            state,
+            {config.ops_prefix: ("ops", ops_handler), config.edge_api_prefix: ("edge_api", edge_api_handler)},
+            access_log=logging.getLogger("edgeproxy.access") if config.access_log else None,
+            access_log_class=JsonAccessLogger,
+            max_line_size=config.max_header_size,
+            max_field_size=config.max_header_size,
+        )
+        await state.start()
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=10.0)
+        await runner.setup()
+        for sock in sockets:
+            await web.SockSite(runner, sock, backlog=1024).start()  # listens from here on
+            listening = True
+        if ready is not None:
+            ready.put(os.getpid())
+        loaded = state.holder.current
+        log.info(
+            "edgeproxy listening on http://%s:%d -> %s (snapshot %s)",
+            host, port, config.origin, loaded.snapshot.version if loaded else "none yet",
+        )  # fmt: skip
+        await _run_until_stopped(config, state, poller)
+    finally:
+        if runner is not None:
+            await runner.cleanup()  # stop accepting, drain in-flight requests
+        if state is not None:
+            try:
+                await state.stop()  # close what was opened, also when the start failed
+            except Exception as exc:  # do not hide why the start failed
+                log.warning("closing the proxy state: %s", exc)
+        if not listening:
+            for sock in sockets:
+                sock.close()
+
+
+async def _run_until_stopped(config: ProxyConfig, state: ProxyState, poller: SnapshotPoller) -> None:
     background = None
     if not config.rules or config.watch:
         background = asyncio.create_task(poller.run())
@@ -172,8 +250,6 @@ async def serve(config: ProxyConfig, *, worker: int | None = None, ready: Any = 
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    await runner.cleanup()  # stop accepting, drain in-flight requests
-    await state.stop()
 
 
 class _BadRequestLogFilter(logging.Filter):
@@ -221,7 +297,10 @@ def run(config: ProxyConfig, *, worker: int | None = None, ready: Any = None) ->
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(serve(config, worker=worker, ready=ready))
     except RulesError as exc:
-        log.error("rules error: %s", exc)
+        log.error("rules error, not starting (exit 2): %s", exc)
+        return 2
+    except StartupError as exc:
+        log.error("%s", exc)
         return 2
     except SyncError as exc:
         log.error("sync: %s", exc)
@@ -229,10 +308,10 @@ def run(config: ProxyConfig, *, worker: int | None = None, ready: Any = None) ->
     except StoreError as exc:
         log.error("state store: %s", exc)
         return 2
-    except OSError as exc:
-        log.error("cannot listen on %s: %s", config.listen, exc)
+    except ListenError as exc:
+        log.error("%s (setting 'listen'; is another server on that port?)", exc)
         return 2
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:
         log.error("%s", exc)
         return 2
     return 0

@@ -23,7 +23,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from edgeproxy.proxy.config import ProxyConfig
+from edgeproxy.proxy.config import ProxyConfig, listen_address
 
 log = logging.getLogger("edgeproxy.supervisor")
 SUPERVISOR_ENV = "EDGEPROXY_SUPERVISOR_PID"
@@ -36,6 +36,12 @@ def _worker_main(config: ProxyConfig, index: int, ready: Any) -> None:
     os.environ[SUPERVISOR_ENV] = str(os.getppid())
     code = run(config, worker=index, ready=ready)
     raise SystemExit(code)
+
+
+class _WorkerFailed(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"worker exited with {code}")
+        self.code = code
 
 
 class Supervisor:
@@ -94,7 +100,9 @@ class Supervisor:
         process.start()
         return process
 
-    def _wait_ready(self, count: int) -> None:
+    def _wait_ready(self, count: int, starting: list[BaseProcess] | None = None) -> None:
+        """Wait for `count` ready messages; a worker of `starting` that exits first fails the wait at once (its
+        own log line says why) instead of after READY_TIMEOUT."""
         deadline = time.monotonic() + READY_TIMEOUT
         seen = 0
         while seen < count:
@@ -102,9 +110,12 @@ class Supervisor:
             if remaining <= 0:
                 raise SystemExit("edgeproxy: workers did not become ready in time")
             try:
-                self.ready.get(timeout=remaining)
+                self.ready.get(timeout=min(remaining, 0.25))
                 seen += 1
             except Exception:  # queue.Empty
+                dead = [w for w in starting or () if w.exitcode is not None]
+                if dead and seen < count:
+                    raise _WorkerFailed(dead[0].exitcode or 1) from None
                 continue
 
     def _stop(self, worker: BaseProcess, timeout: float = 15.0) -> None:
@@ -119,7 +130,11 @@ class Supervisor:
         log.info("rolling restart of %d workers", len(self.workers))
         for position, old in enumerate(list(self.workers)):
             new = self._spawn(position)
-            self._wait_ready(1)
+            try:
+                self._wait_ready(1, [new])
+            except _WorkerFailed as exc:
+                log.error("rolling restart stopped: a new worker exited with %s; the old ones keep serving", exc.code)
+                return
             self.workers[position] = new
             self._stop(old)  # drains in-flight requests; the new worker already accepts
         log.info("rolling restart done")
@@ -132,9 +147,25 @@ class Supervisor:
 
         for sig in flags:
             signal.signal(sig, on_signal)
-        self._start_sync()
-        self.workers = [self._spawn(i) for i in range(self.config.workers)]
-        self._wait_ready(len(self.workers))
+        from edgeproxy.proxy.server import ListenError, bind_sockets
+
+        try:  # the port first, so that a busy one fails before any sync (workers bind it again, SO_REUSEPORT)
+            probe = bind_sockets(*listen_address(self.config), reuse_port=True)
+        except ListenError as exc:
+            log.error("%s (setting 'listen'; is another server on that port?)", exc)
+            return 2
+        try:
+            self._start_sync()
+            self.workers = [self._spawn(i) for i in range(self.config.workers)]
+            self._wait_ready(len(self.workers), self.workers)
+        except _WorkerFailed as exc:
+            log.error("a worker exited with %s while starting (its error is above); stopping", exc.code)
+            for worker in self.workers:
+                self._stop(worker)
+            return 2
+        finally:
+            for sock in probe:
+                sock.close()
         log.info("edgeproxy: %d workers ready on %s (pids %s)", len(self.workers), self.config.listen,
                  ", ".join(str(w.pid) for w in self.workers))  # fmt: skip
         while True:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from edgeproxy.replay.aggregate import ExperienceResult, VariantCount
@@ -143,23 +143,45 @@ def render_html(svg: str, before: list[ExperienceResult], *, title: str) -> str:
     )
 
 
-def write_chart(path: str, before: list[ExperienceResult], after: list[ExperienceResult] | None, *,
-                title: str, subtitle: str) -> None:  # fmt: skip
-    svg = render_svg(before, after, title=title, subtitle=subtitle)
-    lowered = path.lower()
-    if lowered.endswith((".html", ".htm")):
-        content = render_html(svg, before, title=title)
-    elif lowered.endswith(".svg"):
-        content = svg
-    else:
-        raise ValueError(f"--chart {path}: the chart is written as .svg or .html; name the file accordingly")
+CHART_SUFFIXES = (".svg", ".html", ".htm")
+
+
+def output_problem(option: str, path: str, suffixes: tuple[str, ...] = ()) -> str | None:
+    """Why `path` cannot be written as `option`'s output, or None; checked before a replay starts so a typo does
+    not cost the whole run. The folder must exist (it is not created)."""
+    if suffixes and not path.lower().endswith(suffixes):
+        return f"{option} {path}: name the file {' or '.join(suffixes[:2])} (the format follows the name)"
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    if target.is_dir():
+        return f"{option} {path}: is a directory; give a file name"
+    folder = target.parent
+    if not folder.is_dir():
+        return f"{option} {path}: the folder {str(folder)!r} does not exist; create it first"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{option} {path}: the folder {str(folder)!r} is not writable"
+    return None
+
+
+def write_output(path: str, data: bytes) -> None:
+    """Write `path` atomically (a temporary file in the same folder, then rename), with the permissions of any
+    new file (0666 less the umask, e.g. 0644): reports are meant to be read by others, CI artifacts included."""
+    target = Path(path)
+    temp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any new file
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(content)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.replace(temp, target)
     except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
+
+
+def write_chart(path: str, before: list[ExperienceResult], after: list[ExperienceResult] | None, *,
+                title: str, subtitle: str) -> None:  # fmt: skip
+    problem = output_problem("--chart", path, CHART_SUFFIXES)
+    if problem:
+        raise ValueError(problem)
+    svg = render_svg(before, after, title=title, subtitle=subtitle)
+    content = render_html(svg, before, title=title) if path.lower().endswith((".html", ".htm")) else svg
+    write_output(path, content.encode("utf-8"))

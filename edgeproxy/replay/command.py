@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Generator
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,10 +22,11 @@ DESCRIPTION = """\
 Replay recorded traffic through the decision engine and report, per experience and variant, how many requests
 and distinct users got it; A/B splits against their weights (chi-square); experiences never activated, audiences
 never matched and rules never true. TRAFFIC files are HAR files, edgeproxy decision logs (serve --decision-log)
-or request-description JSON lines (SPEC §9), detected per file; .gz is read too, and - is stdin.
+or request-description JSON lines (docs/contract.md §9), detected per file; .gz is read too, and - is stdin.
 
 exit status: 0 ok; 1 an expectation failed, a recorded decision differs (--from-log), or re-bucketing with
---fail-on-rebucket; 2 bad rules, unreadable traffic or a malformed expectation file."""
+--fail-on-rebucket; 2 bad rules, bad arguments, unreadable traffic, traffic in which no request could be
+replayed (all invalid or skipped), or a malformed expectation file; 141 the reader of the output went away."""
 
 
 def add_replay_command(commands: Any) -> None:
@@ -55,10 +57,10 @@ def add_replay_command(commands: Any) -> None:
     replay.add_argument("--json", action="store_true", help="print the report as one JSON object")
     replay.add_argument("--chart", metavar="FILE", help="write a chart of the distribution: FILE.svg or FILE.html")
     replay.add_argument("--now", metavar="ISO", help="clock for requests that carry no time (default: now)")
-    replay.add_argument("--limit", type=int, metavar="N", help="replay at most N requests")
+    replay.add_argument("--limit", type=_positive, metavar="N", help="replay at most N requests (N >= 1)")
     replay.add_argument("--srm-alpha", type=float, default=DEFAULT_SRM_ALPHA,
                         help=f"p-value below which an A/B split mismatches (default {DEFAULT_SRM_ALPHA})")  # fmt: skip
-    replay.add_argument("--rule-sample", type=int, default=DEFAULT_RULE_SAMPLE, metavar="N",
+    replay.add_argument("--rule-sample", type=_positive, default=DEFAULT_RULE_SAMPLE, metavar="N",
                         help=f"count rule truth on every Nth request (default {DEFAULT_RULE_SAMPLE}); never-true "
                         "rules are found exactly on all requests")  # fmt: skip
     replay.add_argument("--no-coverage", action="store_true", help="skip audience/rule coverage")
@@ -73,6 +75,59 @@ def add_replay_command(commands: Any) -> None:
     replay.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: when stderr is a terminal)")  # fmt: skip
     replay.set_defaults(run=run_replay)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (got {value})")
+    return value
+
+
+def _output_problems(args: argparse.Namespace) -> list[str]:
+    """Output arguments checked before anything is replayed (a wrong name must not cost a whole replay)."""
+    from edgeproxy.replay.chart import CHART_SUFFIXES, output_problem
+
+    problems = []
+    if args.chart:
+        problems.append(output_problem("--chart", args.chart, CHART_SUFFIXES))
+        if not args.traffic:
+            problems.append("--chart draws the replayed traffic: give TRAFFIC files")
+    if args.junit:
+        problems.append(output_problem("--junit", args.junit))
+    return [p for p in problems if p]
+
+
+IP_PEEK_RECORDS = 1000
+
+
+def _warn_ip_without_geoip(args: argparse.Namespace, snapshot: Any) -> None:
+    """`edgeproxy decide`'s warning: descriptions with an `ip` that no --geoip database will look up (their geo
+    presets then come only from `geo` fields). Looks at the first records of each file (stdin is not peeked)."""
+    import itertools
+
+    from edgeproxy.cli import IpWarning
+    from edgeproxy.replay.readers import HarFilter, read_traffic
+
+    warning = IpWarning(snapshot, args.geoip)
+    for path in args.traffic:
+        if not warning.pending or path == "-":
+            continue
+        records = read_traffic([path], force=args.format, har_filter=HarFilter())
+        assert isinstance(records, Generator)
+        try:
+            for record in itertools.islice(records, IP_PEEK_RECORDS):
+                if record.geo_lookup_allowed:
+                    warning.description(record.description)
+                if not warning.pending:
+                    break
+        except (TrafficError, ValueError, OSError):
+            pass  # the replay itself reports unreadable traffic
+        finally:
+            records.close()
 
 
 def _clock(now: str | None) -> Any:
@@ -123,6 +178,11 @@ def run_replay(args: argparse.Namespace, out: IO[str]) -> int:
     if args.against and not args.traffic:
         print("edgeproxy: --against needs TRAFFIC files to replay under both rule sets", file=sys.stderr)
         return 2
+    problems = _output_problems(args)
+    if problems:
+        for problem in problems:
+            print(f"edgeproxy: replay: {problem}", file=sys.stderr)
+        return 2
     clock = _clock(args.now)
     snapshot = load_snapshot(args.rules)
     against = load_snapshot(args.against) if args.against else None
@@ -133,6 +193,8 @@ def run_replay(args: argparse.Namespace, out: IO[str]) -> int:
         geo_lookup = MaxMindGeo(args.geoip).lookup
 
     routes = _routes(args.config, args.rules) if args.config else None
+    if args.traffic:
+        _warn_ip_without_geoip(args, snapshot)
 
     expectation_results: list[ExpectationResult] | None = None
     expectations_seconds = 0.0
@@ -202,6 +264,14 @@ def run_replay(args: argparse.Namespace, out: IO[str]) -> int:
                 replay_seconds=result.seconds if result is not None else 0.0,
             ),
         )
+    if result is not None and result.requests == 0:
+        skipped = sum(sum(s.skipped.values()) for s in result.sources)
+        print(
+            f"edgeproxy: replay: no request in the traffic could be replayed ({result.invalid:,} invalid, "
+            f"{skipped:,} skipped; see the report): nothing was tested (exit 2)",
+            file=sys.stderr,
+        )
+        return 2
     failed = False
     if expectation_results is not None and any(not r.passed for r in expectation_results):
         failed = True

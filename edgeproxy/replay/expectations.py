@@ -120,7 +120,7 @@ def _variant_id(ce: CompiledExperience, value: Any, file: str, path: str) -> str
         raise ExpectationsError(file, path, f"expected a variant shortUid or name, or null; found {value!r}")
     text = str(value)
     alias_prefix = f"cs_personalize_{ce.short_uid}_"
-    if text.startswith(alias_prefix):  # a variant alias (SPEC §2) names the variant too
+    if text.startswith(alias_prefix):  # a variant alias (docs/contract.md §2) names the variant too
         text = text[len(alias_prefix) :]
     for variant in ce.experience.variants:
         if variant.short_uid == text:
@@ -161,7 +161,9 @@ def load_expectations(path: str | Path, snapshot: CompiledSnapshot) -> list[Expe
             raise ExpectationsError(file, where, "each case must be an object with `request` and `expect`")
         request = case.get("request", {})
         if not isinstance(request, dict):
-            raise ExpectationsError(file, f"{where}.request", "expected a request description object (SPEC §9)")
+            raise ExpectationsError(
+                file, f"{where}.request", "expected a request description object (docs/contract.md §9)"
+            )
         key = next((k for k in _EXPECT_KEYS if k in case), "expect")
         expect = case.get(key)
         if not isinstance(expect, dict) or not expect:

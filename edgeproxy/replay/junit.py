@@ -3,11 +3,10 @@ recorded decisions were verified (`--from-log`), failing with the differences an
 
 from __future__ import annotations
 
-import os
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from edgeproxy.replay.chart import output_problem, write_output
 from edgeproxy.replay.expectations import ExpectationResult, describe_failure
 from edgeproxy.replay.verify import RecordedCheck
 
@@ -70,13 +69,7 @@ def junit_xml(
 
 
 def write_junit(path: str, data: bytes) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    problem = output_problem("--junit", path)
+    if problem:
+        raise ValueError(problem)
+    write_output(path, data)

@@ -612,7 +612,7 @@ class OutcomeMemo:
                 elif choice:
                     ab.append(self._ab_position[n])
                 else:
-                    fixed.append(slot(ce.short_uid, None))  # outside the A/B test's targeting (SPEC §4.6)
+                    fixed.append(slot(ce.short_uid, None))  # outside the A/B test's targeting (docs/contract.md §4.6)
             if len(self._templates) >= LIMIT:
                 self._templates.clear()
             found = self._templates[by] = _Template(tuple(fixed), tuple(ab))
@@ -620,8 +620,8 @@ class OutcomeMemo:
         return found
 
     def _arms_of(self, user_uid: str) -> tuple[int, ...]:
-        """The slot of each running A/B test's variant for this user (SPEC §4.6: the first variant whose cumulative
-        weight exceeds the bucket; past the total, none: the last slot)."""
+        """The slot of each running A/B test's variant for this user (docs/contract.md §4.6: the first variant whose
+        cumulative weight exceeds the bucket; past the total, none: the last slot)."""
         arms = tuple([slots[bisect_right(sums, bucket(uid, user_uid))] for uid, sums, slots in self._ab_tests])
         return self._distinct_arms.setdefault(arms, arms)
 

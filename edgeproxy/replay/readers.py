@@ -5,10 +5,10 @@ is parsed incrementally with ijson (`log.entries[]` one entry at a time), so a 5
 The format is detected per file from its first bytes (or forced with `--format`); `.gz` files are decompressed
 on the fly and `-` is standard input.
 
-What a record carries is a SPEC §9 request description plus, when the traffic recorded one, the decision that
-was served (`Recorded`): the decision log's `decision`, or the `cs-personalize-manifest` cookie edgeproxy set on a
-HAR response. A HAR has no client IP (`serverIPAddress` is the server's); an `X-Forwarded-For` request header, when
-recorded, is the client.
+What a record carries is a request description (docs/contract.md §9) plus, when the traffic recorded one, the
+decision that was served (`Recorded`): the decision log's `decision`, or the `cs-personalize-manifest` cookie
+edgeproxy set on a HAR response. A HAR has no client IP (`serverIPAddress` is the server's); an `X-Forwarded-For`
+request header, when recorded, is the client.
 """
 
 from __future__ import annotations
@@ -204,6 +204,20 @@ def _recorded_from_decision(decision: Any, snapshot: Any) -> Recorded | None:
     )
 
 
+def _uid_pinned(request: dict[str, Any]) -> dict[str, Any]:
+    """A decision-log line written before the log named the uid's source always carries the decided uid as
+    `userUid`, but not the `X-CS-Personalize-User-Uid` header that may have decided it: a uid cookie in the line
+    would then win when replayed. Pin the decided uid with that header."""
+    uid = request.get("userUid")
+    headers = request.get("headers")
+    if not isinstance(uid, str) or not uid or (headers is not None and not isinstance(headers, dict)):
+        return request
+    headers = headers or {}
+    if any(name.lower() == USER_UID_HEADER for name in headers):
+        return request
+    return {**request, "headers": {**headers, USER_UID_HEADER: uid}}
+
+
 def read_json_lines(
     stream: io.BufferedIOBase, source: str, stats: SourceStats, *, force: Format | None = None
 ) -> Iterator[TrafficRecord]:
@@ -245,6 +259,8 @@ def read_json_lines(
                 request = {**request, "now": obj["ts"]}  # the decision's own time, not today's clock
             if "userUid" not in request and recorded is not None and recorded.user_uid:
                 request = {**request, "userUid": recorded.user_uid}  # who was decided (a minted uid)
+            elif "userUidSource" not in obj:
+                request = _uid_pinned(request)
             yield TrafficRecord(source, number, request, recorded, "geo" not in request)
         elif force == "log":
             stats.reject(number, 'not a decision-log record: expected {"ts", "request", "decision", "snapshot"}')
@@ -291,7 +307,7 @@ def _get(headers: dict[str, str], name: str) -> str | None:
 
 
 def _set_cookies(response: Any) -> dict[str, str]:
-    """Cookies a HAR response set: name -> raw value (the text between the first `=` and `;`, SPEC §6)."""
+    """Cookies a HAR response set: name -> raw value (the text between the first `=` and `;`, docs/contract.md §6)."""
     found: dict[str, str] = {}
     if not isinstance(response, dict):
         return found

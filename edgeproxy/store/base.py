@@ -95,16 +95,47 @@ class StateStore(Protocol):
     async def count_events(self, project_uid: str) -> int: ...
 
 
+STATE_FORMS = (
+    "sqlite:///relative/path.db, sqlite:////absolute/path.db, a file path, or redis://host:port/db "
+    "(also rediss://, unix://)"
+)
+
+
+def _shown(url: str) -> str:
+    """`url` without a password (user:secret@host -> ***@host), for error messages."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def state_url_problem(url: str) -> str | None:
+    """Why `url` is not a state store this build opens, or None (the message names the accepted forms)."""
+    if not url:
+        return f"empty; use {STATE_FORMS}"
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    if url.startswith("sqlite://"):
+        if not url.startswith("sqlite:///") or url == "sqlite:///":
+            return f"{_shown(url)!r} names no file; use {STATE_FORMS}"
+        return None
+    scheme, sep, _ = url.partition("://")
+    if sep:
+        return f"{_shown(url)!r}: unknown scheme {scheme + '://'!r}; use {STATE_FORMS}"
+    return None
+
+
 def open_store(url: str, limits: AttributeLimits | None = None, clock: Clock = system_clock) -> StateStore:
-    """`sqlite:///path/to/file.db` (or a bare path) or `redis://host:port/db`."""
+    """`sqlite:///path/to/file.db` (or a bare path) or `redis://host:port/db`; ValueError for anything else."""
     limits = limits or AttributeLimits()
+    problem = state_url_problem(url)
+    if problem:
+        raise ValueError(f"state URL {problem}")
     if url.startswith(("redis://", "rediss://", "unix://")):
         from edgeproxy.store.redis_store import RedisStore
 
         return RedisStore(url, limits)
     path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else url
-    if url.startswith("sqlite://") and not url.startswith("sqlite:///"):
-        raise ValueError(f"state URL {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db")
     from edgeproxy.store.sqlite_store import SqliteStore
 
     return SqliteStore(path, limits, clock=clock)

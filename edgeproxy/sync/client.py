@@ -1,4 +1,4 @@
-"""Management API client: fetch a project's rules as the CLI-export tree (SPEC §3), conditionally.
+"""Management API client: fetch a project's rules as the CLI-export tree (docs/contract.md §3), conditionally.
 
 Each resource URL remembers its ETag / Last-Modified; a 304 reuses the previous body, and `fetch_tree` says
 whether anything changed, so an unchanged Admin costs a few tiny requests per poll and no rebuild.
@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-# SPEC §3 regional hosts.
+# docs/contract.md §3 regional hosts.
 REGIONS = {
     "na": "https://personalize-api.contentstack.com",
     "us": "https://personalize-api.contentstack.com",

@@ -1,6 +1,6 @@
 """A faithful local stand-in for the Personalize Management API, with fault injection.
 
-It serves a rules folder in the CLI-export layout as the Management API resources of SPEC §3, re-reading the
+It serves a rules folder in the CLI-export layout as the Management API resources of docs/contract.md §3, re-reading the
 files on every request so a test (or a person trying sync) can edit an audience and see it propagate:
 
     GET /attributes   /audiences?includeLyticsAudiences=true   /events   /experiences
@@ -15,9 +15,13 @@ Faults, set with `POST /_fake/faults` (JSON) and cleared with `DELETE /_fake/fau
     {"mode": "timeout"}                            accept and never answer (until the client gives up)
     {"mode": "slow", "delay": 2.5}                 answer after a delay
     {"mode": "malformed"}                          a body that is not JSON
-    {"mode": "invalid"}                            valid JSON that breaks the contract (unknown condition)
+    {"mode": "invalid"}                            valid JSON that breaks the contract: every audience rule gets
+                                                   an unknown condition (default "paths": ["/audiences"], the
+                                                   resource it can break; elsewhere only experience types and
+                                                   version statuses are renamed)
     {"mode": "partial"}                            a JSON body cut in the middle
-  with optional "paths": ["/audiences", ...] (prefix match; default all) and "count": N (then cleared).
+  with optional "paths": ["/audiences", ...] (prefix match; default all, for "invalid" /audiences) and
+  "count": N (the next N matching requests, then cleared).
 `GET /_fake/requests` lists the requests seen (method, path, auth ok), for tests.
 """
 
@@ -26,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,9 @@ RESOURCES = {
     "/experiences": "experiences/experiences.json",
 }
 FAULT_MODES = frozenset({"error", "timeout", "slow", "malformed", "invalid", "partial"})
+# Where a fault without "paths" applies; every path unless named here. "invalid" breaks rule conditions, which
+# only audiences carry: elsewhere (attributes, events) it would change nothing, and a "count" spent there is lost.
+DEFAULT_PATHS = {"invalid": ("/audiences",)}
 
 
 class FakeAdmin:
@@ -74,7 +83,7 @@ class FakeAdmin:
 
     def _fault_for(self, path: str) -> dict[str, Any] | None:
         for fault in self.faults:
-            paths = fault.get("paths")
+            paths = fault.get("paths") or DEFAULT_PATHS.get(fault["mode"])
             if paths and not any(path.startswith(p) for p in paths):
                 continue
             if "count" in fault:
@@ -152,13 +161,30 @@ class FakeAdmin:
 def _break_contract(data: Any) -> Any:
     """Valid JSON, wrong meaning: every condition becomes one the contract does not know."""
     text = json.dumps(data)
-    for condition in ("STRING_EQUALS", "NUMBER_GREATER_THAN", "HAS_ANY_VALUE", "IS_MEMBER_OF"):
-        text = text.replace(f'"{condition}"', '"SOUNDS_LIKE"')
+    text = re.sub(r'"attributeMatchCondition": "[^"]*"', '"attributeMatchCondition": "SOUNDS_LIKE"', text)
     text = text.replace('"SEGMENTED"', '"MYSTERY"').replace('"status": "ACTIVE"', '"status": "LIVE"')
     return json.loads(text)
 
 
 def run_fake_admin(rules: str, project_uid: str, token: str, host: str, port: int) -> None:
+    """Serve until interrupted. "serving" is printed once the port is bound; a port that cannot be bound is one
+    line on stderr and exit status 2."""
     admin = FakeAdmin(rules, project_uid, token)
-    print(f"fake Personalize Management API on http://{host}:{port} serving {admin.root}", flush=True)
-    web.run_app(admin.app(), host=host, port=port, print=None)
+    try:
+        asyncio.run(_serve(admin, host, port))
+    except OSError as exc:
+        print(f"edgeproxy: fake-admin: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        pass
+
+
+async def _serve(admin: FakeAdmin, host: str, port: int) -> None:
+    runner = web.AppRunner(admin.app(), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()  # raises OSError when the port cannot be bound
+        print(f"fake Personalize Management API on http://{host}:{port} serving {admin.root}", flush=True)
+        await asyncio.Event().wait()  # until interrupted
+    finally:
+        await runner.cleanup()

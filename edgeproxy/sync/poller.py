@@ -96,10 +96,10 @@ class RulesSource:
         return self.fingerprint() != self._fingerprint
 
     async def refresh(self) -> CompiledSnapshot | None:
-        fingerprint = self.fingerprint()
-        snapshot = await asyncio.to_thread(load_snapshot, self.path, self.classifier)
-        self._fingerprint = fingerprint
-        return snapshot
+        # Taken before loading and kept whether or not the load succeeds: `--watch` tries a broken folder once,
+        # then again only when a file changes (not every second, logging the same rejection each time).
+        self._fingerprint = self.fingerprint()
+        return await asyncio.to_thread(load_snapshot, self.path, self.classifier)
 
 
 @dataclass(slots=True)
@@ -146,6 +146,7 @@ class SnapshotPoller:
         self.max_backoff = max_backoff
         self.watch = watch
         self.status = SyncStatus(source=source.description)
+        self._logged_error: str | None = None  # the rejection last logged: the same one again is not repeated
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._rng = random.Random(os.getpid() ^ int(time.time() * 1000))  # per-instance jitter
@@ -165,11 +166,20 @@ class SnapshotPoller:
                 status.last_error = f"{type(exc).__name__}: {exc}"
                 status.last_error_at = time.time()
                 self.holder.last_error = status.last_error
-                log.error("snapshot refresh (%s) rejected, previous snapshot keeps serving: %s", reason, exc)
+                if status.last_error != self._logged_error:
+                    self._logged_error = status.last_error
+                    log.error("snapshot refresh (%s) rejected, previous snapshot keeps serving: %s", reason, exc)
+                else:  # the same problem as last time: counted and in status, logged once
+                    log.debug("snapshot refresh (%s) rejected again: %s", reason, exc)
                 outcome = {"reason": reason, "result": "rejected", "error": status.last_error}
             else:
                 status.consecutive_failures = 0
                 status.last_success = time.time()
+                self._logged_error = None
+                current = self.holder.current
+                if snapshot is not None and current is not None and current.snapshot.version == snapshot.version:
+                    snapshot = None  # the rules that already serve (a fix back to them, a rewrite): nothing to swap
+                    self.holder.last_error = None  # as a swap would: what serves is what the source holds
                 if snapshot is None:
                     status.unchanged += 1
                     outcome = {"reason": reason, "result": "unchanged"}

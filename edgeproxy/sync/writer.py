@@ -4,6 +4,8 @@ Layout of an output folder:
     out/versions/<version>/personalize/...   one export tree per snapshot version (a few are kept)
     out/personalize -> versions/<version>/personalize   symlink, swapped with one rename
     out/snapshot.msgpack                     the compiled snapshot (last good), replaced with one rename
+    out/rejected/personalize/...             the last tree that failed validation, kept to inspect: the error
+                                             of a rejected sync names a file in it
 So `--rules out` and `--rules out/snapshot.msgpack` both always read one complete snapshot.
 """
 
@@ -17,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from edgeproxy.engine.decide import CompiledSnapshot, compile_project
+from edgeproxy.engine.errors import RulesError
 from edgeproxy.engine.loader import load_project
 from edgeproxy.engine.snapshot_file import project_version, write_snapshot_file
 from edgeproxy.engine.useragent import UserAgentClassifier
 
 KEEP_VERSIONS = 5
 SNAPSHOT_FILE = "snapshot.msgpack"
+REJECTED_DIR = "rejected"
 
 
 def write_export(
@@ -42,7 +46,10 @@ def write_export(
             target = root / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        project = load_project(root)  # validation: RulesError names the file and JSON path
+        try:
+            project = load_project(root)  # validation: RulesError names the file and JSON path
+        except RulesError as exc:
+            raise _kept_rejected(out, staging, exc) from None
         version = project_version(project)
         final = out / "versions" / version.replace(":", "-")
         if final.exists():
@@ -60,6 +67,18 @@ def write_export(
     os.replace(temp_link, link)
     _prune(out / "versions", keep=final.name)
     return snapshot
+
+
+def _kept_rejected(out: Path, staging: Path, exc: RulesError) -> RulesError:
+    """Move a tree that failed validation to `out/rejected` (replacing the previous one) and name the file there:
+    the staging folder the loader saw is gone once the sync is over."""
+    rejected = out / REJECTED_DIR
+    try:
+        shutil.rmtree(rejected, ignore_errors=True)
+        os.replace(staging, rejected)
+    except OSError:
+        return RulesError(f"{exc.file} (from Admin; this export was not kept)", exc.path, exc.problem)
+    return RulesError(exc.file.replace(str(staging), str(rejected), 1), exc.path, exc.problem)
 
 
 def _prune(versions: Path, keep: str) -> None:

@@ -38,6 +38,7 @@ try {
       state: document.body.dataset.state,
       liveTotal: text(document.getElementById('live-total')),
       error: document.getElementById('error').hidden ? null : text(document.getElementById('error')),
+      toc: [...document.querySelectorAll('#toc a')].map(text),
       experiences: [...document.querySelectorAll('section.exp')].map((card) => ({
         shortUid: card.dataset.experience,
         name: text(card.querySelector('h2')),
@@ -46,7 +47,10 @@ try {
           title: text(c.querySelector('h3')),
           points: Number(c.dataset.points || 0),
           paths: c.querySelectorAll('svg path').length,
+          yTicks: [...c.querySelectorAll('svg text.ytick')].map(text),
+          legend: [...c.querySelectorAll('.legend span')].map(text).filter((t) => t),
         })),
+        label: text(card.querySelector('.prio')),
         rows: [...card.querySelectorAll('tbody tr')].map((tr) => [...tr.querySelectorAll('td')].map(text)),
         notes: [...card.querySelectorAll('.notes li')].map(text),
       })),

@@ -462,10 +462,10 @@ def test_purge_by_surrogate_key(cached: Service, shop: Service, crowd: list[Visi
 def test_purge_and_webhook_need_the_token(cached: Service, crowd: list[Visitor], http: Http, token: str | None) -> None:
     target, headers = cacheable("public,s-maxage=300", "purge-token", tag="guarded"), crowd[0].headers()
     http.get(cached.url + target, headers=headers)
-    assert post_json(http, cached.url + "/_edgeproxy/purge", {"tags": ["guarded"]}, token=token).status == 404
+    assert post_json(http, cached.url + "/_edgeproxy/purge", {"tags": ["guarded"]}, token=token).status == 401
     webhook = {"module": "entry", "event": "publish", "data": {"entry": {"uid": "guarded"}}}
-    assert post_json(http, cached.url + "/_edgeproxy/webhooks/contentstack", webhook, token=token).status == 404
-    assert http.get(cached.url + "/_edgeproxy/purge", headers={"Authorization": f"Bearer {TOKEN}"}).status == 404
+    assert post_json(http, cached.url + "/_edgeproxy/webhooks/contentstack", webhook, token=token).status == 401
+    assert http.get(cached.url + "/_edgeproxy/purge", headers={"Authorization": f"Bearer {TOKEN}"}).status == 405
     assert http.get(cached.url + target, headers=headers).headers["X-Cache"] == "HIT"
 
 

@@ -136,6 +136,13 @@ def test_dashboard_renders_with_chart_data_and_no_console_errors(dashboard: dict
     assert "Sample ratio mismatch" in by_uid["7"]["badges"]
     assert any("Sample ratio mismatch" in n for n in by_uid["7"]["notes"])
     assert "Add to cart" in seen["secondaryMetricFacts"]
+    # Experiences are named by short uid as `edgeproxy report` names them ("[2] Checkout button"), not by position.
+    assert [c["label"] for c in cards] == [f"[{c['shortUid']}]" for c in cards]
+    assert page["toc"] == [f"[{c['shortUid']}] {c['name']}" for c in cards]
+    assert by_uid["2"]["charts"][0]["legend"][0].startswith("0 · ")
+    for card in cards:
+        for chart in card["charts"]:
+            assert len(set(chart["yTicks"])) == len(chart["yTicks"]), (card["shortUid"], chart)
 
     # The page shows the CLI report's figures.
     report = cli_report(dashboard["state_url"], dashboard["now"])
@@ -157,9 +164,30 @@ def test_dashboard_needs_the_ops_token(dashboard: dict[str, Any]) -> None:
                          (base + "/data.json", {"Authorization": "Bearer wrong"})]:  # fmt: skip
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10)
-        assert refused.value.code == 404
+        assert refused.value.code == 401 and refused.value.headers["WWW-Authenticate"].startswith("Bearer")
     request = urllib.request.Request(base + "/data.json", headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(request, timeout=60) as response:
         data = json.loads(response.read())
     assert data["ready"] is True
     assert [e["shortUid"] for e in data["report"]["experiences"]] == ["1", "0", "6", "3", "2", "4", "7"]
+
+
+@pytest.mark.e2e
+def test_small_counts_get_whole_number_y_ticks(launch: Launcher, node_origin: Service, tmp_path: Path) -> None:
+    """Issue 15 item 15: a chart of one or two impressions a day labels its y-axis 0, 1, 2 — not 0, 1, 1, 2, 2."""
+    now = time.time()
+    state_url = write_sqlite(tmp_path / "state.sqlite3", example_history(now, users=4, days=3))
+    server = launch.proxy(node_origin, "--ops-token", TOKEN, "--state", state_url, "--impressions", "off")
+    seen = run_browser(f"{server.url}/_edgeproxy/dashboard?token={TOKEN}", tmp_path / "small.png", tmp_path)
+    assert seen["pageErrors"] == [] and seen["page"]["state"] == "ready"
+    impressions = [card["charts"][0] for card in seen["page"]["experiences"] if card["charts"][0]["points"] > 0]
+    assert impressions, seen["page"]["experiences"]
+    for chart in impressions:
+        ticks = chart["yTicks"]
+        assert len(set(ticks)) == len(ticks), ticks
+        assert all(t.replace(",", "").isdigit() for t in ticks), ticks  # counts: whole numbers only
+        values = [int(t.replace(",", "")) for t in ticks]
+        assert values == sorted(values) and values[0] == 0, ticks
+    for card in seen["page"]["experiences"]:
+        for chart in card["charts"]:
+            assert len(set(chart["yTicks"])) == len(chart["yTicks"]), (card["shortUid"], chart)

@@ -89,14 +89,44 @@ def test_no_spelling_of_the_ops_prefix_reaches_the_origin(nginx_proxy: Service, 
     assert not leaked, f"reached nginx: {leaked}"
     assert len(lines) == 1, lines
     for target, (status, server, _) in answers.items():
-        assert status in (200, 404), (target, status)
+        assert status in (200, 403, 404), (target, status)  # 403: explain is off without an ops token
         assert "nginx" not in server, target
 
 
-def test_explain_does_not_exist_without_an_ops_token(nginx_proxy: Service, http: Http) -> None:
+def test_explain_is_off_without_an_ops_token(nginx_proxy: Service, http: Http) -> None:
+    """403: the endpoint exists, the feature is off (no `ops_token` configured), whatever token is sent."""
     for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": f"Bearer {TOKEN}"}):
-        assert http.get(nginx_proxy.url + "/_edgeproxy/explain", headers=headers).status == 404
-        assert http.request("POST", nginx_proxy.url + "/_edgeproxy/explain", headers=headers, data=b"{}").status == 404
+        off = http.get(nginx_proxy.url + "/_edgeproxy/explain", headers={**headers, "Accept": "application/json"})
+        assert off.status == 403 and off.json()["error"] == "forbidden" and "ops_token" in off.json()["message"]
+        assert http.request("POST", nginx_proxy.url + "/_edgeproxy/explain", headers=headers, data=b"{}").status == 403
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/foo/../_edgeproxy/status", "/a/./b/../../_edgeproxy//status", "/%5Fedgeproxy/status", "/_EdgeProxy/Status/",
+     "/x/%2e%2e/_edgeproxy/status"],
+)  # fmt: skip
+def test_ops_endpoints_are_found_after_dot_segment_removal(nginx_proxy: Service, target: str) -> None:
+    """Issue 15 item 6: the endpoint is named from the normalized path, as the dispatch matched it."""
+    status, _, body = _raw_get(nginx_proxy, target, {"Accept": "application/json"})
+    assert status == 200, (target, body[:200])
+    assert json.loads(body)["snapshot"]["loaded"] is True
+
+
+def test_ops_statuses_say_what_is_wrong(nginx_proxy: Service, http: Http) -> None:
+    """Issue 15 item 9: 404 unknown path, 405 + Allow wrong method (public endpoints too), 403 feature off."""
+    json_accept = {"Accept": "application/json"}
+    unknown = http.get(nginx_proxy.url + "/foo/../_edgeproxy/nope", headers=json_accept)
+    assert unknown.status == 404 and "'nope'" in unknown.json()["message"]
+    for method, path, allow in [("POST", "health", "GET, HEAD"), ("DELETE", "status", "GET, HEAD"),
+                                ("GET", "sync", "POST"), ("GET", "purge", "POST"),
+                                ("PUT", "explain", "GET, HEAD, POST"), ("POST", "dashboard", "GET, HEAD")]:  # fmt: skip
+        reply = http.request(method, nginx_proxy.url + "/_edgeproxy/" + path, headers=json_accept)
+        assert reply.status == 405 and reply.headers["Allow"] == allow, (method, path, reply.status)
+        assert reply.json()["error"] == "method_not_allowed"
+    for path in ("sync", "purge", "webhooks/contentstack"):
+        assert http.request("POST", nginx_proxy.url + "/_edgeproxy/" + path, data=b"{}").status == 403, path
+    assert http.get(nginx_proxy.url + "/_edgeproxy/dashboard").status == 403
 
 
 @pytest.fixture
@@ -107,8 +137,12 @@ def ops_proxy(launch: Launcher, nginx_origin: Service) -> Service:
 def test_explain_needs_the_right_bearer_token(ops_proxy: Service, http: Http) -> None:
     url = ops_proxy.url + "/_edgeproxy/explain"
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
-        assert http.get(url, headers=headers).status == 404, headers
-        assert http.request("POST", url, headers=headers, data=b"{}").status == 404, headers
+        refused = http.get(url, headers=headers)
+        assert refused.status == 401 and refused.headers["WWW-Authenticate"].startswith("Bearer"), headers
+        assert http.request("POST", url, headers=headers, data=b"{}").status == 401, headers
+    for path in ("sync", "purge", "webhooks/contentstack"):  # their tokens default to the ops token
+        refused = http.request("POST", ops_proxy.url + "/_edgeproxy/" + path, data=b"{}")
+        assert refused.status == 401 and "WWW-Authenticate" in refused.headers, path
     ok = http.get(url, headers={"Authorization": f"Bearer {TOKEN}"})
     assert ok.status == 200
     assert set(ok.json()) >= {"manifest", "explanation"}

@@ -131,7 +131,7 @@ def test_an_audience_changed_in_admin_reaches_the_page_after_the_webhook(
     assert hero_variant(http, proxy) != "1"
     code, outcome = webhook(http, proxy)
     assert outcome["result"] == "unchanged"  # conditional requests: everything answered 304
-    assert http.request("POST", proxy.url + "/_edgeproxy/sync").status == 404  # no token, no endpoint
+    assert http.request("POST", proxy.url + "/_edgeproxy/sync").status == 401  # no token sent
 
 
 def test_a_change_arrives_within_one_poll_interval(

@@ -40,7 +40,31 @@
     return 10 * p;
   }
 
-  // series: [{name, color, values: [number|null per day]}]; opts: {format, max, threshold}
+  // The y-axis: [top, tick values]. Counts get whole-number ticks (never "1, 1, 2, 2" on a chart of two
+  // impressions); fractions get four equal steps.
+  function yTicks(maxValue, opts) {
+    if (opts.integer) {
+      const top = Math.max(1, Math.ceil(maxValue));
+      const step = Math.max(1, Math.ceil(niceMax(top / 4)));
+      const yMax = step * Math.ceil(top / step);
+      const ticks = [];
+      for (let v = 0; v <= yMax; v += step) ticks.push(v);
+      return [yMax, ticks];
+    }
+    const yMax = opts.max !== undefined ? opts.max : niceMax(maxValue);
+    return [yMax, [0, 1, 2, 3, 4].map((k) => (yMax * k) / 4)];
+  }
+
+  // Tick labels, with more digits while two would read the same (a rate chart topping at 0.1%).
+  function tickLabels(ticks, opts) {
+    let labels = ticks.map((v) => opts.format(v));
+    for (let digits = 1; opts.tickFormat && new Set(labels).size < labels.length && digits <= 6; digits++) {
+      labels = ticks.map((v) => opts.tickFormat(v, digits));
+    }
+    return labels;
+  }
+
+  // series: [{name, color, values: [number|null per day]}]; opts: {format, max, threshold, integer, tickFormat}
   function lineChart(days, series, opts) {
     const W = 380, H = 190, L = 44, R = 10, T = 10, B = 24;
     const values = series.flatMap((s) => s.values.filter((v) => v !== null && v !== undefined));
@@ -50,15 +74,15 @@
       box.dataset.points = '0';
       return box;
     }
-    const yMax = opts.max !== undefined ? opts.max : niceMax(Math.max(...values));
+    const [yMax, yValues] = yTicks(Math.max(...values), opts);
     const x = (i) => L + (days.length === 1 ? (W - L - R) / 2 : (i * (W - L - R)) / (days.length - 1));
     const y = (v) => T + (H - T - B) * (1 - v / yMax);
     const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img' });
-    for (let k = 0; k <= 4; k++) {
-      const v = (yMax * k) / 4;
+    const labels = tickLabels(yValues, opts);
+    yValues.forEach((v, k) => {
       root.appendChild(svg('line', { class: k ? 'grid' : 'axis', x1: L, x2: W - R, y1: y(v), y2: y(v) }));
-      root.appendChild(svg('text', { x: L - 6, y: y(v) + 3, 'text-anchor': 'end', text: opts.format(v) }));
-    }
+      root.appendChild(svg('text', { class: 'ytick', x: L - 6, y: y(v) + 3, 'text-anchor': 'end', text: labels[k] }));
+    });
     const ticks = Math.min(days.length, 5);
     for (let k = 0; k < ticks; k++) {
       const i = ticks === 1 ? 0 : Math.round((k * (days.length - 1)) / (ticks - 1));
@@ -136,9 +160,9 @@
 
     const head = el('div', { class: 'exp-head' }, [
       el('div', { class: 'exp-title' }, [
-        el('span', { class: 'prio', text: '#' + exp.priority }),
+        el('span', { class: 'prio', text: '[' + exp.shortUid + ']' }),  // as `edgeproxy report` names it
         el('h2', { text: exp.name }),
-        el('span', { class: 'muted', text: 'short uid ' + exp.shortUid }),
+        el('span', { class: 'muted', text: 'priority ' + exp.priority }),
       ]),
       badges,
     ]);
@@ -233,19 +257,20 @@
 
     // Charts
     const s = series || { days: [], variants: {}, probabilityToBeBest: {} };
-    const legend = exp.variants.map((v, i) => ({ name: v.name, color: colorOf(i) }));
-    const pick = (fn) => exp.variants.map((v, i) => ({ name: v.name, color: colorOf(i), values: fn(s.variants[v.shortUid] || null, v) }));
+    const label = (v) => v.shortUid + ' · ' + v.name;  // variants as the table and `edgeproxy report` name them
+    const legend = exp.variants.map((v, i) => ({ name: label(v), color: colorOf(i) }));
+    const pick = (fn) => exp.variants.map((v, i) => ({ name: label(v), color: colorOf(i), values: fn(s.variants[v.shortUid] || null, v) }));
     const charts = el('div', { class: 'charts' });
     charts.appendChild(chartCard('New unique impressions per day',
-      lineChart(s.days, pick((d) => (d ? d.impressions : [])), { format: (v) => int(Math.round(v)) }), legend));
+      lineChart(s.days, pick((d) => (d ? d.impressions : [])), { format: (v) => int(Math.round(v)), integer: true }), legend));
     if (metric) {
       const rates = pick((d) => (d && d.conversionRate[metric.key] ? d.conversionRate[metric.key] : []));
       const top = Math.max(0, ...rates.flatMap((r) => r.values.filter((v) => v !== null)));
       charts.appendChild(chartCard('Conversion rate, cumulative — ' + metric.name,
-        lineChart(s.days, rates, { format: (v, exact) => pct(v, exact ? 2 : 1), max: niceMax(top) }), legend));
+        lineChart(s.days, rates, { format: (v, exact) => pct(v, exact ? 2 : 1), tickFormat: (v, d) => pct(v, d), max: niceMax(top) }), legend));
     }
     if (isAb && metric && metric.primary) {
-      const p = exp.variants.map((v, i) => ({ name: v.name, color: colorOf(i), values: (s.probabilityToBeBest || {})[v.shortUid] || [] }));
+      const p = exp.variants.map((v, i) => ({ name: label(v), color: colorOf(i), values: (s.probabilityToBeBest || {})[v.shortUid] || [] }));
       charts.appendChild(chartCard('Probability to be best, cumulative',
         lineChart(s.days, p, { format: (v, exact) => pct(v, exact ? 1 : 0), max: 1, threshold: 0.95 }), legend));
     } else if (isAb && metric) {
@@ -292,7 +317,7 @@
     document.getElementById('project').textContent =
       `project ${report.projectUid} · snapshot ${report.snapshotVersion.slice(0, 19)}… · ${report.experiences.length} live experiences`;
     list.replaceChildren(...report.experiences.map((exp) => experienceCard(exp, data.series[exp.shortUid], live)));
-    toc.replaceChildren(...report.experiences.map((exp) => el('a', { href: '#exp-' + exp.shortUid, text: `#${exp.priority} ${exp.name}` })));
+    toc.replaceChildren(...report.experiences.map((exp) => el('a', { href: '#exp-' + exp.shortUid, text: `[${exp.shortUid}] ${exp.name}` })));
     document.getElementById('footer').textContent =
       `Unique impressions per user and variant from any source; conversions once per user and metric within 30 days after the impression, credited to the variant the user saw; probability to be best from ${int(report.settings.draws)} seeded draws of Beta(1 + conversions, 1 + impressions − conversions). Computed in ${data.computeSeconds}s from ${report.source}.`;
   }
