@@ -1,6 +1,6 @@
 """The visitor context: everything a decision may read about one request, computed lazily.
 
-Built from a request description (SPEC §9) or by the proxy from a live request; both go through
+Built from a request description (contract §9) or by the proxy from a live request; both go through
 `build_context`, so a replayed request and a proxied one are the same context. Nothing here does I/O:
 the clock, the uid generator and the geo database lookup are passed in by the caller.
 """
@@ -87,7 +87,7 @@ def geo_from_headers(headers: Mapping[str, str]) -> Geo:
 
 
 def parse_cookie_header(header: str) -> dict[str, str]:
-    """Cookie name -> raw value; the value is the text between the first `=` and `;` (SPEC §6)."""
+    """Cookie name -> raw value; the value is the text between the first `=` and `;` (contract §6)."""
     cookies: dict[str, str] = {}
     for part in header.split(";"):
         name, sep, value = part.partition("=")
@@ -98,7 +98,7 @@ def parse_cookie_header(header: str) -> dict[str, str]:
 
 
 def parse_pipe_set(raw: Any) -> frozenset[str]:
-    """`|vip|sale|` (Lytics audiences, SPEC §3) -> {"vip", "sale"}; URL-encoded or a JSON list too."""
+    """`|vip|sale|` (Lytics audiences, contract §3) -> {"vip", "sale"}; URL-encoded or a JSON list too."""
     if isinstance(raw, list | tuple):
         return frozenset(str(item) for item in raw if item)
     if not isinstance(raw, str):
@@ -240,7 +240,7 @@ class VisitorContext:
     # -- attributes ---------------------------------------------------------------------------------
 
     def custom(self, key: str) -> Any:
-        # Live (request-scoped) attributes override stored ones (SPEC §3, ours).
+        # Live (request-scoped) attributes override stored ones (contract §3, ours).
         if key in self.live:
             return self.live[key]
         return self.stored.get(key)
@@ -276,7 +276,7 @@ _UID_OCTETS = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,256}").f
 
 
 def valid_user_uid(uid: str) -> bool:
-    """SPEC §11: a user uid is 1-256 characters of RFC 6265 cookie-octet; anything else counts as absent, so it
+    """contract §11: a user uid is 1-256 characters of RFC 6265 cookie-octet; anything else counts as absent, so it
     can never inject cookie attributes (`; Domain=...`) or headers when it is echoed."""
     return _UID_OCTETS(uid) is not None
 
@@ -284,11 +284,11 @@ def valid_user_uid(uid: str) -> bool:
 def resolve_user_uid(
     headers: Mapping[str, str], cookies: Mapping[str, str], fallback: str | None, new_uid: Callable[[], str]
 ) -> tuple[str, bool]:
-    """SPEC §9: header, else cookie, else the given uid, else a new one. Returns (uid, is_new). A header or
-    cookie uid that is not valid (SPEC §11, `valid_user_uid`) counts as absent and is never echoed."""
+    """contract §9: header, else cookie, else the given uid, else a new one. Returns (uid, is_new). A header or
+    cookie uid that is not valid (contract §11, `valid_user_uid`) counts as absent and is never echoed."""
     for candidate in (headers.get(USER_UID_HEADER), cookies.get(USER_UID_COOKIE)):
         if candidate is not None:
-            candidate = candidate.strip()  # raw: the SDK neither encodes nor decodes the uid (SPEC §6)
+            candidate = candidate.strip()  # raw: the SDK neither encodes nor decodes the uid (contract §6)
             if _UID_OCTETS(candidate) is not None:
                 return candidate, False
     if fallback is not None:
@@ -459,7 +459,7 @@ def context_from_description(
     classifier: UserAgentClassifier | None = None,
     geo_lookup: GeoLookup | None = None,
 ) -> DescribedRequest:
-    """A SPEC §9 request description -> a context. Raises `RequestDescriptionError` on bad fields.
+    """A contract §9 request description -> a context. Raises `RequestDescriptionError` on bad fields.
 
     Unknown fields are ignored (descriptions may carry more, e.g. a decision log's recorded manifest).
     """

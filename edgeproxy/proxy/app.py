@@ -550,7 +550,7 @@ class ClientBase:
         for value in cookies.values:
             headers.add("Set-Cookie", value)
         if personalized and self.html and config.no_store_personalized_html:
-            headers["Cache-Control"] = "no-store"  # SPEC §7: personalized HTML is never cached downstream
+            headers["Cache-Control"] = "no-store"  # contract §7: personalized HTML is never cached downstream
         if x_cache is not None:
             headers["X-Cache"] = x_cache
 

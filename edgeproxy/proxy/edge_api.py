@@ -1,4 +1,4 @@
-"""The emulated Personalize Edge API (SPEC §5): what `@contentstack/personalize-edge-sdk` calls.
+"""The emulated Personalize Edge API (contract §5): what `@contentstack/personalize-edge-sdk` calls.
 
     GET   {prefix}manifest[?tags[]=t]              decide with the same engine and visitor context as pages
     POST  {prefix}events                           impressions and custom events -> the event store
@@ -129,7 +129,7 @@ INVALID_USER_UID = EdgeApiError(
 
 def _user_uid(request: web.BaseRequest, required: bool) -> str | None:
     """The uid an SDK call names explicitly. Unlike on a page (where an invalid uid counts as absent and a new
-    one is minted, SPEC §11), an invalid one here is a 400: the caller asked about that user, and answering for
+    one is minted, contract §11), an invalid one here is a 400: the caller asked about that user, and answering for
     a fresh one would silently split the visitor's data. It is never echoed."""
     uid = request.headers.get(USER_UID_HEADER, "").strip()
     if not uid:

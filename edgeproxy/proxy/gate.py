@@ -25,7 +25,7 @@ What it refuses and why (README, "What the gate refuses"):
 - request Content-Encoding (RFC 9110 §8.4) other than a list of known codings: 415. Bodies are relayed as the
   exact bytes the client framed, never decoded on the proxied path;
 - a repeated `X-CS-Personalize-User-Uid` header: ambiguous, so refused. A single invalid uid is not refused
-  here: pages treat it as absent and mint a new uid (`valid_user_uid`, SPEC §11).
+  here: pages treat it as absent and mint a new uid (`valid_user_uid`, contract §11).
 An `Upgrade: h2c` attempt is not refused: RFC 9110 §7.8 lets a server ignore Upgrade, and the proxy strips it
 (and HTTP2-Settings) before the origin, so the request is served as HTTP/1.1.
 """

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from edgeproxy.engine.context import context_from_description
+from edgeproxy.engine.context import ClientJsonError, context_from_description, load_client_json
 from edgeproxy.engine.errors import RequestDescriptionError
 from edgeproxy.engine.explain import explain
 from edgeproxy.proxy.app import ProxyState, client_view
@@ -198,8 +198,8 @@ async def _purge_body(request: web.BaseRequest, state: ProxyState) -> tuple[Any,
     if len(body) > MAX_EXPLAIN_BODY:
         return None, _json({"error": "too_large", "message": f"body over {MAX_EXPLAIN_BODY} bytes"}, 413)
     try:
-        return json.loads(body or b"{}"), None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return load_client_json(body or b"{}"), None
+    except (ClientJsonError, UnicodeDecodeError) as exc:
         return None, _json({"error": "invalid_json", "message": f"body is not JSON: {exc}"}, 400)
 
 
@@ -276,12 +276,12 @@ async def _explain(request: web.BaseRequest, state: ProxyState) -> web.Response:
         if len(body) > MAX_EXPLAIN_BODY:
             return _json({"error": "too_large", "message": f"body over {MAX_EXPLAIN_BODY} bytes"}, status=413)
         try:
-            description = json.loads(body)
+            description = load_client_json(body)  # bounded: depth, numbers (the gate's rules for client JSON)
             described = context_from_description(
                 description, clock=state.clock, new_uid=lambda: str(uuid.uuid4()),
                 classifier=state.classifier, geo_lookup=state.geo_lookup,
             )  # fmt: skip
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ClientJsonError, UnicodeDecodeError) as exc:
             return _json({"error": "invalid_json", "message": f"body is not JSON: {exc}"}, status=400)
         except RequestDescriptionError as exc:
             return _json({"error": "invalid_request", "field": exc.field, "message": str(exc)}, status=400)

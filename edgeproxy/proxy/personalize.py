@@ -24,7 +24,7 @@ from edgeproxy.engine.context import (
 from edgeproxy.engine.decide import CompiledSnapshot, Manifest
 from edgeproxy.engine.useragent import UserAgentClassifier
 
-UID_COOKIE_MAX_AGE = 31_536_000  # SPEC §6
+UID_COOKIE_MAX_AGE = 31_536_000  # contract §6
 
 
 def _live_attributes(raw: str | None) -> dict[str, object]:
@@ -50,7 +50,7 @@ def new_user_uid() -> str:
 
 
 def identify(headers: CIMultiDictProxy[str]) -> Identity:
-    """User uid: `X-CS-Personalize-User-Uid` header, else the cookie, else a new UUID4 (SPEC §9)."""
+    """User uid: `X-CS-Personalize-User-Uid` header, else the cookie, else a new UUID4 (contract §9)."""
     cookie_header = headers.get("Cookie")
     cookies = parse_cookie_header(cookie_header) if cookie_header else {}
     user_uid, is_new = resolve_user_uid(headers, cookies, None, new_user_uid)
@@ -112,7 +112,7 @@ def context_from_request(
 
 
 def add_upstream_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limit: int, version: str) -> None:
-    """SPEC §7: aliases in priority order, truncated for the CDA; the full set in the variant param."""
+    """contract §7: aliases in priority order, truncated for the CDA; the full set in the variant param."""
     aliases = manifest.aliases
     if cda_limit:
         aliases = aliases[:cda_limit]
@@ -124,7 +124,7 @@ def add_upstream_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limi
 
 @dataclass(frozen=True, slots=True)
 class SetCookies:
-    """The visitor's Set-Cookie values (SPEC §6) and the response header lines they make."""
+    """The visitor's Set-Cookie values (contract §6) and the response header lines they make."""
 
     values: tuple[str, ...]
     lines: str  # "Set-Cookie: …\r\n" per value
@@ -162,7 +162,7 @@ class VisitorCookies:
 
 
 def cookie_headers(manifest: Manifest, secure: bool, manifest_json: str | None = None) -> tuple[str, str]:
-    """SPEC §6, built by hand: the SDK reads the raw text between `=` and `;`, so nothing is quoted."""
+    """contract §6, built by hand: the SDK reads the raw text between `=` and `;`, so nothing is quoted."""
     flags = "; Secure; SameSite=Lax" if secure else "; SameSite=Lax"
     # Raw, as the SDK writes and reads it: any encoding here would come back as a different uid.
     # Control characters cannot be sent in a header at all; they are dropped.

@@ -36,7 +36,7 @@ class AttributeLimits:
 
 @dataclass(frozen=True, slots=True)
 class EventRecord:
-    """One row of the event log (SPEC §5 events, plus where it came from)."""
+    """One row of the event log (contract §5 events, plus where it came from)."""
 
     ts: float  # POSIX seconds
     project_uid: str
@@ -87,7 +87,7 @@ class StateStore(Protocol):
         ...
 
     async def merge_attributes(self, project_uid: str, source_uid: str, target_uid: str) -> None:
-        """Copy source's attributes onto target; source values win on conflict (SPEC §5)."""
+        """Copy source's attributes onto target; source values win on conflict (contract §5)."""
         ...
 
     async def append_events(self, events: list[EventRecord]) -> None: ...

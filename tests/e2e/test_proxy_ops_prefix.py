@@ -173,6 +173,25 @@ def test_explain_post_of_a_request_description_matches_edgeproxy_decide(
     assert bad.status == 400 and set(bad.json()) >= {"error", "message"}
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b'{"liveAttributes": ' + b"[" * 5000 + b"]" * 5000 + b"}", b'{"liveAttributes": {"n": ' + b"9" * 5001 + b"}}",
+     b'{"storedAttributes": {"x": NaN}}', b'{"ip": "\\ud800"}', b"\xff\xfe"],
+    ids=["nested-5000", "number-5001-digits", "nan", "lone-surrogate", "not-utf8"],
+)  # fmt: skip
+def test_explain_post_of_hostile_json_is_a_400_and_the_proxy_serves_on(
+    ops_proxy: Service, http: Http, body: bytes
+) -> None:
+    reply = http.request(
+        "POST", ops_proxy.url + "/_edgeproxy/explain", data=body,
+        headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"},
+    )  # fmt: skip
+    assert reply.status == 400, reply.body[:300]
+    assert set(reply.json()) >= {"error", "message"}
+    assert http.get(ops_proxy.url + "/_edgeproxy/health").status == 200
+    assert "Traceback" not in ops_proxy.log_tail(400)
+
+
 def test_explain_get_explains_the_decision_the_calling_visitor_gets_on_the_page(
     ops_proxy: Service, visitors: VisitorCatalog, http: Http
 ) -> None:
