@@ -163,6 +163,12 @@ def decide_line(
 
 
 def run_compile(args: argparse.Namespace, out: IO[str]) -> int:
+    from edgeproxy.replay.chart import output_problem
+
+    problem = output_problem("-o", args.output)  # before loading: a typo'd folder is not created at random
+    if problem is not None:
+        print(f"edgeproxy: compile: {problem}", file=sys.stderr)
+        return 2
     snapshot = load_snapshot(args.rules)
     write_snapshot_file(snapshot, args.output)
     project = snapshot.project
@@ -195,10 +201,11 @@ def run_sync(args: argparse.Namespace, out: IO[str]) -> int:
     snapshot = write_export(args.out, tree.files)
     client.commit(tree)
     project = snapshot.project
+    folder = Path(args.out)
     out.write(
-        f"synced {args.out}: version {snapshot.version}, {len(project.experiences)} live experiences "
+        f"synced {folder}: version {snapshot.version}, {len(project.experiences)} live experiences "
         f"({len(project.omitted)} omitted), {len(project.audiences)} audiences; "
-        f"--rules {args.out} or {args.out}/snapshot.msgpack\n"
+        f"--rules {folder} or {folder / 'snapshot.msgpack'}\n"
     )
     return 0
 

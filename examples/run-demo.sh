@@ -18,6 +18,28 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$origin_port") 2>/dev/null; then
     echo "          stop what listens on it or pick another: ORIGIN_PORT=3001 examples/run-demo.sh" >&2
     exit 1
 fi
+listen_host="${listen%:*}"
+listen_port="${listen##*:}"
+if (exec 3<>"/dev/tcp/${listen_host:-127.0.0.1}/$listen_port") 2>/dev/null; then
+    echo "run-demo: $listen is already taken, so edgeproxy cannot listen there;" >&2
+    echo "          stop what listens on it or pick another: PROXY_LISTEN=127.0.0.1:8081 examples/run-demo.sh" >&2
+    exit 1
+fi
+# A bad DEMO_NOW is named as such (edgeproxy itself would blame its --now); exit 3 = not an instant.
+check_now='import sys
+from edgeproxy.clock import parse_instant
+try:
+    parse_instant(sys.argv[1])
+except ValueError:
+    sys.exit(3)'
+status=0
+if [ -n "$demo_now" ]; then
+    python3 -c "$check_now" "$demo_now" 2>/dev/null || status=$?
+fi
+if [ "$status" = 3 ]; then
+    echo "run-demo: DEMO_NOW='$demo_now' is not an ISO-8601 instant, e.g. DEMO_NOW=2026-11-28T12:00:00Z (empty: the real clock)" >&2
+    exit 1
+fi
 node examples/origin/server.js --port "$origin_port" &
 origin_pid=$!
 trap 'kill "$origin_pid" 2>/dev/null || true' EXIT INT TERM

@@ -184,3 +184,26 @@ def test_live_counts_of_past_minutes_stay_per_slot_across_snapshot_reloads() -> 
     assert counters.totals == {("2", "1"): 200, ("0", None): 200}
     assert len(counters._totals) == 2  # past minutes, per (experience, variant)
     assert all(len(counts) == 2 for _, _, counts in counters._history)
+
+
+def test_report_is_dated_on_the_proxy_clock(tmp_path: Path) -> None:
+    """A proxy started with `now` (the demo's --now) dates events on that clock; the dashboard's report reads the
+    same clock, not the system's (else "running 7.6 days" a minute after a demo started in the past)."""
+    start = 1_795_867_200.0  # 2026-11-28T12:00:00Z
+    url = f"sqlite:///{tmp_path}/state.db"
+    store_events(url, example_history(start, users=50))
+    config = load_config(None, {}, {"origin": "http://127.0.0.1:9", "rules": "rules", "state": url,
+                                    "ops_token": TOKEN, "now": "2026-11-28T12:00:00Z"})  # fmt: skip
+    state = make_state(config)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await dashboard_handler(request, state)
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        async with TestClient(TestServer(app)) as client:
+            data = await (await client.get("/_edgeproxy/dashboard/data.json?token=" + TOKEN)).json()
+            assert data["report"]["now"].startswith("2026-11-28T12:0"), data["report"]["now"]
+
+    asyncio.run(main())

@@ -211,10 +211,6 @@ def test_vary_names_are_normalised(vary: str, names: tuple[str, ...]) -> None:
     assert rules.vary_names(CIMultiDict({"Vary": vary} if vary else {})) == names
 
 
-def test_only_get_and_head_are_looked_up() -> None:
-    assert rules.request_allows_cache("GET", False) and rules.request_allows_cache("HEAD", True)
-    assert not any(rules.request_allows_cache(m, False) for m in ("POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
-
 
 # -- ResponseCache.build_entry: the whole decision on one origin response ---------------------------------------
 

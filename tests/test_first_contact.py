@@ -228,3 +228,102 @@ def test_rules_that_read_no_geo_do_not_warn(example_rules: Path, tmp_path: Path)
     result = run("decide", "--rules", str(rules), stdin='{"ip": "81.2.69.160"}\n')
     assert result.returncode == 0, result.stderr
     assert "--geoip" not in result.stderr
+
+
+# -- found on a later trial of every README section ---------------------------------------------------------------
+
+
+def test_compile_into_a_missing_folder_is_refused_not_created(example_rules: Path, tmp_path: Path) -> None:
+    target = tmp_path / "no-such-folder" / "snapshot.msgpack"
+    result = run("compile", "--rules", str(example_rules), "-o", str(target))
+    assert result.returncode == 2
+    assert "does not exist; create it first" in one_line(result.stderr)
+    assert not target.parent.exists()
+    ok = run("compile", "--rules", str(example_rules), "-o", str(tmp_path / "snapshot.msgpack"))
+    assert ok.returncode == 0 and (tmp_path / "snapshot.msgpack").is_file()
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "message"),
+    [
+        ({"EDGEPROXY_POOL_SIZE": "abc"}, [],
+         "environment variable EDGEPROXY_POOL_SIZE: setting 'pool_size': expected a whole number (got 'abc')"),
+        ({"EDGEPROXY_CACHE": "maybe"}, [],
+         "environment variable EDGEPROXY_CACHE: setting 'cache': expected true or false (got 'maybe')"),
+        ({}, ["--workers", "two"], "command line --workers: setting 'workers': expected a whole number (got 'two')"),
+        ({}, ["--read-timeout", "soon"], "command line --read-timeout: setting 'read_timeout': expected a number"),
+    ],
+)  # fmt: skip
+def test_unparsable_settings_name_the_variable_or_flag(
+    env: dict[str, str], flags: list[str], message: str, example_rules: Path, tmp_path: Path
+) -> None:
+    argv = ["serve", "--origin", "http://127.0.0.1:3000", "--rules", str(example_rules), *flags]
+    result = run(*argv, cwd=tmp_path, env=env, timeout=30)
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert message in line and "invalid literal" not in line
+
+
+def test_sync_without_credentials_names_the_environment_variable(tmp_path: Path) -> None:
+    result = run("sync", "--admin-url", "http://127.0.0.1:9", "--project-uid", "p", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert "EDGEPROXY_AUTHTOKEN" in one_line(result.stderr)
+
+
+def test_workers_refuse_a_port_another_reuse_port_server_holds() -> None:
+    """Two `serve --workers` on one port: the second must fail, not silently share the port (SO_REUSEPORT)."""
+    import socket
+
+    from edgeproxy.proxy.server import ListenError
+    from edgeproxy.proxy.workers import claim_port
+
+    port = free_port()
+    other = socket.socket()
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    other.bind(("127.0.0.1", port))
+    other.listen()
+    try:
+        with pytest.raises(ListenError, match=r"cannot listen on 127\.0\.0\.1"):
+            claim_port("127.0.0.1", port)
+    finally:
+        other.close()
+    held = claim_port("127.0.0.1", port)  # free again: held with SO_REUSEPORT, so workers can bind it too
+    try:
+        worker = socket.socket()
+        worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        worker.bind(("127.0.0.1", port))
+        worker.close()
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def demo(env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEPROXY_", "DEMO_", "ORIGIN_", "PROXY_"))}
+    clean["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), clean.get("PATH", "")])  # the venv's tools
+    clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), clean.get("PYTHONPATH")]))
+    clean.update(env)
+    return subprocess.run(["bash", str(ROOT / "examples" / "run-demo.sh")], capture_output=True, text=True,
+                          timeout=timeout, env=clean)  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is needed for the example origin")
+def test_run_demo_refuses_a_taken_port_or_a_bad_clock_before_starting_anything() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        origin = demo({"ORIGIN_PORT": str(taken), "PROXY_LISTEN": f"127.0.0.1:{free_port()}"})
+        assert origin.returncode == 1
+        assert f"port {taken} is already taken" in origin.stderr and "ORIGIN_PORT=" in origin.stderr
+        proxy = demo({"ORIGIN_PORT": str(free_port()), "PROXY_LISTEN": f"127.0.0.1:{taken}"})
+        assert proxy.returncode == 1
+        assert f"127.0.0.1:{taken} is already taken" in proxy.stderr and "PROXY_LISTEN=" in proxy.stderr
+    for result in (origin, proxy):
+        assert "example origin listening" not in result.stdout + result.stderr  # nothing was started
+    clock = demo({"ORIGIN_PORT": str(free_port()), "PROXY_LISTEN": f"127.0.0.1:{free_port()}", "DEMO_NOW": "soon"})
+    assert clock.returncode == 1
+    assert "DEMO_NOW='soon' is not an ISO-8601 instant" in clock.stderr
+    assert "example origin listening" not in clock.stdout + clock.stderr

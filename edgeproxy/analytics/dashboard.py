@@ -4,7 +4,10 @@
     GET {ops_prefix}dashboard/data.json   the data it draws: the report, daily series, live decision counts
 
 Token-protected like `explain`: `Authorization: Bearer TOKEN` or `X-Edgeproxy-Token`, or `?token=TOKEN` so a
-browser can open it; without `ops_token` set, or with a wrong token, it is a 404 (no oracle).
+browser can open it; without `ops_token` set it is a 403 (the feature is off), with a missing or wrong token a 401.
+
+Dates ("running days", the 14-day rule for a winner) are read on the proxy's clock (`now` setting), the clock
+that dated the events, so a demo started with `--now` shows the same report as `edgeproxy report --now`.
 
 The aggregation runs in a worker thread on its own read-only view of the state (SQLite file or Redis stream),
 never on the event loop, and only while someone looks. Results are cached per (snapshot version, newest event
@@ -135,7 +138,9 @@ async def dashboard_data(state: ProxyState) -> dict[str, Any]:
         new_snapshot = cache.key is not None and cache.key[0] != key[0]
         if cache.data is None or new_snapshot or not (fresh or recent):
             if cache.task is None:
-                cache.task = asyncio.create_task(_compute(cache, key, loaded.snapshot, url, loaded.source))
+                cache.task = asyncio.create_task(
+                    _compute(cache, key, loaded.snapshot, url, loaded.source, state.clock())
+                )
                 cache.task.add_done_callback(_retrieve)
             task = cache.task
         else:
@@ -161,9 +166,11 @@ def _retrieve(task: asyncio.Task[dict[str, Any]]) -> None:
         task.exception()
 
 
-async def _compute(cache: _Cache, key: tuple[str, str | None], snapshot: Any, url: str, source: str) -> dict[str, Any]:
+async def _compute(
+    cache: _Cache, key: tuple[str, str | None], snapshot: Any, url: str, source: str, now: float
+) -> dict[str, Any]:
     try:
-        data = await asyncio.to_thread(compute_analytics, snapshot.project, snapshot.version, url, source)
+        data = await asyncio.to_thread(compute_analytics, snapshot.project, snapshot.version, url, source, now)
         async with cache.lock:
             cache.key, cache.data, cache.computed_at = key, data, time.monotonic()
             cache.min_interval = max(REFRESH_SECONDS, COMPUTE_SHARE * float(data["computeSeconds"]))
@@ -172,12 +179,13 @@ async def _compute(cache: _Cache, key: tuple[str, str | None], snapshot: Any, ur
         cache.task = None
 
 
-def compute_analytics(project: Any, version: str, url: str, source: str) -> dict[str, Any]:
-    """Report + daily series for every live experience (blocking; run it in a thread)."""
+def compute_analytics(project: Any, version: str, url: str, source: str, now: float | None = None) -> dict[str, Any]:
+    """Report + daily series for every live experience (blocking; run it in a thread); `now` (default: the system
+    clock) is the proxy's clock, which dates "running days"."""
     started = time.monotonic()
     scope = report_scope(project)
     tallies = collect_tallies(url, project.uid, scope, daily=True, in_server=True)
-    report = build_report(project, version, tallies, scope, source=redact(url))
+    report = build_report(project, version, tallies, scope, now=now, source=redact(url))
     return {
         "generatedAt": report["generatedAt"],
         "computeSeconds": round(time.monotonic() - started, 3),

@@ -82,9 +82,6 @@ class ResponseCache:
                 return None
         return entry
 
-    async def lookup(self, key: str, upstream_headers: Mapping[str, str]) -> CachedResponse | None:
-        return self.selected(await self.fetch(key), upstream_headers)
-
     async def put(self, key: str, entry: CachedResponse) -> None:
         try:
             await self.store.put(key, entry)

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
-CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 # RFC 9110 §15.1: statuses cacheable by default (heuristically cacheable).
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 STORABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})  # no 206: no ranges here
@@ -49,12 +48,6 @@ def _http_date(value: str | None) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
-
-
-def request_allows_cache(method: str, has_authorization: bool) -> bool:
-    """Only GET/HEAD are looked up; an Authorization request is looked up only if the stored response is
-    `public`/`s-maxage`/`must-revalidate` (checked on store, RFC 9111 §3.5)."""
-    return method in CACHEABLE_METHODS
 
 
 def storable(

@@ -185,7 +185,7 @@ class RedisCacheStore:
 
     @classmethod
     def _key(cls, key: str) -> str:
-        return cls.PREFIX + "e:" + hashlib.sha256(key.encode()).hexdigest()
+        return cls.PREFIX + "e:" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
     async def get(self, key: str) -> CachedResponse | None:
         data = await self._client.get(self._key(key))

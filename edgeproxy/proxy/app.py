@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy
-from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -34,7 +33,7 @@ from edgeproxy.proxy.errors import error_response, refusal_response
 from edgeproxy.proxy.gate import Refusal, origin_form
 from edgeproxy.proxy.gate import check as check_request
 from edgeproxy.proxy.headers import UPSTREAM_OWNED, TrustedProxies, end_to_end, removal_set
-from edgeproxy.proxy.hitlane import GatedServer, HitLaneServer
+from edgeproxy.proxy.hitlane import GatedServer, HitLaneServer, answer_in_http11
 from edgeproxy.proxy.impressions import ImpressionRecorder
 from edgeproxy.proxy.metrics import ProxyMetrics
 from edgeproxy.proxy.personalize import (
@@ -48,7 +47,7 @@ from edgeproxy.proxy.personalize import (
 from edgeproxy.proxy.prebuilt import prebuilt_allowed, whole_response
 from edgeproxy.proxy.routes import RouteTable
 from edgeproxy.proxy.snapshots import LoadedSnapshot, SnapshotHolder
-from edgeproxy.proxy.upstream import OriginPool, UpstreamResponse, pool_for_origin
+from edgeproxy.proxy.upstream import ClientBodyError, OriginPool, UpstreamResponse, pool_for_origin
 from edgeproxy.store.base import StateStore, StoreError
 
 if TYPE_CHECKING:
@@ -107,7 +106,7 @@ class ProxyState:
         self.decision_log: DecisionLog | None = None  # set by the server with --decision-log
         self.impressions: ImpressionRecorder | None = None  # set by the server unless impressions = "off"
         self.metrics = ProxyMetrics(self)
-        self.live = LiveDecisions()  # decision counts for the dashboard
+        self.live = LiveDecisions(clock)  # decision counts for the dashboard
         self.identities = Identities()  # returning visitors' uids and parsed cookies
         self.fleet: FleetFollower | None = None  # when following a fleet channel (--fleet-redis)
 
@@ -413,12 +412,9 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
         upstream = await state.upstream.request(
             request.method, target, upstream_headers, request.content if has_body else None
         )
-    except RequestPayloadError as exc:  # the client's body broke its framing, or the client went away
-        log.info("%s request from %s: request body refused: %s", request.method, where.peer, type(exc).__name__)
-        bad = error_response(400, "bad_body", "The request body is not framed correctly.",
-                             request.headers.get("Accept"))  # fmt: skip
-        bad.force_close()
-        return bad
+    except ClientBodyError as exc:  # the client's body broke its framing, stalled, or the client went away
+        log.info("%s request from %s: request body refused: %s", request.method, where.peer, exc)
+        return client_body_failed(request, exc.status)
     except TimeoutError as exc:
         return _origin_failed(request, state, 504, "origin_timeout", "The origin did not answer in time.", exc)
     except OSError as exc:
@@ -431,6 +427,18 @@ async def _proxy(request: web.BaseRequest, state: ProxyState, decided: Decided) 
         return response
     finally:
         upstream.release()
+
+
+def client_body_failed(request: web.BaseRequest, status: int) -> web.Response:
+    """The answer when the client's side of a relayed body failed (the origin's connection is dropped)."""
+    if status == 408:
+        bad = error_response(408, "body_timeout", "The request body did not arrive in time.",
+                             request.headers.get("Accept"))  # fmt: skip
+    else:
+        bad = error_response(400, "bad_body", "The request body is not framed correctly.",
+                             request.headers.get("Accept"))  # fmt: skip
+    bad.force_close()
+    return bad
 
 
 def upstream_request_headers(request: web.BaseRequest, state: ProxyState, where: ClientView) -> CIMultiDict[str]:
@@ -456,13 +464,21 @@ def _debug_explanation(
     """`X-Edgeproxy-Explain: <ops_token>` on a request -> a compact why-this-variant header on the response."""
     asked = request.headers.get("X-Edgeproxy-Explain")
     token = state.config.ops_token
-    if not asked or not token or not hmac.compare_digest(asked.encode(), token.encode()):
+    if not asked or not same_token(asked, token):
         return None
     from edgeproxy.engine.explain import explain
 
     trace = explain(snapshot, ctx, tags)
     summary = "; ".join(f"{e['shortUid']}={e['activeVariantShortUid']} ({e['reason']})" for e in trace["experiences"])
     return f"snapshot={snapshot.version} user={ctx.user_uid}; {summary}"[:8000]
+
+
+def same_token(given: str, token: str) -> bool:
+    """Whether a client-sent token (a header or query value) is `token`, in constant time. Header values hold
+    obs-text bytes as surrogate escapes, which plain `.encode()` refuses: they are compared as the bytes sent."""
+    return bool(token) and hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
+    )
 
 
 def _with_param(query: str, name: str, value: str) -> str:
@@ -737,6 +753,8 @@ def refuse(request: web.BaseRequest, refusal: Refusal) -> web.Response:
     if refusal.status == 405:
         response.headers["Allow"] = ALLOWED_METHODS
     response.force_close()
+    if request.version != HttpVersion11 and request.version != HttpVersion10:
+        answer_in_http11(request)  # not `HTTP/2.0 400` or `HTTP/0.9 400`, which no HTTP/1.x client reads
     return response
 
 

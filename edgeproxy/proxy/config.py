@@ -181,13 +181,19 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 return False
             raise ValueError("expected true or false")
         if isinstance(default, int):
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError("expected a whole number")
-            return int(value)
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError("expected a whole number") from None
         if isinstance(default, float):
             if isinstance(value, bool):
                 raise ValueError("expected a number")
-            return float(value)
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError("expected a number") from None
         if isinstance(default, tuple):
             items = value if isinstance(value, list | tuple) else str(value).split(",")
             return tuple(str(item).strip() for item in items if str(item).strip())
@@ -195,7 +201,16 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             raise ValueError("expected a string")
         return value
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: setting {name!r}: {exc} (got {value!r})") from None
+        raise ConfigError(f"{_where(source, name)}: setting {name!r}: {exc} (got {value!r})") from None
+
+
+def _where(source: str, name: str) -> str:
+    """The place a user looks for a setting's value: the variable or the flag, not just "environment"."""
+    if source == "environment":
+        return f"environment variable EDGEPROXY_{name.upper()}"
+    if source == "command line":
+        return f"command line --{name.replace('_', '-')}"
+    return source
 
 
 def _routes(value: Any, source: str) -> tuple[RouteRule, ...]:
@@ -285,11 +300,7 @@ def load_config(
 def source_of(config: ProxyConfig, name: str) -> str:
     """Where a setting's value came from, as a user would look for it."""
     source = config._sources.get(name)
-    if source == "environment":
-        return f"environment variable EDGEPROXY_{name.upper()}"
-    if source == "command line":
-        return f"command line --{name.replace('_', '-')}"
-    return source or "default"
+    return _where(source, name) if source else "default"
 
 
 def _bad(config: ProxyConfig, name: str, problem: str) -> ConfigError:

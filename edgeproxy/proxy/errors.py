@@ -12,8 +12,9 @@ if TYPE_CHECKING:
     from edgeproxy.proxy.gate import Refusal
 
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
-           413: "Payload too large", 502: "Bad gateway", 503: "Service unavailable",
-           504: "Gateway timeout"}  # fmt: skip
+           408: "Request timeout", 413: "Payload too large", 414: "URI too long", 415: "Unsupported media type",
+           417: "Expectation failed", 431: "Request header fields too large", 502: "Bad gateway",
+           503: "Service unavailable", 504: "Gateway timeout"}  # fmt: skip
 
 
 def wants_json(accept: str | None) -> bool:

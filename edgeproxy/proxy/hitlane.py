@@ -39,6 +39,14 @@ from edgeproxy.proxy.errors import error_response
 
 log = logging.getLogger("edgeproxy.proxy")
 
+
+def answer_in_http11(request: web.BaseRequest) -> None:
+    """Make aiohttp write the response's status line as HTTP/1.1 whatever version the request line claimed
+    (aiohttp answers in the request's version; this server speaks HTTP/1.1, RFC 9110 §6.2). `version` is a
+    reified property, so its cached value is replaced too: aiohttp internals, kept in this one module."""
+    request._version = HttpVersion11
+    request._cache["version"] = HttpVersion11
+
 # (the parsed request, the peer's IP address, "http" or "https") -> the whole response, or None
 LaneAnswer = Callable[[RawRequestMessage, str | None, str], Sequence[bytes] | None]
 

@@ -8,7 +8,6 @@ Statuses: 404 for a path that names no endpoint, 405 (with `Allow`) for a method
 
 from __future__ import annotations
 
-import hmac
 import json
 import os
 import signal
@@ -22,7 +21,7 @@ from yarl import URL
 from edgeproxy.engine.context import ClientJsonError, context_from_description, load_client_json
 from edgeproxy.engine.errors import RequestDescriptionError
 from edgeproxy.engine.explain import explain
-from edgeproxy.proxy.app import ProxyState, client_view
+from edgeproxy.proxy.app import ProxyState, client_view, same_token
 from edgeproxy.proxy.errors import error_response
 from edgeproxy.proxy.personalize import context_from_request, identify
 
@@ -62,7 +61,7 @@ def _authorized(request: web.BaseRequest, token: str) -> bool:
     auth = request.headers.get("Authorization", "")
     if auth.lower().startswith("bearer "):
         given = auth[7:].strip()
-    return bool(token) and hmac.compare_digest(given.encode(), token.encode())
+    return same_token(given, token)
 
 
 # name -> (methods, whose token guards it: None = public, "ops", "webhook" = webhook_token else ops_token,
@@ -118,7 +117,7 @@ def refusal(
     if _authorized(request, token):
         return None
     given = request.query.get("token", "") if query_token else ""
-    if given and hmac.compare_digest(given.encode(), token.encode()):
+    if given and same_token(given, token):
         return None
     response = error_response(401, "unauthorized", f"{name} needs Authorization: Bearer <token>.", accept)
     response.headers["WWW-Authenticate"] = 'Bearer realm="edgeproxy"'

@@ -27,7 +27,7 @@ from edgeproxy.engine.errors import RulesError
 from edgeproxy.engine.snapshot_file import load_snapshot
 from edgeproxy.proxy.access_log import JsonAccessLogger
 from edgeproxy.proxy.app import ProxyState, build_server
-from edgeproxy.proxy.config import ProxyConfig, listen_address
+from edgeproxy.proxy.config import ProxyConfig, listen_address, source_of
 from edgeproxy.proxy.edge_api import edge_api_handler
 from edgeproxy.proxy.ops import ops_handler
 from edgeproxy.proxy.snapshots import SnapshotHolder
@@ -109,6 +109,11 @@ class _StartupRejection(logging.Filter):
         return not (record.levelno >= logging.ERROR and "keeps serving" in record.getMessage())
 
 
+def _rules_setting(config: ProxyConfig) -> str:
+    """Which setting named the rules and where it came from, for a start-up error a user can act on."""
+    return f"setting 'rules' = {config.rules!r}, from {source_of(config, 'rules')}"
+
+
 async def initial_snapshot(config: ProxyConfig, state: ProxyState, poller: SnapshotPoller) -> None:
     quiet = _StartupRejection()
     sync_log = logging.getLogger("edgeproxy.sync")
@@ -120,7 +125,10 @@ async def initial_snapshot(config: ProxyConfig, state: ProxyState, poller: Snaps
     if outcome["result"] != "rejected":
         return
     if config.rules:  # refuse to start on broken rules: there is nothing else to serve
-        raise StartupError(f"rules error, not starting (exit 2): {str(outcome['error']).removeprefix('RulesError: ')}")
+        raise StartupError(
+            f"rules error, not starting (exit 2): {str(outcome['error']).removeprefix('RulesError: ')} "
+            f"({_rules_setting(config)})"
+        )
     source = poller.source
     assert isinstance(source, AdminSource)
     try:
@@ -297,7 +305,7 @@ def run(config: ProxyConfig, *, worker: int | None = None, ready: Any = None) ->
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(serve(config, worker=worker, ready=ready))
     except RulesError as exc:
-        log.error("rules error, not starting (exit 2): %s", exc)
+        log.error("rules error, not starting (exit 2): %s (%s)", exc, _rules_setting(config))
         return 2
     except StartupError as exc:
         log.error("%s", exc)

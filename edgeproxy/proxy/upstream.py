@@ -42,6 +42,15 @@ class UpstreamError(OSError):
     """The origin could not be reached, broke the connection or sent something that is not HTTP/1.x."""
 
 
+class ClientBodyError(Exception):
+    """The client's request body failed while it was relayed: its framing broke, the client went away, or it
+    sent nothing for the read timeout. Not the origin's failure (not an OSError): a 4xx, never a 502/504."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class _Connection(asyncio.Protocol):
     """One connection to the origin; carries one exchange at a time."""
 
@@ -457,7 +466,7 @@ class OriginPool:
                 assert conn.transport is not None
                 conn.transport.write(head)
                 if body is not None:
-                    await _send_body(conn, body, chunked="Content-Length" not in headers)
+                    await _send_body(conn, body, chunked="Content-Length" not in headers, timeout=self.read_timeout)
                 await response.wait_headers()
                 return response
             except BaseException as exc:
@@ -490,10 +499,20 @@ def _request_head(method: str, target: str, headers: CIMultiDict[str], *, chunke
     return "".join(lines).encode("utf-8", "surrogateescape")
 
 
-async def _send_body(conn: _Connection, body: StreamReader, *, chunked: bool) -> None:
+async def _send_body(conn: _Connection, body: StreamReader, *, chunked: bool, timeout: float | None) -> None:
     transport = conn.transport
     assert transport is not None
-    async for chunk in body.iter_any():
+    chunks = body.iter_any()
+    while True:
+        try:
+            async with asyncio.timeout(timeout):  # a client that stalls mid-body must not pin an origin connection
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise ClientBodyError(f"the client sent no body bytes for {timeout:g} s", 408) from None
+        except Exception as exc:  # its framing broke (RequestPayloadError) or the client went away (OSError)
+            raise ClientBodyError(f"the request body failed: {type(exc).__name__}") from exc
         if not chunk:
             continue
         if chunked:

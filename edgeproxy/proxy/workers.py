@@ -38,6 +38,18 @@ def _worker_main(config: ProxyConfig, index: int, ready: Any) -> None:
     raise SystemExit(code)
 
 
+def claim_port(host: str, port: int) -> list[Any]:
+    """The supervisor's hold on the port while it syncs and starts its workers. It is first bound alone (no
+    SO_REUSEPORT), so a port that any other server holds fails, even one of another `--workers` edgeproxy that
+    binds with SO_REUSEPORT (which a reuse-port bind would silently share); then it is held with SO_REUSEPORT so
+    that the workers can bind it too. ListenError when busy."""
+    from edgeproxy.proxy.server import bind_sockets
+
+    for sock in bind_sockets(host, port, reuse_port=False):
+        sock.close()
+    return bind_sockets(host, port, reuse_port=True)
+
+
 class _WorkerFailed(Exception):
     def __init__(self, code: int) -> None:
         super().__init__(f"worker exited with {code}")
@@ -147,10 +159,10 @@ class Supervisor:
 
         for sig in flags:
             signal.signal(sig, on_signal)
-        from edgeproxy.proxy.server import ListenError, bind_sockets
+        from edgeproxy.proxy.server import ListenError
 
         try:  # the port first, so that a busy one fails before any sync (workers bind it again, SO_REUSEPORT)
-            probe = bind_sockets(*listen_address(self.config), reuse_port=True)
+            probe = claim_port(*listen_address(self.config))
         except ListenError as exc:
             log.error("%s (setting 'listen'; is another server on that port?)", exc)
             return 2

@@ -62,7 +62,10 @@ class ManagementClient:
         if not project_uid:
             raise SyncError("a project uid is required (--project-uid)")
         if not authtoken and not oauth_token:
-            raise SyncError("credentials are required: --authtoken TOKEN or --oauth-token TOKEN")
+            raise SyncError(
+                "credentials are required: EDGEPROXY_AUTHTOKEN=TOKEN (or --authtoken TOKEN), or "
+                "EDGEPROXY_OAUTH_TOKEN=TOKEN (or --oauth-token TOKEN)"
+            )
         self.base_url = base_url.rstrip("/")
         self.project_uid = project_uid
         self._headers = {"x-project-uid": project_uid, "accept": "application/json"}

@@ -156,7 +156,8 @@ class SnapshotPoller:
         async with self._lock:
             status = self.status
             status.attempts += 1
-            status.last_attempt = time.time()
+            clock = self.holder.clock  # the process clock (`now` setting), as the snapshot's loadedAt
+            status.last_attempt = clock()
             outcome: dict[str, Any]
             try:
                 snapshot = await self.source.refresh()
@@ -164,7 +165,7 @@ class SnapshotPoller:
                 status.failures += 1
                 status.consecutive_failures += 1
                 status.last_error = f"{type(exc).__name__}: {exc}"
-                status.last_error_at = time.time()
+                status.last_error_at = clock()
                 self.holder.last_error = status.last_error
                 if status.last_error != self._logged_error:
                     self._logged_error = status.last_error
@@ -174,7 +175,7 @@ class SnapshotPoller:
                 outcome = {"reason": reason, "result": "rejected", "error": status.last_error}
             else:
                 status.consecutive_failures = 0
-                status.last_success = time.time()
+                status.last_success = clock()
                 self._logged_error = None
                 current = self.holder.current
                 if snapshot is not None and current is not None and current.snapshot.version == snapshot.version:
@@ -190,7 +191,7 @@ class SnapshotPoller:
                     outcome = {"reason": reason, "result": "swapped", "version": snapshot.version,
                                "previous": previous.snapshot.version if previous else None}  # fmt: skip
                     log.info("snapshot %s now serving (%s)", snapshot.version, reason)
-            outcome["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            outcome["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock()))
             status.history.append(outcome)
             del status.history[:-50]
             return outcome

@@ -208,3 +208,13 @@ def test_explain_get_explains_the_decision_the_calling_visitor_gets_on_the_page(
     manifest = explained.json()["manifest"]
     assert manifest["userUid"] == "e2e-explain-get"
     assert manifest["variantParam"] == page["x-cs-personalize-variants"]
+
+
+def test_status_reports_every_time_on_the_process_clock(launch: Launcher, nginx_origin: Service, http: Http) -> None:
+    proxy = launch.proxy(nginx_origin, "--now", "2026-11-28T12:00:00Z")
+    status = http.get(proxy.url + "/_edgeproxy/status").json()
+    day = "2026-11-28T"  # the `now` setting's day, not the machine's
+    assert status["snapshot"]["loadedAt"].startswith(day), status["snapshot"]
+    sync = status["sync"]
+    assert sync["lastAttempt"].startswith(day) and sync["lastSuccess"].startswith(day), sync
+    assert all(entry["at"].startswith(day) for entry in sync["recent"]), sync["recent"]

@@ -98,6 +98,7 @@ def test_broken_rules_at_start_say_the_proxy_does_not_start(workers: str, tmp_pa
     assert "unknown match condition 'SOUNDS_LIKE'" in result.stderr
     assert "keeps serving" not in result.stderr  # there is no previous snapshot at a start
     assert "RulesError: " not in result.stderr
+    assert f"setting 'rules' = {str(rules)!r}, from command line --rules" in result.stderr  # which setting, from where
 
 
 def test_a_config_file_works_from_any_directory(tmp_path: Path) -> None:

@@ -50,11 +50,13 @@ def require_tool(name: str) -> str:
 
 
 @contextmanager
-def _serving(argv: list[str], port: int) -> Iterator[None]:
+def _serving(argv: list[str], port: int, *, real_clock: bool = False) -> Iterator[None]:
     """A server process, until it listens on `port`; terminated (then killed) on the way out."""
-    # Third-party servers run on the machine's real clock: a clock-shifted check of the suite (`faketime`, see the
-    # README) shifts edgeproxy and the tests, and redis-server does not start under libfaketime.
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FAKETIME")}
+    # `real_clock`: run on the machine's real clock even when the suite runs clock-shifted (`faketime`, see the
+    # README): redis-server does not start under libfaketime. Origins keep the shifted clock, so their Date
+    # headers agree with the proxy's (an origin a year behind would make every response stale, RFC 9111 §4.2.3).
+    drop = ("LD_PRELOAD", "FAKETIME") if real_clock else ()
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         wait_for_port(port)
@@ -72,7 +74,7 @@ def redis_server(tmp: Path) -> Iterator[str]:
     binary = require_tool("redis-server")
     port = free_port()
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)]
-    with _serving(argv, port):
+    with _serving(argv, port, real_clock=True):
         yield f"redis://127.0.0.1:{port}/0"
 
 
