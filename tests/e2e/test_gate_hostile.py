@@ -1239,7 +1239,11 @@ def test_hostile_sweep(
     if origin is not None:
         assert received == origin, case
     else:  # a cache hit may have answered instead of the origin: never more requests than were served
-        assert len(received) <= sum(1 for s in expected if s < 400), received
+        served = sum(1 for s in expected if s < 400)
+        if b"Sec-WebSocket-Key" in payload:  # upgrades skip the cache; a declined handshake is then asked plain
+            served += 1  # (README: the origin sees the handshake and the plain GET); nothing else may arrive
+            assert all(r == received[0] for r in received), received
+        assert len(received) <= served, received
 
 
 @pytest.mark.parametrize(("case", "payload"), BIG, ids=[c[0] for c in BIG])
