@@ -27,10 +27,12 @@ TOKEN = "t0ken"
 
 
 def with_dashboard(
-    state_url: str, scenario: Callable[[TestClient[Any, Any]], Awaitable[None]], manifests: tuple[Any, ...] = ()
+    state_url: str, scenario: Callable[[TestClient[Any, Any]], Awaitable[None]], manifests: tuple[Any, ...] = (),
+    **settings: str,
 ) -> None:
-    config = load_config(None, {}, {"origin": "http://127.0.0.1:9", "rules": "rules", "state": state_url,
-                                    "ops_token": TOKEN})  # fmt: skip
+    """`settings`: more proxy settings (e.g. now); `ops_token=""` turns the dashboard off."""
+    values = {"origin": "http://127.0.0.1:9", "rules": "rules", "state": state_url, "ops_token": TOKEN, **settings}
+    config = load_config(None, {}, values)
     state = make_state(config)
     for manifest in manifests:
         state.live.record(manifest)
@@ -75,21 +77,10 @@ def test_token_is_required_in_a_header_or_the_query(state_url: str) -> None:
 
 
 def test_no_token_configured_means_no_dashboard(tmp_path: Path) -> None:
-    config = load_config(None, {}, {"origin": "http://127.0.0.1:9", "rules": "rules",
-                                    "state": f"sqlite:///{tmp_path}/s.db"})  # fmt: skip
-    state = make_state(config)
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        assert (await client.get("/_edgeproxy/dashboard?token=")).status == 403  # the dashboard is off
 
-    async def handle(request: web.Request) -> web.StreamResponse:
-        return await dashboard_handler(request, state)
-
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handle)
-        async with TestClient(TestServer(app)) as client:
-            assert (await client.get("/_edgeproxy/dashboard?token=")).status == 403  # the dashboard is off
-
-    asyncio.run(main())
-
+    with_dashboard(f"sqlite:///{tmp_path}/s.db", scenario, ops_token="")
 
 def test_page_is_self_contained_with_a_nonce_csp(state_url: str) -> None:
     async def scenario(client: TestClient[Any, Any]) -> None:
@@ -192,18 +183,8 @@ def test_report_is_dated_on_the_proxy_clock(tmp_path: Path) -> None:
     start = 1_795_867_200.0  # 2026-11-28T12:00:00Z
     url = f"sqlite:///{tmp_path}/state.db"
     store_events(url, example_history(start, users=50))
-    config = load_config(None, {}, {"origin": "http://127.0.0.1:9", "rules": "rules", "state": url,
-                                    "ops_token": TOKEN, "now": "2026-11-28T12:00:00Z"})  # fmt: skip
-    state = make_state(config)
+    async def scenario(client: TestClient[Any, Any]) -> None:
+        data = await (await client.get("/_edgeproxy/dashboard/data.json?token=" + TOKEN)).json()
+        assert data["report"]["now"].startswith("2026-11-28T12:0"), data["report"]["now"]
 
-    async def handle(request: web.Request) -> web.StreamResponse:
-        return await dashboard_handler(request, state)
-
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handle)
-        async with TestClient(TestServer(app)) as client:
-            data = await (await client.get("/_edgeproxy/dashboard/data.json?token=" + TOKEN)).json()
-            assert data["report"]["now"].startswith("2026-11-28T12:0"), data["report"]["now"]
-
-    asyncio.run(main())
+    with_dashboard(url, scenario, now="2026-11-28T12:00:00Z")

@@ -6,7 +6,6 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,7 +85,7 @@ def test_events_are_appended_and_counted(store_url: str) -> None:
     async def scenario() -> int:
         store = open_store(store_url)
         await store.start()
-        now = time.time()
+        now = 1_795_341_600.0  # 2026-11-22T10:00:00Z: events carry the time they are given
         await store.append_events([
             EventRecord(ts=now, project_uid=P, user_uid="u", type="IMPRESSION", experience_short_uid="2",
                         variant_short_uid="1"),
@@ -101,24 +100,24 @@ def test_events_are_appended_and_counted(store_url: str) -> None:
 
 def test_sqlite_state_survives_restart_and_attributes_expire_after_ttl(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/state.db"
+    written_at = 1_795_341_600.0  # the store's clock is injected: the TTL is checked without sleeping
 
     async def write() -> None:
-        store = open_store(url)
+        store = open_store(url, clock=lambda: written_at)
         await store.start()
         await store.patch_attributes(P, "u", {"tier": "gold"})
         await store.close()
 
-    async def read(ttl: int) -> dict[str, object]:
-        store = open_store(url, AttributeLimits(ttl_seconds=ttl))
+    async def read(ttl: int, at: float) -> dict[str, object]:
+        store = open_store(url, AttributeLimits(ttl_seconds=ttl), clock=lambda: at)
         await store.start()
         got = await store.get_attributes(P, "u")
         await store.close()
         return got
 
     run(write())
-    assert run(read(3600)) == {"tier": "gold"}
-    time.sleep(1.1)
-    assert run(read(1)) == {}
+    assert run(read(3600, written_at + 3599)) == {"tier": "gold"}  # after a restart, within the TTL
+    assert run(read(3600, written_at + 3601)) == {}  # past it
 
 
 def test_redis_attributes_carry_a_ttl(tmp_path: Path) -> None:
@@ -146,7 +145,7 @@ def test_sqlite_store_opens_clean_after_kill_9_during_writes(tmp_path: Path) -> 
         f"    s = open_store('sqlite:///{db}'); await s.start()\n"
         "    i = 0\n"
         "    while True:\n"
-        f"        await s.append_events([EventRecord(ts=time.time(), project_uid='{P}', user_uid=f'u{{i}}',"
+        f"        await s.append_events([EventRecord(ts=1_795_341_600.0 + i, project_uid='{P}', user_uid=f'u{{i}}',"
         " type='EVENT', event_key='k')])\n"
         f"        await s.patch_attributes('{P}', f'u{{i % 50}}', {{'n': i}})\n"
         "        i += 1\n"

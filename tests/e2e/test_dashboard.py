@@ -3,10 +3,8 @@ error, and the figures it shows are `edgeproxy report --json`'s. A screenshot is
 tests/e2e/artifacts/dashboard.png on every run.
 
 The proxy (`edgeproxy serve --ops-token ... --state sqlite:///...`) is started on a state file pre-filled with
-four weeks of events. Until edgeproxy/proxy/ops.py routes `/_edgeproxy/dashboard` to
-`edgeproxy.analytics.dashboard.dashboard_handler`, the page is served by tests/e2e/dashboard_app.py (the same
-handler with a real ProxyState from `make_state`); once ops.py mentions `dashboard_handler`, the proxy itself
-must serve it.
+four weeks of events before a fixed instant, and its clock starts at that instant (`--now`): the page reads the
+same on any date.
 
 Needs node, Debian's chromium and `npm ci --prefix tests/sdk` (playwright-core): each missing one FAILS the test.
 """
@@ -26,13 +24,14 @@ from typing import Any
 import pytest
 from support.analytics_data import example_history, write_sqlite
 
-from .conftest import ROOT, Launcher, Service, free_port, require_tool
+from .conftest import ROOT, Launcher, Service, require_tool
 
 TOKEN = "dash-token-5f2a"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 PLAYWRIGHT_CORE = ROOT / "tests" / "sdk" / "node_modules" / "playwright-core" / "index.mjs"
 DRIVER = Path(__file__).resolve().parent / "dashboard_browser.mjs"
-PROXY_ROUTES_DASHBOARD = "dashboard_handler" in (ROOT / "edgeproxy" / "proxy" / "ops.py").read_text()
+NOW = "2026-12-07T12:00:00Z"  # the proxy's clock (--now) and the end of the pre-filled history
+NOW_TS = 1_796_644_800.0
 LIVE_EXPERIENCES = 7  # rules/: 8 experiences, one draft-only
 
 
@@ -49,36 +48,16 @@ def playwright_core() -> Path:
     return PLAYWRIGHT_CORE
 
 
-def standalone_dashboard(launch: Launcher, state_url: str) -> Service:
-    """tests/e2e/dashboard_app.py: the dashboard handler alone, while the proxy does not route it yet."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEPROXY_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    service = Service(
-        name=f"dashboard app :{port}",
-        argv=[sys.executable, str(Path(__file__).resolve().parent / "dashboard_app.py"), "--rules", str(ROOT / "rules"),
-              "--state", state_url, "--ops-token", TOKEN, "--listen", f"127.0.0.1:{port}", "--decisions", "400"],
-        port=port, log_path=launch.tmp / "dashboard-app.log", env=env,
-    )  # fmt: skip
-    launch.services.append(service)
-    service.start()
-    service.wait_ready("/_edgeproxy/ready")
-    return service
-
-
 @pytest.fixture
 def dashboard(launch: Launcher, node_origin: Service, tmp_path: Path) -> dict[str, Any]:
-    now = time.time()
+    now = NOW_TS
     state_url = write_sqlite(tmp_path / "state.sqlite3", example_history(now))
-    if PROXY_ROUTES_DASHBOARD:
-        # No impressions of its own: the store must hold exactly the events the CLI report is compared with.
-        server = launch.proxy(node_origin, "--ops-token", TOKEN, "--state", state_url, "--impressions", "off")
-        for i in range(30):  # decisions for the live counters
-            request = urllib.request.Request(server.url + "/", headers={"Cookie": f"cs-personalize-user-uid=live-{i}"})
-            with urllib.request.urlopen(request, timeout=10) as response:
-                assert response.status == 200
-    else:
-        server = standalone_dashboard(launch, state_url)
+    # No impressions of its own: the store must hold exactly the events the CLI report is compared with.
+    server = launch.proxy(node_origin, "--ops-token", TOKEN, "--state", state_url, "--impressions", "off", "--now", NOW)
+    for i in range(30):  # decisions for the live counters
+        request = urllib.request.Request(server.url + "/", headers={"Cookie": f"cs-personalize-user-uid=live-{i}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
     return {"server": server, "state_url": state_url, "now": now}
 
 
@@ -175,9 +154,8 @@ def test_dashboard_needs_the_ops_token(dashboard: dict[str, Any]) -> None:
 @pytest.mark.e2e
 def test_small_counts_get_whole_number_y_ticks(launch: Launcher, node_origin: Service, tmp_path: Path) -> None:
     """Issue 15 item 15: a chart of one or two impressions a day labels its y-axis 0, 1, 2 — not 0, 1, 1, 2, 2."""
-    now = time.time()
-    state_url = write_sqlite(tmp_path / "state.sqlite3", example_history(now, users=4, days=3))
-    server = launch.proxy(node_origin, "--ops-token", TOKEN, "--state", state_url, "--impressions", "off")
+    state_url = write_sqlite(tmp_path / "state.sqlite3", example_history(NOW_TS, users=4, days=3))
+    server = launch.proxy(node_origin, "--ops-token", TOKEN, "--state", state_url, "--impressions", "off", "--now", NOW)
     seen = run_browser(f"{server.url}/_edgeproxy/dashboard?token={TOKEN}", tmp_path / "small.png", tmp_path)
     assert seen["pageErrors"] == [] and seen["page"]["state"] == "ready"
     impressions = [card["charts"][0] for card in seen["page"]["experiences"] if card["charts"][0]["points"] > 0]
