@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,17 @@ from edgeproxy.proxy.server import make_state
 TOKEN = "t0ken"
 
 
+NOW = "2026-12-07T12:00:00Z"  # the proxy's clock (`now`): the history ends here, on any date
+NOW_TS = 1_796_644_800.0
+
+
 def with_dashboard(
     state_url: str, scenario: Callable[[TestClient[Any, Any]], Awaitable[None]], manifests: tuple[Any, ...] = (),
     **settings: str,
 ) -> None:
     """`settings`: more proxy settings (e.g. now); `ops_token=""` turns the dashboard off."""
-    values = {"origin": "http://127.0.0.1:9", "rules": "rules", "state": state_url, "ops_token": TOKEN, **settings}
+    values = {"origin": "http://127.0.0.1:9", "rules": "rules", "state": state_url, "ops_token": TOKEN, "now": NOW,
+              **settings}
     config = load_config(None, {}, values)
     state = make_state(config)
     for manifest in manifests:
@@ -53,7 +57,7 @@ def with_dashboard(
 @pytest.fixture
 def state_url(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path}/state.db"
-    store_events(url, example_history(time.time(), users=400))
+    store_events(url, example_history(NOW_TS, users=400))
     return url
 
 
@@ -101,7 +105,7 @@ def test_page_is_self_contained_with_a_nonce_csp(state_url: str) -> None:
 def test_data_has_the_report_series_and_live_counts(state_url: str) -> None:
     snapshot = load_snapshot("rules")
     before = 0
-    ctx = context_from_description({"userUid": "dash-1"}, clock=time.time, new_uid=lambda: "x",
+    ctx = context_from_description({"userUid": "dash-1"}, clock=lambda: NOW_TS, new_uid=lambda: "x",
                                    classifier=snapshot.classifier, geo_lookup=None)  # fmt: skip
     manifest = snapshot.decide(ctx.context)
 

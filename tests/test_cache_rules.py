@@ -434,7 +434,7 @@ def test_key_holds_the_variant_set_and_key_headers_never_cookies_or_the_user_uid
 
 def stored(path: str, size: int = 1000, tags: tuple[str, ...] = (), age: float = 0.0) -> CachedResponse:
     return CachedResponse(
-        status=200, reason="OK", headers=[], body=b"x" * size, path=path, tags=tags, stored_at=time.time() - age,
+        status=200, reason="OK", headers=[], body=b"x" * size, path=path, tags=tags, stored_at=T - age,
         initial_age=0, lifetime=60, swr=0, sie=0, no_cache=False,
     )  # fmt: skip
 
@@ -442,7 +442,7 @@ def stored(path: str, size: int = 1000, tags: tuple[str, ...] = (), age: float =
 def test_memory_store_is_bounded_in_bytes_and_evicts_the_least_recently_used() -> None:
     async def scenario() -> None:
         one = stored("/a").size
-        store = MemoryCacheStore(max_bytes=3 * one)
+        store = MemoryCacheStore(max_bytes=3 * one, clock=lambda: T)
         for key in ("a", "b", "c"):
             await store.put(key, stored(f"/{key}"))
         assert await store.get("a") is not None  # a is now the most recently used
@@ -460,7 +460,7 @@ def test_memory_store_is_bounded_in_bytes_and_evicts_the_least_recently_used() -
 
 def test_memory_store_drops_entries_past_their_keep_time() -> None:
     async def scenario() -> None:
-        store = MemoryCacheStore(max_bytes=1 << 20)
+        store = MemoryCacheStore(max_bytes=1 << 20, clock=lambda: T)
         await store.put("old", stored("/old", age=61))  # lifetime 60, no stale windows, no validators
         await store.put("new", stored("/new", age=59))
         assert await store.get("old") is None and await store.get("new") is not None
@@ -471,7 +471,7 @@ def test_memory_store_drops_entries_past_their_keep_time() -> None:
 
 def test_memory_store_purges_every_variant_by_url_prefix_and_tag() -> None:
     async def scenario() -> None:
-        store = MemoryCacheStore(max_bytes=1 << 20)
+        store = MemoryCacheStore(max_bytes=1 << 20, clock=lambda: T)
         entries = {
             "v1|/p?x=1": stored("/p?x=1", tags=("blt1",)), "v2|/p?x=1": stored("/p?x=1", tags=("blt1",)),
             "v1|/p?x=2": stored("/p?x=2"), "v1|/products/a": stored("/products/a", tags=("product",)),
