@@ -5,7 +5,7 @@
 What a competent pass-through does and nothing more: one `ClientSession` with a pooled keep-alive
 `TCPConnector`, hop-by-hop headers removed both ways (RFC 9110 §7.6.1, including names listed in `Connection`),
 X-Forwarded-For/Proto/Host set, bodies streamed both ways, HEAD/204/304 without bodies, uvloop when importable
-(as `edgeproxy.proxy.server` does), no access log. No personalization, routing, ops endpoints or WebSockets, so
+(as `edgeproxy.runtime.serve` does), no access log. No personalization, routing, ops endpoints or WebSockets, so
 the gap between this and edgeproxy is the price of edgeproxy's own work.
 """
 

@@ -108,8 +108,8 @@ def timed(argv: list[str]) -> tuple[float, float, str]:
 
 def dashboard_seconds(path: Path) -> tuple[float, float]:
     code = (
-        "import time; from edgeproxy.engine.snapshot_file import load_snapshot; "
-        "from edgeproxy.analytics.dashboard import compute_analytics; s = load_snapshot('rules'); "
+        "import time; from edgeproxy.files.snapshot_file import load_snapshot; "
+        "from edgeproxy.endpoints.dashboard import compute_analytics; s = load_snapshot('rules'); "
         f"t = time.perf_counter(); compute_analytics(s.project, s.version, 'sqlite:///{path}', 'rules'); "
         "print(time.perf_counter() - t)"
     )

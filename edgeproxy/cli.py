@@ -17,7 +17,7 @@ from edgeproxy.engine.context import GeoLookup, context_from_description
 from edgeproxy.engine.decide import CompiledSnapshot
 from edgeproxy.engine.errors import RequestDescriptionError, RulesError
 from edgeproxy.engine.explain import explain, render_explanation
-from edgeproxy.engine.snapshot_file import load_snapshot, write_snapshot_file
+from edgeproxy.files.snapshot_file import load_snapshot, write_snapshot_file
 
 
 def _dump(value: Any) -> str:
@@ -289,8 +289,8 @@ def _add_sync(commands: Any) -> None:
 def run_serve(args: argparse.Namespace, out: IO[str]) -> int:
     import os
 
-    from edgeproxy.proxy.config import FIELDS, ConfigError, load_config
-    from edgeproxy.proxy.server import run
+    from edgeproxy.runtime.config import FIELDS, ConfigError, load_config
+    from edgeproxy.runtime.serve import run
 
     flags = {name: getattr(args, name, None) for name in FIELDS if name != "routes"}
     try:
@@ -302,7 +302,7 @@ def run_serve(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def _add_serve(commands: Any) -> None:
-    from edgeproxy.proxy.config import FIELDS, ProxyConfig
+    from edgeproxy.runtime.config import FIELDS, ProxyConfig
 
     serve = commands.add_parser(
         "serve",

@@ -14,13 +14,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from support.analytics_backends import store_events
 from support.analytics_data import example_history
 
-from edgeproxy.analytics.dashboard import dashboard_handler, static_text
 from edgeproxy.analytics.live import LiveDecisions
 from edgeproxy.analytics.sources import redact
+from edgeproxy.endpoints.dashboard import dashboard_handler, static_text
 from edgeproxy.engine.context import context_from_description
-from edgeproxy.engine.snapshot_file import load_snapshot
-from edgeproxy.proxy.config import load_config
-from edgeproxy.proxy.server import make_state
+from edgeproxy.files.snapshot_file import load_snapshot
+from edgeproxy.runtime.config import load_config
+from edgeproxy.runtime.serve import make_state
 
 TOKEN = "t0ken"
 

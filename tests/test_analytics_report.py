@@ -15,7 +15,7 @@ from support.analytics_backends import store_events
 from edgeproxy.analytics.report import build_report, render_table, report_scope
 from edgeproxy.analytics.stats import draw_seed, probability_to_be_best, wilson_interval
 from edgeproxy.analytics.tallies import Tallies
-from edgeproxy.engine.snapshot_file import load_snapshot
+from edgeproxy.files.snapshot_file import load_snapshot
 from edgeproxy.store import EventRecord
 
 ROOT = Path(__file__).resolve().parent.parent

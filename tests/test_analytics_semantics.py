@@ -12,7 +12,7 @@ from support.processes import redis_server
 
 from edgeproxy.analytics.report import report_scope
 from edgeproxy.analytics.tallies import Scope, Tallies
-from edgeproxy.engine.snapshot_file import load_snapshot
+from edgeproxy.files.snapshot_file import load_snapshot
 from edgeproxy.store import EventRecord
 from edgeproxy.store.base import EventSource
 

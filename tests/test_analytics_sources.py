@@ -22,7 +22,7 @@ from edgeproxy.analytics.redis_source import redis_tallies
 from edgeproxy.analytics.report import report_scope
 from edgeproxy.analytics.sqlite_source import sqlite_tallies
 from edgeproxy.analytics.tallies import Event, Scope, fold_events
-from edgeproxy.engine.snapshot_file import load_snapshot
+from edgeproxy.files.snapshot_file import load_snapshot
 from edgeproxy.store import EventRecord
 
 P = "6565d3b1a3f0c7b2e1d4a9f0"

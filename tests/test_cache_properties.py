@@ -37,10 +37,10 @@ from multidict import CIMultiDictProxy
 from support.proxy_server import proxy_server
 
 from edgeproxy.engine.context import context_from_description
+from edgeproxy.exchange.routes import RouteTable
 from edgeproxy.proxy.app import ProxyState
-from edgeproxy.proxy.config import ProxyConfig, RouteRule
-from edgeproxy.proxy.routes import RouteTable
-from edgeproxy.proxy.server import make_cache, make_state
+from edgeproxy.runtime.config import ProxyConfig, RouteRule
+from edgeproxy.runtime.serve import make_cache, make_state
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules"

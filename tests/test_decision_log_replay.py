@@ -11,8 +11,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy.engine import context_from_description, load_snapshot
 from edgeproxy.engine.context import VisitorContext, build_context, parse_cookie_header, resolve_user_uid
-from edgeproxy.proxy.decision_log import DecisionLog, description_of, uid_source
 from edgeproxy.replay.readers import SourceStats, read_json_lines
+from edgeproxy.runtime.decision_log import DecisionLog, description_of, uid_source
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = 1_795_867_200.0  # 2026-11-28T12:00:00Z

@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient
 from support.processes import redis_server
 from support.proxy_server import proxy_client
 
-from edgeproxy.proxy.config import load_config
-from edgeproxy.proxy.server import make_state
+from edgeproxy.runtime.config import load_config
+from edgeproxy.runtime.serve import make_state
 
 P = "6565d3b1a3f0c7b2e1d4a9f0"
 BASE = "/_personalize"

@@ -274,8 +274,8 @@ def test_workers_refuse_a_port_another_reuse_port_server_holds() -> None:
     """Two `serve --workers` on one port: the second must fail, not silently share the port (SO_REUSEPORT)."""
     import socket
 
-    from edgeproxy.proxy.server import ListenError
-    from edgeproxy.proxy.workers import claim_port
+    from edgeproxy.runtime.serve import ListenError
+    from edgeproxy.runtime.workers import claim_port
 
     port = free_port()
     other = socket.socket()

@@ -83,8 +83,8 @@ edge_headers = st.fixed_dictionaries(
 def test_edge_api_bodies_never_get_a_5xx(tmp_path: Path) -> None:
     from support.proxy_server import proxy_client
 
-    from edgeproxy.proxy.config import load_config
-    from edgeproxy.proxy.server import make_state
+    from edgeproxy.runtime.config import load_config
+    from edgeproxy.runtime.serve import make_state
 
     config = load_config(None, {}, {"origin": "http://127.0.0.1:9", "rules": str(ROOT / "rules"),
                                     "state": f"sqlite:///{tmp_path}/fuzz.db"})  # fmt: skip

@@ -1,4 +1,4 @@
-"""The request gate (edgeproxy/proxy/gate.py), a pure function: table-driven cases, the uid rule (SPEC §11),
+"""The request gate (edgeproxy/http/gate.py), a pure function: table-driven cases, the uid rule (SPEC §11),
 bounded client JSON, forwarded-header trust, and a hypothesis fuzz over raw request bytes (parsed by llhttp
 through httptools, as a front end would, and by a naive splitter, so the gate also sees what no parser passes)."""
 
@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgeproxy.engine.context import ClientJsonError, load_client_json, valid_user_uid
-from edgeproxy.proxy.gate import Refusal, check, origin_form
-from edgeproxy.proxy.headers import TrustedProxies
+from edgeproxy.http.gate import Refusal, check, origin_form
+from edgeproxy.http.headers import TrustedProxies
 
 H = (b"Host", b"shop.test")
 

@@ -1,4 +1,4 @@
-"""The hit lane (edgeproxy/proxy/hitlane.py, caching.lane_answer): fresh cache hits answered as they are parsed.
+"""The hit lane (edgeproxy/http/aiohttp_internals.py): fresh cache hits answered as they are parsed.
 
 The proxy runs in-process in front of the Node example origin. The same requests, over raw sockets, are answered
 once by the lane and once by the general path (the same server with the lane declining everything, so the same
@@ -25,14 +25,14 @@ from support.processes import node_origin
 from support.proxy_server import ProxyTestServer, proxy_server
 from support.raw_http import Exchange, raw_exchange, read_responses
 
+from edgeproxy.analytics.impressions import ImpressionRecorder
 from edgeproxy.analytics.live import LiveDecisions
-from edgeproxy.proxy.access_log import JsonAccessLogger
+from edgeproxy.http.access_log import JsonAccessLogger
+from edgeproxy.http.aiohttp_internals import HitLaneServer
 from edgeproxy.proxy.app import Counters
-from edgeproxy.proxy.config import ProxyConfig
-from edgeproxy.proxy.hitlane import HitLaneServer
-from edgeproxy.proxy.impressions import ImpressionRecorder
-from edgeproxy.proxy.metrics import ProxyMetrics
-from edgeproxy.proxy.server import make_state
+from edgeproxy.runtime.config import ProxyConfig
+from edgeproxy.runtime.metrics import ProxyMetrics
+from edgeproxy.runtime.serve import make_state
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHEABLE = "/cacheable?cc=public,%20s-maxage=600"

@@ -1,4 +1,4 @@
-"""Prebuilt responses (edgeproxy/proxy/prebuilt.py) send the bytes aiohttp's own response path would send.
+"""Prebuilt responses (edgeproxy/http/prebuilt.py) send the bytes aiohttp's own response path would send.
 
 A low-level aiohttp server answers each request twice over — once with `web.Response`, once with
 `whole_response` for the same status, headers and body — and the raw bytes on the wire are compared (Date aside).
@@ -14,7 +14,7 @@ from aiohttp.test_utils import RawTestServer
 from multidict import CIMultiDict
 from support.raw_http import raw_exchange
 
-from edgeproxy.proxy.prebuilt import whole_response
+from edgeproxy.http.prebuilt import whole_response
 
 CASES = [
     (200, "OK", [("Content-Type", "text/html; charset=utf-8"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")], b"<p>x"),

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeproxy.proxy.config import ConfigError, load_config
-from edgeproxy.proxy.headers import TrustedProxies, end_to_end
-from edgeproxy.proxy.routes import RouteTable
+from edgeproxy.exchange.routes import RouteTable
+from edgeproxy.http.headers import TrustedProxies, end_to_end
+from edgeproxy.runtime.config import ConfigError, load_config
 
 BASE = {"origin": "http://127.0.0.1:3000", "rules": "rules"}
 
@@ -99,7 +99,7 @@ def test_hop_by_hop_and_connection_listed_headers_are_dropped() -> None:
 
 
 def test_readme_documents_every_setting(repo_root: Path) -> None:
-    from edgeproxy.proxy.config import FIELDS
+    from edgeproxy.runtime.config import FIELDS
 
     readme = (repo_root / "README.md").read_text()
     for name in FIELDS:

@@ -196,6 +196,6 @@ def test_bad_inputs_exit_2_with_a_message(tmp_path: Path) -> None:
 
 
 def test_static_extensions_match_the_proxy_defaults() -> None:
-    from edgeproxy.proxy.config import DEFAULT_STATIC_EXTENSIONS
+    from edgeproxy.runtime.config import DEFAULT_STATIC_EXTENSIONS
 
     assert frozenset(DEFAULT_STATIC_EXTENSIONS) == STATIC_EXTENSIONS

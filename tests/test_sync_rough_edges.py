@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from edgeproxy.engine.errors import RulesError
 from edgeproxy.engine.useragent import UserAgentClassifier
-from edgeproxy.proxy.snapshots import SnapshotHolder
+from edgeproxy.runtime.snapshots import SnapshotHolder
 from edgeproxy.sync.client import ManagementClient
 from edgeproxy.sync.fake_admin import FakeAdmin
 from edgeproxy.sync.poller import RulesSource, SnapshotPoller

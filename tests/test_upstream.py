@@ -1,4 +1,4 @@
-"""The proxy's origin client (edgeproxy/proxy/upstream.py) against scripted raw-socket origins.
+"""The proxy's origin client (edgeproxy/http/origin.py) against scripted raw-socket origins.
 
 Each origin is a real asyncio TCP server on loopback that answers with exact bytes, so framing cases that
 well-behaved servers rarely produce (EOF-delimited bodies, interim 1xx responses, HEAD with a length, a
@@ -16,7 +16,7 @@ from aiohttp import StreamReader
 from aiohttp.base_protocol import BaseProtocol
 from multidict import CIMultiDict
 
-from edgeproxy.proxy.upstream import OriginPool, UpstreamError
+from edgeproxy.http.origin import OriginPool, UpstreamError
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, list[bytes]], Awaitable[None]]
 

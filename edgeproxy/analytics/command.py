@@ -14,7 +14,7 @@ DEFAULT_STATE = "sqlite:///edgeproxy-state.sqlite3"  # the proxy's default `stat
 def run_report(args: argparse.Namespace, out: IO[str]) -> int:
     from edgeproxy.analytics.report import build_report, parse_time, render_table, report_scope
     from edgeproxy.analytics.sources import AnalyticsError, collect_tallies, redact
-    from edgeproxy.engine.snapshot_file import load_snapshot
+    from edgeproxy.files.snapshot_file import load_snapshot
     from edgeproxy.store.base import state_url_problem
 
     try:

@@ -7,7 +7,7 @@ from edgeproxy.engine.context import Geo, VisitorContext, context_from_descripti
 from edgeproxy.engine.decide import CompiledSnapshot, Manifest, compile_project
 from edgeproxy.engine.errors import RequestDescriptionError, RulesError
 from edgeproxy.engine.loader import load_project
-from edgeproxy.engine.snapshot_file import load_snapshot, write_snapshot_file
+from edgeproxy.files.snapshot_file import load_snapshot, write_snapshot_file
 
 __all__ = [
     "CompiledSnapshot",

@@ -22,21 +22,26 @@ from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from edgeproxy.analytics.impressions import ImpressionRecorder
 from edgeproxy.analytics.live import LiveDecisions
 from edgeproxy.clock import Clock, system_clock
 from edgeproxy.engine.context import GeoLookup, VisitorContext
 from edgeproxy.engine.decide import CompiledSnapshot, Manifest
 from edgeproxy.engine.useragent import UserAgentClassifier
-from edgeproxy.proxy.access_log import DECIDED_KEY
-from edgeproxy.proxy.config import ProxyConfig
-from edgeproxy.proxy.errors import error_response, refusal_response
-from edgeproxy.proxy.gate import Refusal, origin_form
-from edgeproxy.proxy.gate import check as check_request
-from edgeproxy.proxy.headers import UPSTREAM_OWNED, TrustedProxies, end_to_end, removal_set
-from edgeproxy.proxy.hitlane import GatedServer, HitLaneServer, answer_in_http11
-from edgeproxy.proxy.impressions import ImpressionRecorder
-from edgeproxy.proxy.metrics import ProxyMetrics
-from edgeproxy.proxy.personalize import (
+from edgeproxy.exchange.routes import RouteTable
+from edgeproxy.http.access_log import DECIDED_KEY
+from edgeproxy.http.aiohttp_internals import GatedServer, HitLaneServer, answer_in_http11
+from edgeproxy.http.errors import error_response, refusal_response
+from edgeproxy.http.gate import Refusal, origin_form
+from edgeproxy.http.gate import check as check_request
+from edgeproxy.http.headers import UPSTREAM_OWNED, TrustedProxies, end_to_end, removal_set
+from edgeproxy.http.origin import ClientBodyError, OriginPool, UpstreamResponse, pool_for_origin
+from edgeproxy.http.prebuilt import prebuilt_allowed, whole_response
+from edgeproxy.runtime.config import ProxyConfig
+from edgeproxy.runtime.metrics import ProxyMetrics
+from edgeproxy.runtime.snapshots import LoadedSnapshot, SnapshotHolder
+from edgeproxy.store.base import StateStore, StoreError
+from edgeproxy.visitor.personalize import (
     NO_COOKIES,
     Identities,
     Identity,
@@ -44,15 +49,10 @@ from edgeproxy.proxy.personalize import (
     add_upstream_headers,
     context_from_request,
 )
-from edgeproxy.proxy.prebuilt import prebuilt_allowed, whole_response
-from edgeproxy.proxy.routes import RouteTable
-from edgeproxy.proxy.snapshots import LoadedSnapshot, SnapshotHolder
-from edgeproxy.proxy.upstream import ClientBodyError, OriginPool, UpstreamResponse, pool_for_origin
-from edgeproxy.store.base import StateStore, StoreError
 
 if TYPE_CHECKING:
     from edgeproxy.cache.layer import ResponseCache
-    from edgeproxy.proxy.decision_log import DecisionLog
+    from edgeproxy.runtime.decision_log import DecisionLog
     from edgeproxy.sync.fleet import FleetFollower
     from edgeproxy.sync.poller import SnapshotPoller
 

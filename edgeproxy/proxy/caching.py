@@ -23,7 +23,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from edgeproxy.cache.layer import ResponseCache
 from edgeproxy.cache.rules import parse_cache_control
 from edgeproxy.cache.store import CachedResponse, MemoryCacheStore
-from edgeproxy.proxy.access_log import access_line
+from edgeproxy.http.access_log import access_line
+from edgeproxy.http.aiohttp_internals import LaneAnswer
+from edgeproxy.http.gate import check as check_request
+from edgeproxy.http.headers import connection_listed, removal_set
+from edgeproxy.http.prebuilt import PrebuiltResponse, date_line, head_lines, prebuilt_allowed
 from edgeproxy.proxy.app import (
     LLHTTP_STRICT,
     UPSTREAM_REMOVED,
@@ -40,12 +44,8 @@ from edgeproxy.proxy.app import (
     response_hook,
     view_of_client,
 )
-from edgeproxy.proxy.config import ProxyConfig
-from edgeproxy.proxy.gate import check as check_request
-from edgeproxy.proxy.headers import connection_listed, removal_set
-from edgeproxy.proxy.hitlane import LaneAnswer
-from edgeproxy.proxy.personalize import NO_COOKIES, SetCookies
-from edgeproxy.proxy.prebuilt import PrebuiltResponse, date_line, head_lines, prebuilt_allowed
+from edgeproxy.runtime.config import ProxyConfig
+from edgeproxy.visitor.personalize import NO_COOKIES, SetCookies
 
 CONDITIONAL_REQUEST_HEADERS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range")
 

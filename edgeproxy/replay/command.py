@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from edgeproxy.engine.loader import parse_iso_time
-from edgeproxy.engine.snapshot_file import load_snapshot
+from edgeproxy.files.snapshot_file import load_snapshot
 from edgeproxy.replay.aggregate import DEFAULT_SRM_ALPHA
 from edgeproxy.replay.coverage import DEFAULT_RULE_SAMPLE
 from edgeproxy.replay.diff import DEFAULT_EXPLAINED_MOVES, DEFAULT_SAMPLES_PER_MOVE
@@ -144,8 +144,8 @@ def _routes(path: str, rules: str) -> Any:
     """The proxy's route table from its config file (the settings `serve --config FILE` would use for routing)."""
     import tomllib
 
-    from edgeproxy.proxy.config import ConfigError, load_config
-    from edgeproxy.proxy.routes import RouteTable
+    from edgeproxy.exchange.routes import RouteTable
+    from edgeproxy.runtime.config import ConfigError, load_config
 
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))

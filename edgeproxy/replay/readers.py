@@ -31,7 +31,7 @@ from edgeproxy.engine.context import MANIFEST_COOKIE, USER_UID_COOKIE, USER_UID_
 Format = Literal["har", "log", "jsonl"]
 FORMATS: tuple[Format, ...] = ("har", "log", "jsonl")
 
-# The proxy never personalizes these (edgeproxy.proxy.config.DEFAULT_STATIC_EXTENSIONS, kept in step by a test);
+# The proxy never personalizes these (edgeproxy.runtime.config.DEFAULT_STATIC_EXTENSIONS, kept in step by a test);
 # duplicated rather than imported so that replay does not depend on the proxy package.
 STATIC_EXTENSIONS = frozenset(
     (
@@ -108,7 +108,7 @@ class SourceStats:
 class HarFilter:
     """Which HAR entries are replayed: by default the page loads edgeproxy personalizes (see `page_skip_reason`).
 
-    `routes` (an `edgeproxy.proxy.routes.RouteTable` from the proxy's config file, `--config`) applies the proxy's
+    `routes` (an `edgeproxy.exchange.routes.RouteTable` from the proxy's config file, `--config`) applies the proxy's
     own routing: paths it does not personalize are skipped, and a route's experience tags go into the request."""
 
     all_requests: bool = False

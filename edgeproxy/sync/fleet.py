@@ -18,11 +18,11 @@ from redis.exceptions import RedisError
 
 from edgeproxy.engine.decide import CompiledSnapshot
 from edgeproxy.engine.errors import RulesError
-from edgeproxy.engine.snapshot_file import dump_snapshot, read_snapshot_bytes
 from edgeproxy.engine.useragent import UserAgentClassifier
+from edgeproxy.files.snapshot_file import dump_snapshot, read_snapshot_bytes
 
 if TYPE_CHECKING:
-    from edgeproxy.proxy.snapshots import SnapshotHolder
+    from edgeproxy.runtime.snapshots import SnapshotHolder
 
 log = logging.getLogger("edgeproxy.fleet")
 SNAPSHOT_KEY = "edgeproxy:snapshot:current"

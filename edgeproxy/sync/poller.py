@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 from edgeproxy.engine.decide import CompiledSnapshot
 from edgeproxy.engine.errors import RulesError
-from edgeproxy.engine.snapshot_file import load_snapshot
 from edgeproxy.engine.useragent import UserAgentClassifier
-from edgeproxy.proxy.snapshots import SnapshotHolder
+from edgeproxy.files.snapshot_file import load_snapshot
+from edgeproxy.runtime.snapshots import SnapshotHolder
 from edgeproxy.sync.client import ManagementClient, SyncError
 from edgeproxy.sync.writer import SNAPSHOT_FILE, write_export
 

@@ -10,9 +10,9 @@ from typing import Any
 from aiohttp.test_utils import BaseTestServer, TestClient
 from aiohttp.web_runner import ServerRunner
 
+from edgeproxy.endpoints.edge_api import edge_api_handler
+from edgeproxy.endpoints.ops import ops_handler
 from edgeproxy.proxy.app import ProxyState, ReservedHandler, build_server
-from edgeproxy.proxy.edge_api import edge_api_handler
-from edgeproxy.proxy.ops import ops_handler
 
 
 def reserved_for(state: ProxyState) -> dict[str, tuple[str, ReservedHandler]]:

@@ -23,7 +23,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from edgeproxy.proxy.config import ProxyConfig, listen_address
+from edgeproxy.runtime.config import ProxyConfig, listen_address
 
 log = logging.getLogger("edgeproxy.supervisor")
 SUPERVISOR_ENV = "EDGEPROXY_SUPERVISOR_PID"
@@ -31,7 +31,7 @@ READY_TIMEOUT = 30.0
 
 
 def _worker_main(config: ProxyConfig, index: int, ready: Any) -> None:
-    from edgeproxy.proxy.server import run
+    from edgeproxy.runtime.serve import run
 
     os.environ[SUPERVISOR_ENV] = str(os.getppid())
     code = run(config, worker=index, ready=ready)
@@ -43,7 +43,7 @@ def claim_port(host: str, port: int) -> list[Any]:
     SO_REUSEPORT), so a port that any other server holds fails, even one of another `--workers` edgeproxy that
     binds with SO_REUSEPORT (which a reuse-port bind would silently share); then it is held with SO_REUSEPORT so
     that the workers can bind it too. ListenError when busy."""
-    from edgeproxy.proxy.server import bind_sockets
+    from edgeproxy.runtime.serve import bind_sockets
 
     for sock in bind_sockets(host, port, reuse_port=False):
         sock.close()
@@ -73,7 +73,7 @@ class Supervisor:
         if self.config.rules:
             return
         from edgeproxy.engine.useragent import UserAgentClassifier
-        from edgeproxy.proxy.snapshots import SnapshotHolder
+        from edgeproxy.runtime.snapshots import SnapshotHolder
         from edgeproxy.sync.client import ManagementClient, admin_base_url
         from edgeproxy.sync.poller import AdminSource, SnapshotPoller
 
@@ -159,7 +159,7 @@ class Supervisor:
 
         for sig in flags:
             signal.signal(sig, on_signal)
-        from edgeproxy.proxy.server import ListenError
+        from edgeproxy.runtime.serve import ListenError
 
         try:  # the port first, so that a busy one fails before any sync (workers bind it again, SO_REUSEPORT)
             probe = claim_port(*listen_address(self.config))

@@ -41,8 +41,8 @@ COMPUTE_SHARE = 5.0  # ... and at most every 5x the last computation's duration
 
 
 def static_text(name: str) -> str:
-    """A file shipped in edgeproxy/analytics/static/ (package data)."""
-    return resources.files("edgeproxy.analytics").joinpath("static", name).read_text(encoding="utf-8")
+    """A file shipped in edgeproxy/endpoints/static/ (package data)."""
+    return resources.files("edgeproxy.endpoints").joinpath("static", name).read_text(encoding="utf-8")
 
 
 @dataclass
@@ -60,8 +60,8 @@ _CACHES: weakref.WeakKeyDictionary[Any, _Cache] = weakref.WeakKeyDictionary()
 
 async def dashboard_handler(request: web.BaseRequest, state: ProxyState) -> web.StreamResponse:
     """Serve `{ops_prefix}dashboard` and `{ops_prefix}dashboard/data.json` (GET/HEAD)."""
-    from edgeproxy.proxy.errors import error_response
-    from edgeproxy.proxy.ops import endpoint_name, refusal  # late: ops imports us
+    from edgeproxy.endpoints.ops import endpoint_name, refusal  # late: ops imports us
+    from edgeproxy.http.errors import error_response
 
     accept = request.headers.get("Accept")
     prefix = state.config.ops_prefix

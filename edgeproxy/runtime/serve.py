@@ -23,14 +23,14 @@ from aiohttp import web
 from edgeproxy.cache.layer import ResponseCache
 from edgeproxy.cache.store import CacheStore, MemoryCacheStore, RedisCacheStore
 from edgeproxy.clock import Clock, clock_for, system_clock
+from edgeproxy.endpoints.edge_api import edge_api_handler
+from edgeproxy.endpoints.ops import ops_handler
 from edgeproxy.engine.errors import RulesError
-from edgeproxy.engine.snapshot_file import load_snapshot
-from edgeproxy.proxy.access_log import JsonAccessLogger
+from edgeproxy.files.snapshot_file import load_snapshot
+from edgeproxy.http.access_log import JsonAccessLogger
 from edgeproxy.proxy.app import ProxyState, build_server
-from edgeproxy.proxy.config import ProxyConfig, listen_address, source_of
-from edgeproxy.proxy.edge_api import edge_api_handler
-from edgeproxy.proxy.ops import ops_handler
-from edgeproxy.proxy.snapshots import SnapshotHolder
+from edgeproxy.runtime.config import ProxyConfig, listen_address, source_of
+from edgeproxy.runtime.snapshots import SnapshotHolder
 from edgeproxy.store.base import AttributeLimits, StoreError, open_store
 from edgeproxy.sync.client import ManagementClient, SyncError, admin_base_url
 from edgeproxy.sync.poller import AdminSource, RulesSource, SnapshotPoller
@@ -58,7 +58,7 @@ def make_state(config: ProxyConfig, *, load_rules: bool = True, clock: Clock | N
     if config.cache:
         state.cache = make_cache(config, clock)
     if config.decision_log:
-        from edgeproxy.proxy.decision_log import DecisionLog
+        from edgeproxy.runtime.decision_log import DecisionLog
 
         state.decision_log = DecisionLog(config.decision_log, clock)
     if load_rules and config.rules:
@@ -195,7 +195,7 @@ async def serve(config: ProxyConfig, *, worker: int | None = None, ready: Any = 
         state.poller = poller
         await initial_snapshot(config, state, poller)
         if config.impressions != "off":
-            from edgeproxy.proxy.impressions import ImpressionRecorder
+            from edgeproxy.analytics.impressions import ImpressionRecorder
 
             project_uid = state.holder.current.snapshot.project.uid if state.holder.current else config.project_uid
             state.impressions = ImpressionRecorder(state.store, project_uid, clock=state.clock)
@@ -291,7 +291,7 @@ def run(config: ProxyConfig, *, worker: int | None = None, ready: Any = None) ->
         access.setLevel(logging.INFO)
         access.propagate = False
     if config.workers > 1 and worker is None:
-        from edgeproxy.proxy.workers import Supervisor
+        from edgeproxy.runtime.workers import Supervisor
 
         return Supervisor(config).run()
     loop_factory: Callable[[], asyncio.AbstractEventLoop]

@@ -31,8 +31,8 @@ from edgeproxy.engine.context import (
 )
 from edgeproxy.engine.errors import RequestDescriptionError
 from edgeproxy.proxy.app import ProxyState, client_view
-from edgeproxy.proxy.personalize import context_from_request, identify
 from edgeproxy.store.base import EventRecord, StoreError, StoreLimitError
+from edgeproxy.visitor.personalize import context_from_request, identify
 
 log = logging.getLogger("edgeproxy.edge_api")
 

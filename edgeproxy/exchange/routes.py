@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from fnmatch import translate
 
-from edgeproxy.proxy.config import ProxyConfig
+from edgeproxy.runtime.config import ProxyConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
 
-from edgeproxy.proxy.errors import error_response
+from edgeproxy.http.errors import error_response
 
 log = logging.getLogger("edgeproxy.proxy")
 

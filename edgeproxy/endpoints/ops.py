@@ -21,9 +21,9 @@ from yarl import URL
 from edgeproxy.engine.context import ClientJsonError, context_from_description, load_client_json
 from edgeproxy.engine.errors import RequestDescriptionError
 from edgeproxy.engine.explain import explain
+from edgeproxy.http.errors import error_response
 from edgeproxy.proxy.app import ProxyState, client_view, same_token
-from edgeproxy.proxy.errors import error_response
-from edgeproxy.proxy.personalize import context_from_request, identify
+from edgeproxy.visitor.personalize import context_from_request, identify
 
 MAX_EXPLAIN_BODY = 256 * 1024
 
@@ -169,7 +169,7 @@ async def ops_handler(request: web.BaseRequest, state: ProxyState) -> web.Stream
     if name == "webhooks/contentstack":
         return await _contentstack_webhook(request, state)
     if name.startswith("dashboard"):
-        from edgeproxy.analytics.dashboard import dashboard_handler
+        from edgeproxy.endpoints.dashboard import dashboard_handler
 
         return await dashboard_handler(request, state)
     return await _explain(request, state)

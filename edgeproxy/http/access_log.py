@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from edgeproxy.engine.decide import Manifest
-from edgeproxy.proxy.decision_log import iso
+from edgeproxy.runtime.decision_log import iso
 
 # Request-scoped: set by the proxy handler (an `app.Decided`), read here for the decision fields.
 DECIDED_KEY = web.RequestKey("edgeproxy.decided", object)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from edgeproxy.clock import Clock, system_clock
 from edgeproxy.engine.decide import CompiledSnapshot
 from edgeproxy.engine.memo import MemoDecider
-from edgeproxy.proxy.personalize import VisitorCookies
+from edgeproxy.visitor.personalize import VisitorCookies
 
 
 @dataclass(frozen=True, slots=True)

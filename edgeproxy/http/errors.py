@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from edgeproxy.proxy.gate import Refusal
+    from edgeproxy.http.gate import Refusal
 
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
            408: "Request timeout", 413: "Payload too large", 414: "URI too long", 415: "Unsupported media type",
