@@ -7,9 +7,10 @@ countries, devices, campaigns, Lytics cookies, stored attributes, times around B
 each with its stylesheet, script and image and an embedded HTML body, as a browser records it), then runs
 `edgeproxy replay` as a subprocess pinned to one core and reports requests/s (wall and CPU) and the peak RSS of the
 process. Baselines in the same run: reading + JSON parsing alone, with json and with msgspec (which replay reads
-JSON lines with: the ceiling of any replay in Python), the engine's context built for each request, and the replay
-without the memo (the slow path: a context, a decision and counts per request) and without coverage. A second HAR
-four times larger shows memory stays flat.
+JSON lines with: the ceiling of any replay in Python), the engine's context built for each request (which every
+replayed request pays: replay decides on the proxy's own path), and the replay without the memo (`--no-memo`: every
+request decided by `CompiledSnapshot.decide`) and without coverage. A second HAR four times larger shows memory
+stays flat.
 Timing lives here, never in tests.
 """
 
@@ -215,7 +216,8 @@ def run_case(name: str, argv: list[str], requests_hint: int | None = None) -> di
 
 CONTEXT_ONLY = """
 import json, sys, time
-from edgeproxy.engine import context_from_description, load_snapshot
+from edgeproxy.engine import context_from_description
+from edgeproxy.files.snapshot_file import load_snapshot
 snapshot = load_snapshot('rules')
 t = time.perf_counter(); n = 0
 with open(sys.argv[1], 'rb') as f:

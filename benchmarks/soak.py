@@ -214,7 +214,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--load", type=float, default=0.8, help="fraction of measured capacity (default 0.8)")
     args = parser.parse_args()
-    from edgeproxy.engine import load_snapshot, write_snapshot_file
+    from edgeproxy.files.snapshot_file import load_snapshot, write_snapshot_file
 
     tmp = Path(tempfile.mkdtemp(prefix="edgeproxy-soak-"))
     procs: list[subprocess.Popen[bytes]] = []

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -18,6 +18,7 @@ from edgeproxy.engine.decide import CompiledSnapshot
 from edgeproxy.engine.errors import RequestDescriptionError, RulesError
 from edgeproxy.engine.explain import explain, render_explanation
 from edgeproxy.files.snapshot_file import load_snapshot, write_snapshot_file
+from edgeproxy.geo import IpWarning
 
 
 def _dump(value: Any) -> str:
@@ -58,53 +59,6 @@ def _geo_lookup(path: str | None) -> GeoLookup | None:
     from edgeproxy.geo import MaxMindGeo
 
     return MaxMindGeo(path).lookup
-
-
-GEO_PRESETS = frozenset({"COUNTRY", "REGION", "CITY"})
-IP_WITHOUT_GEOIP = (
-    "edgeproxy: warning: request descriptions carry 'ip' but no --geoip was given: COUNTRY/REGION/CITY come only "
-    "from 'geo' fields; pass --geoip tests/data/GeoIP2-City-Test.mmdb for the example"
-)
-
-
-def reads_geo(snapshot: CompiledSnapshot) -> bool:
-    """Whether any live experience's rules read COUNTRY, REGION or CITY."""
-    from edgeproxy.engine.loader import iter_rules
-    from edgeproxy.engine.memo import condition_groups, experience_conditions
-
-    return any(
-        rule.attribute_kind == "preset" and rule.attribute in GEO_PRESETS
-        for ce in snapshot.experiences
-        for condition in experience_conditions(ce)
-        for group in condition_groups(condition, snapshot)
-        for rule in iter_rules(group)
-    )
-
-
-def ip_left_unused(description: Any) -> bool:
-    """A description whose `ip` would be looked up with --geoip: an ip and a geo that lacks a field."""
-    if not isinstance(description, dict) or not description.get("ip"):
-        return False
-    geo = description.get("geo")
-    return not (isinstance(geo, dict) and all(geo.get(name) for name in ("country", "region", "city")))
-
-
-class IpWarning:
-    """Warns once on stderr when descriptions carry an `ip` that no --geoip database will look up."""
-
-    def __init__(self, snapshot: CompiledSnapshot, geoip: str | None, stream: IO[str] | None = None) -> None:
-        self.pending = not geoip and reads_geo(snapshot)
-        self.stream = stream
-
-    def line(self, line: str) -> None:
-        if self.pending and '"ip"' in line:
-            with contextlib.suppress(ValueError):
-                self.description(json.loads(line))
-
-    def description(self, description: Any) -> None:
-        if self.pending and ip_left_unused(description):
-            self.pending = False
-            print(IP_WITHOUT_GEOIP, file=self.stream or sys.stderr, flush=True)
 
 
 def run_decide(args: argparse.Namespace, out: IO[str]) -> int:
@@ -325,6 +279,97 @@ def _add_serve(commands: Any) -> None:
     serve.set_defaults(run=run_serve)
 
 
+def run_preview_link(args: argparse.Namespace, out: IO[str]) -> int:
+    from edgeproxy.clock import clock_for, parse_instant
+    from edgeproxy.runtime.config import ConfigError, read_settings, source_of
+    from edgeproxy.visitor.preview import (
+        MAX_FORCED,
+        Preview,
+        is_short_uid,
+        mint,
+        page_url_problem,
+        parse_ttl,
+        preview_link,
+    )
+
+    def fail(problem: str) -> int:
+        print(f"edgeproxy: preview-link: {problem}".replace("\n", " "), file=sys.stderr)
+        return 2
+
+    uid_form = "short uids of letters, digits, '-' or '_'"
+    forced: dict[str, str | None] = {}
+    for item in args.set or []:
+        experience, sep, variant = item.partition("=")
+        if not sep or not is_short_uid(experience) or not is_short_uid(variant):
+            return fail(f"--set {item!r}: expected EXP=VAR, {uid_form}, e.g. --set 0=2")
+        if experience in forced:
+            return fail(f"--set {item!r}: experience {experience!r} is already forced; give it once")
+        forced[experience] = variant
+    for experience in args.exclude or []:
+        if not is_short_uid(experience):
+            return fail(f"--exclude {experience!r}: expected an experience short uid ({uid_form}), e.g. --exclude 1")
+        if experience in forced:
+            return fail(f"--exclude {experience!r}: experience {experience!r} is already forced; give it once")
+        forced[experience] = None
+    if len(forced) > MAX_FORCED:
+        return fail(f"--set/--exclude name {len(forced)} experiences; a link forces at most {MAX_FORCED}")
+    try:
+        preview_now = parse_instant(args.now) if args.now is not None else None
+    except (ValueError, OverflowError) as exc:
+        return fail(f"--now: {exc}")
+    try:
+        ttl = parse_ttl(args.ttl)
+    except ValueError as exc:
+        return fail(f"--ttl: {exc}")
+    url_problem = page_url_problem(args.url)
+    if url_problem is not None:
+        return fail(f"--url: {url_problem}")
+    try:  # the proxy's own settings, as `serve` reads them; only preview_secret and now matter here
+        config = read_settings(args.config, os.environ, {"preview_secret": args.preview_secret})
+    except ConfigError as exc:
+        return fail(f"config error: {exc}")
+    if not config.preview_secret:
+        return fail("no preview secret: pass --preview-secret, set EDGEPROXY_PREVIEW_SECRET, or give the proxy's "
+                    "config with preview_secret = '...' as --config FILE")  # fmt: skip
+    try:  # the process clock, the one the proxy checks expiry on; whole seconds keep the token short
+        issued = float(math.floor(clock_for(config.now)()))
+    except ValueError as exc:
+        return fail(f"{source_of(config, 'now')}: setting 'now': {exc}")
+    expires = float(math.floor(issued + ttl))
+    preview = Preview(forced=tuple(forced.items()), draft=args.draft, now=preview_now, expires=expires, issued=issued)
+    try:
+        token = mint(preview, config.preview_secret)
+    except ValueError as exc:
+        return fail(f"--set/--exclude: {exc}")
+    out.write(preview_link(args.url, token) + "\n")
+    return 0
+
+
+def _add_preview_link(commands: Any) -> None:
+    link = commands.add_parser(
+        "preview-link",
+        help="print a signed link that previews chosen variants (even drafts) on the real site",
+        description="Print URL with a signed cs_preview token: the proxy (with the same preview_secret) decides "
+        "that visitor's pages with the --set variants forced, --exclude experiences off, DRAFT versions with "
+        "--draft and time conditions at --now, until the token expires. The secret comes from --preview-secret, "
+        "EDGEPROXY_PREVIEW_SECRET or --config FILE, as for serve.",
+    )
+    link.add_argument("--url", required=True, help="http(s) URL of the page to open in preview")
+    link.add_argument("--set", action="append", metavar="EXP=VAR", help="show variant VAR of experience EXP "
+                      "(short uids, e.g. 0=2); repeatable")  # fmt: skip
+    link.add_argument("--exclude", action="append", metavar="EXP", help="show no variant of experience EXP; "
+                      "repeatable")  # fmt: skip
+    link.add_argument("--draft", action="store_true", help="decide experiences on their DRAFT versions")
+    link.add_argument("--now", metavar="ISO-8601", help="the time every time condition reads, e.g. "
+                      "2026-11-28T12:00:00Z (default: the proxy's clock)")  # fmt: skip
+    link.add_argument("--ttl", default="1h", help="how long the link works: 3600, 30m, 1h, 2d; at most 7d "
+                      "(default 1h)")  # fmt: skip
+    link.add_argument("--preview-secret", metavar="SECRET", help="the proxy's preview_secret (prefer "
+                      "EDGEPROXY_PREVIEW_SECRET)")  # fmt: skip
+    link.add_argument("--config", metavar="FILE", help="the proxy's TOML config, for preview_secret (and now)")
+    link.set_defaults(run=run_preview_link)
+
+
 def _add_replay(commands: Any) -> None:
     from edgeproxy.replay.command import add_replay_command
 
@@ -373,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.set_defaults(run=run_compile)
     _add_serve(commands)
     _add_sync(commands)
+    _add_preview_link(commands)
     _add_replay(commands)
     from edgeproxy.analytics.command import add_report_command
 

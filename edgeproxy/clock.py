@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from edgeproxy.engine.loader import parse_iso_time
+from edgeproxy.engine.model import parse_iso_time
 
 Clock = Callable[[], float]  # POSIX seconds, UTC
 

@@ -13,10 +13,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeproxy.engine import CompiledSnapshot, context_from_description, load_snapshot
+from edgeproxy.engine import CompiledSnapshot, context_from_description
 from edgeproxy.engine.context import GeoLookup
 from edgeproxy.engine.explain import explain
-from edgeproxy.engine.loader import parse_iso_time
+from edgeproxy.engine.model import parse_iso_time
+from edgeproxy.files.snapshot_file import load_snapshot
 
 PROJECT_UID = "65a1b2c3d4e5f6a7b8c9d0e1"
 # The clock of every decision made here when the description has no `now` (SPEC §9).

@@ -9,8 +9,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeproxy.engine import VisitorContext, load_snapshot
+from edgeproxy.engine import VisitorContext
 from edgeproxy.engine.bucketing import bucket, cumulative, pick
+from edgeproxy.files.snapshot_file import load_snapshot
 
 CHECKOUT_TEST = "9127deaef7ca31b39d6d7d42"  # example experience 2: CUSTOM_PERCENTAGE 50/30/20
 SHIPPING_TEST = "3c6e9ed6be6141f55fe3ede5"  # example experience 3: EQUALLY_SPLIT x3, targeted to US/CA
@@ -114,7 +115,7 @@ def test_equal_split_of_100k_targeted_users_is_within_one_point_of_a_third(examp
 
 
 def test_same_user_always_gets_the_same_variant_across_snapshot_loads(example_rules: Path, tmp_path: Path) -> None:
-    from edgeproxy.engine import write_snapshot_file
+    from edgeproxy.files.snapshot_file import write_snapshot_file
 
     first = load_snapshot(example_rules)
     write_snapshot_file(first, tmp_path / "s.msgpack")

@@ -37,10 +37,10 @@ from multidict import CIMultiDictProxy
 from support.proxy_server import proxy_server
 
 from edgeproxy.engine.context import context_from_description
-from edgeproxy.exchange.routes import RouteTable
-from edgeproxy.proxy.app import ProxyState
+from edgeproxy.exchange.plan import Planner
 from edgeproxy.runtime.config import ProxyConfig, RouteRule
 from edgeproxy.runtime.serve import make_cache, make_state
+from edgeproxy.runtime.state import ProxyState
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules"
@@ -278,10 +278,11 @@ class Harness:
     def reset(self, **settings: Any) -> ProxyConfig:
         """A fresh, empty cache and origin, the clock at now, and these settings (routes, cache_default_ttl, ...)."""
         config = replace(self.base_config, **settings)
-        old = self.state.cache
-        self.state.config = config
-        self.state.routes = RouteTable(config)
-        self.state.cache = make_cache(config, self.clock.time)
+        old, planner = self.state.cache, self.state.planner
+        cache = make_cache(config, self.clock.time, self.state.metrics)
+        self.state.config, self.state.cache = config, cache
+        self.state.planner = Planner(config, self.clock.time, planner.geo_lookup, self.state.store.cached_attributes,
+                                     cache, planner.classifier)  # fmt: skip
         if old is not None:
             self.run(old.close())
         self.origin.reset()
@@ -321,8 +322,8 @@ class Harness:
         loaded = self.state.holder.current
         assert loaded is not None
         described = context_from_description(
-            description, clock=self.clock.time, new_uid=lambda: "unused", classifier=self.state.classifier,
-            geo_lookup=self.state.geo_lookup,
+            description, clock=self.clock.time, new_uid=lambda: "unused", classifier=self.state.planner.classifier,
+            geo_lookup=self.state.planner.geo_lookup,
         )  # fmt: skip
         return loaded.snapshot.decide(described.context, described.tags)
 
@@ -398,7 +399,7 @@ def test_no_visitor_gets_another_variant_sets_page_and_each_fresh_key_costs_one_
         replies = harness.run(harness.get_all([(v.target(path), v.headers()) for v, path in requests]))
         for (visitor, path), reply in zip(requests, replies, strict=True):
             assert reply.status == 200, reply.body
-            route = harness.state.routes.decide(path)
+            route = harness.state.planner.routes.decide(path)
             personalized = route.personalize
             expected_variants, expected_aliases = "", ""
             if personalized:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Iterator
 from email.utils import formatdate
 from typing import Any
@@ -28,7 +29,8 @@ def http_date(when: float) -> str:
 
 def cache(default_ttl: float = 0.0, key_headers: tuple[str, ...] = ()) -> ResponseCache:
     return ResponseCache(
-        MemoryCacheStore(1 << 20), key_headers=key_headers, default_ttl=default_ttl, max_object_bytes=1 << 20
+        MemoryCacheStore(1 << 20), key_headers=key_headers, default_ttl=default_ttl, max_object_bytes=1 << 20,
+        events=Counter(), not_stored=Counter(),
     )
 
 

@@ -34,7 +34,7 @@ from rulesets import (
 )
 
 from edgeproxy.cli import decide_line
-from edgeproxy.engine import load_snapshot
+from edgeproxy.files.snapshot_file import load_snapshot
 from edgeproxy.geo import MaxMindGeo
 
 Json = dict[str, Any]

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from edgeproxy.engine import context_from_description, load_snapshot
+from edgeproxy.engine import context_from_description
 from edgeproxy.engine.context import VisitorContext, build_context, parse_cookie_header, resolve_user_uid
+from edgeproxy.files.snapshot_file import load_snapshot
 from edgeproxy.replay.readers import SourceStats, read_json_lines
 from edgeproxy.runtime.decision_log import DecisionLog, description_of, uid_source
 

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from replay_traffic import random_example_description
 from rulesets import FIXED_NOW_TS
 
-from edgeproxy.engine import load_snapshot
 from edgeproxy.engine.context import context_from_description
 from edgeproxy.engine.decide import CompiledSnapshot
-from edgeproxy.engine.memo import MemoDecider, key_function_for
+from edgeproxy.engine.memo import MemoDecider, feature_key_for
+from edgeproxy.files.snapshot_file import load_snapshot
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from limits_project import random_visitors, write_limits_project
@@ -51,7 +51,7 @@ def test_example_project(example_rules: Path) -> None:
     visitors = [random_example_description(rng) for _ in range(4000)]
     tags = [None, ("section:homepage",), ("section:checkout",), ("section:cart",), ("campaign:black-friday",), ()]
     decider = check(snapshot, visitors, tags)
-    assert key_function_for(snapshot, snapshot.experiences) is not None  # the memo is on for this project
+    assert feature_key_for(snapshot, snapshot.experiences) is not None  # the memo is on for this project
     assert decider.hits > 1000 and decider.misses > 50  # it did work, on varied keys
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeproxy.engine import context_from_description, load_snapshot, write_snapshot_file
+from edgeproxy.engine import context_from_description
 from edgeproxy.engine.explain import explain, render_explanation
+from edgeproxy.files.snapshot_file import load_snapshot, write_snapshot_file
 from edgeproxy.geo import MaxMindGeo
 
 # Worked out by hand from the rules (rules/README.md, "Sample visitors"), one per line of requests.jsonl.

@@ -14,8 +14,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeproxy.engine import RequestDescriptionError, context_from_description, load_snapshot
+from edgeproxy.engine import RequestDescriptionError, context_from_description
 from edgeproxy.engine.context import parse_cookie_header, parse_pipe_set
+from edgeproxy.files.snapshot_file import load_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT = load_snapshot(ROOT / "rules")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from edgeproxy.engine.context import ClientJsonError, load_client_json, valid_user_uid
 from edgeproxy.http.gate import Refusal, check, origin_form
-from edgeproxy.http.headers import TrustedProxies
+from edgeproxy.visitor.forwarded import TrustedProxies
 
 H = (b"Host", b"shop.test")
 

@@ -29,7 +29,6 @@ from edgeproxy.analytics.impressions import ImpressionRecorder
 from edgeproxy.analytics.live import LiveDecisions
 from edgeproxy.http.access_log import JsonAccessLogger
 from edgeproxy.http.aiohttp_internals import HitLaneServer
-from edgeproxy.proxy.app import Counters
 from edgeproxy.runtime.config import ProxyConfig
 from edgeproxy.runtime.metrics import ProxyMetrics
 from edgeproxy.runtime.serve import make_state
@@ -143,11 +142,10 @@ async def measured_round(
     state = server.state
     loaded = state.holder.current
     assert loaded is not None and state.cache is not None
-    state.impressions = ImpressionRecorder(state.store, loaded.snapshot.project.uid)  # not started: events wait
+    state.impressions = ImpressionRecorder(state.store, lambda: loaded.snapshot.project.uid)  # not started: events wait
     state.live = LiveDecisions()
-    state.metrics = ProxyMetrics(state)
-    state.counters = Counters()
-    state.cache.counts.clear()
+    state.metrics = ProxyMetrics(0.0, state.live, state.holder, None)
+    state.cache.counts = state.metrics.cache_events
     assert state.decision_log is not None
     state.decision_log.flush()
     logged = len(decision_log.read_text().splitlines())
@@ -157,10 +155,10 @@ async def measured_round(
     untimed = ("ts", "ms")
     return Round(
         replies=replies,
-        counters=(state.counters.requests, state.counters.personalized, state.counters.passed_through),
+        counters=tuple(state.metrics.request_counts()[name] for name in ("total", "personalized", "passedThrough")),
         requests=dict(state.metrics.requests),
         cache_results=dict(state.metrics.cache_results),
-        hits=state.cache.counts["hit"],
+        hits=state.metrics.cache_results.get("HIT", 0),
         decisions=sum(state.metrics.decisions.counts),
         live=state.live.totals,
         impressions=sorted(

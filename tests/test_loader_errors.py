@@ -24,7 +24,8 @@ from rulesets import (
     write_rules,
 )
 
-from edgeproxy.engine import RulesError, load_snapshot
+from edgeproxy.engine import RulesError
+from edgeproxy.files.snapshot_file import load_snapshot
 
 Json = dict[str, Any]
 
@@ -69,6 +70,17 @@ def test_invalid_json_names_file_line_and_column(tmp_path: Path) -> None:
     rules = write_rules(tmp_path)
     (rules / "audiences" / "audiences.json").write_text('[\n  {"uid": "x",\n  }\n]\n', encoding="utf-8")
     assert_error(rules, "audiences/audiences.json", "line 3 column 3", "not valid JSON")
+
+
+def test_a_broken_file_matters_only_when_the_export_needs_it(tmp_path: Path) -> None:
+    """The files are read up front (edgeproxy/files/rules.py), but a versions file of no listed experience is not
+    an error, as when files were read on demand; the one of a listed experience is, named as ever."""
+    rules = write_rules(tmp_path, audiences=[EVERYONE], experiences=[(experience("home", "0"), [everyone_version()])])
+    versions = rules / "experiences" / "versions"
+    (versions / "unlisted.json").write_text("{not json", encoding="utf-8")
+    assert load_snapshot(rules).experiences[0].short_uid == "0"
+    (versions / f"{uid_for('experience:home')}.json").write_text("{not json", encoding="utf-8")
+    assert_error(rules, f"experiences/versions/{uid_for('experience:home')}.json", "line 1 column 2", "not valid JSON")
 
 
 def test_missing_experiences_json_is_an_error(tmp_path: Path) -> None:

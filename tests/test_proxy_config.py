@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from edgeproxy.exchange.routes import RouteTable
-from edgeproxy.http.headers import TrustedProxies, end_to_end
+from edgeproxy.http.headers import end_to_end
 from edgeproxy.runtime.config import ConfigError, load_config
+from edgeproxy.visitor.forwarded import TrustedProxies
 
 BASE = {"origin": "http://127.0.0.1:3000", "rules": "rules"}
 
@@ -80,10 +81,10 @@ def test_routes_from_file_first_match_wins_then_skips_and_static_extensions(tmp_
 
 def test_client_address_walks_forwarded_for_through_trusted_hops_only() -> None:
     trusted = TrustedProxies(["127.0.0.1", "10.0.0.0/8"])
-    assert trusted.client_address("127.0.0.1", "81.2.69.160, 10.1.2.3") == "81.2.69.160"
-    assert trusted.client_address("127.0.0.1", "6.6.6.6, 81.2.69.160") == "81.2.69.160"
-    assert trusted.client_address("127.0.0.1", "[2001:db8::1]:4711") == "2001:db8::1"
-    assert trusted.client_address("8.8.8.8", "81.2.69.160") == "8.8.8.8"  # untrusted peer: header ignored
+    assert trusted.forwarded("127.0.0.1", ["81.2.69.160, 10.1.2.3"], [], []) == ("81.2.69.160", None, None)
+    assert trusted.forwarded("127.0.0.1", ["6.6.6.6, 81.2.69.160"], [], []) == ("81.2.69.160", None, None)
+    assert trusted.forwarded("127.0.0.1", ["[2001:db8::1]:4711"], [], []) == ("2001:db8::1", None, None)
+    assert not trusted.trusts("8.8.8.8")  # an untrusted peer's header is never read (view_of_client)
     assert not TrustedProxies([]).trusts("127.0.0.1")
 
 
@@ -179,7 +180,7 @@ def test_relative_paths_in_a_config_file_are_relative_to_its_folder(tmp_path: Pa
 
 
 def test_open_store_refuses_unknown_schemes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgeproxy.store.base import open_store
+    from edgeproxy.store import open_store
 
     monkeypatch.chdir(tmp_path)
     for url in ("mysql://x", "postgres://u:secret@h/db", "sqlite://host/x.db"):

@@ -11,8 +11,8 @@ from pathlib import Path
 from replay_traffic import crafted_traffic, random_example_description, shop_rules, visit, write_jsonl
 from rulesets import FIXED_NOW_TS, decide_one
 
-from edgeproxy.engine import load_snapshot
 from edgeproxy.engine.bucketing import bucket
+from edgeproxy.files.snapshot_file import load_snapshot
 from edgeproxy.replay.aggregate import ExperienceResult
 from edgeproxy.replay.readers import STATIC_EXTENSIONS
 from edgeproxy.replay.run import ReplayOptions, replay

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from replay_traffic import crafted_traffic, shop_rules, visit, write_jsonl
 
-from edgeproxy.engine import load_snapshot
 from edgeproxy.engine.bucketing import bucket
+from edgeproxy.files.snapshot_file import load_snapshot
 from edgeproxy.replay.run import ReplayOptions, replay
 
 

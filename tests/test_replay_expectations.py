@@ -11,7 +11,7 @@ from pathlib import Path
 from replay_traffic import NOW, crafted_traffic, shop_rules, visit, write_jsonl
 from rulesets import decide_one
 
-from edgeproxy.engine import load_snapshot
+from edgeproxy.files.snapshot_file import load_snapshot
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

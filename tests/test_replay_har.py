@@ -13,7 +13,7 @@ from typing import Any
 from replay_traffic import GB_UA, shop_rules
 from rulesets import decide_one
 
-from edgeproxy.engine import load_snapshot
+from edgeproxy.files.snapshot_file import load_snapshot
 
 GEOIP = str(Path(__file__).parent / "data" / "GeoIP2-City-Test.mmdb")
 STARTED = "2026-11-22T10:00:00.123Z"

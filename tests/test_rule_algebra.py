@@ -31,7 +31,7 @@ from rulesets import (
     write_rules,
 )
 
-from edgeproxy.engine import load_snapshot
+from edgeproxy.files.snapshot_file import load_snapshot
 
 Json = dict[str, Any]
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 
 from edgeproxy.clock import Clock, system_clock
 from edgeproxy.engine.decide import Manifest
@@ -38,8 +39,10 @@ def parse_aliases(header: str) -> list[tuple[str, str]]:
 
 
 class ImpressionRecorder:
-    def __init__(self, store: StateStore, project_uid: str, *, flush_interval: float = 0.5,
+    def __init__(self, store: StateStore, project_uid: Callable[[], str], *, flush_interval: float = 0.5,
                  recent: int = 200_000, clock: Clock = system_clock) -> None:  # fmt: skip
+        """`project_uid`: the project of the snapshot being served (read per impression: the first snapshot may
+        load after the recorder is built)."""
         self.store = store
         self.clock = clock
         self.project_uid = project_uid
@@ -60,7 +63,7 @@ class ImpressionRecorder:
         if len(self._recent) > self._recent_limit:
             self._recent.popitem(last=False)
         self._pending.append(EventRecord(
-            ts=self.clock(), project_uid=self.project_uid, user_uid=user_uid, type="IMPRESSION",
+            ts=self.clock(), project_uid=self.project_uid(), user_uid=user_uid, type="IMPRESSION",
             experience_short_uid=experience, variant_short_uid=variant, source=source,
         ))  # fmt: skip
 

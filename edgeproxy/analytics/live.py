@@ -20,10 +20,6 @@ MINUTES_KEPT = 60
 Slot = tuple[str, str | None]  # (experience short uid, variant short uid or None = no variant)
 
 
-class _Variant(Protocol):
-    short_uid: str
-
-
 class _Folded:
     """A variant stand-in after `_folded` (None stays None: no variant)."""
 

@@ -42,10 +42,6 @@ class Scope:
     def experiences(self) -> frozenset[str]:
         return frozenset(self.metrics)
 
-    @property
-    def metric_keys(self) -> frozenset[str]:
-        return frozenset(k for keys in self.metrics.values() for k in keys)
-
     def in_window(self, ts: float) -> bool:
         return (self.since is None or ts >= self.since) and (self.until is None or ts < self.until)
 

@@ -1,4 +1,5 @@
-"""The cache's policy object: keys, lookups with Vary, coalescing of misses, stats. No HTTP I/O here."""
+"""The cache's bookkeeping: keys, entries built and refreshed by RFC 9111, coalescing of misses, hit-for-pass.
+What a request gets from it is decided in policy.py; the HTTP I/O is http/executor.py's."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ class ResponseCache:
     """
 
     def __init__(
-        self, store: CacheStore, *, key_headers: tuple[str, ...], default_ttl: float, max_object_bytes: int
-    ) -> None:
+        self, store: CacheStore, *, key_headers: tuple[str, ...], default_ttl: float, max_object_bytes: int,
+        events: Counter[str], not_stored: Counter[str],
+    ) -> None:  # fmt: skip
+        """`events`, `not_stored`: where this cache counts what it does (the process's metrics own them)."""
         self.store = store
         # Stores that answer without I/O (memory) are asked directly, without a coroutine.
         self.get_now: Callable[[str], CachedResponse | None] | None = getattr(store, "get_now", None)
@@ -38,8 +41,8 @@ class ResponseCache:
         # so uncacheable personalized pages are not serialised behind one another.
         self._pass_until: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self.counts: Counter[str] = Counter()
-        self.not_stored: Counter[str] = Counter()
+        self.counts = events
+        self.not_stored = not_stored
 
     PASS_SECONDS = 30.0
 
@@ -71,16 +74,6 @@ class ResponseCache:
             self.counts["store_errors"] += 1
             log.warning("cache lookup failed, going to the origin: %s", exc)
             return None
-
-    @staticmethod
-    def selected(entry: CachedResponse | None, upstream_headers: Mapping[str, str]) -> CachedResponse | None:
-        """`entry` if this request selects it: RFC 9111 §4.1, the headers its Vary names must match."""
-        if entry is None:
-            return None
-        for name, value in entry.vary:
-            if upstream_headers.get(name, "") != value:
-                return None
-        return entry
 
     async def put(self, key: str, entry: CachedResponse) -> None:
         try:
@@ -170,12 +163,12 @@ class ResponseCache:
         task.add_done_callback(self._background.discard)
 
     async def stats(self) -> dict[str, Any]:
+        """The store's own figures (the counts are the metrics')."""
         try:
             store = await self.store.stats()
         except Exception as exc:
             store = {"error": str(exc)}
-        return {"results": dict(self.counts), "notStored": dict(self.not_stored), "store": store,
-                "inflight": len(self.inflight)}  # fmt: skip
+        return {"store": store, "inflight": len(self.inflight)}
 
     async def close(self) -> None:
         for task in list(self._background):

@@ -32,9 +32,11 @@ from aiohttp import web
 
 from edgeproxy.analytics.report import build_report, daily_series, iso, report_scope
 from edgeproxy.analytics.sources import AnalyticsError, change_marker, collect_tallies, redact
+from edgeproxy.endpoints.guard import endpoint_name, refusal
+from edgeproxy.http.errors import error_response
 
 if TYPE_CHECKING:
-    from edgeproxy.proxy.app import ProxyState
+    from edgeproxy.runtime.state import ProxyState
 
 REFRESH_SECONDS = 10.0  # recompute at most this often while events keep arriving ...
 COMPUTE_SHARE = 5.0  # ... and at most every 5x the last computation's duration
@@ -60,9 +62,6 @@ _CACHES: weakref.WeakKeyDictionary[Any, _Cache] = weakref.WeakKeyDictionary()
 
 async def dashboard_handler(request: web.BaseRequest, state: ProxyState) -> web.StreamResponse:
     """Serve `{ops_prefix}dashboard` and `{ops_prefix}dashboard/data.json` (GET/HEAD)."""
-    from edgeproxy.endpoints.ops import endpoint_name, refusal  # late: ops imports us
-    from edgeproxy.http.errors import error_response
-
     accept = request.headers.get("Accept")
     prefix = state.config.ops_prefix
     name = endpoint_name(request.path, prefix)  # as ops_handler names its endpoints

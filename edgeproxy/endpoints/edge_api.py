@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import zlib
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp.web import RequestPayloadError
 
 from edgeproxy.engine.context import (
     LIVE_ATTRIBUTES_HEADER,
@@ -30,9 +29,9 @@ from edgeproxy.engine.context import (
     valid_user_uid,
 )
 from edgeproxy.engine.errors import RequestDescriptionError
-from edgeproxy.proxy.app import ProxyState, client_view
+from edgeproxy.http.executor import decision_for, peer_address
+from edgeproxy.runtime.state import ProxyState
 from edgeproxy.store.base import EventRecord, StoreError, StoreLimitError
-from edgeproxy.visitor.personalize import context_from_request, identify
 
 log = logging.getLogger("edgeproxy.edge_api")
 
@@ -76,7 +75,6 @@ def _json(
 
 
 async def edge_api_handler(request: web.BaseRequest, state: ProxyState) -> web.StreamResponse:
-    state.counters.edge_api += 1
     prefix = state.config.edge_api_prefix
     route = request.path[len(prefix) :].strip("/") if request.path.lower().startswith(prefix.lower()) else ""
     if request.method == "OPTIONS":
@@ -104,7 +102,7 @@ async def edge_api_handler(request: web.BaseRequest, state: ProxyState) -> web.S
     except EdgeApiError as exc:
         return _json(request, state, {"error": exc.code, "message": exc.message}, status=exc.status)
     except StoreError as exc:
-        state.counters.store_errors += 1
+        state.metrics.store_errors += 1
         log.error("%s %s: store unavailable: %s", request.method, request.path, exc)
         return _json(request, state, {"error": "personalize.STORE_UNAVAILABLE",
                                       "message": "state store unavailable; retry later"}, status=503)  # fmt: skip
@@ -195,29 +193,15 @@ async def _manifest(request: web.BaseRequest, state: ProxyState, project_uid: st
     except RequestDescriptionError as exc:
         raise EdgeApiError(400, "personalize.INVALID_LIVE_ATTRIBUTES", str(exc)) from None
     _user_uid(request, required=False)  # an explicit uid must be valid; an invalid cookie counts as absent
-    identity = identify(request.headers)
-    stored = None
-    if not identity.is_new and loaded.snapshot.reads_custom_attributes:
-        stored = await state.stored_attributes(project_uid, identity.user_uid)
-    where = client_view(request, state)
+    planner = state.planner
+    where = planner.client(peer_address(request), request.scheme, request.host, request.headers)
     if where.refusal is not None:
         raise EdgeApiError(400, "personalize.INVALID_FORWARDED_HEADERS", where.refusal.message)
     tags = request.query.getall("tags[]", []) + request.query.getall("tags", [])
-    context = context_from_request(
-        request.headers,
-        page_url=request.headers.get(PAGE_URL_HEADER, ""),
-        now=state.clock(),
-        client_ip=where.client_ip,
-        trust_geo_headers=where.trusted,
-        geo_lookup=state.geo_lookup,
-        classifier=state.classifier,
-        identity=identity,
-        live=live,
-        stored=stored,
-    )
-    started = time.perf_counter()
-    manifest = loaded.decider.decide(context, tags or None)
-    state.observe_decision(manifest, time.perf_counter() - started)
+    decision = await decision_for(request, state, loaded, where, page_url=request.headers.get(PAGE_URL_HEADER, ""),
+                                  tags=tuple(tags) or None, live=live)  # fmt: skip
+    manifest = decision.manifest
+    state.count_decision(decision)
     # The snapshot version lets a client (and the swap test) tie a manifest to exactly one snapshot.
     extra = {USER_UID_HEADER_NAME: manifest.user_uid, "X-Edgeproxy-Snapshot": loaded.snapshot.version}
     return _json(request, state, manifest.edge_body(), extra=extra)

@@ -18,12 +18,14 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
+from edgeproxy.endpoints.dashboard import dashboard_handler
+from edgeproxy.endpoints.guard import endpoint_name, refusal, token_for
 from edgeproxy.engine.context import ClientJsonError, context_from_description, load_client_json
 from edgeproxy.engine.errors import RequestDescriptionError
 from edgeproxy.engine.explain import explain
 from edgeproxy.http.errors import error_response
-from edgeproxy.proxy.app import ProxyState, client_view, same_token
-from edgeproxy.visitor.personalize import context_from_request, identify
+from edgeproxy.http.executor import decision_for, peer_address
+from edgeproxy.runtime.state import ProxyState
 
 MAX_EXPLAIN_BODY = 256 * 1024
 
@@ -56,14 +58,6 @@ def snapshot_status(state: ProxyState) -> dict[str, Any]:
     }
 
 
-def _authorized(request: web.BaseRequest, token: str) -> bool:
-    given = request.headers.get("X-Edgeproxy-Token", "")
-    auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    return same_token(given, token)
-
-
 # name -> (methods, whose token guards it: None = public, "ops", "webhook" = webhook_token else ops_token,
 # "purge" = purge_token else ops_token). Anything else under the prefix is 404.
 ENDPOINTS: dict[str, tuple[tuple[str, ...], str | None]] = {
@@ -78,50 +72,6 @@ ENDPOINTS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "purge": (("POST",), "purge"),
     "webhooks/contentstack": (("POST",), "purge"),
 }
-_TOKEN_SETTINGS = {"ops": "ops_token", "webhook": "webhook_token or ops_token", "purge": "purge_token or ops_token"}
-
-
-def endpoint_name(path: str, prefix: str) -> str:
-    """The endpoint a path under the ops prefix names, after the same decoding, dot-segment removal and
-    case-folding as the dispatch that sent it here (`/a/../_edgeproxy/Status` is `status`)."""
-    from edgeproxy.proxy.app import _normalized
-
-    prefix = prefix.lower()
-    bare = prefix.rstrip("/")
-    for candidate in (_normalized(path).lower(), path.lower()):
-        if candidate.startswith(prefix):
-            return candidate[len(prefix) :].strip("/")
-        if candidate.rstrip("/") == bare:
-            return ""
-    return path.lower().strip("/")  # matched on its raw (still encoded) spelling: no endpoint of ours
-
-
-def token_for(state: ProxyState, guard: str) -> str:
-    config = state.config
-    if guard == "webhook":
-        return config.webhook_token or config.ops_token
-    if guard == "purge":
-        return config.purge_token or config.ops_token
-    return config.ops_token
-
-
-def refusal(
-    request: web.BaseRequest, name: str, token: str, guard: str, *, query_token: bool = False
-) -> web.Response | None:
-    """None when the request may use a guarded endpoint; else 403 (the endpoint is off: no token configured)
-    or 401 with `WWW-Authenticate: Bearer` (a missing or wrong token)."""
-    accept = request.headers.get("Accept")
-    if not token:
-        setting = _TOKEN_SETTINGS.get(guard, "ops_token")
-        return error_response(403, "forbidden", f"{name} is off: set {setting} to use it.", accept)
-    if _authorized(request, token):
-        return None
-    given = request.query.get("token", "") if query_token else ""
-    if given and same_token(given, token):
-        return None
-    response = error_response(401, "unauthorized", f"{name} needs Authorization: Bearer <token>.", accept)
-    response.headers["WWW-Authenticate"] = 'Bearer realm="edgeproxy"'
-    return response
 
 
 async def ops_handler(request: web.BaseRequest, state: ProxyState) -> web.StreamResponse:
@@ -137,7 +87,8 @@ async def ops_handler(request: web.BaseRequest, state: ProxyState) -> web.Stream
         response.headers["Allow"] = ", ".join(methods)
         return response
     if guard is not None:
-        refused = refusal(request, name, token_for(state, guard), guard, query_token=name.startswith("dashboard"))
+        token = token_for(state.config, guard)
+        refused = refusal(request, name, token, guard, query_token=name.startswith("dashboard"))
         if refused is not None:
             return refused
     if name == "metrics":
@@ -149,18 +100,15 @@ async def ops_handler(request: web.BaseRequest, state: ProxyState) -> web.Stream
         ready = state.holder.current is not None
         return _json({"ready": ready, "snapshot": snapshot_status(state)}, status=200 if ready else 503)
     if name == "status":
-        c = state.counters
         return _json({
             "snapshot": snapshot_status(state),
             "sync": state.poller.status.to_dict() if state.poller else None,
-            "cache": await state.cache.stats() if state.cache else None,
+            "cache": {**state.metrics.cache_counts(), **await state.cache.stats()} if state.cache else None,
             "fleet": None if state.fleet is None else {"channel": state.fleet.url, "connected": state.fleet.connected,
                                                        "swaps": state.fleet.swaps, "lastError": state.fleet.last_error},
             "origin": state.config.origin,
-            "uptimeSeconds": round(state.clock() - c.started, 3),
-            "requests": {"total": c.requests, "personalized": c.personalized, "passedThrough": c.passed_through,
-                         "websockets": c.websockets, "originErrors": c.origin_errors,
-                         "storeErrors": c.store_errors, "edgeApi": c.edge_api},
+            "uptimeSeconds": round(state.clock() - state.metrics.started, 3),
+            "requests": state.metrics.request_counts(),
         })  # fmt: skip
     if name == "sync":
         return await _sync(request, state)
@@ -169,8 +117,6 @@ async def ops_handler(request: web.BaseRequest, state: ProxyState) -> web.Stream
     if name == "webhooks/contentstack":
         return await _contentstack_webhook(request, state)
     if name.startswith("dashboard"):
-        from edgeproxy.endpoints.dashboard import dashboard_handler
-
         return await dashboard_handler(request, state)
     return await _explain(request, state)
 
@@ -235,7 +181,7 @@ async def _purge(request: web.BaseRequest, state: ProxyState) -> web.Response:
         return _json({"error": "invalid_purge", "message": "name at least one url, prefix or tag"}, 400)
     assert state.cache is not None
     purged = await state.cache.store.purge(paths=paths, prefixes=prefixes, tags=tags)
-    state.cache.counts["purged"] += purged
+    state.metrics.cache_events["purged"] += purged
     return _json({"purged": purged, "urls": paths, "prefixes": prefixes, "tags": tags})
 
 
@@ -260,7 +206,7 @@ async def _contentstack_webhook(request: web.BaseRequest, state: ProxyState) -> 
         return _json({"error": "invalid_webhook", "message": "no entry, asset or content_type uid in 'data'"}, 400)
     assert state.cache is not None
     purged = await state.cache.store.purge(paths=[], prefixes=[], tags=tags)
-    state.cache.counts["purged"] += purged
+    state.metrics.cache_events["purged"] += purged
     return _json({"purged": purged, "tags": tags, "event": data.get("event"), "module": data.get("module")})
 
 
@@ -278,7 +224,7 @@ async def _explain(request: web.BaseRequest, state: ProxyState) -> web.Response:
             description = load_client_json(body)  # bounded: depth, numbers (the gate's rules for client JSON)
             described = context_from_description(
                 description, clock=state.clock, new_uid=lambda: str(uuid.uuid4()),
-                classifier=state.classifier, geo_lookup=state.geo_lookup,
+                classifier=state.planner.classifier, geo_lookup=state.planner.geo_lookup,
             )  # fmt: skip
         except (ClientJsonError, UnicodeDecodeError) as exc:
             return _json({"error": "invalid_json", "message": f"body is not JSON: {exc}"}, status=400)
@@ -288,18 +234,12 @@ async def _explain(request: web.BaseRequest, state: ProxyState) -> web.Response:
     else:
         # GET: explain the calling visitor (cookies, UA, IP) for ?path= (default /) and optional ?tags=a,b.
         path = request.query.get("path", "/")
-        route = state.routes.decide(path)
-        where = client_view(request, state)
-        identity = identify(request.headers)
-        stored = None
-        if not identity.is_new and snapshot.reads_custom_attributes:
-            stored = await state.stored_attributes(snapshot.project.uid, identity.user_uid)
-        # The same view of the visitor as the page itself gets (trusted X-Forwarded-*, stored attributes).
-        context = context_from_request(
-            request.headers, page_url=f"{where.proto}://{where.host}{path}", now=state.clock(),
-            client_ip=where.client_ip, trust_geo_headers=where.trusted, geo_lookup=state.geo_lookup,
-            classifier=state.classifier, identity=identity, stored=stored,
-        )  # fmt: skip
-        tags = tuple(t for t in request.query.get("tags", "").split(",") if t) or route.tags
-    manifest = snapshot.decide(context, tags)
+        planner = state.planner
+        where = planner.client(peer_address(request), request.scheme, request.host, request.headers)
+        # The same view of the visitor, and the same decision, as the page itself gets.
+        tags = tuple(t for t in request.query.get("tags", "").split(",") if t) or planner.routes.decide(path).tags
+        decision = await decision_for(request, state, loaded, where, page_url=f"{where.proto}://{where.host}{path}",
+                                      tags=tags)  # fmt: skip
+        context = decision.ctx
+    manifest = loaded.decider.decide(context, tags)
     return _json({"manifest": manifest.to_dict(), "explanation": explain(snapshot, context, tags)})

@@ -1,13 +1,11 @@
-"""The pure decision engine: snapshot model, loading + validation, compilation, bucketing, decide, explain.
+"""The pure decision engine: snapshot model, validation, compilation, bucketing, decide, explain.
 
-Nothing in this package imports aiohttp or performs network I/O; loaders read files only when asked.
+Nothing in this package imports aiohttp or performs I/O: it validates documents that edgeproxy.files reads.
 """
 
 from edgeproxy.engine.context import Geo, VisitorContext, context_from_description
 from edgeproxy.engine.decide import CompiledSnapshot, Manifest, compile_project
 from edgeproxy.engine.errors import RequestDescriptionError, RulesError
-from edgeproxy.engine.loader import load_project
-from edgeproxy.files.snapshot_file import load_snapshot, write_snapshot_file
 
 __all__ = [
     "CompiledSnapshot",
@@ -18,7 +16,4 @@ __all__ = [
     "VisitorContext",
     "compile_project",
     "context_from_description",
-    "load_project",
-    "load_snapshot",
-    "write_snapshot_file",
 ]

@@ -14,8 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from edgeproxy.engine.context import VisitorContext
-from edgeproxy.engine.loader import parse_iso_time
-from edgeproxy.engine.model import CASE_INSENSITIVE_PRESETS, Rule, RuleGroup
+from edgeproxy.engine.model import CASE_INSENSITIVE_PRESETS, Rule, RuleGroup, parse_iso_time
 
 Predicate = Callable[[VisitorContext], bool]
 Getter = Callable[[VisitorContext], Any]

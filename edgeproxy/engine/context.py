@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from edgeproxy.engine.errors import RequestDescriptionError
-from edgeproxy.engine.loader import parse_iso_time
+from edgeproxy.engine.model import iso_timestamp
 from edgeproxy.engine.useragent import UserAgentClass, UserAgentClassifier
 
 USER_UID_HEADER = "x-cs-personalize-user-uid"
@@ -28,8 +27,10 @@ LIVE_ATTRIBUTES_HEADER = "x-live-attributes"
 PAGE_URL_HEADER = "x-page-url"
 
 
-@dataclass(frozen=True, slots=True)
-class Geo:
+class Geo(NamedTuple):
+    """Where the visitor is, as far as known. A named tuple: one is made per request, and that is cheaper than a
+    frozen dataclass."""
+
     country: str | None = None
     region: str | None = None
     city: str | None = None
@@ -134,7 +135,7 @@ class VisitorContext:
         "cookies",
         "ip",
         "live",
-        "memo",
+        "memberships",
         "now",
         "page_url",
         "referrer",
@@ -174,13 +175,14 @@ class VisitorContext:
         self.live = live or {}
         self.stored = stored or {}
         self.ip = ip or None
-        self.memo: dict[str, bool] = {}  # audience uid -> membership, per request
+        # Audience results of this request, by the snapshot's compiled audience (edgeproxy/engine/decide.py).
+        self.memberships: dict[Callable[[VisitorContext], bool], bool] = {}
         self._geo: Geo | None = geo if geo.complete() or geo_lookup is None or not ip else None
         self._partial_geo = geo
         self._geo_lookup = geo_lookup
         self._classifier = classifier
         self._ua: UserAgentClass | None = None
-        self._query: str | None = _known_query(self.page_url, query)
+        self._query: str | None = None if query is None else _known_query(self.page_url, query)
         self._params: dict[str, list[str]] | None = None
         self._lytics: frozenset[str] | None = None
         self._flows: frozenset[str] | None = None
@@ -214,6 +216,15 @@ class VisitorContext:
                 )
             self._geo = geo
         return geo
+
+    def geo_source(self) -> tuple[str | None, str | None, str | None, str | None]:
+        """What `geo()` is a function of: the known fields, and the IP when the database is still to be asked.
+        Cheaper than `geo()` when it would ask (memos key on it)."""
+        geo = self._geo
+        if geo is not None:
+            return geo.country, geo.region, geo.city, None
+        given = self._partial_geo
+        return given.country, given.region, given.city, self.ip
 
     def ua_class(self) -> UserAgentClass | None:
         if self._ua is None and self.user_agent is not None:
@@ -383,8 +394,9 @@ def parse_live_attributes_header(raw: str | None, where: str = "X-Live-Attribute
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class DescribedRequest:
+class DescribedRequest(NamedTuple):
+    """A request description read (one per request: a named tuple is cheaper to make than a frozen dataclass)."""
+
     context: VisitorContext
     tags: tuple[str, ...] | None
     user_uid_is_new: bool
@@ -467,7 +479,9 @@ def context_from_description(
         raise RequestDescriptionError("$", "a request description must be a JSON object")
     for name, value in desc.items():
         expected = _FIELD_TYPES.get(name)
-        if expected is not None and value is not None and not isinstance(value, expected[0]):
+        if expected is None or value is None or value.__class__ is expected[0]:  # the exact class: what JSON gives
+            continue
+        if not isinstance(value, expected[0]):
             raise RequestDescriptionError(name, f"expected {expected[1]}, found {type(value).__name__}")
     headers: dict[str, str] = {}
     raw_headers = desc.get("headers")
@@ -486,7 +500,7 @@ def context_from_description(
     now_field = desc.get("now")
     if now_field is not None:
         try:
-            now = parse_iso_time(now_field).timestamp()
+            now = iso_timestamp(now_field)
         except ValueError:
             raise RequestDescriptionError("now", f"{now_field!r} is not ISO-8601 (e.g. 2026-11-22T10:00:00Z)") from None
     else:
@@ -508,7 +522,7 @@ def context_from_description(
         for key in ("country", "region", "city"):
             if geo_field.get(key) is not None and not isinstance(geo_field[key], str):
                 raise RequestDescriptionError(f"geo.{key}", "expected a string")
-        given_geo = Geo(country=geo_field.get("country"), region=geo_field.get("region"), city=geo_field.get("city"))
+        given_geo = Geo(geo_field.get("country"), geo_field.get("region"), geo_field.get("city"))
     ip = desc.get("ip")
     if ip is None and "x-forwarded-for" in headers:
         ip = headers["x-forwarded-for"].split(",")[0].strip() or None
@@ -522,10 +536,10 @@ def context_from_description(
         stored=desc.get("storedAttributes") or {},
         ip=ip,
         geo=given_geo,
-        trust_geo_headers=True,  # a description records what the edge saw
+        # A description records what the edge saw, so its CDN geo headers count (the check is a fast way to say
+        # whether there are any: `headers` is a lower-cased dict here).
+        trust_geo_headers=not _GEO_HEADER_NAMES.isdisjoint(headers),
         geo_lookup=geo_lookup,
         classifier=classifier,
     )
-    return DescribedRequest(
-        context=context, tags=tuple(tags_field) if tags_field is not None else None, user_uid_is_new=is_new
-    )
+    return DescribedRequest(context, tuple(tags_field) if tags_field is not None else None, is_new)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from edgeproxy.engine.bucketing import bucket, cumulative, pick
 from edgeproxy.engine.conditions import Predicate, combine, compile_group
 from edgeproxy.engine.context import VisitorContext
-from edgeproxy.engine.loader import iter_rules
-from edgeproxy.engine.model import Audience, AudienceCondition, Experience, Project, RuleGroup, Variant
+from edgeproxy.engine.model import Audience, AudienceCondition, Experience, Project, RuleGroup, iter_rules
 from edgeproxy.engine.useragent import UserAgentClassifier
 
 
@@ -30,17 +29,81 @@ class CompiledVariant:
     param: str  # "{exp}_{var}"
 
 
+class DecisionTrace(Protocol):
+    """What `CompiledExperience.choose` reports while it decides, when asked to: explain.py builds its explanation
+    from it, so the variants and results an explanation reports are the decision's own."""
+
+    def paused(self) -> None: ...
+
+    def segment(self, index: int, holds: bool) -> None:
+        """The condition of `experience.variants[index]` was evaluated (variants with no condition never are)."""
+
+    def targeting(self, holds: bool) -> None: ...
+
+    def bucketing(self, bucket: int, index: int | None) -> None:
+        """The A/B bucket and the index of the variant it falls in (None: past the total weight)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledExperience:
     experience: Experience
     short_uid: str
     tags: frozenset[str]  # casefolded
-    choose: Callable[[VisitorContext], CompiledVariant | None]
     variants: tuple[CompiledVariant, ...]
-    # A/B tests (docs/contract.md §4.6): what `choose` uses, for deciders that split the uid-independent targeting
-    # from the per-visitor bucket (memo.py). `targeting` None: everyone is in the test.
+    paused: bool
+    segmented: bool  # a live SEGMENTED experience (not paused)
+    # SEGMENTED: (index in `experience.variants`, condition, variant) for each variant with a condition, in order.
+    segments: tuple[tuple[int, Predicate, CompiledVariant], ...] = ()
+    # AB_TEST: `targeting` None: everyone is in the test.
     targeting: Predicate | None = None
     cumulative_weights: tuple[int, ...] = ()
+
+    @property
+    def uid_dependent(self) -> bool:
+        """Whether the choice depends on the visitor's uid: only a running A/B test buckets by uid (§4.6)."""
+        return not self.paused and self.experience.type == "AB_TEST"
+
+    def choose(self, ctx: VisitorContext, trace: DecisionTrace | None = None) -> CompiledVariant | None:
+        """This experience's variant for the visitor (docs/contract.md §4.4-4.6)."""
+        if self.segmented:
+            # §4.5: the first variant in array order whose condition holds; one with no condition never does. A
+            # trace is told of every variant's condition, not only up to the first that holds.
+            chosen = None
+            for index, holds, variant in self.segments:
+                held = holds(ctx)
+                if trace is None:
+                    if held:
+                        return variant
+                else:
+                    trace.segment(index, held)
+                    if held and chosen is None:
+                        chosen = variant
+            return chosen
+        if self.paused:  # §4.4: a paused experience serves nothing
+            if trace is not None:
+                trace.paused()
+            return None
+        if self.targeting is not None and not self.targeted(ctx, trace):
+            return None
+        return self.bucketed(ctx.user_uid, trace)
+
+    def targeted(self, ctx: VisitorContext, trace: DecisionTrace | None = None) -> bool:
+        """§4.6: whether the visitor is inside the A/B test's targeting (outside it, no variant)."""
+        targeting = self.targeting
+        if targeting is None:
+            return True
+        held = targeting(ctx)
+        if trace is not None:
+            trace.targeting(held)
+        return held
+
+    def bucketed(self, user_uid: str, trace: DecisionTrace | None = None) -> CompiledVariant | None:
+        """§4.6: the variant whose cumulative weight range holds the uid's hash v1 bucket; None past the total."""
+        value = bucket(self.experience.uid, user_uid)
+        index = pick(self.cumulative_weights, value)
+        if trace is not None:
+            trace.bucketing(value, index)
+        return None if index is None else self.variants[index]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +112,6 @@ class Manifest:
 
     user_uid: str
     entries: tuple[tuple[str, CompiledVariant | None], ...]
-    # `variant_param`, worked out once: deciders hand a returning visitor the same manifest object again.
-    _param: str | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def experiences(self) -> list[dict[str, str | None]]:
@@ -69,11 +130,7 @@ class Manifest:
 
     @property
     def variant_param(self) -> str:
-        param = self._param
-        if param is None:
-            param = ",".join([v.param for _, v in self.entries if v is not None])
-            object.__setattr__(self, "_param", param)  # a cache of a pure function of the frozen fields
-        return param
+        return ",".join([v.param for _, v in self.entries if v is not None])
 
     def edge_body(self) -> dict[str, Any]:
         """The Edge API manifest body (docs/contract.md §4.7)."""
@@ -104,20 +161,6 @@ class CompiledSnapshot:
     classifier: UserAgentClassifier = field(compare=False)
     # Whether any live experience can read a custom attribute: if not, no store lookup is needed.
     reads_custom_attributes: bool = True
-    # Manifest JSON per decided entries: a project has few distinct variant sets, serialising them once each
-    # saves the JSON encoder on every page (bounded, cleared when full).
-    _json_cache: dict[tuple[tuple[str, CompiledVariant | None], ...], str] = field(
-        default_factory=dict, compare=False, repr=False
-    )
-
-    def manifest_json(self, manifest: Manifest) -> str:
-        """`manifest.cookie_json()`, memoised per variant set."""
-        found = self._json_cache.get(manifest.entries)
-        if found is None:
-            if len(self._json_cache) > 4096:
-                self._json_cache.clear()
-            found = self._json_cache[manifest.entries] = manifest.cookie_json()
-        return found
 
     def select(self, tags: Iterable[str] | None) -> Sequence[CompiledExperience]:
         """docs/contract.md §4.2: keep experiences with at least one tag equal, case-insensitively."""
@@ -133,7 +176,6 @@ class CompiledSnapshot:
 
 
 def _audience_predicate(audience: Audience) -> Predicate:
-    uid = audience.uid
     if audience.lytics_slug is not None:
         slug = audience.lytics_slug
         return lambda ctx: slug in ctx.lytics_audiences()
@@ -141,11 +183,13 @@ def _audience_predicate(audience: Audience) -> Predicate:
     inner = compile_group(audience.definition)
 
     def member(ctx: VisitorContext) -> bool:
-        # Per-request memo: layered experiences often test the same audience several times.
-        memo = ctx.memo
-        found = memo.get(uid)
+        # Layered experiences often test the same audience several times in one decision: the result is kept for
+        # the request, keyed by this function (one snapshot's audience), so a context decided under two snapshots
+        # never mixes them up and nothing needs clearing.
+        memberships = ctx.memberships
+        found = memberships.get(member)
         if found is None:
-            found = memo[uid] = inner(ctx)
+            found = memberships[member] = inner(ctx)
         return found
 
     return member
@@ -159,7 +203,7 @@ def compile_audience_condition(condition: AudienceCondition, audiences: dict[str
 
 
 def _compile_experience(experience: Experience, audiences: dict[str, Predicate]) -> CompiledExperience:
-    compiled_variants = tuple(
+    variants = tuple(
         CompiledVariant(
             short_uid=v.short_uid,
             alias=variant_alias(experience.short_uid, v.short_uid),
@@ -167,63 +211,30 @@ def _compile_experience(experience: Experience, audiences: dict[str, Predicate])
         )
         for v in experience.variants
     )
-    choose: Callable[[VisitorContext], CompiledVariant | None]
+    segments: tuple[tuple[int, Predicate, CompiledVariant], ...] = ()
     targeting: Predicate | None = None
     sums: tuple[int, ...] = ()
-    if experience.status == "PAUSED":
-        choose = _paused  # docs/contract.md §4.4
-    elif experience.type == "SEGMENTED":
-        choose = _segmented_chooser(experience.variants, compiled_variants, audiences)
+    if experience.type == "SEGMENTED":
+        segments = tuple(
+            (index, compile_audience_condition(v.condition, audiences), cv)
+            for index, (v, cv) in enumerate(zip(experience.variants, variants, strict=True))
+            if v.condition is not None
+        )
     else:
         sums = cumulative([v.weight for v in experience.variants])
         if experience.targeting is not None:
             targeting = compile_audience_condition(experience.targeting, audiences)
-        choose = _ab_chooser(experience.uid, sums, targeting, compiled_variants)
     return CompiledExperience(
         experience=experience,
         short_uid=experience.short_uid,
         tags=frozenset(tag.casefold() for tag in experience.tags),
-        choose=choose,
-        variants=compiled_variants,
+        variants=variants,
+        paused=experience.status == "PAUSED",
+        segmented=experience.type == "SEGMENTED" and experience.status != "PAUSED",
+        segments=segments,
         targeting=targeting,
         cumulative_weights=sums,
     )
-
-
-def _paused(ctx: VisitorContext) -> CompiledVariant | None:
-    return None
-
-
-def _segmented_chooser(
-    variants: tuple[Variant, ...], compiled: tuple[CompiledVariant, ...], audiences: dict[str, Predicate]
-) -> Callable[[VisitorContext], CompiledVariant | None]:
-    # docs/contract.md §4.5: the first variant in array order whose condition holds; one with no condition never does.
-    candidates = tuple(
-        (compile_audience_condition(v.condition, audiences), cv)
-        for v, cv in zip(variants, compiled, strict=True)
-        if v.condition is not None
-    )
-
-    def choose(ctx: VisitorContext) -> CompiledVariant | None:
-        for predicate, variant in candidates:
-            if predicate(ctx):
-                return variant
-        return None
-
-    return choose
-
-
-def _ab_chooser(
-    uid: str, sums: tuple[int, ...], targeting: Predicate | None, compiled: tuple[CompiledVariant, ...]
-) -> Callable[[VisitorContext], CompiledVariant | None]:
-    # docs/contract.md §4.6: outside the targeting -> null; else hash v1 bucket against cumulative weights.
-    def choose(ctx: VisitorContext) -> CompiledVariant | None:
-        if targeting is not None and not targeting(ctx):
-            return None
-        index = pick(sums, bucket(uid, ctx.user_uid))
-        return None if index is None else compiled[index]
-
-    return choose
 
 
 def compile_project(project: Project, version: str, classifier: UserAgentClassifier | None = None) -> CompiledSnapshot:

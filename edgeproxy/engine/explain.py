@@ -1,8 +1,11 @@
 """Why each experience got its variant: a JSON-ready trace of one decision, and a readable rendering.
 
-The trace re-evaluates the model with the same getters and tests as the compiled path (conditions.py),
-without short-circuiting, so every rule shows its attribute value and result. It is the structure the
-proxy's debug endpoint returns too.
+The variant each experience gets is the decision itself: `CompiledExperience.choose` runs with a trace
+(`DecisionTrace`) that records every condition it evaluates and the A/B bucket, and the explanation is built
+from what it recorded, so it cannot disagree with `decide`. The detail under a condition (each rule with its
+attribute value) is read with the same getters and tests as the compiled rules (conditions.py), without
+short-circuiting, so every rule shows its value and result. It is the structure the proxy's debug endpoint
+returns too.
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from edgeproxy.engine.bucketing import HASH_VERSION, bucket, cumulative, pick
+from edgeproxy.engine.bucketing import HASH_VERSION
 from edgeproxy.engine.conditions import evaluate_rule
 from edgeproxy.engine.context import VisitorContext
-from edgeproxy.engine.decide import CompiledSnapshot, variant_alias
-from edgeproxy.engine.model import AudienceCondition, Experience, Rule, RuleGroup
+from edgeproxy.engine.decide import CompiledExperience, CompiledSnapshot, variant_alias
+from edgeproxy.engine.model import AudienceCondition, Rule, RuleGroup
 
 
 def _jsonable(value: Any) -> Any:
@@ -53,40 +56,61 @@ def _group_trace(group: RuleGroup, ctx: VisitorContext) -> dict[str, Any]:
     }
 
 
-def _condition_trace(snapshot: CompiledSnapshot, condition: AudienceCondition, ctx: VisitorContext) -> dict[str, Any]:
+def _condition_trace(
+    snapshot: CompiledSnapshot, condition: AudienceCondition, ctx: VisitorContext, result: bool
+) -> dict[str, Any]:
+    """The detail of a condition the decision evaluated to `result`: its target's rules, or its audiences (each
+    member's result is the snapshot's audience predicate, as the decision evaluates it)."""
     if condition.target is not None:
-        target = _group_trace(condition.target, ctx)
-        return {"target": target, "result": target["result"]}
+        return {"target": _group_trace(condition.target, ctx), "result": result}
     audiences_by_uid = {a.uid: a for a in snapshot.project.audiences}
     members = []
     for uid in condition.audiences + condition.lytics_audiences:
         audience = audiences_by_uid[uid]
+        member = snapshot.audience_predicates[uid](ctx)
         if audience.lytics_slug is not None:
-            visitor = ctx.lytics_audiences()
             members.append(
                 {
                     "audience": uid,
                     "name": audience.name,
                     "lyticsSlug": audience.lytics_slug,
-                    "visitorLyticsAudiences": sorted(visitor),
-                    "result": audience.lytics_slug in visitor,
+                    "visitorLyticsAudiences": sorted(ctx.lytics_audiences()),
+                    "result": member,
                 }
             )
         else:
             assert audience.definition is not None
             definition = _group_trace(audience.definition, ctx)
-            members.append(
-                {"audience": uid, "name": audience.name, "definition": definition, "result": definition["result"]}
-            )
-    results = [m["result"] for m in members]
-    return {
-        "combination": condition.combination,
-        "audiences": members,
-        "result": all(results) if condition.combination == "AND" else any(results),
-    }
+            members.append({"audience": uid, "name": audience.name, "definition": definition, "result": member})
+    return {"combination": condition.combination, "audiences": members, "result": result}
 
 
-def _experience_trace(snapshot: CompiledSnapshot, experience: Experience, ctx: VisitorContext) -> dict[str, Any]:
+class _Recorder:
+    """The `DecisionTrace` of one experience: what `choose` reported."""
+
+    __slots__ = ("bucket", "is_paused", "segments", "targeted")
+
+    def __init__(self) -> None:
+        self.is_paused = False
+        self.segments: dict[int, bool] = {}  # variant index -> whether its condition held
+        self.targeted: bool | None = None
+        self.bucket: tuple[int, int | None] | None = None
+
+    def paused(self) -> None:
+        self.is_paused = True
+
+    def segment(self, index: int, holds: bool) -> None:
+        self.segments[index] = holds
+
+    def targeting(self, holds: bool) -> None:
+        self.targeted = holds
+
+    def bucketing(self, bucket: int, index: int | None) -> None:
+        self.bucket = (bucket, index)
+
+
+def _experience_trace(snapshot: CompiledSnapshot, ce: CompiledExperience, ctx: VisitorContext) -> dict[str, Any]:
+    experience = ce.experience
     trace: dict[str, Any] = {
         "shortUid": experience.short_uid,
         "uid": experience.uid,
@@ -96,19 +120,20 @@ def _experience_trace(snapshot: CompiledSnapshot, experience: Experience, ctx: V
         "versionUid": experience.version_uid,
         "tags": list(experience.tags),
     }
-    chosen: str | None = None
-    if experience.status == "PAUSED":
+    recorded = _Recorder()
+    decided = ce.choose(ctx, recorded)
+    chosen = None if decided is None else decided.short_uid
+    if recorded.is_paused:
         trace["reason"] = "experience is PAUSED: no variant is served"
     elif experience.type == "SEGMENTED":
         variants = []
-        for variant in experience.variants:
+        for index, variant in enumerate(experience.variants):
             entry: dict[str, Any] = {"shortUid": variant.short_uid, "name": variant.name}
             if variant.condition is None:
                 entry.update(result=False, note="variant has no audiences and no target: matches nobody")
             else:
-                entry.update(_condition_trace(snapshot, variant.condition, ctx))
-            if chosen is None and entry["result"]:
-                chosen = variant.short_uid
+                entry.update(_condition_trace(snapshot, variant.condition, ctx, recorded.segments[index]))
+            if decided is not None and ce.variants[index] is decided:
                 entry["chosen"] = True
             variants.append(entry)
         trace["variants"] = variants
@@ -116,15 +141,13 @@ def _experience_trace(snapshot: CompiledSnapshot, experience: Experience, ctx: V
             f"first matching variant in order: {chosen}" if chosen is not None else "no variant's audience matched"
         )
     else:
-        if experience.targeting is not None:
-            targeting = _condition_trace(snapshot, experience.targeting, ctx)
-            trace["targeting"] = targeting
-            if not targeting["result"]:
-                trace["reason"] = "visitor is outside the A/B test's targeting"
-        if "reason" not in trace:
-            value = bucket(experience.uid, ctx.user_uid)
-            sums = cumulative([v.weight for v in experience.variants])
-            index = pick(sums, value)
+        if experience.targeting is not None and recorded.targeted is not None:
+            trace["targeting"] = _condition_trace(snapshot, experience.targeting, ctx, recorded.targeted)
+        if recorded.bucket is None:
+            trace["reason"] = "visitor is outside the A/B test's targeting"
+        else:
+            value, arm = recorded.bucket
+            sums = ce.cumulative_weights
             ranges = []
             start = 0
             for variant, end in zip(experience.variants, sums, strict=True):
@@ -136,11 +159,10 @@ def _experience_trace(snapshot: CompiledSnapshot, experience: Experience, ctx: V
                 "bucket": value,
                 "ranges": ranges,
             }
-            if index is None:
+            if arm is None:
                 trace["reason"] = f"bucket {value} is past the total weight {sums[-1] if sums else 0}: not in the test"
             else:
-                chosen = experience.variants[index].short_uid
-                trace["reason"] = f"bucket {value} falls in [{ranges[index]['from']}, {ranges[index]['to']})"
+                trace["reason"] = f"bucket {value} falls in [{ranges[arm]['from']}, {ranges[arm]['to']})"
     trace["activeVariantShortUid"] = chosen
     trace["alias"] = variant_alias(experience.short_uid, chosen) if chosen is not None else None
     return trace
@@ -148,9 +170,7 @@ def _experience_trace(snapshot: CompiledSnapshot, experience: Experience, ctx: V
 
 def explain(snapshot: CompiledSnapshot, ctx: VisitorContext, tags: Iterable[str] | None = None) -> dict[str, Any]:
     selected = {ce.experience.uid for ce in snapshot.select(tags)}
-    experiences = [
-        _experience_trace(snapshot, ce.experience, ctx) for ce in snapshot.experiences if ce.experience.uid in selected
-    ]
+    experiences = [_experience_trace(snapshot, ce, ctx) for ce in snapshot.experiences if ce.experience.uid in selected]
     filtered = [
         {"shortUid": ce.experience.short_uid, "name": ce.experience.name, "tags": list(ce.experience.tags)}
         for ce in snapshot.experiences

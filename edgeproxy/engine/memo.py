@@ -2,32 +2,32 @@
 `snapshot.decide(ctx, tags)` returns, without evaluating every rule for every request.
 
 Only the bucket of a running A/B test depends on the visitor's uid (docs/contract.md §4.6); everything else a decision
-depends on — segment choices, A/B targeting, paused experiences — is a pure function of a handful of visitor
-features: the attributes the rules read. Visitors repeat those features (a few countries, device classes,
-campaigns, time windows), so the uid-independent part is memoised under a key made of exactly those features,
-and only the bucket is computed per request. The key is sound by construction:
+depends on — segment choices, A/B targeting, paused experiences — is a function of the truth of the rules (and of
+Lytics audience memberships). Each rule reads one *feature* of the visitor, and each feature has a value that what
+the rule reads is computed from: the geo's sources (`VisitorContext.geo_source`), the User-Agent (device type and
+operating system), the page URL (the query string, which every QUERY_PARAMETERS condition, JSON_MATCH included, is
+parsed from), the referrer, the clock, one custom attribute (typed: `1`, `1.0` and `true` are different values), the
+raw sources of the Lytics audiences or of the Lytics flows. Values are many (every URL, every lifetime value) but what
+they make the rules say is few, so each feature maps a value, on first sight, to the id of its *atoms*: the truth of
+the feature's rules on it. The ids of a request's features are its key: equal keys mean equal truth of every rule,
+and so an equal decision. The uid-independent part of the decision is memoised under the key, and each experience's
+part under the ids of the features it reads; per visitor only the A/B buckets are computed.
 
-- geo, device/OS class, referrer, custom attribute values (typed: `1`, `1.0` and `true` are different keys):
-  the values the rules read, as the engine computes them;
-- query string: the raw query (what every QUERY_PARAMETERS condition, JSON_MATCH included, is computed from);
-- Lytics: the raw `__lytics_audiences` live attribute and `cs-lytics-audiences`/`cs-lytics-flows` cookies that
-  the visitor's sets are parsed from;
-- the clock: when DATE_AND_TIME is only used by BEFORE/AFTER/BETWEEN_TIME, the position of `now` among the rules'
-  time thresholds (`bisect_left`, `bisect_right`) decides every such comparison, so that pair is the key;
-  any other time condition puts `now` itself in the key (no reuse, still exact);
-- a rule on anything not listed here (a future preset) turns the memo off for that selection.
-
-The memo is per snapshot (a new snapshot starts empty) and bounded: cleared when it reaches `limit` keys.
+The clock's value is the position of `now` among the rules' time thresholds (`bisect_left`, `bisect_right`) when
+DATE_AND_TIME is only read by BEFORE/AFTER/BETWEEN_TIME, which decides every such comparison; else `now` itself. A
+rule on anything not listed (a future preset) turns the memo off for that selection. Everything here belongs to one
+`MemoDecider`, which belongs to one snapshot: a new snapshot starts empty, and every table is bounded.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import Any
 
-from edgeproxy.engine.bucketing import bucket, pick
+from edgeproxy.engine.conditions import Predicate, compile_group
 from edgeproxy.engine.context import (
     LYTICS_AUDIENCES_ATTRIBUTE,
     LYTICS_AUDIENCES_COOKIE,
@@ -35,13 +35,11 @@ from edgeproxy.engine.context import (
     VisitorContext,
 )
 from edgeproxy.engine.decide import CompiledExperience, CompiledSnapshot, CompiledVariant, Manifest
-from edgeproxy.engine.loader import iter_rules, parse_iso_time
-from edgeproxy.engine.model import TIME_CONDITIONS, AudienceCondition, Rule, RuleGroup
+from edgeproxy.engine.model import TIME_CONDITIONS, AudienceCondition, Rule, RuleGroup, iter_rules, parse_iso_time
 
-MEMO_LIMIT = 50_000  # keys per tag selection; cleared when full, so memory stays bounded
-
-KeyFunction = Callable[[VisitorContext], tuple[Any, ...]]
-
+MEMO_LIMIT = 50_000  # entries per table (a feature's values, a selection's keys and visitors); cleared when full
+ATOMS_LIMIT = 10_000  # distinct truth tuples of one feature; cleared when full (ids are never reused)
+MANIFEST_JSON_LIMIT = 4096  # distinct variant sets whose cookie JSON is kept
 
 # -- what a condition reads -------------------------------------------------------------------------------------
 
@@ -60,16 +58,35 @@ def condition_groups(condition: AudienceCondition | None, snapshot: CompiledSnap
             yield definition
 
 
-def reads_lytics_membership(condition: AudienceCondition | None, snapshot: CompiledSnapshot) -> bool:
-    """Whether the condition names a Lytics audience (membership read from the visitor's Lytics set)."""
+def lytics_slugs(condition: AudienceCondition | None, snapshot: CompiledSnapshot) -> list[str]:
+    """The slugs of the Lytics audiences a condition names (membership read from the visitor's Lytics set)."""
     if condition is None or condition.target is not None:
-        return False
+        return []
     audiences = {a.uid: a for a in snapshot.project.audiences}
-    return any(audiences[uid].lytics_slug is not None for uid in condition.audiences + condition.lytics_audiences)
+    found = (audiences[uid].lytics_slug for uid in condition.audiences + condition.lytics_audiences)
+    return [slug for slug in found if slug is not None]
 
 
-def _time_threshold(text: Any) -> float:
-    return parse_iso_time(str(text)).timestamp()
+def experience_conditions(ce: CompiledExperience) -> list[AudienceCondition]:
+    """Every audience condition the experience's decision can evaluate: its targeting and its variants'."""
+    if ce.paused:
+        return []  # decided without reading anything (docs/contract.md §4.4)
+    conditions = [v.condition for v in ce.experience.variants if v.condition is not None]
+    if ce.experience.targeting is not None:
+        conditions.append(ce.experience.targeting)
+    return conditions
+
+
+def typed_value(value: Any) -> Any:
+    """A key part for a custom attribute value: strings and None as they are; anything else typed and exact, so
+    `1`, `1.0`, `true` and `-0.0`/`0.0` never share a key (the rules may tell them apart), and dicts/lists are
+    hashable. Equal ints (or bools) are the same value, so they key as they are; anything else by its repr."""
+    cls = value.__class__
+    if cls is str or value is None:
+        return value
+    if cls is int or cls is bool:
+        return cls, value
+    return cls, repr(value)
 
 
 def time_thresholds(time_rules: Sequence[Rule]) -> list[float] | None:
@@ -80,148 +97,258 @@ def time_thresholds(time_rules: Sequence[Rule]) -> list[float] | None:
     thresholds: set[float] = set()
     for r in time_rules:
         operands = r.operand if isinstance(r.operand, tuple) else (r.operand,)
-        thresholds.update(_time_threshold(item) for item in operands)
+        thresholds.update(parse_iso_time(str(item)).timestamp() for item in operands)
     return sorted(thresholds)
 
 
-def typed_value(value: Any) -> Any:
-    """A key part for a custom attribute value: strings and None as they are; anything else typed and exact, so
-    `1`, `1.0`, `true` and `-0.0`/`0.0` never share a key (the rules may tell them apart), and dicts/lists are
-    hashable."""
-    if value is None or value.__class__ is str:
-        return value
-    return (value.__class__.__name__, repr(value))
+# -- features ---------------------------------------------------------------------------------------------------
 
 
-def experience_conditions(ce: CompiledExperience) -> list[AudienceCondition]:
-    """Every audience condition the experience's decision can evaluate: its targeting and its variants'."""
-    if ce.experience.status == "PAUSED":
-        return []  # decided without reading anything (docs/contract.md §4.4)
-    conditions = [v.condition for v in ce.experience.variants if v.condition is not None]
-    if ce.experience.targeting is not None:
-        conditions.append(ce.experience.targeting)
-    return conditions
+# Presets by the feature they read. A feature's value is what the preset is computed from, which is cheaper to read
+# than the preset: the geo's sources (one lookup gives the three fields), the User-Agent (one classification gives
+# device and OS), the page URL (the query string is parsed from it), the referrer. DATE_AND_TIME is the clock.
+_PRESET_FEATURES = {
+    "COUNTRY": "geo",
+    "REGION": "geo",
+    "CITY": "geo",
+    "DEVICE_TYPE": "user agent",
+    "OPERATING_SYSTEM": "user agent",
+    "QUERY_PARAMETERS": "query",
+    "REFERRER": "referrer",
+}
+# The features read off the context, in key order (`FeatureKey.values`).
+_CONTEXT_FEATURES = ("geo", "user agent", "query", "referrer", "LYTICS_AUDIENCE", "LYTICS_FLOW_STATE")
 
 
-def key_function_for(snapshot: CompiledSnapshot, experiences: Sequence[CompiledExperience]) -> KeyFunction | None:
-    """A function ctx -> hashable key covering everything these experiences' rules read; None when a rule reads
-    something `feature_key_function` does not know (then nothing is memoized)."""
+class Feature:
+    """One thing rules read, and the rules (as predicates) that read it. `ids` maps a value of the feature to the
+    id of its atoms, the truth of those predicates on it."""
+
+    __slots__ = ("atoms", "ids", "next_id", "predicates")
+
+    def __init__(self, predicates: Sequence[Predicate]) -> None:
+        self.predicates = tuple(predicates)
+        self.ids: dict[Any, int] = {}
+        self.atoms: dict[tuple[bool, ...], int] = {}
+        self.next_id = 1  # never 0, so that `all(ids)` says whether every value was known
+
+    def learn(self, value: Any, ctx: VisitorContext) -> int:
+        """The id of `value`, whose atoms are evaluated on `ctx` (a context with that value)."""
+        truth = tuple([predicate(ctx) for predicate in self.predicates])
+        found = self.atoms.get(truth)
+        if found is None:
+            if len(self.atoms) >= ATOMS_LIMIT:
+                self.atoms.clear()  # a truth seen again gets a new id; an old id never means something else
+            found = self.atoms[truth] = self.next_id
+            self.next_id += 1
+        if len(self.ids) >= MEMO_LIMIT:
+            self.ids.clear()
+        self.ids[value] = found
+        return found
+
+
+class FeatureKey:
+    """ctx -> a key such that two contexts with equal keys give each of the rules it was made for (and each Lytics
+    audience membership) the same truth: the id of each feature's value. Features in key order (`names`): those
+    read off the context, the clock, the custom attributes."""
+
+    __slots__ = ("_custom_keys", "_no_custom", "_reads", "_tables", "_thresholds", "features", "names")
+
+    def __init__(self, features: dict[Any, Feature], thresholds: list[float] | None) -> None:
+        names: list[Any] = [name for name in (*_CONTEXT_FEATURES, "DATE_AND_TIME") if name in features]
+        self._reads = tuple([name in features for name in (*_CONTEXT_FEATURES, "DATE_AND_TIME")])
+        self._thresholds = thresholds
+        custom = sorted(name for name in features if isinstance(name, tuple))
+        self._custom_keys = tuple([name[1] for name in custom])
+        self._no_custom = [None] * len(custom)
+        self.names = tuple(names + custom)
+        self.features = tuple([features[name] for name in self.names])
+        self._tables = tuple([feature.ids for feature in self.features])
+
+    def values(self, ctx: VisitorContext) -> list[Any]:
+        """Each feature's value for `ctx`, in key order. One function with a branch per feature, rather than a
+        reader per feature: this runs for every request, and a call costs more than a branch."""
+        geo, user_agent, query, referrer, lytics, flows, clock = self._reads
+        values: list[Any] = []
+        if geo:
+            values.append(ctx.geo_source())
+        if user_agent:
+            values.append(ctx.user_agent)
+        if query:
+            values.append(ctx.page_url)
+        if referrer:
+            values.append(ctx.referrer)
+        if lytics:  # the raw sources of `ctx.lytics_audiences()`: as exact as the set parsed from them
+            live = ctx.live
+            audiences = typed_value(live.get(LYTICS_AUDIENCES_ATTRIBUTE)) if live else None
+            values.append((audiences, ctx.cookies.get(LYTICS_AUDIENCES_COOKIE)))
+        if flows:
+            values.append(ctx.cookies.get(LYTICS_FLOWS_COOKIE))
+        if clock:
+            now = ctx.now
+            thresholds = self._thresholds
+            if thresholds is None:
+                values.append(now)
+            else:  # the position of `now` among the thresholds, as one number
+                values.append(bisect_left(thresholds, now) * (len(thresholds) + 1) + bisect_right(thresholds, now))
+        if self._custom_keys:
+            live = ctx.live
+            stored = ctx.stored
+            if not live and not stored:
+                values += self._no_custom  # no attributes at all: the most common case
+            else:
+                get = stored.get
+                # VisitorContext.custom, inlined; then typed (`typed_value`) unless a string or None
+                values += [
+                    v if (v := live[k] if k in live else get(k)) is None or v.__class__ is str else typed_value(v)
+                    for k in self._custom_keys
+                ]
+        return values
+
+    def __call__(self, ctx: VisitorContext) -> tuple[int, ...]:
+        values = self.values(ctx)
+        ids: list[int | None] = list(map(dict.get, self._tables, values))
+        if not all(ids):  # a value seen for the first time
+            ids = [
+                feature.learn(value, ctx) if found is None else found
+                for found, value, feature in zip(ids, values, self.features, strict=True)
+            ]
+        return tuple(ids)  # type: ignore[arg-type]
+
+
+def _rule_predicate(rule: Rule) -> Predicate:
+    return compile_group(RuleGroup("AND", (rule,)))  # the rule compiled on its own, as in its group
+
+
+def feature_name(rule: Rule) -> Any:
+    """The feature a rule reads (None: one this module does not know)."""
+    if rule.attribute_kind == "custom":
+        return ("custom", rule.attribute)
+    if rule.attribute_kind == "lytics":
+        return rule.attribute  # LYTICS_AUDIENCE or LYTICS_FLOW_STATE
+    if rule.attribute_kind == "preset":
+        return "DATE_AND_TIME" if rule.attribute == "DATE_AND_TIME" else _PRESET_FEATURES.get(rule.attribute)
+    return None
+
+
+def feature_key(rules: Iterable[Rule], slugs: Iterable[str] = ()) -> FeatureKey | None:
+    """A key over what `rules` and the Lytics audiences of `slugs` read; None when a rule reads something this
+    module does not know (then nothing can be memoised)."""
+    by_feature: dict[Any, dict[Any, Predicate]] = {}
+    time_rules: list[Rule] = []
+    for rule in rules:
+        name = feature_name(rule)
+        if name is None:
+            return None
+        if name == "DATE_AND_TIME":
+            time_rules.append(rule)
+        same = replace(rule, where="")  # the same rule in two audiences is one atom
+        predicates = by_feature.setdefault(name, {})
+        if same not in predicates:
+            predicates[same] = _rule_predicate(rule)
+    for slug in dict.fromkeys(slugs):
+        by_feature.setdefault("LYTICS_AUDIENCE", {})[("member of", slug)] = _member_of(slug)
+    features = {name: Feature(list(predicates.values())) for name, predicates in by_feature.items()}
+    return FeatureKey(features, time_thresholds(time_rules))
+
+
+def _member_of(slug: str) -> Predicate:
+    return lambda ctx: slug in ctx.lytics_audiences()
+
+
+def experience_reads(snapshot: CompiledSnapshot, ce: CompiledExperience) -> tuple[list[Rule], list[str]]:
+    """The rules an experience's decision can evaluate, and the slugs of the Lytics audiences it names."""
     rules: list[Rule] = []
-    lytics_membership = False
+    slugs: list[str] = []
+    for condition in experience_conditions(ce):
+        rules.extend(rule for group in condition_groups(condition, snapshot) for rule in iter_rules(group))
+        slugs.extend(lytics_slugs(condition, snapshot))
+    return rules, slugs
+
+
+def feature_key_for(snapshot: CompiledSnapshot, experiences: Iterable[CompiledExperience]) -> FeatureKey | None:
+    """A key over everything the decisions of `experiences` read (None: something this module does not know)."""
+    rules: list[Rule] = []
+    slugs: list[str] = []
     for ce in experiences:
-        for condition in experience_conditions(ce):
-            rules.extend(rule for group in condition_groups(condition, snapshot) for rule in iter_rules(group))
-            lytics_membership = lytics_membership or reads_lytics_membership(condition, snapshot)
-    return feature_key_function(rules, lytics_membership=lytics_membership)
-
-
-def feature_key_function(rules: Sequence[Rule], *, lytics_membership: bool) -> KeyFunction | None:
-    """ctx -> a hashable key such that two contexts with equal keys give every one of `rules` (and, with
-    `lytics_membership`, every Lytics audience membership) the same result. None for an unknown attribute."""
-    parts: list[str] = []
-    namespace: dict[str, Any] = {"_bl": bisect_left, "_br": bisect_right, "_typed": typed_value}
-    presets = {r.attribute for r in rules if r.attribute_kind == "preset"}
-    known = {"COUNTRY", "REGION", "CITY", "DEVICE_TYPE", "OPERATING_SYSTEM", "QUERY_PARAMETERS", "REFERRER",
-             "DATE_AND_TIME"}  # fmt: skip
-    if presets - known or any(r.attribute_kind not in ("preset", "custom", "lytics") for r in rules):
-        return None
-    prologue: list[str] = []
-    if presets & {"COUNTRY", "REGION", "CITY"}:
-        prologue.append("g = ctx.geo()")
-        parts += [f"g.{name.lower()}" for name in ("COUNTRY", "REGION", "CITY") if name in presets]
-    if presets & {"DEVICE_TYPE", "OPERATING_SYSTEM"}:
-        prologue.append("ua = ctx.ua_class()")
-        parts.append("ua is None")
-        if "DEVICE_TYPE" in presets:
-            parts.append("ua.device_type if ua is not None else None")
-        if "OPERATING_SYSTEM" in presets:
-            parts.append("ua.operating_system if ua is not None else None")
-    if "QUERY_PARAMETERS" in presets:
-        parts.append("ctx.query_string()")  # the raw query: cheaper than parsing it, and JSON_MATCH reads only it
-    if "REFERRER" in presets:
-        parts.append("ctx.referrer")
-    time_rules = [r for r in rules if r.attribute_kind == "preset" and r.attribute == "DATE_AND_TIME"]
-    thresholds = time_thresholds(time_rules)
-    if thresholds is not None:
-        namespace["_T"] = thresholds
-        parts += ["_bl(_T, ctx.now)", "_br(_T, ctx.now)"]
-    elif time_rules:
-        parts.append("ctx.now")
-    for key in sorted({r.attribute for r in rules if r.attribute_kind == "custom"}):
-        name = f"k{len(namespace)}"
-        namespace[name] = key
-        value = f"(L[{name}] if {name} in L else S.get({name}))"
-        parts.append(f"(v if (v := {value}) is None or v.__class__ is str else _typed(v))")
-    refs = {r.attribute for r in rules if r.attribute_kind == "lytics"}
-    # The raw sources of ctx.lytics_audiences() / lytics_flows(), not the parsed sets: cheaper, and as exact.
-    if "LYTICS_AUDIENCE" in refs or lytics_membership:
-        namespace["_la"] = LYTICS_AUDIENCES_ATTRIBUTE
-        namespace["_lc"] = LYTICS_AUDIENCES_COOKIE
-        parts.append("_typed(L.get(_la))")
-        parts.append("ctx.cookies.get(_lc)")
-    if "LYTICS_FLOW_STATE" in refs:
-        namespace["_fc"] = LYTICS_FLOWS_COOKIE
-        parts.append("ctx.cookies.get(_fc)")
-    body = "\n    ".join(["L = ctx.live", "S = ctx.stored", *prologue])
-    source = f"def key(ctx):\n    {body}\n    return ({', '.join(parts)}{',' if parts else ''})\n"
-    exec(compile(source, "<edgeproxy memo key>", "exec"), namespace)
-    function: KeyFunction = namespace["key"]
-    return function
-
-
-def uid_dependent(ce: CompiledExperience) -> bool:
-    # docs/contract.md §4.6: only a running A/B test buckets by uid; PAUSED experiences are constant (§4.4).
-    return ce.experience.type == "AB_TEST" and ce.experience.status == "ACTIVE"
+        more_rules, more_slugs = experience_reads(snapshot, ce)
+        rules += more_rules
+        slugs += more_slugs
+    return feature_key(rules, slugs)
 
 
 # -- the decider ------------------------------------------------------------------------------------------------
 
-# A slot: (shortUid, index of its memoized value, the A/B test's (experience uid, cumulative weights, variants)
-# when the memoized value is its targeting outcome and the variant is bucketed per request, else None).
-_Slot = tuple[str, int, tuple[str, tuple[int, ...], tuple[CompiledVariant, ...]] | None]
+
+class _Unit:
+    """One experience's uid-independent part (`choose(ctx)`, or for a running A/B test `targeted(ctx)`), memoised
+    on the ids of only the features it reads: a new key is mostly made of parts already seen."""
+
+    __slots__ = ("evaluate", "memo", "sub_key")
+
+    def __init__(self, ce: CompiledExperience, indexes: Sequence[int]) -> None:
+        self.evaluate: Callable[[VisitorContext], Any] = ce.targeted if ce.uid_dependent else ce.choose
+        self.sub_key: Callable[[tuple[int, ...]], Any] = itemgetter(*indexes) if indexes else _no_features
+        self.memo: dict[Any, Any] = {}
+
+
+def _no_features(key: tuple[int, ...]) -> tuple[()]:
+    return ()
+
+
+_MISSING = object()
+Entries = tuple[tuple[str, CompiledVariant | None], ...]
 
 
 @dataclass(slots=True)
 class _Plan:
-    slots: tuple[_Slot, ...]
-    evaluate: tuple[Callable[[VisitorContext], Any], ...]  # the memoized values, in slot order
-    key: KeyFunction | None
-    memo: dict[Any, tuple[Any, ...]] = field(default_factory=dict)
-    # (uid, key) -> the whole manifest: a returning visitor with the same features gets the same decision.
-    visitors: dict[tuple[str, Any], Manifest] = field(default_factory=dict)
+    """One tag selection: its experiences, its key, and what is memoised under it."""
 
-
-def _always(ctx: VisitorContext) -> bool:
-    return True
+    units: tuple[_Unit, ...]  # per experience
+    # Per experience: its short uid, and for a running A/B test its position among `bucketed` (else -1).
+    slots: tuple[tuple[str, int], ...]
+    bucketed: tuple[CompiledExperience, ...]  # the running A/B tests: their variant depends on the uid
+    key: FeatureKey | None
+    # key -> per experience, its unit's value
+    memo: dict[tuple[int, ...], tuple[Any, ...]] = field(default_factory=dict)
+    # uid -> `bucketed(uid)` of each running A/B test: a visitor comes back, and hashing is the costly part.
+    arms: dict[str, tuple[CompiledVariant | None, ...]] = field(default_factory=dict)
+    # (memoised values, arms) -> the manifest entries they make
+    entries: dict[tuple[tuple[Any, ...], tuple[CompiledVariant | None, ...]], Entries] = field(default_factory=dict)
+    # (uid, key) -> the whole manifest: a returning visitor with the same features gets the same object again.
+    visitors: dict[tuple[str, tuple[int, ...]], Manifest] = field(default_factory=dict)
 
 
 class MemoDecider:
-    """`decide(ctx, tags)` == `snapshot.decide(ctx, tags)`, memoised per feature key (see the module text)."""
+    """`decide(ctx, tags)` == `snapshot.decide(ctx, tags)`, memoised per feature key (see the module text). One
+    per snapshot: the memos are this object's, and go with it."""
 
-    __slots__ = ("_limit", "_plans", "hits", "misses", "snapshot")
+    __slots__ = ("_limit", "_manifest_json", "_plans", "hits", "misses", "snapshot")
 
     def __init__(self, snapshot: CompiledSnapshot, *, limit: int = MEMO_LIMIT) -> None:
-        """`limit`: keys kept per tag selection before the memo starts over; 0 turns the memo off (every decision
-        is `snapshot.decide`, the reference replay's `--no-memo` compares against)."""
+        """`limit`: entries kept per table before it starts over; 0 turns the memo off (every decision is
+        `snapshot.decide`, the reference replay's `--no-memo` compares against)."""
         self.snapshot = snapshot
         self._limit = limit
         self._plans: dict[tuple[str, ...] | None, _Plan] = {}
+        self._manifest_json: dict[Entries, str] = {}
         self.hits = 0
         self.misses = 0
 
     def _plan(self, tags: tuple[str, ...] | None) -> _Plan:
-        selected = list(self.snapshot.select(tags))
-        key = key_function_for(self.snapshot, selected) if self._limit > 0 else None
-        slots: list[_Slot] = []
-        evaluate: list[Callable[[VisitorContext], Any]] = []
+        selected = tuple(self.snapshot.select(tags))
+        bucketed = tuple([ce for ce in selected if ce.uid_dependent])
+        slots = tuple([(ce.short_uid, bucketed.index(ce) if ce.uid_dependent else -1) for ce in selected])
+        key = feature_key_for(self.snapshot, selected) if self._limit > 0 else None
+        units = []
         for ce in selected:
-            if uid_dependent(ce):
-                evaluate.append(ce.targeting or _always)
-                slots.append((ce.short_uid, len(evaluate) - 1, (ce.experience.uid, ce.cumulative_weights, ce.variants)))
-            else:
-                evaluate.append(ce.choose)
-                slots.append((ce.short_uid, len(evaluate) - 1, None))
-        plan = _Plan(tuple(slots), tuple(evaluate), key)
+            indexes: list[int] = []
+            if key is not None:
+                rules, slugs = experience_reads(self.snapshot, ce)
+                names = {feature_name(rule) for rule in rules} | ({"LYTICS_AUDIENCE"} if slugs else set())
+                indexes = [n for n, name in enumerate(key.names) if name in names]
+            units.append(_Unit(ce, indexes))
+        plan = _Plan(tuple(units), slots, bucketed, key)
         if len(self._plans) > 1024:  # tag selections come from routes and SDK calls: few, but bounded anyway
             self._plans.clear()
         self._plans[tags] = plan
@@ -232,37 +359,67 @@ class MemoDecider:
         plan = self._plans.get(selection)
         if plan is None:
             plan = self._plan(selection)
-        if plan.key is None:
+        key_of = plan.key
+        if key_of is None:
             return self.snapshot.decide(ctx, selection)
-        key = plan.key(ctx)
+        try:
+            key = key_of(ctx)
+        except Exception:  # a rule the decision itself might not reach failed: decide as the snapshot does
+            return self.snapshot.decide(ctx, selection)
         uid = ctx.user_uid
         known = plan.visitors.get((uid, key))
         if known is not None:
             self.hits += 1
             return known
-        memo = plan.memo
-        values = memo.get(key)
+        limit = self._limit
+        values = plan.memo.get(key)
         if values is None:
             self.misses += 1
-            values = tuple([evaluate(ctx) for evaluate in plan.evaluate])
-            if len(memo) >= self._limit:
-                memo.clear()
-            memo[key] = values
+            found = []
+            for unit in plan.units:
+                sub_key = unit.sub_key(key)
+                value = unit.memo.get(sub_key, _MISSING)
+                if value is _MISSING:
+                    value = unit.evaluate(ctx)
+                    if len(unit.memo) >= limit:
+                        unit.memo.clear()
+                    unit.memo[sub_key] = value
+                found.append(value)
+            values = tuple(found)
+            if len(plan.memo) >= limit:
+                plan.memo.clear()
+            plan.memo[key] = values
         else:
             self.hits += 1
-        entries: list[tuple[str, CompiledVariant | None]] = []
-        for short_uid, index, ab in plan.slots:
-            value = values[index]
-            if ab is None:
-                entries.append((short_uid, value))
-            elif value:
-                experience_uid, weights, variants = ab
-                chosen = pick(weights, bucket(experience_uid, uid))
-                entries.append((short_uid, None if chosen is None else variants[chosen]))
-            else:
-                entries.append((short_uid, None))
-        manifest = Manifest(uid, tuple(entries))
-        if len(plan.visitors) >= self._limit:
+        arms = plan.arms.get(uid)
+        if arms is None:
+            arms = tuple([ce.bucketed(uid) for ce in plan.bucketed])
+            if len(plan.arms) >= limit:
+                plan.arms.clear()
+            plan.arms[uid] = arms
+        entries = plan.entries.get((values, arms))
+        if entries is None:  # few distinct variant sets: each is built once, and shared by the manifests
+            entries = tuple(
+                [
+                    (short_uid, value if arm < 0 else arms[arm] if value else None)
+                    for (short_uid, arm), value in zip(plan.slots, values, strict=True)
+                ]
+            )
+            if len(plan.entries) >= limit:
+                plan.entries.clear()
+            plan.entries[(values, arms)] = entries
+        manifest = Manifest(uid, entries)
+        if len(plan.visitors) >= limit:
             plan.visitors.clear()
         plan.visitors[(uid, key)] = manifest
         return manifest
+
+    def manifest_json(self, manifest: Manifest) -> str:
+        """`manifest.cookie_json()`, memoised per variant set: a snapshot has few, and encoding costs more than
+        finding one."""
+        found = self._manifest_json.get(manifest.entries)
+        if found is None:
+            if len(self._manifest_json) >= MANIFEST_JSON_LIMIT:
+                self._manifest_json.clear()
+            found = self._manifest_json[manifest.entries] = manifest.cookie_json()
+        return found

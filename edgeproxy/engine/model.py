@@ -6,7 +6,9 @@ snapshot can be swapped atomically and shared across requests.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 # Attribute kinds of a rule's reference (docs/contract.md §3, audience definition grammar).
@@ -147,3 +149,26 @@ class Project:
     experiences: tuple[Experience, ...]  # decision order: priorityOrder, then experiences.json order
     omitted: tuple[OmittedExperience, ...]
     source: str  # where it was loaded from, for status pages
+
+
+def iter_rules(group: RuleGroup) -> Iterator[Rule]:
+    """Every rule of a group, depth first."""
+    for item in group.rules:
+        if isinstance(item, RuleGroup):
+            yield from iter_rules(item)
+        else:
+            yield item
+
+
+def parse_iso_time(text: str) -> datetime:
+    """ISO-8601 to an aware UTC datetime; a time without zone is taken as UTC."""
+    value = datetime.fromisoformat(text.strip())
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def iso_timestamp(text: str) -> float:
+    """`parse_iso_time(text).timestamp()`, without the conversion to UTC that a timestamp does not need."""
+    value = datetime.fromisoformat(text.strip())
+    return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp()

@@ -19,8 +19,8 @@ import msgpack
 from edgeproxy.engine import model
 from edgeproxy.engine.decide import CompiledSnapshot, compile_project
 from edgeproxy.engine.errors import RulesError
-from edgeproxy.engine.loader import load_project
 from edgeproxy.engine.useragent import UserAgentClassifier
+from edgeproxy.files.rules import load_project
 
 FORMAT = "edgeproxy-snapshot"
 FORMAT_VERSION = 1

@@ -32,6 +32,7 @@ An `Upgrade: h2c` attempt is not refused: RFC 9110 §7.8 lets a server ignore Up
 
 from __future__ import annotations
 
+import hmac
 import operator
 import re
 from collections.abc import Sequence
@@ -253,3 +254,27 @@ def origin_form(target: str) -> tuple[str, str]:
     if not path.startswith("/"):
         path = "/" + path
     return path, authority
+
+
+def same_token(given: str, token: str) -> bool:
+    """Whether a client-sent token (a header or query value) is `token`, in constant time. Header values hold
+    obs-text bytes as surrogate escapes, which plain `.encode()` refuses: they are compared as the bytes sent."""
+    return bool(token) and hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
+    )
+
+
+def normalized_path(path: str) -> str:
+    """Resolve `.`/`..` segments and empty segments, as an origin would before routing."""
+    if "/." not in path and "//" not in path:
+        return path
+    parts: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(segment)
+    return "/" + "/".join(parts) + ("/" if path.endswith("/") and parts else "")

@@ -22,9 +22,9 @@ from collections.abc import Iterable, Sequence
 
 from aiohttp import HttpVersion11, web
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
+
+from edgeproxy.http.aiohttp_internals import SERVER_SOFTWARE, http_date
 
 
 def prebuilt_allowed(request: web.BaseRequest) -> bool:
@@ -48,7 +48,7 @@ def head_lines(
 
 
 def date_line() -> str:
-    return f"Date: {rfc822_formatted_time()}\r\n"
+    return f"Date: {http_date()}\r\n"
 
 
 def whole_response(status: int, reason: str, headers: CIMultiDict[str], body: bytes) -> PrebuiltResponse:

@@ -3,7 +3,7 @@
 The package is the I/O side around the pure engine, one concept per module:
 
 - `readers`       HAR files, edgeproxy decision logs and request-description JSON lines, streamed
-- `decider`       the engine's decisions for a stream of descriptions (plus a sound memo of segment choices)
+- `decider`       contexts for a stream of descriptions, as `edgeproxy decide` builds them
 - `aggregate`     per experience and variant: requests, distinct users; A/B split vs configured weights
 - `stats`         the chi-square test (regularized upper incomplete gamma), no SciPy
 - `coverage`      experiences never activated, audiences never matched, rules never true

@@ -19,6 +19,7 @@ from edgeproxy.replay.stats import ChiSquareResult, chi_square_goodness_of_fit
 # A split whose p-value is below this is reported as a sample ratio mismatch (SRM); 0.001 is the usual bar
 # for SRM checks, which run on every test and must rarely cry wolf.
 DEFAULT_SRM_ALPHA = 0.001
+SLOTS_LIMIT = 4096  # distinct variant sets whose slots are kept
 
 
 class UserIndex:
@@ -72,6 +73,7 @@ class Distribution:
         self.capacity = 1024  # users / 8 the bits hold (`reserve`)
         self.bits = bytearray(self.capacity * self.stride)
         self.requests = 0
+        self._slots_of: dict[tuple[tuple[str, CompiledVariant | None], ...], tuple[int, ...]] = {}
 
     def reserve(self, user: int) -> None:
         """Make room for user number `user`: afterwards `bits[(user >> 3) * stride + slot]` exists for every slot."""
@@ -85,12 +87,20 @@ class Distribution:
         return self._none_slot[experience_short_uid] if variant is None else self._slot_of[id(variant)]
 
     def observe(self, manifest: Manifest, user: int) -> None:
-        self.count([self.slot(short_uid, variant) for short_uid, variant in manifest.entries], user)
+        entries = manifest.entries
+        slots = self._slots_of.get(entries)
+        if slots is None:  # a snapshot has few distinct variant sets: each is mapped to its slots once
+            slots = tuple([self.slot(short_uid, variant) for short_uid, variant in entries])
+            if len(self._slots_of) >= SLOTS_LIMIT:
+                self._slots_of.clear()
+            self._slots_of[entries] = slots
+        self.count(slots, user)
 
     def count(self, slots: Iterable[int], user: int) -> None:
         """One request that got the entries of `slots`, from user number `user`."""
         self.requests += 1
-        self.reserve(user)
+        if user >> 3 >= self.capacity:
+            self.reserve(user)
         counts = self.counts
         bits = self.bits
         base = (user >> 3) * self.stride

@@ -10,7 +10,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import IO, Any
 
-from edgeproxy.engine.loader import parse_iso_time
+from edgeproxy.engine.model import parse_iso_time
 from edgeproxy.files.snapshot_file import load_snapshot
 from edgeproxy.replay.aggregate import DEFAULT_SRM_ALPHA
 from edgeproxy.replay.coverage import DEFAULT_RULE_SAMPLE
@@ -71,7 +71,7 @@ def add_replay_command(commands: Any) -> None:
     replay.add_argument("--fail-on-rebucket", action="store_true",
                         help="exit 1 when --against re-buckets users of a running A/B test")  # fmt: skip
     replay.add_argument("--no-memo", action="store_true",
-                        help="decide every request from scratch (slower; the memo is exact: for checking)")  # fmt: skip
+                        help="decide every request from scratch (the memo is exact: for checking)")  # fmt: skip
     replay.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: when stderr is a terminal)")  # fmt: skip
     replay.set_defaults(run=run_replay)
@@ -109,7 +109,7 @@ def _warn_ip_without_geoip(args: argparse.Namespace, snapshot: Any) -> None:
     presets then come only from `geo` fields). Looks at the first records of each file (stdin is not peeked)."""
     import itertools
 
-    from edgeproxy.cli import IpWarning
+    from edgeproxy.geo import IpWarning
     from edgeproxy.replay.readers import HarFilter, read_traffic
 
     warning = IpWarning(snapshot, args.geoip)

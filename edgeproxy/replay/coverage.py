@@ -5,11 +5,12 @@ inline `target`) is compiled on its own with the engine's rule compiler (`compil
 same getters and tests as decisions and `explain`), and so is every audience (the snapshot's own predicates).
 A rule or audience is evaluated on each request only *until it is first true*, then retired: what stays pending
 after the whole traffic is exactly what never held. Live rules cost nothing after warm-up, and the pending ones
-are evaluated once per distinct key of the features *they* read (`decider.feature_key_function`, rebuilt whenever
-something retires): a request whose features were already seen cannot make a pending rule true.
+are evaluated once per distinct key of the features *they* read (`edgeproxy.engine.memo.feature_key`, rebuilt
+whenever something retires): a request whose features were already seen cannot make a pending rule true.
 
 How often each rule was true is measured on a systematic sample (every Nth request, `--rule-sample N`, default
-32), where every rule and audience is evaluated; those are the `trueInSample` counts in the report.
+32), where every rule and audience is evaluated (once per distinct key of the features they all read); those are
+the `trueInSample` counts in the report.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from typing import Any
 from edgeproxy.engine.conditions import compile_group
 from edgeproxy.engine.context import VisitorContext
 from edgeproxy.engine.decide import CompiledSnapshot
-from edgeproxy.engine.loader import iter_rules
-from edgeproxy.engine.memo import feature_key_function
-from edgeproxy.engine.model import AudienceCondition, Rule, RuleGroup
+from edgeproxy.engine.memo import feature_key
+from edgeproxy.engine.model import AudienceCondition, Rule, RuleGroup, iter_rules
 
 DEFAULT_RULE_SAMPLE = 32
 SEEN_LIMIT = 50_000
@@ -100,11 +100,16 @@ class Coverage:
         ]  # fmt: skip
         self.rules = rule_sites(snapshot)
         self._definitions = {a.uid: a.definition for a in snapshot.project.audiences}
+        self._slugs = {a.uid: a.lytics_slug for a in snapshot.project.audiences}
         self._seen: set[Any] = set()
         self.pending_rules = list(range(len(self.rules)))
         self.pending_audiences = list(range(len(self.audiences)))
         self._pending_key: Any = None
         self._rekey()
+        # The sample's truth, memoised on the key of what every rule and audience reads: equal keys, equal truth.
+        slugs = [a.lytics_slug for a in snapshot.project.audiences if a.lytics_slug is not None]
+        self._truth_key = feature_key([site.rule for site in self.rules], slugs)
+        self._truths: dict[Any, CoverageTruth] = {}
         self.rule_true = [0] * len(self.rules)
         self.audience_true = [0] * len(self.audiences)
         self.rule_ever = [False] * len(self.rules)
@@ -116,14 +121,16 @@ class Coverage:
         """The key over what the *pending* rules and audiences read: after warm-up only the dead ones are left,
         they read a few features, and so most requests repeat a key already evaluated."""
         rules = [self.rules[i].rule for i in self.pending_rules]
-        lytics = False
+        slugs: list[str] = []
         for i in self.pending_audiences:
             audience = self.audiences[i]
             definition = self._definitions.get(audience.uid)
-            lytics = lytics or audience.lytics
+            slug = self._slugs.get(audience.uid)
+            if slug is not None:
+                slugs.append(slug)
             if definition is not None:
                 rules.extend(iter_rules(definition))
-        self._pending_key = feature_key_function(rules, lytics_membership=lytics)
+        self._pending_key = feature_key(rules, slugs)
         self._seen.clear()
 
     def in_sample(self, number: int) -> bool:
@@ -134,7 +141,7 @@ class Coverage:
     def observe(self, ctx: VisitorContext) -> None:
         self.requests += 1
         if self.in_sample(self.requests):
-            self.add_sample(self.truth(ctx))
+            self.add_sample(self.sampled_truth(ctx))
             return
         if not self.pending_rules and not self.pending_audiences:
             return
@@ -174,6 +181,18 @@ class Coverage:
             tuple([i for i, site in enumerate(self.rules) if site.predicate(ctx)]),
             tuple([i for i, audience in enumerate(self.audiences) if audience.predicate(ctx)]),
         )
+
+    def sampled_truth(self, ctx: VisitorContext) -> CoverageTruth:
+        """`truth(ctx)`, evaluated once per distinct key of the features the rules read."""
+        if self._truth_key is None:
+            return self.truth(ctx)
+        key = self._truth_key(ctx)
+        found = self._truths.get(key)
+        if found is None:
+            if len(self._truths) >= SEEN_LIMIT:
+                self._truths.clear()
+            found = self._truths[key] = self.truth(ctx)
+        return found
 
     def add_sample(self, truth: CoverageTruth) -> None:
         """Count one sampled request whose truth is `truth` (`truth(ctx)`, or that of a request with its key)."""

@@ -1,10 +1,8 @@
 """Contexts for a stream of request descriptions, the way `edgeproxy decide` builds them.
 
-Decisions are the engine's: the slow path decides with `edgeproxy.engine.memo.MemoDecider` (the proxy's memoised
-decider, exact by construction; `--no-memo` gives it no memo, so every request is decided by
-`CompiledSnapshot.decide`). A plain replay (no `--against`, no `--from-log`) goes faster still through
-`edgeproxy.replay.outcomes`, which memoises whole outcomes on the truth of the rules; what it leaves to the slow
-path is decided here.
+Decisions are the engine's: replay decides these contexts with `edgeproxy.engine.memo.MemoDecider` (the proxy's
+memoised decider, exact by construction; `--no-memo` gives it no memo, so every request is decided by
+`CompiledSnapshot.decide`).
 """
 
 from __future__ import annotations

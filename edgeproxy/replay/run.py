@@ -1,12 +1,10 @@
 """The replay loop: every record of the traffic decided under one snapshot (and optionally a second), counted.
 
-One pass, streaming. By default a record is decided and counted from the truth of the rules it meets, memoised
-(`OutcomeMemo`, the fast path): distribution, distinct users and coverage, with no context built for a request
-whose features were seen before. Otherwise (a description the fast path leaves to the slow one, `--no-memo`,
-`--against`, `--from-log`): build its context once, decide it (`MemoDecider`), count it (`Distribution`), and feed the
-optional observers: rule coverage, the recorded-decision check (`--from-log`) and the snapshot diff (`--against`,
-the same context decided under the second snapshot). Both paths count into the same objects, and the report is the
-same either way (tests/test_replay_outcomes.py). Memory stays flat in the size of the traffic.
+One pass, streaming, and the proxy's own path: each record's context is built as `edgeproxy decide` builds it,
+decided by the snapshot's `MemoDecider` (the proxy's decider; `--no-memo` gives it no memo), counted
+(`Distribution`), and fed to the optional observers: rule coverage, the recorded-decision check (`--from-log`) and
+the snapshot diff (`--against`, the same context decided under the second snapshot). Memory stays flat in the size
+of the traffic.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from edgeproxy.replay.aggregate import Distribution, UserIndex
 from edgeproxy.replay.coverage import DEFAULT_RULE_SAMPLE, Coverage
 from edgeproxy.replay.decider import ContextFactory
 from edgeproxy.replay.diff import DEFAULT_EXPLAINED_MOVES, DEFAULT_SAMPLES_PER_MOVE, SnapshotDiff
-from edgeproxy.replay.outcomes import OutcomeMemo, supported_snapshot
 from edgeproxy.replay.progress import Progress
 from edgeproxy.replay.readers import Format, HarFilter, OpenSource, SourceStats, read_traffic
 from edgeproxy.replay.verify import RecordedCheck
@@ -106,14 +103,6 @@ def replay(
                      explained_moves=options.explained_moves)
         if against is not None else None
     )  # fmt: skip
-    # The fast path decides and counts from the truth of the rules (`outcomes`); it does not build manifests, so
-    # --against and --from-log, which compare manifests, and --no-memo (the reference) take the path below.
-    fast = (
-        OutcomeMemo(snapshot, distribution=distribution, users=users, coverage=coverage,
-                    geo_lookup=options.geo_lookup, clock=options.clock)
-        if options.memo and against is None and recorded is None and supported_snapshot(snapshot) else None
-    )  # fmt: skip
-    fast_observe = fast.observe if fast is not None else None
     limit = options.limit
     count = 0
     started = time.perf_counter()
@@ -127,13 +116,6 @@ def replay(
     try:
         records = read_traffic(options.traffic, force=options.format, har_filter=options.har_filter, on_open=opened)
         for record in records:
-            if fast_observe is not None and fast_observe(record):
-                count += 1
-                if count % PROGRESS_EVERY == 0 and progress is not None:
-                    progress.update(count)
-                if limit is not None and count >= limit:
-                    break
-                continue
             try:
                 described = make_context(record)
             except RequestDescriptionError as exc:
@@ -150,7 +132,6 @@ def replay(
             if recorded is not None:
                 recorded.observe(record, manifest, ctx, tags)
             if other is not None and diff is not None and other_distribution is not None:
-                ctx.memo.clear()  # audience results are per snapshot
                 manifest_after = other.decide(ctx, tags)
                 other_distribution.observe(manifest_after, user)
                 diff.observe(manifest, manifest_after, user, (record.source, record.position), record.description,
@@ -179,6 +160,6 @@ def replay(
         diff=diff,
         seconds=time.perf_counter() - started,
         cpu_seconds=time.process_time() - cpu_started,
-        memo_hits=decider.hits + (fast.hits if fast is not None else 0),
-        memo_misses=decider.misses + (fast.misses if fast is not None else 0),
+        memo_hits=decider.hits,
+        memo_misses=decider.misses,
     )

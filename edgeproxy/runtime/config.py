@@ -6,7 +6,6 @@ Later sources override earlier ones field by field. Every field is documented in
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
 import tomllib
 from collections.abc import Mapping
@@ -36,9 +35,6 @@ class RouteRule:
     personalize: bool = True
     tags: tuple[str, ...] | None = None
     cache: bool = True
-
-    def matches(self, path: str) -> bool:
-        return fnmatch.fnmatchcase(path, self.path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +84,7 @@ class ProxyConfig:
     cache_default_ttl: float = 0.0
     cache_key_headers: tuple[str, ...] = ()
     purge_token: str = ""
+    preview_secret: str = ""
     max_header_size: int = 16_384
     access_log: bool = False
     decision_log: str = ""
@@ -151,6 +148,8 @@ FIELDS: dict[str, str] = {
     "cache_default_ttl": "seconds to cache responses the origin gives no freshness for (default 0: not cached)",
     "cache_key_headers": "comma-separated request headers added to the cache key, e.g. accept-language",
     "purge_token": "token for POST /_edgeproxy/purge and the Contentstack publish webhook; empty = ops_token",
+    "preview_secret": "secret that signs preview links (edgeproxy preview-link; prefer EDGEPROXY_PREVIEW_SECRET over "
+    "the flag); empty = previews off",
     "max_header_size": "largest accepted request header line / field in bytes (default 16384)",
     "access_log": "log one JSON line per request: remote, method, path, status, bytes, ms, and for personalized "
     "pages the uid, variant param, snapshot and cache result (default false)",
@@ -164,6 +163,10 @@ FIELDS: dict[str, str] = {
     "now": "start the proxy's clock at this ISO-8601 instant, e.g. 2026-11-28T12:00:00Z; it then runs on. For demos "
     "and tests of time-bound rules (default: the system clock)",
 }
+
+
+# Settings whose values are never shown, not even in an error about them.
+SECRET_SETTINGS = frozenset({"ops_token", "authtoken", "oauth_token", "webhook_token", "purge_token", "preview_secret"})
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -201,7 +204,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             raise ValueError("expected a string")
         return value
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{_where(source, name)}: setting {name!r}: {exc} (got {value!r})") from None
+        got = f"{type(value).__name__}, not shown" if name in SECRET_SETTINGS else repr(value)
+        raise ConfigError(f"{_where(source, name)}: setting {name!r}: {exc} (got {got})") from None
 
 
 def _where(source: str, name: str) -> str:
@@ -267,11 +271,13 @@ def _relative_to(base: Path, name: str, value: Any) -> Any:
     return value if Path(value).is_absolute() else str(base / value)
 
 
-def load_config(
+def read_settings(
     file: str | None, environ: Mapping[str, str], flags: Mapping[str, Any], *, base_dir: Path | None = None
 ) -> ProxyConfig:
-    """Defaults < `file` < EDGEPROXY_* in `environ` < `flags`, validated. Relative paths in `file` (see
-    PATH_SETTINGS) are resolved against `base_dir`, by default the file's folder."""
+    """Defaults < `file` < EDGEPROXY_* in `environ` < `flags`, each value coerced but the whole not validated: for
+    commands that read a few settings of the proxy's config (preview-link: preview_secret, now) without its
+    required ones. Relative paths in `file` (see PATH_SETTINGS) are resolved against `base_dir`, by default the
+    file's folder."""
     config = ProxyConfig()
     if file:
         path = Path(file)
@@ -293,8 +299,14 @@ def load_config(
         if key.startswith("EDGEPROXY_") and key[len("EDGEPROXY_") :].lower() in FIELDS and key != "EDGEPROXY_ROUTES"
     }
     config = _apply(config, env_values, "environment")
-    config = _apply(config, {k: v for k, v in flags.items() if v is not None}, "command line")
-    return validate(config)
+    return _apply(config, {k: v for k, v in flags.items() if v is not None}, "command line")
+
+
+def load_config(
+    file: str | None, environ: Mapping[str, str], flags: Mapping[str, Any], *, base_dir: Path | None = None
+) -> ProxyConfig:
+    """Defaults < `file` < EDGEPROXY_* in `environ` < `flags`, validated (see `read_settings`)."""
+    return validate(read_settings(file, environ, flags, base_dir=base_dir))
 
 
 def source_of(config: ProxyConfig, name: str) -> str:

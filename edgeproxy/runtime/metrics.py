@@ -5,10 +5,15 @@
     edgeproxy_decision_duration_seconds                 histogram, the engine's decide() per manifest
     edgeproxy_variants_served_total{experience, variant}
     edgeproxy_cache_results_total{result}               HIT, MISS, STALE, REVALIDATED, BYPASS
+    edgeproxy_cache_events_total{event}                 stored, coalesced, purged, store_errors, background_*
+    edgeproxy_cache_not_stored_total{reason}            why a response was not stored
     edgeproxy_origin_errors_total{code}                 502/504 answered for the origin
     edgeproxy_store_errors                              state store failures (reads degrade, writes 503)
     edgeproxy_snapshot_info{version}, edgeproxy_snapshot_loaded_timestamp_seconds
     edgeproxy_sync_failures, edgeproxy_sync_consecutive_failures, edgeproxy_sync_last_success_timestamp_seconds
+
+The one count of what a process did: Prometheus, `/status` and the dashboard all read these numbers, and the
+request path, the cache and the endpoints all add to them.
 
 The request path only adds to plain ints and bucket lists (the event loop is one thread); the collector turns
 them into Prometheus families when scraped. prometheus_client's own metric objects take a lock per update,
@@ -18,8 +23,9 @@ which is a measurable share of a proxied request.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -28,7 +34,10 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from edgeproxy.proxy.app import ProxyState
+    from edgeproxy.analytics.live import LiveDecisions
+    from edgeproxy.runtime.snapshots import SnapshotHolder
+    from edgeproxy.sync.poller import SnapshotPoller
+
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DECISION_BUCKETS = (0.000005, 0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.005)
@@ -56,13 +65,22 @@ class _Histogram:
 
 
 class ProxyMetrics(Collector):
-    def __init__(self, state: ProxyState) -> None:
-        self.state = state
-        self.requests: dict[tuple[str, int], int] = {}
+    def __init__(
+        self, started: float, live: LiveDecisions, holder: SnapshotHolder, poller: SnapshotPoller | None
+    ) -> None:
+        self.started = started
+        self.live = live  # decisions by variant: counted once there, read here at scrape time
+        self.holder = holder
+        self.poller = poller
+        self.requests: dict[tuple[str, int], int] = {}  # kind (page, passthrough, edge_api, ops), status
         self.durations: dict[str, _Histogram] = {}
         self.decisions = _Histogram(DECISION_BUCKETS)
-        self.cache_results: dict[str, int] = {}
+        self.cache_results: dict[str, int] = {}  # X-Cache of every answered proxied request
+        self.cache_events: Counter[str] = Counter()  # what the cache did besides answering (cache/layer.py)
+        self.not_stored: Counter[str] = Counter()  # why responses were not stored
         self.origin_errors: dict[int, int] = {}
+        self.store_errors = 0
+        self.websockets = 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -103,7 +121,7 @@ class ProxyMetrics(Collector):
         variants = CounterMetricFamily(
             "edgeproxy_variants_served", "Variants decided", labels=["experience", "variant"]
         )
-        served = self.state.live.totals
+        served = self.live.totals
         for (experience, variant), n in sorted((slot, n) for slot, n in served.items() if slot[1] is not None):
             variants.add_metric([experience, str(variant)], n)
         yield variants
@@ -111,6 +129,14 @@ class ProxyMetrics(Collector):
         for result, n in sorted(self.cache_results.items()):
             cache.add_metric([result], n)
         yield cache
+        events = CounterMetricFamily("edgeproxy_cache_events", "What the cache did", labels=["event"])
+        for event, n in sorted(self.cache_events.items()):
+            events.add_metric([event], n)
+        yield events
+        not_stored = CounterMetricFamily("edgeproxy_cache_not_stored", "Responses not stored", labels=["reason"])
+        for reason, n in sorted(self.not_stored.items()):
+            not_stored.add_metric([reason], n)
+        yield not_stored
         origin = CounterMetricFamily("edgeproxy_origin_errors", "Origin failures answered", labels=["code"])
         for code, n in sorted(self.origin_errors.items()):
             origin.add_metric([str(code)], n)
@@ -118,19 +144,18 @@ class ProxyMetrics(Collector):
         yield from self._state_metrics()
 
     def _state_metrics(self) -> Iterator[Metric]:
-        state = self.state
         info = GaugeMetricFamily("edgeproxy_snapshot_info", "The snapshot serving now (value 1)", labels=["version"])
         loaded_at = GaugeMetricFamily("edgeproxy_snapshot_loaded_timestamp_seconds", "When it was swapped in")
-        loaded = state.holder.current
+        loaded = self.holder.current
         if loaded is not None:
             info.add_metric([loaded.snapshot.version], 1.0)
             loaded_at.add_metric([], loaded.loaded_at)
         yield info
         yield loaded_at
         store_errors = GaugeMetricFamily("edgeproxy_store_errors", "State store failures since start")
-        store_errors.add_metric([], float(state.counters.store_errors))
+        store_errors.add_metric([], float(self.store_errors))
         yield store_errors
-        poller = state.poller
+        poller = self.poller
         if poller is not None:
             status = poller.status
             failures = GaugeMetricFamily("edgeproxy_sync_failures", "Rejected snapshot refreshes since start")
@@ -142,6 +167,24 @@ class ProxyMetrics(Collector):
             yield failures
             yield consecutive
             yield success
+
+    def request_counts(self) -> dict[str, int]:
+        """`/status`'s requests: proxied (personalized or passed through), WebSockets, Edge API calls, errors."""
+        by_kind: Counter[str] = Counter()
+        for (kind, _), n in self.requests.items():
+            by_kind[kind] += n
+        return {
+            "total": by_kind["page"] + by_kind["passthrough"], "personalized": by_kind["page"],
+            "passedThrough": by_kind["passthrough"], "websockets": self.websockets,
+            "originErrors": sum(self.origin_errors.values()), "storeErrors": self.store_errors,
+            "edgeApi": by_kind["edge_api"],
+        }  # fmt: skip
+
+    def cache_counts(self) -> dict[str, Any]:
+        """`/status`'s cache results: answers by X-Cache (lower-case, as ever), and what the cache did."""
+        results: dict[str, int] = {label.lower(): n for label, n in self.cache_results.items() if label != "BYPASS"}
+        results.update(self.cache_events)
+        return {"results": results, "notStored": dict(self.not_stored)}
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,27 +19,37 @@ from typing import Any
 
 from aiohttp import web
 
+from edgeproxy.analytics.live import LiveDecisions
 from edgeproxy.cache.layer import ResponseCache
 from edgeproxy.cache.store import CacheStore, MemoryCacheStore, RedisCacheStore
-from edgeproxy.clock import Clock, clock_for, system_clock
+from edgeproxy.clock import Clock, clock_for
 from edgeproxy.endpoints.edge_api import edge_api_handler
 from edgeproxy.endpoints.ops import ops_handler
 from edgeproxy.engine.errors import RulesError
+from edgeproxy.engine.useragent import UserAgentClassifier
+from edgeproxy.exchange.plan import Planner
 from edgeproxy.files.snapshot_file import load_snapshot
 from edgeproxy.http.access_log import JsonAccessLogger
-from edgeproxy.proxy.app import ProxyState, build_server
+from edgeproxy.http.aiohttp_internals import parser_rejection
+from edgeproxy.http.server import build_server
 from edgeproxy.runtime.config import ProxyConfig, listen_address, source_of
+from edgeproxy.runtime.listen import ListenError, bind_sockets
+from edgeproxy.runtime.metrics import ProxyMetrics
 from edgeproxy.runtime.snapshots import SnapshotHolder
-from edgeproxy.store.base import AttributeLimits, StoreError, open_store
+from edgeproxy.runtime.state import ProxyState
+from edgeproxy.store import AttributeLimits, StoreError, open_store
 from edgeproxy.sync.client import ManagementClient, SyncError, admin_base_url
 from edgeproxy.sync.poller import AdminSource, RulesSource, SnapshotPoller
 
 log = logging.getLogger("edgeproxy")
 
 
-def make_state(config: ProxyConfig, *, load_rules: bool = True, clock: Clock | None = None) -> ProxyState:
-    """The process state; with `load_rules`, a `--rules` snapshot is loaded now (RulesError if broken).
-    `clock`: the process clock (default: the `now` setting's, else the system clock)."""
+def make_state(
+    config: ProxyConfig, *, load_rules: bool = True, clock: Clock | None = None, serving: bool = False
+) -> ProxyState:
+    """The process state, built in one step. With `load_rules`, a `--rules` snapshot is loaded now (RulesError if
+    broken). `clock`: the process clock (default: the `now` setting's, else the system clock). `serving`: for
+    `serve`, with the poller that keeps the snapshot fresh, the impression recorder and the fleet follower."""
     clock = clock or clock_for(config.now)
     holder = SnapshotHolder(clock)
     geo_lookup = None
@@ -54,19 +63,42 @@ def make_state(config: ProxyConfig, *, load_rules: bool = True, clock: Clock | N
         ttl_seconds=int(config.attribute_ttl_days * 86_400),
         max_users=config.max_users,
     )
-    state = ProxyState(config, holder, geo_lookup, open_store(config.state, limits, clock), clock)
-    if config.cache:
-        state.cache = make_cache(config, clock)
+    store = open_store(config.state, limits, clock)
+    live = LiveDecisions(clock)
+    classifier = UserAgentClassifier()
+    poller = make_poller(config, holder, classifier) if serving else None
+    metrics = ProxyMetrics(clock(), live, holder, poller)
+    cache = make_cache(config, clock, metrics) if config.cache else None
+    planner = Planner(config, clock, geo_lookup, store.cached_attributes, cache, classifier)
+    decision_log = None
     if config.decision_log:
         from edgeproxy.runtime.decision_log import DecisionLog
 
-        state.decision_log = DecisionLog(config.decision_log, clock)
+        decision_log = DecisionLog(config.decision_log, clock)
+    impressions = None
+    if serving and config.impressions != "off":
+        from edgeproxy.analytics.impressions import ImpressionRecorder
+
+        def project_uid() -> str:
+            loaded = holder.current
+            return loaded.snapshot.project.uid if loaded is not None else config.project_uid
+
+        impressions = ImpressionRecorder(store, project_uid, clock=clock)
+    fleet = None
+    if serving and config.fleet_redis:
+        from edgeproxy.sync.fleet import FleetFollower
+
+        fleet = FleetFollower(config.fleet_redis, holder, classifier)
     if load_rules and config.rules:
-        holder.swap(load_snapshot(config.rules, state.classifier), config.rules)
-    return state
+        holder.swap(load_snapshot(config.rules, classifier), config.rules)
+    return ProxyState(
+        config, clock, holder, store, planner, metrics, live, cache=cache, decision_log=decision_log,
+        impressions=impressions, poller=poller, fleet=fleet,
+    )  # fmt: skip
 
 
-def make_cache(config: ProxyConfig, clock: Clock = system_clock) -> ResponseCache:
+def make_cache(config: ProxyConfig, clock: Clock, metrics: ProxyMetrics) -> ResponseCache:
+    """The response cache, counting into `metrics`."""
     store: CacheStore
     if config.cache_store == "memory":
         store = MemoryCacheStore(config.cache_max_bytes, clock)
@@ -79,13 +111,15 @@ def make_cache(config: ProxyConfig, clock: Clock = system_clock) -> ResponseCach
         key_headers=config.cache_key_headers,
         default_ttl=config.cache_default_ttl,
         max_object_bytes=config.cache_max_object_bytes,
+        events=metrics.cache_events,
+        not_stored=metrics.not_stored,
     )
 
 
-def make_poller(config: ProxyConfig, state: ProxyState) -> SnapshotPoller:
+def make_poller(config: ProxyConfig, holder: SnapshotHolder, classifier: UserAgentClassifier) -> SnapshotPoller:
     if config.rules:
-        source = RulesSource(Path(config.rules), state.classifier)
-        return SnapshotPoller(state.holder, source, interval=config.sync_interval, watch=config.watch)
+        source = RulesSource(Path(config.rules), classifier)
+        return SnapshotPoller(holder, source, interval=config.sync_interval, watch=config.watch)
     client = ManagementClient(
         admin_base_url(config.admin_url or None, config.region or None),
         config.project_uid,
@@ -93,8 +127,8 @@ def make_poller(config: ProxyConfig, state: ProxyState) -> SnapshotPoller:
         oauth_token=config.oauth_token or None,
         timeout=config.sync_timeout,
     )
-    admin = AdminSource(client, Path(config.snapshot_dir), state.classifier, publish_to=config.fleet_redis or None)
-    return SnapshotPoller(state.holder, admin, interval=config.sync_interval)
+    admin = AdminSource(client, Path(config.snapshot_dir), classifier, publish_to=config.fleet_redis or None)
+    return SnapshotPoller(holder, admin, interval=config.sync_interval)
 
 
 class StartupError(Exception):
@@ -145,43 +179,6 @@ async def initial_snapshot(config: ProxyConfig, state: ProxyState, poller: Snaps
     log.warning("first sync from Admin failed (%s); serving last good snapshot %s", outcome["error"], last.version)
 
 
-class ListenError(OSError):
-    """The listening address cannot be bound (port busy, no such address, no permission)."""
-
-
-def bind_sockets(host: str, port: int, *, reuse_port: bool) -> list[socket.socket]:
-    """Bind (without listening) every address `host` resolves to, as asyncio's create_server would; ListenError
-    when one cannot be bound. Binding first lets a busy port fail the start before any sync or store work, and a
-    bound socket that does not listen yet gets no connections (with SO_REUSEPORT the kernel only hands
-    connections to listening sockets), so a worker that fails to load never takes a share of them."""
-    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:
-        raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from None
-    sockets: list[socket.socket] = []
-    seen: set[Any] = set()
-    try:
-        for family, kind, proto, _, address in infos:
-            if address in seen:
-                continue
-            seen.add(address)
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.setblocking(False)
-    except OSError as exc:
-        for sock in sockets:
-            sock.close()
-        raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from None
-    return sockets
-
-
 async def serve(config: ProxyConfig, *, worker: int | None = None, ready: Any = None) -> None:
     host, port = listen_address(config)
     # Workers share the port (SO_REUSEPORT); the kernel spreads connections between them.
@@ -190,16 +187,10 @@ async def serve(config: ProxyConfig, *, worker: int | None = None, ready: Any = 
     state: ProxyState | None = None
     runner: web.ServerRunner | None = None
     try:
-        state = make_state(config, load_rules=False)
-        poller = make_poller(config, state)
-        state.poller = poller
+        state = make_state(config, load_rules=False, serving=True)
+        poller = state.poller
+        assert poller is not None
         await initial_snapshot(config, state, poller)
-        if config.impressions != "off":
-            from edgeproxy.analytics.impressions import ImpressionRecorder
-
-            project_uid = state.holder.current.snapshot.project.uid if state.holder.current else config.project_uid
-            state.impressions = ImpressionRecorder(state.store, project_uid, clock=state.clock)
-            state.impressions.start()
         server = build_server(
             state,
             {config.ops_prefix: ("ops", ops_handler), config.edge_api_prefix: ("edge_api", edge_api_handler)},
@@ -240,12 +231,8 @@ async def _run_until_stopped(config: ProxyConfig, state: ProxyState, poller: Sna
     if not config.rules or config.watch:
         background = asyncio.create_task(poller.run())
     follower_task = None
-    if config.fleet_redis:
-        from edgeproxy.sync.fleet import FleetFollower
-
-        follower = FleetFollower(config.fleet_redis, state.holder, state.classifier)
-        state.fleet = follower
-        follower_task = asyncio.create_task(follower.run())
+    if state.fleet is not None:
+        follower_task = asyncio.create_task(state.fleet.run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -265,12 +252,10 @@ class _BadRequestLogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
-            from aiohttp.http_exceptions import HttpProcessingError
-
-            exc = record.exc_info[1]
-            if isinstance(exc, HttpProcessingError):
+            rejected = parser_rejection(record.exc_info[1])
+            if rejected is not None:
                 record.msg = "rejected malformed request (%d): %s"
-                record.args = (exc.code, exc.message)
+                record.args = rejected
                 record.exc_info = None
                 record.exc_text = None
                 record.levelno, record.levelname = logging.INFO, "INFO"
@@ -293,7 +278,7 @@ def run(config: ProxyConfig, *, worker: int | None = None, ready: Any = None) ->
     if config.workers > 1 and worker is None:
         from edgeproxy.runtime.workers import Supervisor
 
-        return Supervisor(config).run()
+        return Supervisor(config, run).run()
     loop_factory: Callable[[], asyncio.AbstractEventLoop]
     try:
         import uvloop

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from edgeproxy.clock import Clock, system_clock
 from edgeproxy.engine.decide import CompiledSnapshot
 from edgeproxy.engine.memo import MemoDecider
-from edgeproxy.visitor.personalize import VisitorCookies
+from edgeproxy.visitor.identity import VisitorCookies
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +22,7 @@ class LoadedSnapshot:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decider", MemoDecider(self.snapshot))
-        object.__setattr__(self, "cookies", VisitorCookies(self.snapshot))
+        object.__setattr__(self, "cookies", VisitorCookies(self.decider))
 
 
 class SnapshotHolder:

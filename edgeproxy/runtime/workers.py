@@ -21,18 +21,25 @@ import time
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edgeproxy.runtime.config import ProxyConfig, listen_address
+from edgeproxy.runtime.listen import ListenError, bind_sockets
 
 log = logging.getLogger("edgeproxy.supervisor")
 SUPERVISOR_ENV = "EDGEPROXY_SUPERVISOR_PID"
 READY_TIMEOUT = 30.0
 
 
-def _worker_main(config: ProxyConfig, index: int, ready: Any) -> None:
-    from edgeproxy.runtime.serve import run
+class WorkerRun(Protocol):
+    """What a worker process runs (`serve.run`): serve `config` as worker `worker`, put a message on `ready` once
+    listening, return the exit code. Passed in rather than imported, so that serve and workers import each other
+    in one direction only."""
 
+    def __call__(self, config: ProxyConfig, *, worker: int | None = None, ready: Any = None) -> int: ...
+
+
+def _worker_main(run: WorkerRun, config: ProxyConfig, index: int, ready: Any) -> None:
     os.environ[SUPERVISOR_ENV] = str(os.getppid())
     code = run(config, worker=index, ready=ready)
     raise SystemExit(code)
@@ -43,8 +50,6 @@ def claim_port(host: str, port: int) -> list[Any]:
     SO_REUSEPORT), so a port that any other server holds fails, even one of another `--workers` edgeproxy that
     binds with SO_REUSEPORT (which a reuse-port bind would silently share); then it is held with SO_REUSEPORT so
     that the workers can bind it too. ListenError when busy."""
-    from edgeproxy.runtime.serve import bind_sockets
-
     for sock in bind_sockets(host, port, reuse_port=False):
         sock.close()
     return bind_sockets(host, port, reuse_port=True)
@@ -57,8 +62,12 @@ class _WorkerFailed(Exception):
 
 
 class Supervisor:
-    def __init__(self, config: ProxyConfig) -> None:
+    """`run_worker`: what each worker process runs (`serve.run`; a module-level function, as the spawned process
+    imports it by name)."""
+
+    def __init__(self, config: ProxyConfig, run_worker: WorkerRun) -> None:
         self.config = config
+        self.run_worker = run_worker
         self.ctx = multiprocessing.get_context("spawn")
         self.ready = self.ctx.Queue()
         self.workers: list[BaseProcess] = []
@@ -107,7 +116,7 @@ class Supervisor:
     # -- workers -----------------------------------------------------------------------------------------
 
     def _spawn(self, index: int) -> BaseProcess:
-        process = self.ctx.Process(target=_worker_main, args=(self.worker_config, index, self.ready),
+        process = self.ctx.Process(target=_worker_main, args=(self.run_worker, self.worker_config, index, self.ready),
                                    name=f"edgeproxy-worker-{index}", daemon=False)  # fmt: skip
         process.start()
         return process
@@ -159,8 +168,6 @@ class Supervisor:
 
         for sig in flags:
             signal.signal(sig, on_signal)
-        from edgeproxy.runtime.serve import ListenError
-
         try:  # the port first, so that a busy one fails before any sync (workers bind it again, SO_REUSEPORT)
             probe = claim_port(*listen_address(self.config))
         except ListenError as exc:

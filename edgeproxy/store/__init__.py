@@ -6,7 +6,7 @@ from edgeproxy.store.base import (
     StateStore,
     StoreError,
     StoreLimitError,
-    open_store,
 )
+from edgeproxy.store.opener import open_store
 
 __all__ = ["AttributeLimits", "EventRecord", "StateStore", "StoreError", "StoreLimitError", "open_store"]

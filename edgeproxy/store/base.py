@@ -11,8 +11,6 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from edgeproxy.clock import Clock, system_clock
-
 EventType = Literal["IMPRESSION", "EVENT"]
 EventSource = Literal["sdk", "proxy", "origin"]
 
@@ -123,19 +121,3 @@ def state_url_problem(url: str) -> str | None:
     if sep:
         return f"{_shown(url)!r}: unknown scheme {scheme + '://'!r}; use {STATE_FORMS}"
     return None
-
-
-def open_store(url: str, limits: AttributeLimits | None = None, clock: Clock = system_clock) -> StateStore:
-    """`sqlite:///path/to/file.db` (or a bare path) or `redis://host:port/db`; ValueError for anything else."""
-    limits = limits or AttributeLimits()
-    problem = state_url_problem(url)
-    if problem:
-        raise ValueError(f"state URL {problem}")
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from edgeproxy.store.redis_store import RedisStore
-
-        return RedisStore(url, limits)
-    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else url
-    from edgeproxy.store.sqlite_store import SqliteStore
-
-    return SqliteStore(path, limits, clock=clock)

@@ -37,7 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edgeproxy.engine.loader import find_personalize_dir
+from edgeproxy.files.rules import find_personalize_dir
 
 RESOURCES = {
     "/attributes": "attributes/attributes.json",

@@ -20,8 +20,8 @@ from typing import Any
 
 from edgeproxy.engine.decide import CompiledSnapshot, compile_project
 from edgeproxy.engine.errors import RulesError
-from edgeproxy.engine.loader import load_project
 from edgeproxy.engine.useragent import UserAgentClassifier
+from edgeproxy.files.rules import load_project
 from edgeproxy.files.snapshot_file import project_version, write_snapshot_file
 
 KEEP_VERSIONS = 5

@@ -25,7 +25,8 @@ VISITORS = [
 
 
 def test_logged_requests_replay_to_the_served_decisions(launch: Launcher, http: Http, tmp_path: Path) -> None:
-    from edgeproxy.engine import context_from_description, load_snapshot
+    from edgeproxy.engine import context_from_description
+    from edgeproxy.files.snapshot_file import load_snapshot
 
     log_file = tmp_path / "decisions.jsonl"
     origin = launch.node_origin()

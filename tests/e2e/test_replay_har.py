@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from edgeproxy.engine import load_snapshot
 from edgeproxy.engine.memo import MemoDecider
+from edgeproxy.files.snapshot_file import load_snapshot
 from edgeproxy.geo import MaxMindGeo
 from edgeproxy.replay.decider import ContextFactory
 from edgeproxy.replay.readers import HarFilter, read_traffic

@@ -213,7 +213,7 @@ def test_cold_start_without_admin_or_last_good_is_not_ready_but_passes_through(
 @pytest.fixture
 def swap_files(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
     """Two compiled snapshots that differ in two experiences at once, and a link the proxy reads."""
-    from edgeproxy.engine import load_snapshot, write_snapshot_file
+    from edgeproxy.files.snapshot_file import load_snapshot, write_snapshot_file
 
     a_rules = tmp_path / "a"
     b_rules = tmp_path / "b"
@@ -241,7 +241,8 @@ def test_a_thousand_swaps_under_load_fail_no_request_and_mix_no_manifest(
 
     import aiohttp
 
-    from edgeproxy.engine import VisitorContext, load_snapshot
+    from edgeproxy.engine import VisitorContext
+    from edgeproxy.files.snapshot_file import load_snapshot
 
     a_file, b_file, link = swap_files
     proxy = launch.proxy(origin, "--webhook-token", HOOK, geoip=False)

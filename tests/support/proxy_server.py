@@ -12,7 +12,8 @@ from aiohttp.web_runner import ServerRunner
 
 from edgeproxy.endpoints.edge_api import edge_api_handler
 from edgeproxy.endpoints.ops import ops_handler
-from edgeproxy.proxy.app import ProxyState, ReservedHandler, build_server
+from edgeproxy.http.server import ReservedHandler, build_server
+from edgeproxy.runtime.state import ProxyState
 
 
 def reserved_for(state: ProxyState) -> dict[str, tuple[str, ReservedHandler]]:

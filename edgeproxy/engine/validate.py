@@ -1,16 +1,16 @@
-"""Load and validate a rules directory in the Contentstack CLI export layout (docs/contract.md §3).
+"""Validate and normalize a rules export in the Contentstack CLI layout (docs/contract.md §3) into a `Project`.
 
-The loader reads every file first, validates everything the decision can depend on, and only then
-returns a `Project`; any problem raises one `RulesError` naming the file, the JSON path and the fix,
-so nothing half-loaded is ever used.
+The export arrives as parsed JSON documents (edgeproxy/files/rules.py reads them from a folder); this module
+validates everything the decision can depend on and only then returns a `Project`. Any problem raises one
+`RulesError` naming the file, the JSON path and the fix, so nothing half-loaded is ever used.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from edgeproxy.engine.errors import RulesError
@@ -35,6 +35,7 @@ from edgeproxy.engine.model import (
     Rule,
     RuleGroup,
     Variant,
+    parse_iso_time,
 )
 
 VERSION_STATUSES = frozenset({"DRAFT", "ACTIVE", "PAUSED", "ARCHIVED"})
@@ -42,39 +43,32 @@ FULL_WEIGHT = 10_000  # basis points (docs/contract.md §4.6)
 MAX_RULE_DEPTH = 32  # Personalize's editor nests a few levels; this bounds recursion on hostile input
 
 
-def find_personalize_dir(path: str | Path) -> Path:
-    """Accept the `personalize/` folder itself or a parent that contains it (docs/contract.md §3)."""
-    root = Path(path)
-    if not root.exists():
-        raise RulesError(str(root), "", "does not exist; pass the export's personalize/ folder or its parent")
-    if not root.is_dir():
-        raise RulesError(str(root), "", "is not a directory; pass the export's personalize/ folder or its parent")
-    if (root / "personalize").is_dir():
-        return root / "personalize"
-    if (root / "experiences").is_dir() or (root / "projects").is_dir():
-        return root
-    raise RulesError(
-        str(root),
-        "",
-        "is not a Personalize export: expected projects/ and experiences/ inside it, or a personalize/ "
-        "folder containing them (as `csdx cm:stacks:export` writes)",
-    )
+@dataclass(frozen=True, slots=True)
+class RulesDocument:
+    """One JSON file of an export: its parsed `data`, or the `error` that reading it met (raised only if the
+    validation needs the file, so a broken file nothing refers to is no error)."""
+
+    name: str  # the file, as messages name it
+    data: Any = None
+    error: RulesError | None = None
 
 
-def parse_iso_time(text: str) -> datetime:
-    """ISO-8601 to an aware UTC datetime; a time without zone is taken as UTC."""
-    value = datetime.fromisoformat(text.strip())
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+@dataclass(frozen=True, slots=True)
+class RulesExport:
+    """A `personalize/` folder's JSON files, by path relative to it ("audiences/audiences.json")."""
+
+    source: str  # the folder, for messages and status pages
+    documents: Mapping[str, RulesDocument]
+
+    def name_of(self, relative: str) -> str:
+        return posixpath.join(self.source, relative)
 
 
 class _Doc:
     """One JSON file being validated: knows its name so every error can say where it is."""
 
-    def __init__(self, root: Path, relative: str, data: Any) -> None:
-        self.root = root
-        self.name = str(root / relative)
+    def __init__(self, name: str, relative: str, data: Any) -> None:
+        self.name = name
         self.relative = relative  # path-independent name, part of the snapshot's content hash
         self.data = data
 
@@ -111,32 +105,26 @@ def _kind(value: Any) -> str:
     )
 
 
-def _read(root: Path, relative: str, *, required: bool = True) -> _Doc | None:
-    file = root / relative
-    if not file.exists():
+def _read(export: RulesExport, relative: str, *, required: bool = True) -> _Doc | None:
+    found = export.documents.get(relative)
+    if found is None:
         if required:
-            raise RulesError(str(file), "", "is missing; a Personalize export has this file (it may be `[]`)")
+            problem = "is missing; a Personalize export has this file (it may be `[]`)"
+            raise RulesError(export.name_of(relative), "", problem)
         return None
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RulesError(str(file), "", f"cannot be read: {exc}") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RulesError(str(file), f"line {exc.lineno} column {exc.colno}", f"not valid JSON: {exc.msg}") from exc
-    return _Doc(root, relative, data)
+    if found.error is not None:
+        raise found.error
+    return _Doc(found.name, relative, found.data)
 
 
-def load_project(path: str | Path) -> Project:
-    """Read, validate and normalize a rules directory. Raises `RulesError` on the first problem."""
-    root = find_personalize_dir(path)
-    return _ProjectLoader(root).load()
+def project_from_export(export: RulesExport) -> Project:
+    """Validate and normalize an export's documents. Raises `RulesError` on the first problem."""
+    return _ProjectLoader(export).load()
 
 
 class _ProjectLoader:
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, export: RulesExport) -> None:
+        self.export = export
         self.attributes: dict[str, Attribute] = {}
         self.audiences: dict[str, Audience] = {}
         self.raw_audiences: list[tuple[_Doc, str, dict[str, Any]]] = []
@@ -154,13 +142,13 @@ class _ProjectLoader:
             events=tuple(events.values()),
             experiences=experiences,
             omitted=omitted,
-            source=str(self.root),
+            source=self.export.source,
         )
 
     # -- files ---------------------------------------------------------------------------------------
 
     def _project_uid(self) -> str:
-        doc = _read(self.root, "projects/projects.json")
+        doc = _read(self.export, "projects/projects.json")
         assert doc is not None
         data = doc.data
         if isinstance(data, dict):  # tolerate a single project object
@@ -172,7 +160,7 @@ class _ProjectLoader:
         return doc.text(first, "uid", "$[0]")
 
     def _load_attributes(self) -> None:
-        doc = _read(self.root, "attributes/attributes.json", required=False)
+        doc = _read(self.export, "attributes/attributes.json", required=False)
         if doc is None:
             return
         for index, item in enumerate(doc.arr(doc.data, "$", "an array of attributes")):
@@ -186,7 +174,7 @@ class _ProjectLoader:
 
     def _load_events(self) -> dict[str, Event]:
         events: dict[str, Event] = {}
-        doc = _read(self.root, "events/events.json", required=False)
+        doc = _read(self.export, "events/events.json", required=False)
         if doc is None:
             return events
         for index, item in enumerate(doc.arr(doc.data, "$", "an array of events")):
@@ -199,7 +187,7 @@ class _ProjectLoader:
         return events
 
     def _load_audiences(self) -> None:
-        doc = _read(self.root, "audiences/audiences.json", required=False)
+        doc = _read(self.export, "audiences/audiences.json", required=False)
         if doc is None:
             return
         items = doc.arr(doc.data, "$", "an array of audiences")
@@ -235,7 +223,7 @@ class _ProjectLoader:
     def _load_experiences(
         self, events: dict[str, Event]
     ) -> tuple[tuple[Experience, ...], tuple[OmittedExperience, ...]]:
-        doc = _read(self.root, "experiences/experiences.json")
+        doc = _read(self.export, "experiences/experiences.json")
         assert doc is not None
         items = doc.arr(doc.data, "$", "an array of experiences")
         current: dict[str, Experience] = {}
@@ -277,8 +265,8 @@ class _ProjectLoader:
         return tuple(tags)
 
     def _priority(self) -> list[str]:
-        doc = _read(self.root, "experiences-priority.json", required=False) or _read(
-            self.root, "experiences/experiences-priority.json", required=False
+        doc = _read(self.export, "experiences-priority.json", required=False) or _read(
+            self.export, "experiences/experiences-priority.json", required=False
         )
         if doc is None:
             return []
@@ -296,7 +284,7 @@ class _ProjectLoader:
         self, uid: str, short_uid: str, name: str, kind: ExperienceType, tags: tuple[str, ...], events: dict[str, Event]
     ) -> Experience | str:
         relative = f"experiences/versions/{uid}.json"
-        doc = _read(self.root, relative, required=False)
+        doc = _read(self.export, relative, required=False)
         if doc is None:
             return "no versions file"
         data = doc.data
@@ -639,12 +627,3 @@ def _scalar_text(doc: _Doc, value: Any, path: str) -> str:
     if isinstance(value, str | int | float):
         return str(value)
     raise doc.fail(path, f"expected a string or number, found {_kind(value)}")
-
-
-def iter_rules(group: RuleGroup) -> Iterator[Rule]:
-    """Every rule of a group, depth first."""
-    for item in group.rules:
-        if isinstance(item, RuleGroup):
-            yield from iter_rules(item)
-        else:
-            yield item

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from edgeproxy.engine.context import (
     LIVE_ATTRIBUTES_HEADER,
@@ -21,7 +21,8 @@ from edgeproxy.engine.context import (
     parse_cookie_header,
     resolve_user_uid,
 )
-from edgeproxy.engine.decide import CompiledSnapshot, Manifest
+from edgeproxy.engine.decide import Manifest
+from edgeproxy.engine.memo import MemoDecider
 from edgeproxy.engine.useragent import UserAgentClassifier
 
 UID_COOKIE_MAX_AGE = 31_536_000  # contract §6
@@ -111,17 +112,6 @@ def context_from_request(
     )
 
 
-def add_upstream_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limit: int, version: str) -> None:
-    """contract §7: aliases in priority order, truncated for the CDA; the full set in the variant param."""
-    aliases = manifest.aliases
-    if cda_limit:
-        aliases = aliases[:cda_limit]
-    headers["x-cs-variant-uid"] = ",".join(aliases)
-    headers["x-cs-personalize-variants"] = manifest.variant_param
-    headers["x-cs-personalize-user-uid"] = manifest.user_uid
-    headers["x-edgeproxy-snapshot"] = version  # which rules decided, for origin logs
-
-
 @dataclass(frozen=True, slots=True)
 class SetCookies:
     """The visitor's Set-Cookie values (contract §6) and the response header lines they make."""
@@ -144,7 +134,7 @@ class VisitorCookies:
 
     __slots__ = ("_limit", "_memo", "_snapshot")
 
-    def __init__(self, snapshot: CompiledSnapshot, limit: int = 16_384) -> None:
+    def __init__(self, snapshot: MemoDecider, limit: int = 16_384) -> None:
         self._snapshot = snapshot
         self._limit = limit
         # id(manifest) -> (manifest, secure, cookies); holding the manifest keeps its id from being reused

@@ -1,5 +1,5 @@
-"""The replay fast path (`edgeproxy.replay.outcomes`) is exact: memoised decisions, counts and coverage are what
-deciding every request from scratch gives, on traffic that varies every feature a rule can read."""
+"""Replay's memo (the proxy's `MemoDecider`, and coverage's keys) is exact: memoised decisions, counts and coverage
+are what deciding every request from scratch gives, on traffic that varies every feature a rule can read."""
 
 from __future__ import annotations
 
@@ -29,14 +29,14 @@ from rulesets import (
     write_rules,
 )
 
-from edgeproxy.engine import CompiledSnapshot, load_snapshot
+from edgeproxy.engine import CompiledSnapshot, RequestDescriptionError
 from edgeproxy.engine.decide import Manifest
+from edgeproxy.engine.memo import MemoDecider, feature_key_for
 from edgeproxy.engine.model import LYTICS_REFS, PRESET_ATTRIBUTES
+from edgeproxy.files.snapshot_file import load_snapshot
 from edgeproxy.geo import MaxMindGeo
-from edgeproxy.replay.aggregate import Distribution, UserIndex
 from edgeproxy.replay.coverage import Coverage
 from edgeproxy.replay.decider import ContextFactory
-from edgeproxy.replay.outcomes import CHECKED_FIELDS, OutcomeMemo, supported_snapshot
 from edgeproxy.replay.readers import TrafficRecord
 from edgeproxy.replay.reporting import report_dict
 from edgeproxy.replay.run import ReplayOptions, replay
@@ -280,21 +280,19 @@ def records(descriptions: list[dict[str, Any]]) -> list[TrafficRecord]:
     return [TrafficRecord("t.jsonl", n + 1, d) for n, d in enumerate(descriptions)]
 
 
-def fast_path(snapshot: CompiledSnapshot, *, geo_lookup: Any = None, coverage: bool = True) -> OutcomeMemo:
-    return OutcomeMemo(
-        snapshot,
-        distribution=Distribution(snapshot),
-        users=UserIndex(),
-        coverage=Coverage(snapshot) if coverage else None,
-        geo_lookup=geo_lookup,
-        clock=lambda: FIXED_NOW_TS,
-    )
-
-
 def engine_manifest(snapshot: CompiledSnapshot, record: TrafficRecord, geo_lookup: Any = None) -> Manifest:
-    """The slow path's decision: the record's context (as replay builds it) decided by the snapshot."""
+    """The reference decision: the record's context (as replay builds it) decided by the snapshot."""
     described = ContextFactory(snapshot, geo_lookup, lambda: FIXED_NOW_TS)(record)
     return snapshot.decide(described.context, described.tags)
+
+
+def memo_manifest(decider: MemoDecider, record: TrafficRecord, geo_lookup: Any = None) -> Manifest | None:
+    """The memoised decision, on a context of its own (None: a description the engine rejects)."""
+    try:
+        described = ContextFactory(decider.snapshot, geo_lookup, lambda: FIXED_NOW_TS)(record)
+    except RequestDescriptionError:
+        return None
+    return decider.decide(described.context, described.tags)
 
 
 @pytest.fixture(scope="module")
@@ -306,68 +304,59 @@ def test_the_rules_here_read_every_feature(every_feature: CompiledSnapshot) -> N
     read = {site.rule.attribute for site in Coverage(every_feature).rules}
     custom = {"tier", "visits", "subscribed", "profile", "score"}
     assert {*PRESET_ATTRIBUTES, *LYTICS_REFS, *custom} <= read
-    assert supported_snapshot(every_feature)
-
-
-def test_the_fast_path_checks_every_field_the_engine_types() -> None:
-    """A description the engine would reject never takes the fast path: it checks the same fields, as strictly."""
-    from edgeproxy.engine.context import _FIELD_TYPES
-
-    assert {name: kinds for name, (kinds, _) in _FIELD_TYPES.items()} == CHECKED_FIELDS
+    assert feature_key_for(every_feature, every_feature.experiences) is not None  # the memo is on
 
 
 @pytest.mark.parametrize("with_geoip", [False, True])
 def test_every_memoised_manifest_is_the_engines(every_feature: CompiledSnapshot, with_geoip: bool) -> None:
-    """Request by request, the outcome the fast path reuses is the decision `snapshot.decide` makes."""
+    """Request by request, the decision the memo reuses is the decision `snapshot.decide` makes."""
     geo_lookup = MaxMindGeo(str(GEOIP)).lookup if with_geoip else None
-    memo = fast_path(every_feature, geo_lookup=geo_lookup)
+    decider = MemoDecider(every_feature)
     rng = random.Random(11)
     for record in records([random_description(rng) for _ in range(4000)]):
-        manifest = memo.manifest(record)
+        manifest = memo_manifest(decider, record, geo_lookup)
         assert manifest is not None
         assert manifest == engine_manifest(every_feature, record, geo_lookup), record.description
-    assert memo.hits > 1000 and memo.misses < 3000  # the memo did work
+    assert decider.hits > 1000 and decider.misses < 3000  # the memo did work
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32), size=st.integers(1, 80))
 def test_memoised_manifests_hold_for_any_traffic_order(every_feature: CompiledSnapshot, seed: int, size: int) -> None:
-    """Keys and outcomes are learnt in whatever order the traffic comes; none is ever stale."""
+    """Keys and decisions are learnt in whatever order the traffic comes; none is ever stale."""
     rng = random.Random(seed)
-    memo = fast_path(every_feature)
+    decider = MemoDecider(every_feature)
     for record in records([random_description(rng) for _ in range(size)]):
-        assert memo.manifest(record) == engine_manifest(every_feature, record), record.description
+        assert memo_manifest(decider, record) == engine_manifest(every_feature, record), record.description
 
 
-@pytest.mark.parametrize(("limit", "atoms_limit"), [(5, 100_000), (50_000, 4)])
-def test_full_caches_are_forgotten_without_a_wrong_decision(
+@pytest.mark.parametrize(("limit", "atoms_limit"), [(5, 10_000), (50_000, 2)])
+def test_full_tables_are_forgotten_without_a_wrong_decision(
     every_feature: CompiledSnapshot, monkeypatch: pytest.MonkeyPatch, limit: int, atoms_limit: int
 ) -> None:
-    """Caches that fill up are cleared (and ids reset) mid-traffic; what is decided after is still the engine's."""
-    import edgeproxy.replay.outcomes as outcomes
+    """Tables that fill up are cleared mid-traffic (feature values, truth ids, keys, visitors); what is decided after
+    is still the engine's."""
+    import edgeproxy.engine.memo as memo
 
-    monkeypatch.setattr(outcomes, "LIMIT", limit)
-    monkeypatch.setattr(outcomes, "ATOMS_LIMIT", atoms_limit)
-    memo = fast_path(every_feature)
+    monkeypatch.setattr(memo, "MEMO_LIMIT", limit)
+    monkeypatch.setattr(memo, "ATOMS_LIMIT", atoms_limit)
+    decider = MemoDecider(every_feature, limit=limit)
     rng = random.Random(17)
-    decided = 0
     for record in records([random_description(rng) for _ in range(1500)]):
-        manifest = memo.manifest(record)
-        if manifest is not None:  # after a reset, a request goes the slow way
-            decided += 1
-            assert manifest == engine_manifest(every_feature, record), record.description
-    assert decided > 100
+        assert memo_manifest(decider, record) == engine_manifest(every_feature, record), record.description
+    assert decider.hits > 50  # it did reuse decisions between the clears
 
 
 def test_the_clock_keys_by_the_truth_of_the_time_rules(every_feature: CompiledSnapshot) -> None:
     """Times at which every time rule agrees share a key; a second across a threshold that changes a rule's truth
     is another key."""
-    memo = fast_path(every_feature)
+    key_of = feature_key_for(every_feature, every_feature.experiences)
+    assert key_of is not None
+    factory = ContextFactory(every_feature, None, lambda: FIXED_NOW_TS)
 
     def key(now: str) -> tuple[int, ...]:
-        found = memo.read(TrafficRecord("t", 1, {"headers": {"Cookie": "cs-personalize-user-uid=a"}, "now": now}))
-        assert found is not None
-        return found[2]
+        description = {"headers": {"Cookie": "cs-personalize-user-uid=a"}, "now": now}
+        return key_of(factory(TrafficRecord("t", 1, description)).context)
 
     assert key("2026-11-26T23:59:59Z") != key(SALE_START) == key("2026-11-27T00:00:01Z")
     assert key("2026-11-28T00:00:00Z") == key("2026-11-29T12:34:56Z") == key(SALE_START)

@@ -1,0 +1,233 @@
+"""One request path: what a request gets, decided once and without I/O, whatever door it came in by.
+
+    door (proxied page, hit lane, Edge API, ops explain) -> the request as parsed
+      -> who is asking (visitor/forwarded.py) and who they are (visitor/identity.py)
+      -> their stored attributes: at hand, or `NeedStored` (the executor fetches them and asks again)
+      -> context -> decision (the snapshot's decider: engine/memo.py over engine/decide.py)
+      -> for a proxied request, a `Plan`: refuse, or forward (and the cache key when the cache may answer;
+         cache/policy.py decides HIT/STALE/MISS from there)
+Replay decides with the same decider from request descriptions (engine/context.py), as `edgeproxy decide` does.
+Nothing here reads a socket, a file or the time: the clock is the planner's, injected.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import quote
+
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from edgeproxy.cache.layer import ResponseCache
+from edgeproxy.cache.policy import CacheView, early_view
+from edgeproxy.clock import Clock
+from edgeproxy.engine.context import GeoLookup, VisitorContext
+from edgeproxy.engine.decide import Manifest
+from edgeproxy.engine.useragent import UserAgentClassifier
+from edgeproxy.exchange.routes import RouteDecision, RouteTable
+from edgeproxy.http.gate import same_token
+from edgeproxy.http.headers import UPSTREAM_REMOVED, end_to_end
+from edgeproxy.runtime.config import ProxyConfig
+from edgeproxy.runtime.snapshots import LoadedSnapshot
+from edgeproxy.visitor.forwarded import ClientView, TrustedProxies, view_of_client
+from edgeproxy.visitor.identity import NO_COOKIES, Identities, Identity, SetCookies, context_from_request
+
+# The store's in-process answer for (project uid, user uid): the attributes when cached, else None (no I/O).
+CachedAttributes = Callable[[str, str], Mapping[str, Any] | None]
+# The stored attributes a decision reads, when the caller has not fetched them (plan: find them at hand or ask).
+UNKNOWN: Mapping[str, object] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a visitor's request decided; nothing about it is counted or recorded yet (the executor does)."""
+
+    loaded: LoadedSnapshot
+    ctx: VisitorContext
+    manifest: Manifest
+    tags: tuple[str, ...] | None
+    cookies: SetCookies  # for the visitor's scheme (Secure on https)
+    seconds: float  # how long the decider took (for the decision metrics)
+
+
+@dataclass(frozen=True, slots=True)
+class NeedStored:
+    """The decision reads stored attributes that are not at hand: fetch these, then plan again with them."""
+
+    project_uid: str
+    user_uid: str
+
+
+@dataclass(slots=True)  # one per request
+class Plan:
+    """How to carry out a proxied request that was not refused."""
+
+    where: ClientView
+    route: RouteDecision
+    decision: Decision | None  # None: passed through unpersonalized
+    target: str  # on the origin: its base path, the path, the query (with the variant param when configured)
+    cacheable: bool  # the cache may answer or store it (GET/HEAD, no body, a caching route, cache on)
+    cache_key: str  # the key computed on the client's own headers, "" when only the upstream headers can key it
+    cache_view: CacheView | None  # what can select a stored entry on the client's headers (with cache_key)
+    explain: bool  # the ops-token-protected debug explanation was asked for
+
+    @property
+    def cookies(self) -> SetCookies:
+        return self.decision.cookies if self.decision is not None else NO_COOKIES
+
+
+class Planner:
+    """The pure part of every request, built once per process from its settings; `plan` and `decide` are the only
+    ways a request is decided."""
+
+    __slots__ = (
+        "cache", "cached_attributes", "classifier", "clock", "config", "geo_lookup", "identities",
+        "origin_base_path", "origin_host", "routes", "trusted",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        clock: Clock,
+        geo_lookup: GeoLookup | None,
+        cached_attributes: CachedAttributes,
+        cache: ResponseCache | None,
+        classifier: UserAgentClassifier,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.geo_lookup = geo_lookup
+        self.cached_attributes = cached_attributes  # the store's in-process answer (no I/O), None when unknown
+        self.cache = cache
+        self.classifier = classifier
+        self.trusted = TrustedProxies(config.trusted_proxies)
+        self.routes = RouteTable(config)
+        self.identities = Identities()  # returning visitors' uids and parsed cookies
+        origin = URL(config.origin.rstrip("/"))
+        self.origin_host = origin.raw_authority
+        self.origin_base_path = origin.raw_path.rstrip("/")
+
+    # -- the visitor ----------------------------------------------------------------------------------
+
+    def client(self, peer: str | None, scheme: str, host: str, headers: CIMultiDictProxy[str]) -> ClientView:
+        return view_of_client(self.trusted, peer, scheme, host, headers)
+
+    def stored_at_hand(self, loaded: LoadedSnapshot, identity: Identity) -> Mapping[str, object] | NeedStored:
+        """The stored attributes a decision reads when they are known without I/O (none needed, or cached by the
+        store); otherwise which ones to fetch."""
+        if identity.is_new or not loaded.snapshot.reads_custom_attributes:
+            return {}
+        project_uid = loaded.snapshot.project.uid
+        stored = self.cached_attributes(project_uid, identity.user_uid)
+        return stored if stored is not None else NeedStored(project_uid, identity.user_uid)
+
+    def decide(
+        self,
+        loaded: LoadedSnapshot,
+        headers: CIMultiDictProxy[str],
+        where: ClientView,
+        identity: Identity,
+        stored: Mapping[str, object],
+        *,
+        page_url: str,
+        query: str | None,
+        tags: tuple[str, ...] | None,
+        live: Mapping[str, object] | None = None,
+    ) -> Decision:
+        """A visitor's decision: the context from the request, the snapshot's decider. Every door decides here."""
+        ctx = context_from_request(
+            headers, page_url=page_url, now=self.clock(), query=query, client_ip=where.client_ip,
+            trust_geo_headers=where.trusted, geo_lookup=self.geo_lookup, classifier=self.classifier,
+            identity=identity, live=live, stored=stored,
+        )  # fmt: skip
+        started = time.perf_counter()
+        manifest = loaded.decider.decide(ctx, tags)
+        seconds = time.perf_counter() - started
+        return Decision(loaded, ctx, manifest, tags, loaded.cookies.of(manifest, where.proto == "https"), seconds)
+
+    # -- a proxied request ----------------------------------------------------------------------------
+
+    def plan(
+        self,
+        loaded: LoadedSnapshot | None,
+        method: str,
+        raw_path: str,
+        path: str,
+        headers: CIMultiDictProxy[str],
+        where: ClientView,
+        *,
+        has_body: bool,
+        upgrade: bool,
+        stored: Mapping[str, object] = UNKNOWN,
+    ) -> Plan | NeedStored:
+        """`raw_path`: the origin-form target as sent; `path`: its decoded path (routes match on it); `where`:
+        `client(...)`, not refused. `stored`: the visitor's stored attributes once fetched (after NeedStored)."""
+        config = self.config
+        route = self.routes.decide(path)
+        decision = None
+        raw, _, query = raw_path.partition("?")
+        if route.personalize and loaded is not None:
+            identity = self.identities.of(headers)
+            if stored is UNKNOWN:
+                found = self.stored_at_hand(loaded, identity)
+                if isinstance(found, NeedStored):
+                    return found
+                stored = found
+            decision = self.decide(loaded, headers, where, identity, stored, page_url=f"{where.proto}://{where.host}{raw_path}",
+                                   query=query, tags=route.tags)  # fmt: skip
+            if config.variant_query_param:
+                query = _with_param(query, config.variant_query_param, decision.manifest.variant_param)
+        cache = self.cache
+        cacheable = cache is not None and route.cache and not has_body and (method == "GET" or method == "HEAD")
+        key, view = "", None
+        if cacheable and not upgrade:  # an upgrade asked for is keyed (and answered) by the full exchange
+            assert cache is not None
+            view = early_view(headers, cache.key_headers)
+            if view is not None:
+                variant_param = decision.manifest.variant_param if decision is not None else ""
+                key = cache.key(where.host, raw_path, variant_param, headers)
+        explain = bool(config.ops_token) and decision is not None and same_token(
+            headers.get("X-Edgeproxy-Explain", ""), config.ops_token
+        )
+        target = f"{self.origin_base_path}{raw}{'?' + query if query else ''}"
+        return Plan(where, route, decision, target, cacheable, key, view, explain)
+
+    def upstream_headers(self, plan: Plan, headers: CIMultiDictProxy[str], request_host: str) -> CIMultiDict[str]:
+        """The client's end-to-end headers for the origin: Host, X-Forwarded-*, and the decided variants."""
+        where = plan.where
+        out = end_to_end(headers, UPSTREAM_REMOVED)
+        # X-Forwarded-*: a trusted peer's chain is kept and extended; an untrusted one is replaced, not believed.
+        peer = where.peer
+        chain = f"{where.forwarded_for}, {peer}" if where.trusted and where.forwarded_for else (peer or "")
+        if chain:
+            out["X-Forwarded-For"] = chain
+        out["X-Forwarded-Proto"] = where.proto
+        out["X-Forwarded-Host"] = where.host
+        if not where.trusted:
+            out.popall("Forwarded", None)
+        out["Host"] = request_host if self.config.preserve_host else self.origin_host
+        decision = plan.decision
+        if decision is not None:
+            add_variant_headers(out, decision.manifest, self.config.cda_variant_limit, decision.loaded.snapshot.version)
+        return out
+
+
+def add_variant_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limit: int, version: str) -> None:
+    """contract §7: aliases in priority order, truncated for the CDA; the full set in the variant param."""
+    aliases = manifest.aliases
+    if cda_limit:
+        aliases = aliases[:cda_limit]
+    headers["x-cs-variant-uid"] = ",".join(aliases)
+    headers["x-cs-personalize-variants"] = manifest.variant_param
+    headers["x-cs-personalize-user-uid"] = manifest.user_uid
+    headers["x-edgeproxy-snapshot"] = version  # which rules decided, for origin logs
+
+
+def _with_param(query: str, name: str, value: str) -> str:
+    kept = [part for part in query.split("&") if part and part.split("=", 1)[0] != name]
+    kept.append(f"{quote(name, safe='')}={quote(value, safe=',_')}")
+    return "&".join(kept)

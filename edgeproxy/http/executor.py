@@ -1,0 +1,594 @@
+"""Carrying out a proxied request's plan on sockets: stored attributes fetched when the plan asks, the cache's
+steps (cache/policy.py) run against the store and the origin, the response relayed and decorated, and what
+happened counted once (runtime/metrics.py) and logged.
+
+N concurrent misses for one key make one origin request; the others wait for it and are served its entry.
+The hit lane (`lane_answer`) asks the same planner and the same policy, and answers only what needs no I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from time import perf_counter
+
+from aiohttp import HttpVersion10, HttpVersion11, web
+from multidict import CIMultiDict
+
+from edgeproxy.cache import policy
+from edgeproxy.cache.layer import ResponseCache
+from edgeproxy.cache.store import CachedResponse, MemoryCacheStore
+from edgeproxy.engine.context import VisitorContext
+from edgeproxy.engine.decide import Manifest
+from edgeproxy.engine.explain import explain
+from edgeproxy.exchange.decorate import ClientBase, ResponseHook, response_hook
+from edgeproxy.exchange.plan import Decision, NeedStored, Plan
+from edgeproxy.http.access_log import DECIDED_KEY, access_line
+from edgeproxy.http.aiohttp_internals import LaneAnswer, ParsedRequest, answer_in_http11
+from edgeproxy.http.errors import error_response, refusal_response
+from edgeproxy.http.gate import Refusal
+from edgeproxy.http.gate import check as check_request
+from edgeproxy.http.origin import ClientBodyError
+from edgeproxy.http.prebuilt import PrebuiltResponse, date_line, head_lines, prebuilt_allowed
+from edgeproxy.http.relay import bridge_websocket, relay
+from edgeproxy.runtime.config import ProxyConfig
+from edgeproxy.runtime.snapshots import LoadedSnapshot
+from edgeproxy.runtime.state import ProxyState
+from edgeproxy.visitor.forwarded import ClientView
+from edgeproxy.visitor.identity import SetCookies
+
+log = logging.getLogger("edgeproxy.proxy")
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
+
+@dataclass(slots=True)
+class Decided:
+    """What a proxied request decided, for metrics and the decision log after the response."""
+
+    ctx: VisitorContext | None = None
+    manifest: Manifest | None = None
+    snapshot: str = ""
+    tags: tuple[str, ...] | None = None
+
+
+def record_decision(state: ProxyState, plan: Plan, decided: Decided) -> ResponseHook | None:
+    """Count a decision whose response is being sent (metrics, live counts), note it for the logs, and return
+    what records its impressions as the response goes out."""
+    decision = plan.decision
+    if decision is None:
+        return None
+    state.count_decision(decision)
+    decided.ctx, decided.manifest = decision.ctx, decision.manifest
+    decided.snapshot, decided.tags = decision.loaded.snapshot.version, decision.tags
+    explained = _explanation(plan) if plan.explain else None
+    return response_hook(state.impressions, state.config, decision.manifest, explained)
+
+
+def observe_served(
+    state: ProxyState, started: float, method: str, raw_path: str, status: int, x_cache: str | None, decided: Decided
+) -> float:
+    """What every proxied request records once answered (the general path and the hit lane alike): request and
+    cache metrics, and the decision log line. Returns the seconds it took."""
+    seconds = perf_counter() - started
+    state.metrics.observe_request("page" if decided.manifest is not None else "passthrough", status, seconds)
+    if x_cache is not None:
+        state.metrics.cache_result(x_cache)
+    if state.decision_log is not None and decided.manifest is not None and decided.ctx is not None:
+        state.decision_log.write(
+            ctx=decided.ctx, manifest=decided.manifest, snapshot=decided.snapshot, method=method, path=raw_path,
+            tags=decided.tags, status=status, cache=x_cache, started=started,
+        )  # fmt: skip
+    return seconds
+
+
+async def proxy_handler(request: web.BaseRequest, state: ProxyState) -> web.StreamResponse:
+    started = perf_counter()
+    decided = Decided()
+    if state.config.access_log:
+        request[DECIDED_KEY] = decided  # for the JSON access log
+    response = await _execute(request, state, decided)
+    x_cache = response.headers.get("X-Cache")
+    observe_served(state, started, request.method, request.raw_path, response.status, x_cache, decided)
+    if state.cache is not None and request.method in UNSAFE_METHODS and response.status < 400:
+        # RFC 9111 §4.4: a successful unsafe request invalidates the stored responses for its URI.
+        try:
+            await state.cache.store.purge(paths=[request.raw_path], prefixes=[], tags=[])
+        except Exception as exc:  # a shared cache being away must not fail the request that already succeeded
+            log.warning("cache invalidation after %s %s failed: %s", request.method, request.raw_path, exc)
+    return response
+
+
+def peer_address(request: web.BaseRequest) -> str | None:
+    transport = request.transport
+    if transport is None:
+        return None
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return None
+
+
+async def _execute(request: web.BaseRequest, state: ProxyState, decided: Decided) -> web.StreamResponse:
+    planner = state.planner
+    headers = request.headers
+    where = planner.client(peer_address(request), request.scheme, request.host, headers)
+    if where.refusal is not None:
+        return refuse(request, where.refusal)
+    upgrade = headers.get("Upgrade")
+    if (
+        upgrade is not None and upgrade.lower() == "websocket" and request.method == "GET"
+        and "Sec-WebSocket-Key" in headers
+    ):  # fmt: skip
+        bridged = await _websocket(request, state, where)
+        if bridged is not None:
+            return bridged
+        # The origin declined the upgrade (RFC 9110 §7.8 lets it ignore Upgrade): its plain answer goes through,
+        # fetched below as an ordinary request. Without a Sec-WebSocket-Key it is no handshake at all: the same.
+    loaded = state.holder.current
+    has_body = request.body_exists
+    raw_path = request.raw_path
+    plan = planner.plan(loaded, request.method, raw_path, request.path, headers, where,
+                        has_body=has_body, upgrade=upgrade is not None)  # fmt: skip
+    if isinstance(plan, NeedStored):
+        stored = await state.stored_attributes(plan.project_uid, plan.user_uid)
+        plan = planner.plan(loaded, request.method, raw_path, request.path, headers, where,
+                            has_body=has_body, upgrade=upgrade is not None, stored=stored)  # fmt: skip
+        assert isinstance(plan, Plan)
+    impressions = record_decision(state, plan, decided)
+    cookies, personalized = plan.cookies, plan.decision is not None
+    cache = state.cache
+    fetched = None
+    if cache is not None and plan.cache_view is not None and not cache.passes(plan.cache_key, state.clock()):
+        # A fresh hit is served from the client's request as it is, before any upstream request is built.
+        get_now = cache.get_now  # a memory store answers without a coroutine
+        entry = get_now(plan.cache_key) if get_now is not None else await cache.fetch(plan.cache_key)
+        hit = plan.cache_view.fresh_hit(entry, state.clock())
+        if hit is not None:
+            return serve_entry(request, state, hit, policy.HIT, cookies, personalized, impressions)
+        fetched = (entry,)
+
+    upstream_headers = planner.upstream_headers(plan, headers, request.host)
+    x_cache = None
+    if cache is not None:
+        if not plan.cacheable:
+            x_cache = policy.BYPASS
+        else:
+            key = plan.cache_key or cache.key(plan.where.host, raw_path, _variant_param(plan), upstream_headers)
+            if cache.passes(key, state.clock()):
+                # Hit-for-pass: this key's responses are not storable; forward directly, like an uncached route.
+                x_cache = policy.MISS
+            else:
+                exchange = CacheExchange(request, state, cache, key, plan, upstream_headers, impressions)
+                return await exchange.run(fetched)
+    try:
+        upstream = await state.upstream.request(
+            request.method, plan.target, upstream_headers, request.content if has_body else None
+        )
+    except ClientBodyError as exc:  # the client's body broke its framing, stalled, or the client went away
+        log.info("%s request from %s: request body refused: %s", request.method, where.peer, exc)
+        return client_body_failed(request, exc.status)
+    except OSError as exc:  # TimeoutError, UpstreamError
+        return origin_unavailable(request, state, exc)
+    try:
+        response, _ = await relay(
+            request, upstream, cookies, personalized, state.config, x_cache=x_cache, impressions=impressions
+        )
+        return response
+    finally:
+        upstream.release()
+
+
+async def decision_for(
+    request: web.BaseRequest,
+    state: ProxyState,
+    loaded: LoadedSnapshot,
+    where: ClientView,
+    *,
+    page_url: str,
+    tags: tuple[str, ...] | None,
+    live: Mapping[str, object] | None = None,
+) -> Decision:
+    """The visitor's decision at a door that answers by itself (the Edge API, ops explain): the planner's, with
+    the stored attributes fetched when they are not at hand."""
+    planner = state.planner
+    identity = planner.identities.of(request.headers)
+    stored = planner.stored_at_hand(loaded, identity)
+    if isinstance(stored, NeedStored):
+        stored = await state.stored_attributes(stored.project_uid, stored.user_uid)
+    return planner.decide(loaded, request.headers, where, identity, stored, page_url=page_url, query=None,
+                          tags=tags, live=live)  # fmt: skip
+
+
+def _variant_param(plan: Plan) -> str:
+    return plan.decision.manifest.variant_param if plan.decision is not None else ""
+
+
+def _explanation(plan: Plan) -> str:
+    """The compact why-this-variant header a request with `X-Edgeproxy-Explain: <ops_token>` gets."""
+    decision = plan.decision
+    assert decision is not None
+    snapshot = decision.loaded.snapshot
+    trace = explain(snapshot, decision.ctx, decision.tags)
+    summary = "; ".join(f"{e['shortUid']}={e['activeVariantShortUid']} ({e['reason']})" for e in trace["experiences"])
+    return f"snapshot={snapshot.version} user={decision.ctx.user_uid}; {summary}"[:8000]
+
+
+async def _websocket(request: web.BaseRequest, state: ProxyState, where: ClientView) -> web.StreamResponse | None:
+    planner = state.planner
+    plan = Plan(where, planner.routes.decide(request.path), None, "", False, "", None, False)
+    headers = planner.upstream_headers(plan, request.headers, request.host)
+    origin = state.origin
+    target = origin.with_path(planner.origin_base_path + request.path).with_query(request.query)
+    target = target.with_scheme("wss" if origin.scheme == "https" else "ws")
+
+    def failed(request: web.BaseRequest, status: int, code: str, message: str, exc: BaseException) -> web.Response:
+        return origin_failed(request, state, status, code, message, exc)
+
+    bridged = await bridge_websocket(request, state.session, target, headers, failed)
+    if bridged is not None:
+        state.metrics.websockets += 1
+    return bridged
+
+
+def refuse(request: web.BaseRequest, refusal: Refusal) -> web.Response:
+    """The gate's answer: a short page (JSON when Accept asks for it), logged in one line, connection closed
+    (after a refused head nothing else on the connection can be trusted to be framed as its sender meant)."""
+    log.info("refused request from %s: %d %s", peer_address(request), refusal.status, refusal.code)
+    response = refusal_response(refusal, request.headers.get("Accept"))
+    if refusal.status == 405:
+        response.headers["Allow"] = ALLOWED_METHODS
+    response.force_close()
+    if request.version != HttpVersion11 and request.version != HttpVersion10:
+        answer_in_http11(request)  # not `HTTP/2.0 400` or `HTTP/0.9 400`, which no HTTP/1.x client reads
+    return response
+
+
+def client_body_failed(request: web.BaseRequest, status: int) -> web.Response:
+    """The answer when the client's side of a relayed body failed (the origin's connection is dropped)."""
+    if status == 408:
+        bad = error_response(408, "body_timeout", "The request body did not arrive in time.",
+                             request.headers.get("Accept"))  # fmt: skip
+    else:
+        bad = error_response(400, "bad_body", "The request body is not framed correctly.",
+                             request.headers.get("Accept"))  # fmt: skip
+    bad.force_close()
+    return bad
+
+
+def origin_unavailable(request: web.BaseRequest, state: ProxyState, exc: OSError) -> web.Response:
+    """The origin timed out (504) or could not be reached (502)."""
+    if isinstance(exc, TimeoutError):
+        return origin_failed(request, state, 504, "origin_timeout", "The origin did not answer in time.", exc)
+    return origin_failed(request, state, 502, "origin_unreachable", "The origin could not be reached.", exc)
+
+
+def origin_failed(
+    request: web.BaseRequest, state: ProxyState, status: int, code: str, message: str, exc: BaseException
+) -> web.Response:
+    state.metrics.origin_error(status)
+    log.warning("%s %s -> %d %s: %r", request.method, request.path_qs, status, code, exc)
+    return error_response(status, code, message, request.headers.get("Accept"))
+
+
+# -- the cache's steps, carried out ---------------------------------------------------------------------
+
+
+class _Prepared:
+    """What serving an entry needs that is the same for every hit, derived once per entry (and configured
+    applied-variants header name): the browser-facing headers, and the prebuilt head for plain GETs."""
+
+    __slots__ = ("base", "heads")
+
+    def __init__(self, base: ClientBase) -> None:
+        self.base = base
+        self.heads: dict[bool, bytes] = {}  # no-store or not -> status line and constant headers
+
+    def head(self, entry: CachedResponse, no_store: bool) -> bytes:
+        found = self.heads.get(no_store)
+        if found is None:
+            headers = list(self.base.headers.items())
+            if no_store:  # docs/contract.md §7, as ClientBase.finish does
+                headers = [(k, v) for k, v in headers if k.lower() != "cache-control"] + [("Cache-Control", "no-store")]
+            names = {name.lower() for name, _ in headers}
+            lines = head_lines(entry.status, entry.reason, headers, len(entry.body), names=names)
+            found = self.heads[no_store] = "".join(lines).encode("utf-8", "surrogateescape")
+        return found
+
+
+def _prepared(entry: CachedResponse, config: ProxyConfig) -> _Prepared:
+    prepared = entry.prepared
+    if not isinstance(prepared, _Prepared) or prepared.base.applied_header != config.applied_variants_header:
+        base = ClientBase.of(CIMultiDict(entry.headers), config)
+        base.headers.popall("Content-Length", None)  # aiohttp sets it from the body (and keeps it for HEAD)
+        prepared = entry.prepared = _Prepared(base)
+    return prepared
+
+
+def serve_entry(
+    request: web.BaseRequest,
+    state: ProxyState,
+    entry: CachedResponse,
+    label: str,
+    cookies: SetCookies,
+    personalized: bool,
+    impressions: ResponseHook | None = None,
+) -> web.StreamResponse:
+    config = state.config
+    prepared = _prepared(entry, config)
+    base = prepared.base
+    not_modified = policy.not_modified(request.headers.get("If-None-Match"), entry)
+    if not not_modified and prebuilt_allowed(request) and (impressions is None or impressions.explain is None):
+        # The common case, prebuilt: constant head + this visitor's lines + body, in one write.
+        parts = entry_parts(state, entry, prepared, label, cookies.lines, personalized, impressions)
+        return PrebuiltResponse(entry.status, entry.reason, parts, len(entry.body), label)
+    age = int(entry.age(state.clock()))
+    if not_modified:
+        response = web.Response(status=304, headers=base.headers)  # the browser's copy is current
+    else:
+        # For HEAD, aiohttp sends the headers (with this body's Content-Length) and no body.
+        response = web.Response(status=entry.status, reason=entry.reason, headers=base.headers, body=entry.body)
+    headers = response.headers  # aiohttp's own copy of base.headers
+    base.finish(headers, cookies, personalized, config, label, impressions)
+    headers["Age"] = str(age)
+    return response
+
+
+def entry_parts(
+    state: ProxyState,
+    entry: CachedResponse,
+    prepared: _Prepared,
+    label: str,
+    cookie_lines: str,
+    personalized: bool,
+    impressions: ResponseHook | None,
+) -> tuple[bytes, bytes, bytes]:
+    """A stored entry as the bytes of a whole HTTP/1.1 keep-alive response (no debug header asked for): the
+    entry's constant head, this visitor's lines (`cookie_lines`: SetCookies.lines), the body. Records the
+    impressions."""
+    base = prepared.base
+    if impressions is not None:
+        impressions(base.headers, base.applied)  # records; without a debug header it adds nothing
+    no_store = personalized and base.html and state.config.no_store_personalized_html
+    dynamic = f"{cookie_lines}X-Cache: {label}\r\nAge: {int(entry.age(state.clock()))}\r\n"
+    if "Date" not in base.headers:
+        dynamic += date_line()
+    return prepared.head(entry, no_store), (dynamic + "\r\n").encode("utf-8", "surrogateescape"), entry.body
+
+
+@dataclass(slots=True)
+class CacheExchange:
+    """One request the cache may answer, carried through policy.py's steps: lookup, then serve, pass or fetch
+    (one origin request per key, which coalesced requests share)."""
+
+    request: web.BaseRequest
+    state: ProxyState
+    cache: ResponseCache
+    key: str
+    plan: Plan
+    upstream_headers: CIMultiDict[str]
+    impressions: ResponseHook | None
+
+    def serve(self, entry: CachedResponse, label: str) -> web.StreamResponse:
+        plan = self.plan
+        return serve_entry(self.request, self.state, entry, label, plan.cookies, plan.decision is not None,
+                           self.impressions)  # fmt: skip
+
+    async def run(self, fetched: tuple[CachedResponse | None] | None) -> web.StreamResponse:
+        """`fetched`: the store's answer for the key when the caller asked already (one store round trip)."""
+        cache, upstream_headers, now = self.cache, self.upstream_headers, self.state.clock()
+        for name in policy.CONDITIONAL_REQUEST_HEADERS:  # the cache fetches for everyone; it answers conditionals
+            upstream_headers.popall(name, None)
+        entry = policy.selected(fetched[0] if fetched is not None else await cache.fetch(self.key), upstream_headers)
+        step = policy.lookup(entry, now, self.request.method, cache.passes(self.key, now))
+        if step == policy.HIT or step == policy.STALE:
+            assert entry is not None
+            if step == policy.STALE:
+                stale = entry
+                cache.revalidate_in_background(self.key, lambda: self.refresh(stale))
+            return self.serve(entry, step)
+        if step == policy.PASS:
+            return await self.forward()
+        leader = cache.inflight.get(self.key)
+        if leader is not None:
+            # Coalesced: wait for the request already on its way to the origin for this key.
+            cache.counts["coalesced"] += 1
+            try:
+                result = await asyncio.wait_for(asyncio.shield(leader), timeout=self.state.config.read_timeout)
+            except TimeoutError:
+                result = None
+            if result is not None:
+                shared, label = result
+                if policy.selected(shared, upstream_headers) is not None:
+                    return self.serve(shared, label)
+            return await self.forward()
+        future: asyncio.Future[tuple[CachedResponse, str] | None] = asyncio.get_running_loop().create_future()
+        cache.inflight[self.key] = future
+        try:
+            return await self.fetch(entry, future)
+        finally:
+            cache.inflight.pop(self.key, None)
+            if not future.done():
+                future.set_result(None)
+
+    async def fetch(
+        self, entry: CachedResponse | None, future: asyncio.Future[tuple[CachedResponse, str] | None]
+    ) -> web.StreamResponse:
+        """The FETCH step: one origin request for the key (conditional when an entry is stored), whose outcome
+        every coalesced request waiting on `future` shares."""
+        request, state, cache = self.request, self.state, self.cache
+        headers = CIMultiDict(self.upstream_headers)
+        if entry is not None:
+            headers.update(policy.validators(entry))
+        request_time = state.clock()
+        try:
+            upstream = await state.upstream.request("GET", self.plan.target, headers)
+        except OSError as exc:  # TimeoutError, UpstreamError
+            if policy.after_failure(entry, state.clock()) == policy.STALE:
+                assert entry is not None
+                future.set_result((entry, policy.STALE))  # requests waiting on this fetch get the stale copy too
+                return self.serve(entry, policy.STALE)
+            return origin_unavailable(request, state, exc)
+        try:
+            response_time = state.clock()
+            step = policy.after_response(upstream.status, entry, response_time)
+            if step == policy.REVALIDATED:
+                assert entry is not None
+                refreshed = cache.refreshed(entry, list(upstream.headers.items()), request_time, response_time)
+                await cache.put(self.key, refreshed)
+                future.set_result((refreshed, step))
+                return self.serve(refreshed, step)
+            if step == policy.STALE:
+                assert entry is not None
+                future.set_result((entry, step))
+                return self.serve(entry, step)
+            candidate = cache.build_entry(
+                status=upstream.status, reason=upstream.reason or "", headers=list(upstream.headers.items()),
+                body=b"", path=request.raw_path, upstream_headers=headers, request_time=request_time,
+                response_time=response_time,
+            )  # fmt: skip
+            if candidate is not None and policy.request_forbids_storing(request.headers.getall("Cache-Control", [])):
+                cache.not_stored["request no-store"] += 1
+                candidate = None
+            length = upstream.headers.get("Content-Length")
+            if candidate is not None and length is not None and int(length) > cache.max_object_bytes:
+                cache.not_stored["too large"] += 1
+                candidate = None
+            buffer = bytearray() if candidate is not None else None
+            limit = cache.max_object_bytes
+
+            def keep(chunk: bytes) -> None:
+                nonlocal buffer
+                if buffer is not None:
+                    buffer += chunk
+                    if len(buffer) > limit:  # streamed on, but not stored
+                        cache.not_stored["too large"] += 1
+                        buffer = None
+
+            response, complete = await relay(
+                request, upstream, self.plan.cookies, self.plan.decision is not None, state.config,
+                x_cache=policy.MISS, on_chunk=keep, impressions=self.impressions,
+            )  # fmt: skip
+            if candidate is not None and buffer is not None and complete:
+                candidate.body = bytes(buffer)
+                await cache.put(self.key, candidate)
+                future.set_result((candidate, policy.HIT))
+            else:
+                cache.remember_uncacheable(self.key, state.clock())
+            return response
+        finally:
+            upstream.release()
+
+    async def forward(self) -> web.StreamResponse:
+        """The PASS step (and a coalesced request whose leader's entry does not fit): forwarded, nothing stored."""
+        request, state = self.request, self.state
+        try:
+            upstream = await state.upstream.request(request.method, self.plan.target, self.upstream_headers)
+        except OSError as exc:
+            return origin_unavailable(request, state, exc)
+        try:
+            response, _ = await relay(
+                request, upstream, self.plan.cookies, self.plan.decision is not None, state.config,
+                x_cache=policy.MISS, impressions=self.impressions,
+            )  # fmt: skip
+            return response
+        finally:
+            upstream.release()
+
+    async def refresh(self, entry: CachedResponse) -> None:
+        """Background revalidation for stale-while-revalidate (RFC 5861 §3): conditional GET, store the result."""
+        state, cache = self.state, self.cache
+        headers = CIMultiDict(self.upstream_headers)
+        headers.update(policy.validators(entry))
+        request_time = state.clock()
+        up = await state.upstream.request("GET", self.plan.target, headers)
+        try:
+            response_time = state.clock()
+            if policy.after_response(up.status, entry, response_time) == policy.REVALIDATED:
+                await cache.put(self.key, cache.refreshed(entry, list(up.headers.items()), request_time,
+                                                          response_time))  # fmt: skip
+                cache.counts["background_revalidated"] += 1
+                return
+            if up.status >= 500:
+                return  # keep serving stale within its windows
+            length = up.headers.get("Content-Length")
+            if length is not None and int(length) > cache.max_object_bytes:
+                return
+            collected = bytearray()
+            async for chunk in up.iter_chunks():  # the whole body, however it is chunked
+                collected += chunk
+                if len(collected) > cache.max_object_bytes:
+                    return
+            fresh = cache.build_entry(
+                status=up.status, reason=up.reason or "", headers=list(up.headers.items()), body=bytes(collected),
+                path=self.request.raw_path, upstream_headers=headers, request_time=request_time,
+                response_time=response_time,
+            )  # fmt: skip
+            if fresh is not None:
+                await cache.put(self.key, fresh)
+                cache.counts["background_refreshed"] += 1
+        finally:
+            up.release()
+
+
+# -- the hit lane ---------------------------------------------------------------------------------------
+
+
+def lane_answer(state: ProxyState, access_log: logging.Logger | None, values_checked: bool) -> LaneAnswer:
+    """The hit lane's question (http/aiohttp_internals.py): is this parsed GET a fresh HIT of the in-memory cache
+    whose response can be sent whole? Then its bytes, with everything the general path records for a hit;
+    otherwise None, having recorded nothing, and the general path handles the request from the start. The same
+    planner and policy decide here as there."""
+    planner = state.planner
+    cache = state.cache
+    assert cache is not None
+    store = cache.store
+    if not isinstance(store, MemoryCacheStore):
+        raise ValueError("the hit lane answers from the in-memory store only")
+    config = state.config
+
+    def answer(message: ParsedRequest, peer: str | None, scheme: str) -> Sequence[bytes] | None:
+        started = perf_counter()
+        raw_path = message.path
+        if not store.holds_path(raw_path):
+            return None  # the cheap no: nothing is stored for this URL
+        if check_request("GET", raw_path, message.version, message.raw_headers, values_checked=values_checked):
+            return None  # the general path asks the gate again and answers its refusal
+        headers = message.headers
+        host = headers.get("Host")
+        url = message.url
+        if host is None or url.absolute or "Upgrade" in headers or "If-None-Match" in headers:
+            return None  # absolute-form targets, upgrades, and 304s to send: the general path
+        # Not a reserved path (ops, Edge API) either: those never reach the proxy, so nothing is ever stored
+        # for them (holds_path above), and their prefixes are fixed for the life of the process.
+        where = planner.client(peer, scheme, host, headers)
+        if where.refusal is not None:
+            return None  # refused by the general path
+        plan = planner.plan(state.holder.current, "GET", raw_path, url.path, headers, where,
+                            has_body=False, upgrade=False)  # fmt: skip
+        if isinstance(plan, NeedStored) or not plan.cache_key or plan.explain:
+            return None  # a store round trip, a key only upstream headers make, a debug header: the general path
+        now = state.clock()
+        if cache.passes(plan.cache_key, now):
+            return None
+        assert plan.cache_view is not None
+        entry = plan.cache_view.fresh_hit(store.get_now(plan.cache_key), now)
+        if entry is None:
+            return None
+        # A fresh hit: from here on it is answered, and recorded as the general path records one.
+        decided = Decided()
+        impressions = record_decision(state, plan, decided)
+        personalized = plan.decision is not None
+        parts = entry_parts(state, entry, _prepared(entry, config), policy.HIT, plan.cookies.lines, personalized,
+                            impressions)  # fmt: skip
+        seconds = observe_served(state, started, "GET", raw_path, entry.status, policy.HIT, decided)
+        if access_log is not None and access_log.isEnabledFor(logging.INFO):
+            access_log.info(access_line(
+                remote=peer, method="GET", raw_path=raw_path, status=entry.status, body_bytes=len(entry.body),
+                seconds=seconds, manifest=decided.manifest, snapshot=decided.snapshot or None, cache=policy.HIT,
+            ))  # fmt: skip
+        return parts
+
+    return answer
