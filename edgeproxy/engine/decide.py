@@ -106,12 +106,21 @@ class CompiledExperience:
         return None if index is None else self.variants[index]
 
 
+def variant_param_of(entries: tuple[tuple[str, CompiledVariant | None], ...]) -> str:
+    return ",".join([v.param for _, v in entries if v is not None])
+
+
 @dataclass(frozen=True, slots=True)
 class Manifest:
     """A decision: one entry per experience in priority order, the variant or None."""
 
     user_uid: str
     entries: tuple[tuple[str, CompiledVariant | None], ...]
+    variant_param: str  # docs/contract.md §7: the active variants' params in priority order (`variant_param_of`)
+
+    @classmethod
+    def of(cls, user_uid: str, entries: tuple[tuple[str, CompiledVariant | None], ...]) -> Manifest:
+        return cls(user_uid, entries, variant_param_of(entries))
 
     @property
     def experiences(self) -> list[dict[str, str | None]]:
@@ -128,9 +137,6 @@ class Manifest:
     def aliases(self) -> list[str]:
         return [v.alias for _, v in self.entries if v is not None]
 
-    @property
-    def variant_param(self) -> str:
-        return ",".join([v.param for _, v in self.entries if v is not None])
 
     def edge_body(self) -> dict[str, Any]:
         """The Edge API manifest body (docs/contract.md §4.7)."""
@@ -172,7 +178,7 @@ class CompiledSnapshot:
         return [ce for ce in self.experiences if not ce.tags.isdisjoint(wanted)]
 
     def decide(self, ctx: VisitorContext, tags: Iterable[str] | None = None) -> Manifest:
-        return Manifest(ctx.user_uid, tuple([(ce.short_uid, ce.choose(ctx)) for ce in self.select(tags)]))
+        return Manifest.of(ctx.user_uid, tuple([(ce.short_uid, ce.choose(ctx)) for ce in self.select(tags)]))
 
 
 def _audience_predicate(audience: Audience) -> Predicate:

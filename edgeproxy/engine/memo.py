@@ -34,7 +34,7 @@ from edgeproxy.engine.context import (
     LYTICS_FLOWS_COOKIE,
     VisitorContext,
 )
-from edgeproxy.engine.decide import CompiledExperience, CompiledSnapshot, CompiledVariant, Manifest
+from edgeproxy.engine.decide import CompiledExperience, CompiledSnapshot, CompiledVariant, Manifest, variant_param_of
 from edgeproxy.engine.model import TIME_CONDITIONS, AudienceCondition, Rule, RuleGroup, iter_rules, parse_iso_time
 
 MEMO_LIMIT = 50_000  # entries per table (a feature's values, a selection's keys and visitors); cleared when full
@@ -313,8 +313,10 @@ class _Plan:
     memo: dict[tuple[int, ...], tuple[Any, ...]] = field(default_factory=dict)
     # uid -> `bucketed(uid)` of each running A/B test: a visitor comes back, and hashing is the costly part.
     arms: dict[str, tuple[CompiledVariant | None, ...]] = field(default_factory=dict)
-    # (memoised values, arms) -> the manifest entries they make
-    entries: dict[tuple[tuple[Any, ...], tuple[CompiledVariant | None, ...]], Entries] = field(default_factory=dict)
+    # (memoised values, arms) -> the manifest entries they make, and their variant param
+    entries: dict[tuple[tuple[Any, ...], tuple[CompiledVariant | None, ...]], tuple[Entries, str]] = field(
+        default_factory=dict
+    )
     # (uid, key) -> the whole manifest: a returning visitor with the same features gets the same object again.
     visitors: dict[tuple[str, tuple[int, ...]], Manifest] = field(default_factory=dict)
 
@@ -397,18 +399,19 @@ class MemoDecider:
             if len(plan.arms) >= limit:
                 plan.arms.clear()
             plan.arms[uid] = arms
-        entries = plan.entries.get((values, arms))
-        if entries is None:  # few distinct variant sets: each is built once, and shared by the manifests
+        made = plan.entries.get((values, arms))
+        if made is None:  # few distinct variant sets: each is built once, and shared by the manifests
             entries = tuple(
                 [
                     (short_uid, value if arm < 0 else arms[arm] if value else None)
                     for (short_uid, arm), value in zip(plan.slots, values, strict=True)
                 ]
             )
+            made = (entries, variant_param_of(entries))
             if len(plan.entries) >= limit:
                 plan.entries.clear()
-            plan.entries[(values, arms)] = entries
-        manifest = Manifest(uid, entries)
+            plan.entries[(values, arms)] = made
+        manifest = Manifest(uid, *made)
         if len(plan.visitors) >= limit:
             plan.visitors.clear()
         plan.visitors[(uid, key)] = manifest

@@ -42,7 +42,7 @@ CachedAttributes = Callable[[str, str], Mapping[str, Any] | None]
 UNKNOWN: Mapping[str, object] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request: not frozen, whose __init__ costs a setattr call per field
 class Decision:
     """What a visitor's request decided; nothing about it is counted or recorded yet (the executor does)."""
 
