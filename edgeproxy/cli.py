@@ -348,11 +348,12 @@ def run_preview_link(args: argparse.Namespace, out: IO[str]) -> int:
 def _add_preview_link(commands: Any) -> None:
     link = commands.add_parser(
         "preview-link",
-        help="print a signed link that previews chosen variants (even drafts) on the real site",
+        help="print a signed preview link (work in progress, #17: serve does not honour it yet)",
         description="Print URL with a signed cs_preview token: the proxy (with the same preview_secret) decides "
         "that visitor's pages with the --set variants forced, --exclude experiences off, DRAFT versions with "
         "--draft and time conditions at --now, until the token expires. The secret comes from --preview-secret, "
-        "EDGEPROXY_PREVIEW_SECRET or --config FILE, as for serve.",
+        "EDGEPROXY_PREVIEW_SECRET or --config FILE, as for serve. Work in progress (#17): this release mints "
+        "and verifies links, serve does not honour them yet.",
     )
     link.add_argument("--url", required=True, help="http(s) URL of the page to open in preview")
     link.add_argument("--set", action="append", metavar="EXP=VAR", help="show variant VAR of experience EXP "

@@ -21,12 +21,13 @@ from edgeproxy.runtime.decision_log import iso
 DECIDED_KEY = web.RequestKey("edgeproxy.decided", object)
 
 
-_SECRET_PARAMS = re.compile(r"([?&](?:token|authtoken)=)[^&]*", re.IGNORECASE)
+_SECRET_PARAMS = re.compile(r"([?&](?:token|authtoken|cs_preview)=)[^&]*", re.IGNORECASE)  # preview: a bearer link
 
 
 def _redacted(path: str) -> str:
     """The dashboard accepts `?token=` so a browser can open it; a log line must not carry it."""
-    return _SECRET_PARAMS.sub(r"\1[redacted]", path) if "token=" in path.lower() else path
+    lowered = path.lower()
+    return _SECRET_PARAMS.sub(r"\1[redacted]", path) if "token=" in lowered or "cs_preview=" in lowered else path
 
 
 def access_line(

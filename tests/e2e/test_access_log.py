@@ -17,6 +17,7 @@ def test_access_log_lines_are_json_with_the_decision(launch: Launcher, http: Htt
     page = http.get(proxy.url + "/echo", headers={"Cookie": "cs-personalize-user-uid=log-me"})
     http.get(proxy.url + "/static/site.css")
     http.get(proxy.url + "/_edgeproxy/dashboard?token=s3cret")
+    http.get(proxy.url + "/static/site.css?a=1&cs_preview=pr3view.sig")  # a preview link is a bearer secret too
     proxy.stop()
     lines = [json.loads(line) for line in proxy.log_path.read_text().splitlines() if line.startswith("{")]
     by_path = {line["path"]: line for line in lines}
@@ -27,4 +28,5 @@ def test_access_log_lines_are_json_with_the_decision(launch: Launcher, http: Htt
     static = by_path["/static/site.css"]
     assert static["status"] == 200 and "kind" not in static
     assert "/_edgeproxy/dashboard?token=[redacted]" in by_path  # secrets in URLs never reach the log
-    assert "s3cret" not in proxy.log_path.read_text()
+    assert "/static/site.css?a=1&cs_preview=[redacted]" in by_path
+    assert "s3cret" not in proxy.log_path.read_text() and "pr3view" not in proxy.log_path.read_text()
