@@ -190,9 +190,8 @@ class Planner:
             if view is not None:
                 variant_param = decision.manifest.variant_param if decision is not None else ""
                 key = cache.key(where.host, raw_path, variant_param, headers)
-        explain = bool(config.ops_token) and decision is not None and same_token(
-            headers.get("X-Edgeproxy-Explain", ""), config.ops_token
-        )
+        asked = headers.get("X-Edgeproxy-Explain") if config.ops_token and decision is not None else None
+        explain = asked is not None and same_token(asked, config.ops_token)
         target = f"{self.origin_base_path}{raw}{'?' + query if query else ''}"
         return Plan(where, route, decision, target, cacheable, key, view, explain)
 
