@@ -69,11 +69,18 @@ class Plan:
     where: ClientView
     route: RouteDecision
     decision: Decision | None  # None: passed through unpersonalized
-    target: str  # on the origin: its base path, the path, the query (with the variant param when configured)
+    base_path: str  # the origin's base path
+    raw: str  # the path as sent, without its query
+    query: str  # the query the origin gets (with the variant param when configured)
     cacheable: bool  # the cache may answer or store it (GET/HEAD, no body, a caching route, cache on)
     cache_key: str  # the key computed on the client's own headers, "" when only the upstream headers can key it
     cache_view: CacheView | None  # what can select a stored entry on the client's headers (with cache_key)
     explain: bool  # the ops-token-protected debug explanation was asked for
+
+    @property
+    def target(self) -> str:
+        """The request target on the origin; built when forwarding (a cache hit never needs it)."""
+        return f"{self.base_path}{self.raw}{'?' + self.query if self.query else ''}"
 
     @property
     def cookies(self) -> SetCookies:
@@ -192,12 +199,12 @@ class Planner:
                 key = cache.key(where.host, raw_path, variant_param, headers)
         asked = headers.get("X-Edgeproxy-Explain") if config.ops_token and decision is not None else None
         explain = asked is not None and same_token(asked, config.ops_token)
-        target = f"{self.origin_base_path}{raw}{'?' + query if query else ''}"
-        return Plan(where, route, decision, target, cacheable, key, view, explain)
+        return Plan(where, route, decision, self.origin_base_path, raw, query, cacheable, key, view, explain)
 
-    def upstream_headers(self, plan: Plan, headers: CIMultiDictProxy[str], request_host: str) -> CIMultiDict[str]:
+    def upstream_headers(
+        self, where: ClientView, decision: Decision | None, headers: CIMultiDictProxy[str], request_host: str
+    ) -> CIMultiDict[str]:
         """The client's end-to-end headers for the origin: Host, X-Forwarded-*, and the decided variants."""
-        where = plan.where
         out = end_to_end(headers, UPSTREAM_REMOVED)
         # X-Forwarded-*: a trusted peer's chain is kept and extended; an untrusted one is replaced, not believed.
         peer = where.peer
@@ -209,7 +216,6 @@ class Planner:
         if not where.trusted:
             out.popall("Forwarded", None)
         out["Host"] = request_host if self.config.preserve_host else self.origin_host
-        decision = plan.decision
         if decision is not None:
             add_variant_headers(out, decision.manifest, self.config.cda_variant_limit, decision.loaded.snapshot.version)
         return out

@@ -150,7 +150,7 @@ async def _execute(request: web.BaseRequest, state: ProxyState, decided: Decided
             return serve_entry(request, state, hit, policy.HIT, cookies, personalized, impressions)
         fetched = (entry,)
 
-    upstream_headers = planner.upstream_headers(plan, headers, request.host)
+    upstream_headers = planner.upstream_headers(plan.where, plan.decision, headers, request.host)
     x_cache = None
     if cache is not None:
         if not plan.cacheable:
@@ -218,8 +218,7 @@ def _explanation(plan: Plan) -> str:
 
 async def _websocket(request: web.BaseRequest, state: ProxyState, where: ClientView) -> web.StreamResponse | None:
     planner = state.planner
-    plan = Plan(where, planner.routes.decide(request.path), None, "", False, "", None, False)
-    headers = planner.upstream_headers(plan, request.headers, request.host)
+    headers = planner.upstream_headers(where, None, request.headers, request.host)
     origin = state.origin
     target = origin.with_path(planner.origin_base_path + request.path).with_query(request.query)
     target = target.with_scheme("wss" if origin.scheme == "https" else "ws")

@@ -32,7 +32,7 @@ def build_handler(state: ProxyState, reserved: dict[str, tuple[str, ReservedHand
     values_checked = header_values_checked()  # the parser in front refuses control characters in values itself
 
     async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
-        # The gate first, for every request (hitlane.py's lane asks it too, before it answers).
+        # The gate first, for every request (the hit lane, executor.lane_answer, asks it too, before it answers).
         refusal = check_request(
             request.method, request.raw_path, request.version, request.raw_headers, values_checked=values_checked
         )
@@ -83,7 +83,7 @@ def build_server(state: ProxyState, reserved: dict[str, tuple[str, ReservedHandl
     signals, which one catch-all route would not use anyway (about 30 µs less CPU per request, measured with
     wrk on a minimal handler). With the response cache on, fresh hits of the in-memory store are
     answered as they are parsed (aiohttp_internals.py, executor.lane_answer).
-    The caller starts and stops `state` (see server.serve)."""
+    The caller starts and stops `state` (see runtime/serve.py)."""
     handler = build_handler(state, reserved)
     # Request bodies are relayed as the exact bytes the client framed: never inflated (a gzip body could
     # otherwise carry a request of its own past the gate). The Edge API decodes what it reads itself.

@@ -132,10 +132,10 @@ class VisitorCookies:
     decider hands a returning visitor the same manifest object again (engine/memo.py), and its cookies are the
     same strings again. Kept with the snapshot (snapshots.LoadedSnapshot), so it goes when the snapshot goes."""
 
-    __slots__ = ("_limit", "_memo", "_snapshot")
+    __slots__ = ("_decider", "_limit", "_memo")
 
-    def __init__(self, snapshot: MemoDecider, limit: int = 16_384) -> None:
-        self._snapshot = snapshot
+    def __init__(self, decider: MemoDecider, limit: int = 16_384) -> None:
+        self._decider = decider
         self._limit = limit
         # id(manifest) -> (manifest, secure, cookies); holding the manifest keeps its id from being reused
         self._memo: dict[int, tuple[Manifest, bool, SetCookies]] = {}
@@ -144,7 +144,7 @@ class VisitorCookies:
         found = self._memo.get(id(manifest))
         if found is not None and found[0] is manifest and found[1] is secure:
             return found[2]
-        cookies = SetCookies.of(cookie_headers(manifest, secure, self._snapshot.manifest_json(manifest)))
+        cookies = SetCookies.of(cookie_headers(manifest, secure, self._decider.manifest_json(manifest)))
         if len(self._memo) >= self._limit:
             self._memo.clear()
         self._memo[id(manifest)] = (manifest, secure, cookies)
