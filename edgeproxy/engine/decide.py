@@ -137,7 +137,6 @@ class Manifest:
     def aliases(self) -> list[str]:
         return [v.alias for _, v in self.entries if v is not None]
 
-
     def edge_body(self) -> dict[str, Any]:
         """The Edge API manifest body (docs/contract.md §4.7)."""
         return {"experiences": self.experiences, "activeVariants": self.active_variants}

@@ -116,7 +116,7 @@ _PRESET_FEATURES = {
     "QUERY_PARAMETERS": "query",
     "REFERRER": "referrer",
 }
-# The features read off the context, in key order (`FeatureKey.values`).
+# The features read off the context, in key order (`FeatureKey.names`).
 _CONTEXT_FEATURES = ("geo", "user agent", "query", "referrer", "LYTICS_AUDIENCE", "LYTICS_FLOW_STATE")
 
 
@@ -150,70 +150,64 @@ class Feature:
 class FeatureKey:
     """ctx -> a key such that two contexts with equal keys give each of the rules it was made for (and each Lytics
     audience membership) the same truth: the id of each feature's value. Features in key order (`names`): those
-    read off the context, the clock, the custom attributes."""
+    read off the context, the clock, the custom attributes. `key` is the function (`_key_source`)."""
 
-    __slots__ = ("_custom_keys", "_no_custom", "_reads", "_tables", "_thresholds", "features", "names")
+    __slots__ = ("features", "key", "names")
 
     def __init__(self, features: dict[Any, Feature], thresholds: list[float] | None) -> None:
-        names: list[Any] = [name for name in (*_CONTEXT_FEATURES, "DATE_AND_TIME") if name in features]
-        self._reads = tuple([name in features for name in (*_CONTEXT_FEATURES, "DATE_AND_TIME")])
-        self._thresholds = thresholds
         custom = sorted(name for name in features if isinstance(name, tuple))
-        self._custom_keys = tuple([name[1] for name in custom])
-        self._no_custom = [None] * len(custom)
-        self.names = tuple(names + custom)
+        read: list[Any] = [name for name in (*_CONTEXT_FEATURES, "DATE_AND_TIME") if name in features]
+        self.names = tuple(read + custom)
         self.features = tuple([features[name] for name in self.names])
-        self._tables = tuple([feature.ids for feature in self.features])
-
-    def values(self, ctx: VisitorContext) -> list[Any]:
-        """Each feature's value for `ctx`, in key order. One function with a branch per feature, rather than a
-        reader per feature: this runs for every request, and a call costs more than a branch."""
-        geo, user_agent, query, referrer, lytics, flows, clock = self._reads
-        values: list[Any] = []
-        if geo:
-            values.append(ctx.geo_source())
-        if user_agent:
-            values.append(ctx.user_agent)
-        if query:
-            values.append(ctx.page_url)
-        if referrer:
-            values.append(ctx.referrer)
-        if lytics:  # the raw sources of `ctx.lytics_audiences()`: as exact as the set parsed from them
-            live = ctx.live
-            audiences = typed_value(live.get(LYTICS_AUDIENCES_ATTRIBUTE)) if live else None
-            values.append((audiences, ctx.cookies.get(LYTICS_AUDIENCES_COOKIE)))
-        if flows:
-            values.append(ctx.cookies.get(LYTICS_FLOWS_COOKIE))
-        if clock:
-            now = ctx.now
-            thresholds = self._thresholds
-            if thresholds is None:
-                values.append(now)
-            else:  # the position of `now` among the thresholds, as one number
-                values.append(bisect_left(thresholds, now) * (len(thresholds) + 1) + bisect_right(thresholds, now))
-        if self._custom_keys:
-            live = ctx.live
-            stored = ctx.stored
-            if not live and not stored:
-                values += self._no_custom  # no attributes at all: the most common case
-            else:
-                get = stored.get
-                # VisitorContext.custom, inlined; then typed (`typed_value`) unless a string or None
-                values += [
-                    v if (v := live[k] if k in live else get(k)) is None or v.__class__ is str else typed_value(v)
-                    for k in self._custom_keys
-                ]
-        return values
+        namespace: dict[str, Any] = {"_typed": typed_value, "_bl": bisect_left, "_br": bisect_right}
+        source = _key_source(self.names, self.features, thresholds, namespace)
+        # The one `exec` of this module, argued as conditions.py's: the key runs for every request, and a straight
+        # line of reads and dict lookups costs a fraction of a loop over readers. Only identifiers made here
+        # appear in the source; every value (tables, features, attribute names, thresholds) is bound in the
+        # namespace, never spliced into the code.
+        exec(compile(source, "<edgeproxy feature key>", "exec"), namespace)
+        self.key: Callable[[VisitorContext], tuple[int, ...]] = namespace["key"]
 
     def __call__(self, ctx: VisitorContext) -> tuple[int, ...]:
-        values = self.values(ctx)
-        ids: list[int | None] = list(map(dict.get, self._tables, values))
-        if not all(ids):  # a value seen for the first time
-            ids = [
-                feature.learn(value, ctx) if found is None else found
-                for found, value, feature in zip(ids, values, self.features, strict=True)
-            ]
-        return tuple(ids)  # type: ignore[arg-type]
+        return self.key(ctx)
+
+
+# The expression of each feature's value read off a context (`VisitorContext`). The Lytics audiences' value is the
+# raw sources of `ctx.lytics_audiences()`: as exact as the set parsed from them, and cheaper.
+_VALUE_SOURCES = {
+    "geo": "ctx.geo_source()",
+    "user agent": "ctx.user_agent",
+    "query": "ctx.page_url",
+    "referrer": "ctx.referrer",
+    "LYTICS_AUDIENCE": "((_typed(L.get(_la)) if L else None), ctx.cookies.get(_lc))",
+    "LYTICS_FLOW_STATE": "ctx.cookies.get(_fc)",
+}
+
+
+def _key_source(
+    names: Sequence[Any], features: Sequence[Feature], thresholds: list[float] | None, namespace: dict[str, Any]
+) -> str:
+    """The source of `key(ctx)`: per feature, its value, then its id from the feature's table (`Feature.ids`), or
+    on first sight `Feature.learn` (ids are never 0, so `or` falls through only for an unknown value)."""
+    namespace.update(_la=LYTICS_AUDIENCES_ATTRIBUTE, _lc=LYTICS_AUDIENCES_COOKIE, _fc=LYTICS_FLOWS_COOKIE)
+    lines = ["def key(ctx):", "    L = ctx.live", "    S = ctx.stored"]
+    for n, (name, feature) in enumerate(zip(names, features, strict=True)):
+        namespace[f"t{n}"], namespace[f"f{n}"] = feature.ids, feature
+        if isinstance(name, tuple):  # ("custom", key): VisitorContext.custom, typed unless a string or None
+            namespace[f"k{n}"] = name[1]
+            found = f"(L[k{n}] if k{n} in L else S.get(k{n}))"
+            value = f"(v if (v := {found}) is None or v.__class__ is str else _typed(v))"
+        elif name != "DATE_AND_TIME":
+            value = _VALUE_SOURCES[name]
+        elif thresholds is None:
+            value = "ctx.now"
+        else:  # the position of `now` among the thresholds, as one number
+            namespace["_T"], namespace["_W"] = thresholds, len(thresholds) + 1
+            value = "_bl(_T, ctx.now) * _W + _br(_T, ctx.now)"
+        lines += [f"    v{n} = {value}", f"    i{n} = t{n}.get(v{n}) or f{n}.learn(v{n}, ctx)"]
+    ids = ", ".join(f"i{n}" for n in range(len(names)))
+    lines.append(f"    return ({ids}{',' if names else ''})")
+    return "\n".join(lines) + "\n"
 
 
 def _rule_predicate(rule: Rule) -> Predicate:
@@ -308,7 +302,7 @@ class _Plan:
     # Per experience: its short uid, and for a running A/B test its position among `bucketed` (else -1).
     slots: tuple[tuple[str, int], ...]
     bucketed: tuple[CompiledExperience, ...]  # the running A/B tests: their variant depends on the uid
-    key: FeatureKey | None
+    key: Callable[[VisitorContext], tuple[int, ...]] | None  # `FeatureKey.key`
     # key -> per experience, its unit's value
     memo: dict[tuple[int, ...], tuple[Any, ...]] = field(default_factory=dict)
     # uid -> `bucketed(uid)` of each running A/B test: a visitor comes back, and hashing is the costly part.
@@ -350,7 +344,7 @@ class MemoDecider:
                 names = {feature_name(rule) for rule in rules} | ({"LYTICS_AUDIENCE"} if slugs else set())
                 indexes = [n for n, name in enumerate(key.names) if name in names]
             units.append(_Unit(ce, indexes))
-        plan = _Plan(tuple(units), slots, bucketed, key)
+        plan = _Plan(tuple(units), slots, bucketed, key.key if key is not None else None)
         if len(self._plans) > 1024:  # tag selections come from routes and SDK calls: few, but bounded anyway
             self._plans.clear()
         self._plans[tags] = plan

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from multidict import CIMultiDictProxy
 
@@ -22,10 +22,11 @@ from edgeproxy.engine.context import (
     resolve_user_uid,
 )
 from edgeproxy.engine.decide import Manifest
-from edgeproxy.engine.memo import MemoDecider
+from edgeproxy.engine.memo import MEMO_LIMIT, MemoDecider
 from edgeproxy.engine.useragent import UserAgentClassifier
 
 UID_COOKIE_MAX_AGE = 31_536_000  # contract §6
+MEMO_COOKIE_CHARS = 512  # Cookie headers memoised by `Identities` (longer ones are parsed per request)
 
 
 def _live_attributes(raw: str | None) -> dict[str, object]:
@@ -39,8 +40,7 @@ def _live_attributes(raw: str | None) -> dict[str, object]:
     return value if isinstance(value, dict) else {}
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(NamedTuple):  # immutable, and built per request: a frozen dataclass costs three times as much
     cookies: Mapping[str, str]  # read-only: a returning visitor's may be shared between requests (Identities)
     user_uid: str
     is_new: bool
@@ -55,16 +55,18 @@ def identify(headers: CIMultiDictProxy[str]) -> Identity:
     cookie_header = headers.get("Cookie")
     cookies = parse_cookie_header(cookie_header) if cookie_header else {}
     user_uid, is_new = resolve_user_uid(headers, cookies, None, new_user_uid)
-    return Identity(cookies=cookies, user_uid=user_uid, is_new=is_new)
+    return Identity(cookies, user_uid, is_new)
 
 
 class Identities:
     """`identify`, memoised for returning visitors on the two headers it reads (uid header, Cookie): a visitor
-    sends the same cookies page after page. A new visitor is never memoised: each gets a uid of its own."""
+    sends the same cookies page after page. A new visitor is never memoised: each gets a uid of its own. Sized for
+    tens of thousands of visitors in rotation; a Cookie header longer than `MEMO_COOKIE_CHARS` is parsed each time,
+    which bounds the memory (about 50 MB at worst, a few MB for typical cookies)."""
 
     __slots__ = ("_limit", "_memo")
 
-    def __init__(self, limit: int = 4096) -> None:  # entries hold whole Cookie headers: a few KB each at worst
+    def __init__(self, limit: int = 50_000) -> None:
         self._limit = limit
         self._memo: dict[tuple[str | None, str | None], Identity] = {}
 
@@ -74,7 +76,7 @@ class Identities:
         if found is not None:
             return found
         identity = identify(headers)
-        if not identity.is_new:
+        if not identity.is_new and (asked[1] is None or len(asked[1]) <= MEMO_COOKIE_CHARS):
             if len(self._memo) >= self._limit:
                 self._memo.clear()
             self._memo[asked] = identity
@@ -112,8 +114,7 @@ def context_from_request(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class SetCookies:
+class SetCookies(NamedTuple):
     """The visitor's Set-Cookie values (contract §6) and the response header lines they make."""
 
     values: tuple[str, ...]
@@ -134,7 +135,7 @@ class VisitorCookies:
 
     __slots__ = ("_decider", "_limit", "_memo")
 
-    def __init__(self, decider: MemoDecider, limit: int = 16_384) -> None:
+    def __init__(self, decider: MemoDecider, limit: int = MEMO_LIMIT) -> None:  # as many as the decider's visitors
         self._decider = decider
         self._limit = limit
         # id(manifest) -> (manifest, secure, cookies); holding the manifest keeps its id from being reused
