@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -106,10 +105,14 @@ def decide_line(
             "field": exc.field,
             "message": f"line {number}: {exc}",
         }, None
-    manifest = snapshot.decide(described.context, described.tags).to_dict()
+    forcing = described.forcing
+    if forcing is None:
+        manifest = snapshot.decide(described.context, described.tags).to_dict()
+    else:  # the description's `preview` (SPEC §10)
+        manifest = snapshot.decide_forced(described.context, described.tags, forcing).to_dict()
     if explain_mode is None:
         return manifest, None
-    trace = explain(snapshot, described.context, described.tags)
+    trace = explain(snapshot, described.context, described.tags, forcing)
     if explain_mode == "json":
         manifest["explanation"] = trace
         return manifest, None
@@ -131,6 +134,8 @@ def run_compile(args: argparse.Namespace, out: IO[str]) -> int:
         f"{len(project.experiences)} live experiences ({len(project.omitted)} omitted), "
         f"{len(project.audiences)} audiences, {len(project.attributes)} attributes, {len(project.events)} events\n"
     )
+    for problem in project.draft_problems:  # a draft in progress never blocks a snapshot; previews leave it out
+        print(f"edgeproxy: compile: warning: {problem}", file=sys.stderr)
     return 0
 
 
@@ -280,50 +285,23 @@ def _add_serve(commands: Any) -> None:
 
 
 def run_preview_link(args: argparse.Namespace, out: IO[str]) -> int:
-    from edgeproxy.clock import clock_for, parse_instant
+    from edgeproxy.clock import clock_for
     from edgeproxy.runtime.config import ConfigError, read_settings, source_of
-    from edgeproxy.visitor.preview import (
-        MAX_FORCED,
-        Preview,
-        is_short_uid,
-        mint,
-        page_url_problem,
-        parse_ttl,
-        preview_link,
-    )
+    from edgeproxy.visitor.preview import PreviewRequestError, page_url_problem, preview_for, signed_link
 
     def fail(problem: str) -> int:
         print(f"edgeproxy: preview-link: {problem}".replace("\n", " "), file=sys.stderr)
         return 2
 
-    uid_form = "short uids of letters, digits, '-' or '_'"
-    forced: dict[str, str | None] = {}
+    forced = []
     for item in args.set or []:
         experience, sep, variant = item.partition("=")
-        if not sep or not is_short_uid(experience) or not is_short_uid(variant):
-            return fail(f"--set {item!r}: expected EXP=VAR, {uid_form}, e.g. --set 0=2")
-        if experience in forced:
-            return fail(f"--set {item!r}: experience {experience!r} is already forced; give it once")
-        forced[experience] = variant
-    for experience in args.exclude or []:
-        if not is_short_uid(experience):
-            return fail(f"--exclude {experience!r}: expected an experience short uid ({uid_form}), e.g. --exclude 1")
-        if experience in forced:
-            return fail(f"--exclude {experience!r}: experience {experience!r} is already forced; give it once")
-        forced[experience] = None
-    if len(forced) > MAX_FORCED:
-        return fail(f"--set/--exclude name {len(forced)} experiences; a link forces at most {MAX_FORCED}")
-    try:
-        preview_now = parse_instant(args.now) if args.now is not None else None
-    except (ValueError, OverflowError) as exc:
-        return fail(f"--now: {exc}")
-    try:
-        ttl = parse_ttl(args.ttl)
-    except ValueError as exc:
-        return fail(f"--ttl: {exc}")
+        if not sep:
+            return fail(f"--set {item!r}: expected EXP=VAR (short uids), e.g. --set 0=2")
+        forced.append((experience, variant))
     url_problem = page_url_problem(args.url)
     if url_problem is not None:
-        return fail(f"--url: {url_problem}")
+        return fail(f"--url {url_problem}")
     try:  # the proxy's own settings, as `serve` reads them; only preview_secret and now matter here
         config = read_settings(args.config, os.environ, {"preview_secret": args.preview_secret})
     except ConfigError as exc:
@@ -331,29 +309,28 @@ def run_preview_link(args: argparse.Namespace, out: IO[str]) -> int:
     if not config.preview_secret:
         return fail("no preview secret: pass --preview-secret, set EDGEPROXY_PREVIEW_SECRET, or give the proxy's "
                     "config with preview_secret = '...' as --config FILE")  # fmt: skip
-    try:  # the process clock, the one the proxy checks expiry on; whole seconds keep the token short
-        issued = float(math.floor(clock_for(config.now)()))
+    try:  # the process clock, the one the proxy checks expiry on
+        issued = clock_for(config.now)()
     except ValueError as exc:
         return fail(f"{source_of(config, 'now')}: setting 'now': {exc}")
-    expires = float(math.floor(issued + ttl))
-    preview = Preview(forced=tuple(forced.items()), draft=args.draft, now=preview_now, expires=expires, issued=issued)
     try:
-        token = mint(preview, config.preview_secret)
-    except ValueError as exc:
-        return fail(f"--set/--exclude: {exc}")
-    out.write(preview_link(args.url, token) + "\n")
+        preview = preview_for(forced, args.exclude or [], draft=args.draft, now=args.now, ttl=args.ttl, issued=issued)
+        link = signed_link(args.url, preview, config.preview_secret)
+    except PreviewRequestError as exc:
+        return fail(f"--{exc.field} {exc}")  # e.g. "--set '0=a b': expected EXP=VAR ..."
+    out.write(link + "\n")
     return 0
 
 
 def _add_preview_link(commands: Any) -> None:
     link = commands.add_parser(
         "preview-link",
-        help="print a signed preview link (work in progress, #17: serve does not honour it yet)",
+        help="print a signed preview link: chosen variants, drafts or another time on the real site",
         description="Print URL with a signed cs_preview token: the proxy (with the same preview_secret) decides "
         "that visitor's pages with the --set variants forced, --exclude experiences off, DRAFT versions with "
         "--draft and time conditions at --now, until the token expires. The secret comes from --preview-secret, "
-        "EDGEPROXY_PREVIEW_SECRET or --config FILE, as for serve. Work in progress (#17): this release mints "
-        "and verifies links, serve does not honour them yet.",
+        "EDGEPROXY_PREVIEW_SECRET or --config FILE, as for serve. Preview pages are never cached and record "
+        "nothing; ?cs_preview=off ends a preview.",
     )
     link.add_argument("--url", required=True, help="http(s) URL of the page to open in preview")
     link.add_argument("--set", action="append", metavar="EXP=VAR", help="show variant VAR of experience EXP "

@@ -243,10 +243,14 @@ def test_preview_link_adds_or_replaces_the_token_and_keeps_the_rest(url: str, li
     assert preview_link(url, "T.S") == link
 
 
-@pytest.mark.parametrize("url", ["ftp://shop.example/p", "/p?a=1", "shop.example/p", "https:///p", "https://x:99999/"])
+@pytest.mark.parametrize("url", ["ftp://shop.example/p", "//shop.example/p", "shop.example/p", "https:///p", "https://x:99999/"])
 def test_preview_link_needs_an_http_url_with_a_host(url: str) -> None:
     with pytest.raises(ValueError, match="http:// or https://"):
         preview_link(url, "T.S")
+
+
+def test_preview_link_to_a_path_on_this_site_for_the_dashboard() -> None:
+    assert preview_link("/p?a=1&cs_preview=old#top", "T.S") == "/p?a=1&cs_preview=T.S#top"
 
 
 def test_preview_link_refuses_a_token_that_would_break_the_url() -> None:

@@ -33,6 +33,7 @@ from aiohttp import web
 from edgeproxy.analytics.report import build_report, daily_series, iso, report_scope
 from edgeproxy.analytics.sources import AnalyticsError, change_marker, collect_tallies, redact
 from edgeproxy.endpoints.guard import endpoint_name, refusal
+from edgeproxy.endpoints.previews import dashboard_previews
 from edgeproxy.http.errors import error_response
 
 if TYPE_CHECKING:
@@ -123,7 +124,13 @@ async def dashboard_data(state: ProxyState) -> dict[str, Any]:
     loaded = state.holder.current
     live = state.live.snapshot()
     if loaded is None:
-        return {"ready": False, "message": "no snapshot loaded yet", "live": live, "generatedAt": iso(time.time())}
+        return {
+            "ready": False,
+            "message": "no snapshot loaded yet",
+            "live": live,
+            "generatedAt": iso(time.time()),
+            "previews": None,
+        }
     cache = _CACHES.get(state)
     if cache is None:
         cache = _CACHES[state] = _Cache()
@@ -156,7 +163,7 @@ async def dashboard_data(state: ProxyState) -> dict[str, Any]:
     else:
         assert previous is not None
         analytics = previous
-    return {**analytics, "ready": True, "stale": stale, "live": live}
+    return {**analytics, "ready": True, "stale": stale, "live": live, "previews": dashboard_previews(state)}
 
 
 def _retrieve(task: asyncio.Task[dict[str, Any]]) -> None:

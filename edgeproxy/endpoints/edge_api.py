@@ -32,6 +32,8 @@ from edgeproxy.engine.errors import RequestDescriptionError
 from edgeproxy.http.executor import decision_for, peer_address
 from edgeproxy.runtime.state import ProxyState
 from edgeproxy.store.base import EventRecord, StoreError, StoreLimitError
+from edgeproxy.visitor.forwarded import ClientView
+from edgeproxy.visitor.preview import PREVIEW_COOKIE, Preview, PreviewAsked, verify
 
 log = logging.getLogger("edgeproxy.edge_api")
 
@@ -198,13 +200,34 @@ async def _manifest(request: web.BaseRequest, state: ProxyState, project_uid: st
     if where.refusal is not None:
         raise EdgeApiError(400, "personalize.INVALID_FORWARDED_HEADERS", where.refusal.message)
     tags = request.query.getall("tags[]", []) + request.query.getall("tags", [])
-    decision = await decision_for(request, state, loaded, where, page_url=request.headers.get(PAGE_URL_HEADER, ""),
-                                  tags=tuple(tags) or None, live=live)  # fmt: skip
+    page_url, asked = _preview(request, state, where)
+    decision = await decision_for(request, state, loaded, where, page_url=page_url, tags=tuple(tags) or None,
+                                  live=live, preview=asked.grant if asked is not None else None)  # fmt: skip
     manifest = decision.manifest
-    state.count_decision(decision)
     # The snapshot version lets a client (and the swap test) tie a manifest to exactly one snapshot.
     extra = {USER_UID_HEADER_NAME: manifest.user_uid, "X-Edgeproxy-Snapshot": loaded.snapshot.version}
+    if asked is not None:
+        extra.update(asked.response_headers)
+    if decision.preview is None:  # SPEC §10: a preview is counted nowhere
+        state.count_decision(decision)
     return _json(request, state, manifest.edge_body(), extra=extra)
+
+
+def _preview(request: web.BaseRequest, state: ProxyState, where: ClientView) -> tuple[str, PreviewAsked | None]:
+    """The page URL the decision reads (`X-Page-Url`, without a preview token) and what the SDK's request asks of
+    preview: a token in that URL (the page was opened with a preview link) or the preview cookie (SPEC §10)."""
+    page_url = request.headers.get(PAGE_URL_HEADER, "")
+    if not state.config.preview_secret:
+        return page_url, None
+    planner = state.planner
+    before_fragment, hash_mark, fragment = page_url.partition("#")  # a fragment never carries a token
+    base, _, query = before_fragment.partition("?")
+    query, asked = planner.preview_of(query, planner.identities.of(request.headers), where)
+    if asked is None:
+        return page_url, None
+    if asked.refused is not None:
+        log.info("preview token refused at the Edge API (%s); decided as a normal visit", asked.refused)
+    return f"{base}{'?' if query else ''}{query}{hash_mark}{fragment}", asked
 
 
 def _short_text(item: dict[str, Any], key: str, where: str) -> str:
@@ -245,8 +268,17 @@ async def _events(request: web.BaseRequest, state: ProxyState, project_uid: str)
             ))  # fmt: skip
         else:
             raise EdgeApiError(400, "personalize.INVALID_EVENT", f"{where}.type: expected IMPRESSION or EVENT")
-    await state.store.append_events(records)
+    if not _in_preview(request, state):  # SPEC §10: events of a preview session are checked, never stored
+        await state.store.append_events(records)
     return _json(request, state, {"accepted": len(records)})
+
+
+def _in_preview(request: web.BaseRequest, state: ProxyState) -> bool:
+    """Whether the request carries a valid preview cookie."""
+    if not state.config.preview_secret:
+        return False
+    token = state.planner.identities.of(request.headers).cookies.get(PREVIEW_COOKIE)
+    return token is not None and isinstance(verify(token, state.config.preview_secret, state.clock()), Preview)
 
 
 async def _patch_attributes(request: web.BaseRequest, state: ProxyState, project_uid: str) -> web.Response:

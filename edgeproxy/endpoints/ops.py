@@ -20,6 +20,7 @@ from yarl import URL
 
 from edgeproxy.endpoints.dashboard import dashboard_handler
 from edgeproxy.endpoints.guard import endpoint_name, refusal, token_for
+from edgeproxy.endpoints.previews import preview_links_handler
 from edgeproxy.engine.context import ClientJsonError, context_from_description, load_client_json
 from edgeproxy.engine.errors import RequestDescriptionError
 from edgeproxy.engine.explain import explain
@@ -51,6 +52,8 @@ def snapshot_status(state: ProxyState) -> dict[str, Any]:
         "ageSeconds": round(state.clock() - loaded.loaded_at, 3),
         "experiences": len(project.experiences),
         "omittedExperiences": len(project.omitted),
+        "draftExperiences": sum(1 for e in project.drafts if e.draft),  # what a --draft preview shows
+        "draftProblems": list(project.draft_problems),  # DRAFT versions left out of previews, and why
         "audiences": len(project.audiences),
         "attributes": len(project.attributes),
         "events": len(project.events),
@@ -71,6 +74,7 @@ ENDPOINTS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "sync": (("POST",), "webhook"),
     "purge": (("POST",), "purge"),
     "webhooks/contentstack": (("POST",), "purge"),
+    "preview-links": (("POST",), "ops"),
 }
 
 
@@ -118,6 +122,8 @@ async def ops_handler(request: web.BaseRequest, state: ProxyState) -> web.Stream
         return await _contentstack_webhook(request, state)
     if name.startswith("dashboard"):
         return await dashboard_handler(request, state)
+    if name == "preview-links":
+        return await preview_links_handler(request, state)
     return await _explain(request, state)
 
 
@@ -230,7 +236,7 @@ async def _explain(request: web.BaseRequest, state: ProxyState) -> web.Response:
             return _json({"error": "invalid_json", "message": f"body is not JSON: {exc}"}, status=400)
         except RequestDescriptionError as exc:
             return _json({"error": "invalid_request", "field": exc.field, "message": str(exc)}, status=400)
-        context, tags = described.context, described.tags
+        context, tags, forcing = described.context, described.tags, described.forcing
     else:
         # GET: explain the calling visitor (cookies, UA, IP) for ?path= (default /) and optional ?tags=a,b.
         path = request.query.get("path", "/")
@@ -240,6 +246,9 @@ async def _explain(request: web.BaseRequest, state: ProxyState) -> web.Response:
         tags = tuple(t for t in request.query.get("tags", "").split(",") if t) or planner.routes.decide(path).tags
         decision = await decision_for(request, state, loaded, where, page_url=f"{where.proto}://{where.host}{path}",
                                       tags=tags)  # fmt: skip
-        context = decision.ctx
-    manifest = loaded.decider.decide(context, tags)
-    return _json({"manifest": manifest.to_dict(), "explanation": explain(snapshot, context, tags)})
+        context, forcing = decision.ctx, None
+    if forcing is None:
+        manifest = loaded.decider.decide(context, tags)
+    else:  # a description's preview (SPEC §10): forced variants, drafts, its time
+        manifest = snapshot.decide_forced(context, tags, forcing)
+    return _json({"manifest": manifest.to_dict(), "explanation": explain(snapshot, context, tags, forcing)})

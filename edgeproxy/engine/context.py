@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from edgeproxy.engine.errors import RequestDescriptionError
-from edgeproxy.engine.model import iso_timestamp
+from edgeproxy.engine.model import Forcing, iso_timestamp
 from edgeproxy.engine.useragent import UserAgentClass, UserAgentClassifier
 
 USER_UID_HEADER = "x-cs-personalize-user-uid"
@@ -400,6 +400,7 @@ class DescribedRequest(NamedTuple):
     context: VisitorContext
     tags: tuple[str, ...] | None
     user_uid_is_new: bool
+    forcing: Forcing | None = None  # the description's `preview` (SPEC §10): decide with `decide_forced`
 
 
 def build_context(
@@ -459,6 +460,7 @@ _FIELD_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
     "storedAttributes": (dict, "an object of attribute key -> value"),
     "now": (str, "an ISO-8601 date-time string"),
     "tags": (list, "an array of tag strings"),
+    "preview": (dict, 'an object {"set": {experience: variant or null}, "draft": true|false, "now": ISO-8601}'),
 }
 _GEO_HEADER_NAMES = frozenset(name for names in GEO_HEADERS.values() for name in names)
 
@@ -498,12 +500,19 @@ def context_from_description(
     if tags_field is not None and not all(isinstance(tag, str) for tag in tags_field):
         raise RequestDescriptionError("tags", "every tag must be a string")
     now_field = desc.get("now")
+    now: float | None = None
     if now_field is not None:
         try:
             now = iso_timestamp(now_field)
         except ValueError:
             raise RequestDescriptionError("now", f"{now_field!r} is not ISO-8601 (e.g. 2026-11-22T10:00:00Z)") from None
-    else:
+    forcing = None
+    preview_field = desc.get("preview")
+    if preview_field is not None:
+        forcing, preview_now = _preview(preview_field)
+        if preview_now is not None:  # the preview's time wins: it is what QA asked to see
+            now = preview_now
+    if now is None:
         now = clock()
     cookie_header = headers.get("cookie")
     cookies = parse_cookie_header(cookie_header) if cookie_header else {}
@@ -542,4 +551,49 @@ def context_from_description(
         geo_lookup=geo_lookup,
         classifier=classifier,
     )
-    return DescribedRequest(context, tuple(tags_field) if tags_field is not None else None, is_new)
+    return DescribedRequest(context, tuple(tags_field) if tags_field is not None else None, is_new, forcing)
+
+
+_PREVIEW_FIELDS = ("set", "draft", "now")
+
+
+def _preview(field: dict[str, Any]) -> tuple[Forcing, float | None]:
+    """A description's `preview` (SPEC §10, as a preview token carries it) -> the forcing and the preview time."""
+    for key in field:
+        if key not in _PREVIEW_FIELDS:
+            raise RequestDescriptionError(
+                f"preview.{key}", f"unknown field; a preview has {', '.join(_PREVIEW_FIELDS)}"
+            )
+    forced: list[tuple[str, str | None]] = []
+    chosen = field.get("set")
+    if chosen is not None:
+        if not isinstance(chosen, dict):
+            raise RequestDescriptionError(
+                "preview.set",
+                f"expected an object of experience shortUid -> variant shortUid or null, found {type(chosen).__name__}",
+            )
+        for experience, variant in chosen.items():
+            if variant is not None and not isinstance(variant, str):
+                raise RequestDescriptionError(
+                    f"preview.set.{experience}",
+                    "expected a variant shortUid string, or null to exclude the experience; "
+                    f"found {type(variant).__name__}",
+                )
+            forced.append((experience, variant))
+    draft = field.get("draft")
+    if draft is not None and not isinstance(draft, bool):
+        raise RequestDescriptionError("preview.draft", f"expected true or false, found {type(draft).__name__}")
+    now_field = field.get("now")
+    now = None
+    if now_field is not None:
+        if not isinstance(now_field, str):
+            raise RequestDescriptionError(
+                "preview.now", f"expected an ISO-8601 date-time string, found {type(now_field).__name__}"
+            )
+        try:
+            now = iso_timestamp(now_field)
+        except ValueError:
+            raise RequestDescriptionError(
+                "preview.now", f"{now_field!r} is not ISO-8601 (e.g. 2026-11-27T12:00:00Z)"
+            ) from None
+    return Forcing(tuple(forced), draft is True), now

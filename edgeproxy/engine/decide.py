@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from edgeproxy.engine.bucketing import bucket, cumulative, pick
 from edgeproxy.engine.conditions import Predicate, combine, compile_group
 from edgeproxy.engine.context import VisitorContext
 from edgeproxy.engine.model import Audience, AudienceCondition, Experience, Project, RuleGroup, iter_rules
+
+# Forcing is defined with the model, so that context.py can build one without an import cycle; it is part of the
+# decision's API, re-exported here.
+from edgeproxy.engine.model import Forcing as Forcing
 from edgeproxy.engine.useragent import UserAgentClassifier
 
 
@@ -97,6 +101,20 @@ class CompiledExperience:
             trace.targeting(held)
         return held
 
+    def forced(self, forced: Mapping[str, str | None]) -> tuple[bool, CompiledVariant | None]:
+        """What a preview (SPEC §10) forces this experience to: (True, the named variant, or None when the preview
+        excludes it), or (False, None) when it forces nothing here: not named, or named with a variant shortUid
+        this version does not have (then the experience decides normally)."""
+        if self.short_uid not in forced:
+            return False, None
+        wanted = forced[self.short_uid]
+        if wanted is None:
+            return True, None
+        for variant in self.variants:
+            if variant.short_uid == wanted:
+                return True, variant
+        return False, None
+
     def bucketed(self, user_uid: str, trace: DecisionTrace | None = None) -> CompiledVariant | None:
         """§4.6: the variant whose cumulative weight range holds the uid's hash v1 bucket; None past the total."""
         value = bucket(self.experience.uid, user_uid)
@@ -166,6 +184,8 @@ class CompiledSnapshot:
     classifier: UserAgentClassifier = field(compare=False)
     # Whether any live experience can read a custom attribute: if not, no store lookup is needed.
     reads_custom_attributes: bool = True
+    # The project as `--draft` previews decide it (`Project.drafts`), compiled with it; None when there are no drafts.
+    draft: CompiledSnapshot | None = field(default=None, compare=False)
 
     def select(self, tags: Iterable[str] | None) -> Sequence[CompiledExperience]:
         """docs/contract.md §4.2: keep experiences with at least one tag equal, case-insensitively."""
@@ -178,6 +198,21 @@ class CompiledSnapshot:
 
     def decide(self, ctx: VisitorContext, tags: Iterable[str] | None = None) -> Manifest:
         return Manifest.of(ctx.user_uid, tuple([(ce.short_uid, ce.choose(ctx)) for ce in self.select(tags)]))
+
+    def preview_snapshot(self, forcing: Forcing) -> CompiledSnapshot:
+        """The snapshot a preview decides on: the drafts' when it asks for them and there are any."""
+        return self.draft if forcing.draft and self.draft is not None else self
+
+    def decide_forced(self, ctx: VisitorContext, tags: Iterable[str] | None, forcing: Forcing) -> Manifest:
+        """A preview's decision (SPEC §10): as `decide`, on the DRAFT versions when `forcing.draft`, with each forced
+        experience of the selection given its forced variant or excluded. `ctx.now` is the preview's time already.
+        Kept apart from `decide` so that the visitors' path pays nothing for previews."""
+        forced = dict(forcing.forced)
+        entries = []
+        for ce in self.preview_snapshot(forcing).select(tags):
+            is_forced, variant = ce.forced(forced)
+            entries.append((ce.short_uid, variant if is_forced else ce.choose(ctx)))
+        return Manifest.of(ctx.user_uid, tuple(entries))
 
 
 def _audience_predicate(audience: Audience) -> Predicate:
@@ -243,14 +278,39 @@ def _compile_experience(experience: Experience, audiences: dict[str, Predicate])
 
 
 def compile_project(project: Project, version: str, classifier: UserAgentClassifier | None = None) -> CompiledSnapshot:
+    """The ready-to-decide snapshot of a project, and of its drafts (`CompiledSnapshot.draft`) when it has any."""
     audiences = {audience.uid: _audience_predicate(audience) for audience in project.audiences}
+    classifier = classifier or UserAgentClassifier()
+    draft = None
+    if project.drafts:
+        # The same audiences (and compiled predicates: a context's memberships stay valid across both), the DRAFT
+        # versions as experiences; an experience omitted only for lack of a live version is omitted no longer.
+        in_drafts = {e.uid for e in project.drafts}
+        draft_project = replace(
+            project,
+            experiences=project.drafts,
+            omitted=tuple(o for o in project.omitted if o.uid not in in_drafts),
+            drafts=(),
+        )
+        draft = _compile(draft_project, version, classifier, audiences, None)
+    return _compile(project, version, classifier, audiences, draft)
+
+
+def _compile(
+    project: Project,
+    version: str,
+    classifier: UserAgentClassifier,
+    audiences: dict[str, Predicate],
+    draft: CompiledSnapshot | None,
+) -> CompiledSnapshot:
     return CompiledSnapshot(
         project=project,
         version=version,
         experiences=tuple(_compile_experience(e, audiences) for e in project.experiences),
         audience_predicates=audiences,
-        classifier=classifier or UserAgentClassifier(),
+        classifier=classifier,
         reads_custom_attributes=_reads_custom_attributes(project),
+        draft=draft,
     )
 
 

@@ -10,14 +10,14 @@ returns too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from edgeproxy.engine.bucketing import HASH_VERSION
 from edgeproxy.engine.conditions import evaluate_rule
 from edgeproxy.engine.context import VisitorContext
-from edgeproxy.engine.decide import CompiledExperience, CompiledSnapshot, variant_alias
+from edgeproxy.engine.decide import CompiledExperience, CompiledSnapshot, CompiledVariant, Forcing, variant_alias
 from edgeproxy.engine.model import AudienceCondition, Rule, RuleGroup
 
 
@@ -109,17 +109,39 @@ class _Recorder:
         self.bucket = (bucket, index)
 
 
-def _experience_trace(snapshot: CompiledSnapshot, ce: CompiledExperience, ctx: VisitorContext) -> dict[str, Any]:
+def _set_variant(trace: dict[str, Any], short_uid: str, variant: CompiledVariant | None) -> dict[str, Any]:
+    chosen = None if variant is None else variant.short_uid
+    trace["activeVariantShortUid"] = chosen
+    trace["alias"] = variant_alias(short_uid, chosen) if chosen is not None else None
+    return trace
+
+
+def _experience_trace(
+    snapshot: CompiledSnapshot, ce: CompiledExperience, ctx: VisitorContext, forced: Mapping[str, str | None]
+) -> dict[str, Any]:
     experience = ce.experience
     trace: dict[str, Any] = {
         "shortUid": experience.short_uid,
         "uid": experience.uid,
         "name": experience.name,
         "type": experience.type,
-        "status": experience.status,
+        "status": "DRAFT" if experience.draft else experience.status,
         "versionUid": experience.version_uid,
         "tags": list(experience.tags),
     }
+    if forced:
+        # The preview's own rule (`CompiledExperience.forced`, as `decide_forced` applies it): nothing is evaluated.
+        is_forced, forced_variant = ce.forced(forced)
+        if is_forced:
+            shown = "excluded" if forced_variant is None else forced_variant.short_uid
+            trace["reason"] = f"forced by preview: {shown}"
+            trace["forcedByPreview"] = True
+            return _set_variant(trace, experience.short_uid, forced_variant)
+        if experience.short_uid in forced:
+            trace["previewNote"] = (
+                f"the preview asks for variant {forced[experience.short_uid]!r}, which this version does not have: "
+                "decided normally"
+            )
     recorded = _Recorder()
     decided = ce.choose(ctx, recorded)
     chosen = None if decided is None else decided.short_uid
@@ -163,14 +185,25 @@ def _experience_trace(snapshot: CompiledSnapshot, ce: CompiledExperience, ctx: V
                 trace["reason"] = f"bucket {value} is past the total weight {sums[-1] if sums else 0}: not in the test"
             else:
                 trace["reason"] = f"bucket {value} falls in [{ranges[arm]['from']}, {ranges[arm]['to']})"
-    trace["activeVariantShortUid"] = chosen
-    trace["alias"] = variant_alias(experience.short_uid, chosen) if chosen is not None else None
-    return trace
+    return _set_variant(trace, experience.short_uid, decided)
 
 
-def explain(snapshot: CompiledSnapshot, ctx: VisitorContext, tags: Iterable[str] | None = None) -> dict[str, Any]:
+def explain(
+    snapshot: CompiledSnapshot,
+    ctx: VisitorContext,
+    tags: Iterable[str] | None = None,
+    forcing: Forcing | None = None,
+) -> dict[str, Any]:
+    """Why each experience got its variant. With a preview's `forcing`, the decision `decide_forced` makes: on the
+    snapshot it uses (the drafts' with `forcing.draft`), forced experiences marked "forced by preview"."""
+    forced: dict[str, str | None] = {}
+    if forcing is not None:
+        snapshot = snapshot.preview_snapshot(forcing)
+        forced = dict(forcing.forced)
     selected = {ce.experience.uid for ce in snapshot.select(tags)}
-    experiences = [_experience_trace(snapshot, ce, ctx) for ce in snapshot.experiences if ce.experience.uid in selected]
+    experiences = [
+        _experience_trace(snapshot, ce, ctx, forced) for ce in snapshot.experiences if ce.experience.uid in selected
+    ]
     filtered = [
         {"shortUid": ce.experience.short_uid, "name": ce.experience.name, "tags": list(ce.experience.tags)}
         for ce in snapshot.experiences
@@ -178,7 +211,7 @@ def explain(snapshot: CompiledSnapshot, ctx: VisitorContext, tags: Iterable[str]
     ]
     geo = ctx.geo()
     ua = ctx.ua_class()
-    return {
+    trace: dict[str, Any] = {
         "userUid": ctx.user_uid,
         "snapshotVersion": snapshot.version,
         "tags": None if tags is None else list(tags),
@@ -197,6 +230,9 @@ def explain(snapshot: CompiledSnapshot, ctx: VisitorContext, tags: Iterable[str]
         "filteredOutByTags": filtered,
         "omitted": [{"shortUid": o.short_uid, "name": o.name, "reason": o.reason} for o in snapshot.project.omitted],
     }
+    if forcing is not None:
+        trace["preview"] = {"forced": dict(forcing.forced), "draft": forcing.draft}
+    return trace
 
 
 def _rule_lines(item: dict[str, Any], depth: int) -> list[str]:
@@ -238,12 +274,19 @@ def render_explanation(trace: dict[str, Any]) -> str:
         f"  at {visitor['now']}  geo {visitor['geo']}  device {visitor['deviceType']}  os {visitor['operatingSystem']}",
         f"  page {visitor['pageUrl']}  referrer {visitor['referrer']}  lytics {visitor['lyticsAudiences']}",
     ]
+    preview = trace.get("preview")
+    if preview is not None:
+        forced = ", ".join(f"{exp}={'excluded' if var is None else var}" for exp, var in preview["forced"].items())
+        versions = "DRAFT versions where there are any" if preview["draft"] else "live versions"
+        out.append(f"  preview: forced {forced or 'nothing'}; {versions}")
     for exp in trace["experiences"]:
         result = exp["activeVariantShortUid"]
         out.append(
             f"experience {exp['shortUid']} {exp['name']!r} [{exp['type']}, {exp['status']}] -> "
             f"{'null' if result is None else result}: {exp['reason']}"
         )
+        if "previewNote" in exp:
+            out.append(f"    {exp['previewNote']}")
         if "targeting" in exp:
             out.append("    targeting:")
             out.extend(_condition_lines(exp["targeting"], 2))

@@ -128,6 +128,8 @@ class Experience:
     variants: tuple[Variant, ...]
     targeting: AudienceCondition | None
     metrics: tuple[Metric, ...]
+    # Built from a DRAFT version, for previews (SPEC §10): decided as if ACTIVE, `status` is then "ACTIVE".
+    draft: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,24 @@ class Project:
     experiences: tuple[Experience, ...]  # decision order: priorityOrder, then experiences.json order
     omitted: tuple[OmittedExperience, ...]
     source: str  # where it was loaded from, for status pages
+    # The experiences as a `--draft` preview decides them (SPEC §10), in decision order: each experience with a valid
+    # DRAFT version as that version (draft-only ones included), the others as in `experiences`. Empty when no
+    # experience has a valid DRAFT version.
+    drafts: tuple[Experience, ...] = ()
+    # DRAFT versions left out of `drafts` because they do not validate: a draft is work in progress and must not
+    # fail the snapshot. One message per version: experience shortUid, file, JSON path, problem.
+    draft_problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Forcing:
+    """What a preview (SPEC §10) changes in a decision: `forced` pairs an experience shortUid with the variant
+    shortUid to show, or None to leave the visitor out of it (null); `draft` decides on the DRAFT versions.
+    Defined here, not in decide.py, so that context.py can build one from a request description without an import
+    cycle; decide.py re-exports it."""
+
+    forced: tuple[tuple[str, str | None], ...]
+    draft: bool
 
 
 def iter_rules(group: RuleGroup) -> Iterator[Rule]:

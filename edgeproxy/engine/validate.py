@@ -2,7 +2,9 @@
 
 The export arrives as parsed JSON documents (edgeproxy/files/rules.py reads them from a folder); this module
 validates everything the decision can depend on and only then returns a `Project`. Any problem raises one
-`RulesError` naming the file, the JSON path and the fix, so nothing half-loaded is ever used.
+`RulesError` naming the file, the JSON path and the fix, so nothing half-loaded is ever used. DRAFT versions, which
+only previews decide (SPEC §10), are the exception: one that does not validate is left out and reported in
+`Project.draft_problems`, since a marketer's work in progress must not stop the live rules from loading.
 """
 
 from __future__ import annotations
@@ -105,6 +107,44 @@ def _kind(value: Any) -> str:
     )
 
 
+# (JSON path, the version object, the status it is decided with)
+_ChosenVersion = tuple[str, dict[str, Any], CurrentStatus]
+
+
+@dataclass(frozen=True, slots=True)
+class _Versions:
+    doc: _Doc
+    current: _ChosenVersion | None
+    draft: _ChosenVersion | None
+
+
+@dataclass(frozen=True, slots=True)
+class _ExperienceHead:
+    """What experiences.json says of an experience; every version of it shares this."""
+
+    uid: str
+    short_uid: str
+    name: str
+    kind: ExperienceType
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Experiences:
+    experiences: tuple[Experience, ...]
+    omitted: tuple[OmittedExperience, ...]
+    drafts: tuple[Experience, ...]
+    draft_problems: tuple[str, ...]
+
+
+def _in_decision_order(chosen: dict[str, Experience], priority: list[str]) -> tuple[Experience, ...]:
+    """docs/contract.md §4.3: by priorityOrder; experiences missing from it follow in `chosen`'s (file) order."""
+    ranked = [chosen[uid] for uid in priority if uid in chosen]
+    listed = set(priority)
+    ranked.extend(experience for uid, experience in chosen.items() if uid not in listed)
+    return tuple(ranked)
+
+
 def _read(export: RulesExport, relative: str, *, required: bool = True) -> _Doc | None:
     found = export.documents.get(relative)
     if found is None:
@@ -134,15 +174,17 @@ class _ProjectLoader:
         self._load_attributes()
         events = self._load_events()
         self._load_audiences()
-        experiences, omitted = self._load_experiences(events)
+        loaded = self._load_experiences(events)
         return Project(
             uid=project_uid,
             attributes=tuple(self.attributes.values()),
             audiences=tuple(self.audiences.values()),
             events=tuple(events.values()),
-            experiences=experiences,
-            omitted=omitted,
+            experiences=loaded.experiences,
+            omitted=loaded.omitted,
             source=self.export.source,
+            drafts=loaded.drafts,
+            draft_problems=loaded.draft_problems,
         )
 
     # -- files ---------------------------------------------------------------------------------------
@@ -220,15 +262,16 @@ class _ProjectLoader:
                 uid=uid, name=doc.text(obj, "name", path, required=False), definition=definition, lytics_slug=None
             )
 
-    def _load_experiences(
-        self, events: dict[str, Event]
-    ) -> tuple[tuple[Experience, ...], tuple[OmittedExperience, ...]]:
+    def _load_experiences(self, events: dict[str, Event]) -> _Experiences:
         doc = _read(self.export, "experiences/experiences.json")
         assert doc is not None
         items = doc.arr(doc.data, "$", "an array of experiences")
         current: dict[str, Experience] = {}
+        drafts: dict[str, Experience] = {}
+        draft_problems: list[str] = []
         omitted: list[OmittedExperience] = []
         short_uids: dict[str, str] = {}
+        uids: set[str] = set()
         for index, item in enumerate(items):
             path = f"$[{index}]"
             obj = doc.obj(item, path, "an experience")
@@ -238,22 +281,49 @@ class _ProjectLoader:
                 raise doc.fail(f"{path}.shortUid", f"{short_uid!r} must not contain '_' or ',' (aliases use them)")
             if short_uid in short_uids:
                 raise doc.fail(f"{path}.shortUid", f"{short_uid!r} is also the shortUid of {short_uids[short_uid]}")
-            if uid in current or any(o.uid == uid for o in omitted):
+            if uid in uids:
                 raise doc.fail(f"{path}.uid", f"duplicate experience uid {uid!r}")
             short_uids[short_uid] = uid
+            uids.add(uid)
             name = doc.text(obj, "name", path, required=False)
             kind = doc.text(obj, "__type", path)
             if kind not in ("SEGMENTED", "AB_TEST"):
                 raise doc.fail(f"{path}.__type", f"unknown experience type {kind!r}; expected SEGMENTED or AB_TEST")
             tags = self._tags(doc, obj.get("tags"), f"{path}.tags")
-            experience = self._current_version(uid, short_uid, name, kind, tags, events)  # type: ignore[arg-type]
-            if isinstance(experience, str):
-                omitted.append(OmittedExperience(uid=uid, short_uid=short_uid, name=name, reason=experience))
+            head = _ExperienceHead(uid, short_uid, name, kind, tags)  # type: ignore[arg-type]
+            versions = self._versions(uid)
+            if isinstance(versions, str):
+                omitted.append(OmittedExperience(uid=uid, short_uid=short_uid, name=name, reason=versions))
+                continue
+            if versions.current is None:
+                omitted.append(
+                    OmittedExperience(uid=uid, short_uid=short_uid, name=name, reason="no ACTIVE or PAUSED version")
+                )
             else:
-                current[uid] = experience
-        ordered = [current.pop(uid) for uid in self._priority() if uid in current]
-        ordered.extend(current.values())  # docs/contract.md §4.3: missing from priorityOrder -> experiences.json order
-        return tuple(ordered), tuple(omitted)
+                path_of, version, status = versions.current
+                current[uid] = self._version(versions.doc, path_of, version, status, head, events)
+            if versions.draft is not None:
+                path_of, version, _ = versions.draft
+                try:
+                    drafts[uid] = self._version(versions.doc, path_of, version, "ACTIVE", head, events, draft=True)
+                except RulesError as exc:
+                    # The file's relative name, not its path: the problems are part of the snapshot's content hash.
+                    where = versions.doc.relative if exc.file == versions.doc.name else exc.file
+                    draft_problems.append(
+                        f"experience {short_uid}: {where}: {exc.path}: {exc.problem} "
+                        "(this DRAFT version is left out of previews until it is fixed)"
+                    )
+        priority = self._priority()
+        # A DRAFT version stands in for its experience's current version, or adds a draft-only experience.
+        with_drafts = {
+            uid: drafts.get(uid) or current[uid] for uid in short_uids.values() if uid in drafts or uid in current
+        }
+        return _Experiences(
+            experiences=_in_decision_order(current, priority),
+            omitted=tuple(omitted),
+            drafts=_in_decision_order(with_drafts, priority) if drafts else (),
+            draft_problems=tuple(draft_problems),
+        )
 
     def _tags(self, doc: _Doc, value: Any, path: str) -> tuple[str, ...]:
         if value is None:
@@ -280,9 +350,9 @@ class _ProjectLoader:
                 seen.append(uid)
         return seen
 
-    def _current_version(
-        self, uid: str, short_uid: str, name: str, kind: ExperienceType, tags: tuple[str, ...], events: dict[str, Event]
-    ) -> Experience | str:
+    def _versions(self, uid: str) -> _Versions | str:
+        """The versions file of an experience, its current version (docs/contract.md §4.1: the ACTIVE one, else the
+        PAUSED one; the first of each in file order) and its first DRAFT; or why it has none."""
         relative = f"experiences/versions/{uid}.json"
         doc = _read(self.export, relative, required=False)
         if doc is None:
@@ -294,7 +364,8 @@ class _ProjectLoader:
         else:
             base = "$"
         versions = doc.arr(data, base, "an array of experience versions")
-        chosen: tuple[int, dict[str, Any]] | None = None
+        current: _ChosenVersion | None = None
+        draft: _ChosenVersion | None = None
         for index, item in enumerate(versions):
             path = f"{base}[{index}]"
             obj = doc.obj(item, path, "an experience version")
@@ -303,21 +374,31 @@ class _ProjectLoader:
                 raise doc.fail(
                     f"{path}.status", f"unknown status {version_status!r}; expected one of {sorted(VERSION_STATUSES)}"
                 )
-            # docs/contract.md §4.1: the ACTIVE version, else the PAUSED one (the first of each in file order).
-            if (version_status == "ACTIVE" and (chosen is None or chosen[1]["status"] != "ACTIVE")) or (
-                version_status == "PAUSED" and chosen is None
-            ):
-                chosen = (index, obj)
-        if chosen is None:
-            return "no ACTIVE or PAUSED version"
-        index, version = chosen
-        path = f"{base}[{index}]"
-        status: CurrentStatus = "ACTIVE" if version["status"] == "ACTIVE" else "PAUSED"
+            if version_status == "ACTIVE" and (current is None or current[2] != "ACTIVE"):
+                current = (path, obj, "ACTIVE")
+            elif version_status == "PAUSED" and current is None:
+                current = (path, obj, "PAUSED")
+            elif version_status == "DRAFT" and draft is None:
+                draft = (path, obj, "ACTIVE")
+        return _Versions(doc, current, draft)
+
+    def _version(
+        self,
+        doc: _Doc,
+        path: str,
+        version: dict[str, Any],
+        status: CurrentStatus,
+        head: _ExperienceHead,
+        events: dict[str, Event],
+        *,
+        draft: bool = False,
+    ) -> Experience:
+        """One version of an experience, validated: the current one, or a DRAFT (decided as ACTIVE in previews)."""
         variants_key = "variants" if "variants" in version else "variations"  # older exports
         raw_variants = doc.arr(version.get(variants_key), f"{path}.{variants_key}", "an array of variants")
         split_key = "variantSplit" if "variantSplit" in version else "variationSplit"
         split = version.get(split_key)
-        if kind == "AB_TEST":
+        if head.kind == "AB_TEST":
             variants = self._ab_variants(doc, raw_variants, f"{path}.{variants_key}", split, f"{path}.{split_key}")
         else:
             variants = self._segmented_variants(doc, raw_variants, f"{path}.{variants_key}")
@@ -326,16 +407,17 @@ class _ProjectLoader:
             targeting = self._targeting(doc, version["targeting"], f"{path}.targeting")
         metrics = self._metrics(doc, version.get("metrics"), f"{path}.metrics", events)
         return Experience(
-            uid=uid,
-            short_uid=short_uid,
-            name=name,
-            type=kind,
+            uid=head.uid,
+            short_uid=head.short_uid,
+            name=head.name,
+            type=head.kind,
             status=status,
             version_uid=str(version.get("uid", "")),
-            tags=tags,
+            tags=head.tags,
             variants=variants,
             targeting=targeting,
             metrics=metrics,
+            draft=draft,
         )
 
     # -- variants -----------------------------------------------------------------------------------

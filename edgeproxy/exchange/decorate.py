@@ -20,15 +20,19 @@ SURROGATE_HEADERS = frozenset({"surrogate-key", "surrogate-control"})
 
 @dataclass(slots=True)
 class ResponseHook:
-    """Runs as a personalized response's headers go out: records its impressions (see impressions.py) and
-    adds the token-protected `X-Edgeproxy-Explain` debug header when it was asked for."""
+    """Runs as a personalized response's headers go out: records its impressions (see impressions.py), adds the
+    token-protected `X-Edgeproxy-Explain` debug header when it was asked for, and the preview's headers
+    (`headers`: no-store and noindex for a preview, `X-Edgeproxy-Preview: invalid` for a refused token)."""
 
     recorder: ImpressionRecorder | None
     manifest: Manifest
     server_side: bool
     explain: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
     def __call__(self, headers: CIMultiDict[str], applied: str | None) -> None:
+        for name, value in self.headers:
+            headers[name] = value
         if self.recorder is not None:
             if applied:
                 self.recorder.confirmed(self.manifest.user_uid, applied)
@@ -39,11 +43,15 @@ class ResponseHook:
 
 
 def response_hook(
-    recorder: ImpressionRecorder | None, config: ProxyConfig, manifest: Manifest, explain: str | None = None
+    recorder: ImpressionRecorder | None,
+    config: ProxyConfig,
+    manifest: Manifest,
+    explain: str | None = None,
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> ResponseHook | None:
-    if recorder is None and explain is None:
+    if recorder is None and explain is None and not headers:
         return None
-    return ResponseHook(recorder, manifest, config.impressions == "proxy", explain)
+    return ResponseHook(recorder, manifest, config.impressions == "proxy", explain, headers)
 
 
 @functools.cache

@@ -26,7 +26,7 @@ from edgeproxy.cache.layer import ResponseCache
 from edgeproxy.cache.policy import CacheView, early_view
 from edgeproxy.clock import Clock
 from edgeproxy.engine.context import GeoLookup, VisitorContext
-from edgeproxy.engine.decide import Manifest
+from edgeproxy.engine.decide import Forcing, Manifest
 from edgeproxy.engine.useragent import UserAgentClassifier
 from edgeproxy.exchange.routes import RouteDecision, RouteTable
 from edgeproxy.http.gate import same_token
@@ -34,7 +34,15 @@ from edgeproxy.http.headers import UPSTREAM_REMOVED, end_to_end
 from edgeproxy.runtime.config import ProxyConfig
 from edgeproxy.runtime.snapshots import LoadedSnapshot
 from edgeproxy.visitor.forwarded import ClientView, TrustedProxies, view_of_client
-from edgeproxy.visitor.identity import NO_COOKIES, Identities, Identity, SetCookies, context_from_request
+from edgeproxy.visitor.identity import (
+    NO_COOKIES,
+    Identities,
+    Identity,
+    SetCookies,
+    context_from_request,
+    cookie_headers,
+)
+from edgeproxy.visitor.preview import PREVIEW_COOKIE, Preview, PreviewAsked, preview_asked
 
 # The store's in-process answer for (project uid, user uid): the attributes when cached, else None (no I/O).
 CachedAttributes = Callable[[str, str], Mapping[str, Any] | None]
@@ -52,6 +60,7 @@ class Decision:
     tags: tuple[str, ...] | None
     cookies: SetCookies  # for the visitor's scheme (Secure on https)
     seconds: float  # how long the decider took (for the decision metrics)
+    preview: Preview | None = None  # decided for a preview (SPEC §10): recorded nowhere, never cached
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +85,7 @@ class Plan:
     cache_key: str  # the key computed on the client's own headers, "" when only the upstream headers can key it
     cache_view: CacheView | None  # what can select a stored entry on the client's headers (with cache_key)
     explain: bool  # the ops-token-protected debug explanation was asked for
+    preview: PreviewAsked | None = None  # what the request asked of preview (None: nothing, the common case)
 
     @property
     def target(self) -> str:
@@ -144,17 +154,32 @@ class Planner:
         query: str | None,
         tags: tuple[str, ...] | None,
         live: Mapping[str, object] | None = None,
+        preview: Preview | None = None,
     ) -> Decision:
-        """A visitor's decision: the context from the request, the snapshot's decider. Every door decides here."""
+        """A visitor's decision: the context from the request, the snapshot's decider. Every door decides here.
+        A `preview` decides with its forced variants, drafts and time, outside the memo (SPEC §10)."""
+        now = self.clock() if preview is None or preview.now is None else preview.now
         ctx = context_from_request(
-            headers, page_url=page_url, now=self.clock(), query=query, client_ip=where.client_ip,
+            headers, page_url=page_url, now=now, query=query, client_ip=where.client_ip,
             trust_geo_headers=where.trusted, geo_lookup=self.geo_lookup, classifier=self.classifier,
             identity=identity, live=live, stored=stored,
         )  # fmt: skip
+        secure = where.proto == "https"
         started = time.perf_counter()
-        manifest = loaded.decider.decide(ctx, tags)
+        if preview is None:
+            manifest = loaded.decider.decide(ctx, tags)
+            seconds = time.perf_counter() - started
+            return Decision(loaded, ctx, manifest, tags, loaded.cookies.of(manifest, secure), seconds)
+        manifest = loaded.snapshot.decide_forced(ctx, tags, Forcing(preview.forced, preview.draft))
         seconds = time.perf_counter() - started
-        return Decision(loaded, ctx, manifest, tags, loaded.cookies.of(manifest, where.proto == "https"), seconds)
+        cookies = SetCookies.of(cookie_headers(manifest, secure))
+        return Decision(loaded, ctx, manifest, tags, cookies, seconds, preview)
+
+    def preview_of(self, raw_query: str, identity: Identity, where: ClientView) -> tuple[str, PreviewAsked | None]:
+        """The query without a preview token, and what the request asks of preview (`visitor/preview.py`)."""
+        return preview_asked(
+            self.config.preview_secret, raw_query, identity.cookies, self.clock(), where.proto == "https"
+        )
 
     # -- a proxied request ----------------------------------------------------------------------------
 
@@ -177,6 +202,7 @@ class Planner:
         route = self.routes.decide(path)
         decision = None
         raw, _, query = raw_path.partition("?")
+        asked = None
         if route.personalize and loaded is not None:
             identity = self.identities.of(headers)
             if stored is UNKNOWN:
@@ -184,12 +210,25 @@ class Planner:
                 if isinstance(found, NeedStored):
                     return found
                 stored = found
-            decision = self.decide(loaded, headers, where, identity, stored, page_url=f"{where.proto}://{where.host}{raw_path}",
-                                   query=query, tags=route.tags)  # fmt: skip
+            target = raw_path
+            if config.preview_secret:
+                query, asked = self.preview_of(query, identity, where)
+                if asked is not None:  # the page as the origin gets it: without the token
+                    target = f"{raw}?{query}" if query else raw
+            decision = self.decide(loaded, headers, where, identity, stored, page_url=f"{where.proto}://{where.host}{target}",
+                                   query=query, tags=route.tags, preview=asked.grant if asked else None)  # fmt: skip
+            if asked is not None and asked.set_cookie is not None:
+                decision.cookies = SetCookies.of((*decision.cookies.values, asked.set_cookie))
             if config.variant_query_param:
                 query = _with_param(query, config.variant_query_param, decision.manifest.variant_param)
         cache = self.cache
-        cacheable = cache is not None and route.cache and not has_body and (method == "GET" or method == "HEAD")
+        cacheable = (
+            cache is not None
+            and route.cache
+            and not has_body
+            and (method == "GET" or method == "HEAD")
+            and asked is None
+        )  # a request that asks anything of preview is neither served from nor stored in the cache (SPEC §10)
         key, view = "", None
         if cacheable and not upgrade:  # an upgrade asked for is keyed (and answered) by the full exchange
             assert cache is not None
@@ -197,9 +236,9 @@ class Planner:
             if view is not None:
                 variant_param = decision.manifest.variant_param if decision is not None else ""
                 key = cache.key(where.host, raw_path, variant_param, headers)
-        asked = headers.get("X-Edgeproxy-Explain") if config.ops_token and decision is not None else None
-        explain = asked is not None and same_token(asked, config.ops_token)
-        return Plan(where, route, decision, self.origin_base_path, raw, query, cacheable, key, view, explain)
+        token = headers.get("X-Edgeproxy-Explain") if config.ops_token and decision is not None else None
+        explain = token is not None and same_token(token, config.ops_token)
+        return Plan(where, route, decision, self.origin_base_path, raw, query, cacheable, key, view, explain, asked)
 
     def upstream_headers(
         self, where: ClientView, decision: Decision | None, headers: CIMultiDictProxy[str], request_host: str
@@ -218,6 +257,10 @@ class Planner:
         out["Host"] = request_host if self.config.preserve_host else self.origin_host
         if decision is not None:
             add_variant_headers(out, decision.manifest, self.config.cda_variant_limit, decision.loaded.snapshot.version)
+            if decision.preview is not None:
+                out["x-edgeproxy-preview"] = "1"
+        if self.config.preview_secret and PREVIEW_COOKIE in out.get("Cookie", ""):
+            _without_cookie(out, PREVIEW_COOKIE)  # the preview token is the visitor's, on every route
         return out
 
 
@@ -230,6 +273,17 @@ def add_variant_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limit
     headers["x-cs-personalize-variants"] = manifest.variant_param
     headers["x-cs-personalize-user-uid"] = manifest.user_uid
     headers["x-edgeproxy-snapshot"] = version  # which rules decided, for origin logs
+
+
+def _without_cookie(headers: CIMultiDict[str], name: str) -> None:
+    kept = [
+        part.strip()
+        for value in headers.popall("Cookie", ())
+        for part in value.split(";")
+        if part.strip() and part.partition("=")[0].strip() != name
+    ]
+    if kept:
+        headers["Cookie"] = "; ".join(kept)
 
 
 def _with_param(query: str, name: str, value: str) -> str:

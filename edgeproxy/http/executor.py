@@ -21,7 +21,7 @@ from edgeproxy.cache import policy
 from edgeproxy.cache.layer import ResponseCache
 from edgeproxy.cache.store import CachedResponse, MemoryCacheStore
 from edgeproxy.engine.context import VisitorContext
-from edgeproxy.engine.decide import Manifest
+from edgeproxy.engine.decide import Forcing, Manifest
 from edgeproxy.engine.explain import explain
 from edgeproxy.exchange.decorate import ClientBase, ResponseHook, response_hook
 from edgeproxy.exchange.plan import Decision, NeedStored, Plan
@@ -38,6 +38,7 @@ from edgeproxy.runtime.snapshots import LoadedSnapshot
 from edgeproxy.runtime.state import ProxyState
 from edgeproxy.visitor.forwarded import ClientView
 from edgeproxy.visitor.identity import SetCookies
+from edgeproxy.visitor.preview import Preview
 
 log = logging.getLogger("edgeproxy.proxy")
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -60,11 +61,20 @@ def record_decision(state: ProxyState, plan: Plan, decided: Decided) -> Response
     decision = plan.decision
     if decision is None:
         return None
+    explained = _explanation(plan) if plan.explain else None
+    asked = plan.preview
+    if asked is None:
+        headers: tuple[tuple[str, str], ...] = ()
+    else:
+        headers = asked.response_headers
+        if asked.refused is not None:
+            log.info("preview token refused (%s); decided as a normal visit: %s", asked.refused, plan.raw)
+        if decision.preview is not None:  # SPEC §10: a preview records nothing (counts, logs, impressions)
+            return response_hook(None, state.config, decision.manifest, explained, headers)
     state.count_decision(decision)
     decided.ctx, decided.manifest = decision.ctx, decision.manifest
     decided.snapshot, decided.tags = decision.loaded.snapshot.version, decision.tags
-    explained = _explanation(plan) if plan.explain else None
-    return response_hook(state.impressions, state.config, decision.manifest, explained)
+    return response_hook(state.impressions, state.config, decision.manifest, explained, headers)
 
 
 def observe_served(
@@ -190,6 +200,7 @@ async def decision_for(
     page_url: str,
     tags: tuple[str, ...] | None,
     live: Mapping[str, object] | None = None,
+    preview: Preview | None = None,
 ) -> Decision:
     """The visitor's decision at a door that answers by itself (the Edge API, ops explain): the planner's, with
     the stored attributes fetched when they are not at hand."""
@@ -199,7 +210,7 @@ async def decision_for(
     if isinstance(stored, NeedStored):
         stored = await state.stored_attributes(stored.project_uid, stored.user_uid)
     return planner.decide(loaded, request.headers, where, identity, stored, page_url=page_url, query=None,
-                          tags=tags, live=live)  # fmt: skip
+                          tags=tags, live=live, preview=preview)  # fmt: skip
 
 
 def _variant_param(plan: Plan) -> str:
@@ -211,7 +222,9 @@ def _explanation(plan: Plan) -> str:
     decision = plan.decision
     assert decision is not None
     snapshot = decision.loaded.snapshot
-    trace = explain(snapshot, decision.ctx, decision.tags)
+    preview = decision.preview
+    forcing = None if preview is None else Forcing(preview.forced, preview.draft)
+    trace = explain(snapshot, decision.ctx, decision.tags, forcing)
     summary = "; ".join(f"{e['shortUid']}={e['activeVariantShortUid']} ({e['reason']})" for e in trace["experiences"])
     return f"snapshot={snapshot.version} user={decision.ctx.user_uid}; {summary}"[:8000]
 

@@ -12,7 +12,7 @@ HOP_BY_HOP = frozenset(
 # Headers the proxy owns on the way to the origin; a visitor must not be able to set them (contract §7).
 UPSTREAM_OWNED = frozenset(
     {"x-cs-variant-uid", "x-cs-personalize-variants", "x-cs-personalize-user-uid", "x-edgeproxy-snapshot",
-     "x-edgeproxy-explain"}
+     "x-edgeproxy-explain", "x-edgeproxy-preview"}
 )  # fmt: skip
 
 

@@ -216,7 +216,11 @@ def check_expectation(
     except RequestDescriptionError as exc:
         file, _, path = expectation.where.partition("#")
         raise ExpectationsError(file, f"{path}.request", str(exc)) from None
-    manifest = snapshot.decide(described.context, described.tags)
+    forcing = described.forcing
+    if forcing is None:
+        manifest = snapshot.decide(described.context, described.tags)
+    else:  # the request's `preview` (SPEC §10)
+        manifest = snapshot.decide_forced(described.context, described.tags, forcing)
     active = {su: (None if v is None else v.short_uid) for su, v in manifest.entries}
     failures = []
     for short_uid, acceptable in expectation.expect:
@@ -232,7 +236,7 @@ def check_expectation(
             )
     if not failures:
         return ExpectationResult(expectation, True, (), manifest.to_dict(), None, "")
-    trace = explain(snapshot, described.context, described.tags)
+    trace = explain(snapshot, described.context, described.tags, forcing)
     failing = {f["experience"] for f in failures}
     focused = {
         **trace,

@@ -3,8 +3,9 @@
 One pass, streaming, and the proxy's own path: each record's context is built as `edgeproxy decide` builds it,
 decided by the snapshot's `MemoDecider` (the proxy's decider; `--no-memo` gives it no memo), counted
 (`Distribution`), and fed to the optional observers: rule coverage, the recorded-decision check (`--from-log`) and
-the snapshot diff (`--against`, the same context decided under the second snapshot). Memory stays flat in the size
-of the traffic.
+the snapshot diff (`--against`, the same context decided under the second snapshot). A preview (a description's
+`preview`, SPEC §10) is decided with its forcing and only checked against its recorded decision. Memory stays flat in
+the size of the traffic.
 """
 
 from __future__ import annotations
@@ -124,18 +125,27 @@ def replay(
                 continue
             ctx = described.context
             tags = described.tags
-            manifest = decide(ctx, tags)
-            user = user_index(manifest.user_uid)
-            observe(manifest, user)
-            if coverage is not None:
-                coverage.observe(ctx)
-            if recorded is not None:
-                recorded.observe(record, manifest, ctx, tags)
-            if other is not None and diff is not None and other_distribution is not None:
-                manifest_after = other.decide(ctx, tags)
-                other_distribution.observe(manifest_after, user)
-                diff.observe(manifest, manifest_after, user, (record.source, record.position), record.description,
-                             ctx, tags)  # fmt: skip
+            forcing = described.forcing
+            if forcing is None:
+                manifest = decide(ctx, tags)
+                user = user_index(manifest.user_uid)
+                observe(manifest, user)
+                if coverage is not None:
+                    coverage.observe(ctx)
+                if recorded is not None:
+                    recorded.observe(record, manifest, ctx, tags)
+                if other is not None and diff is not None and other_distribution is not None:
+                    manifest_after = other.decide(ctx, tags)
+                    other_distribution.observe(manifest_after, user)
+                    diff.observe(manifest, manifest_after, user, (record.source, record.position),
+                                 record.description, ctx, tags)  # fmt: skip
+            else:
+                # A preview (SPEC §10) is QA traffic: decided as the proxy decides it, outside the memo, and checked
+                # against its recorded decision, but not counted with the visitors (the proxy records nothing for
+                # previews, and a forced or draft variant says nothing of how the rules split traffic).
+                manifest = snapshot.decide_forced(ctx, tags, forcing)
+                if recorded is not None:
+                    recorded.observe(record, manifest, ctx, tags, forcing)
             count += 1
             if count % PROGRESS_EVERY == 0 and progress is not None:
                 progress.update(count)

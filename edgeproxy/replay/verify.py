@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from edgeproxy.engine.context import VisitorContext
-from edgeproxy.engine.decide import CompiledSnapshot, Manifest
+from edgeproxy.engine.decide import CompiledSnapshot, Forcing, Manifest
 from edgeproxy.engine.explain import explain, render_explanation
 from edgeproxy.replay.readers import Recorded, TrafficRecord
 
@@ -69,8 +69,14 @@ class RecordedCheck:
         self.by_source: Counter[str] = Counter()
 
     def observe(
-        self, record: TrafficRecord, manifest: Manifest, ctx: VisitorContext, tags: Sequence[str] | None
+        self,
+        record: TrafficRecord,
+        manifest: Manifest,
+        ctx: VisitorContext,
+        tags: Sequence[str] | None,
+        forcing: Forcing | None = None,
     ) -> None:
+        """`forcing`: the record is a preview, `manifest` its forced decision (explained as such)."""
         recorded = record.recorded
         if recorded is None:
             self.unrecorded += 1
@@ -85,7 +91,7 @@ class RecordedCheck:
         self.mismatched += 1
         self.by_source[record.source] += 1
         if len(self.mismatches) < self.kept:
-            trace = explain(self.snapshot, ctx, tags)
+            trace = explain(self.snapshot, ctx, tags, forcing)
             self.mismatches.append(
                 {
                     "source": record.source,

@@ -17,9 +17,12 @@ import hmac
 import json
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
+
+from edgeproxy.clock import parse_instant
 
 PREVIEW_PARAM = "cs_preview"  # ?cs_preview=<token> starts a preview, ?cs_preview=off ends it
 PREVIEW_OFF = "off"
@@ -259,10 +262,12 @@ def page_url_problem(url: str) -> str | None:
 
 def preview_link(url: str, token: str) -> str:
     """`url` with `cs_preview=<token>` (any earlier `cs_preview` replaced; path, other parameters and fragment
-    kept). ValueError when `url` is not an http(s) URL with a host or `token` has characters a token never has."""
+    kept). `url` is an http(s) URL with a host, or a path on this site (`/p?q`: the dashboard's links); else
+    ValueError, as for a `token` with characters a token never has."""
     if _TOKEN.fullmatch(token) is None:
         raise ValueError(f"{token!r} is not a preview token")
-    problem = page_url_problem(url)
+    on_site = url.startswith("/") and not url.startswith("//")
+    problem = None if on_site else page_url_problem(url)
     if problem is not None:
         raise ValueError(problem)
     parts = urlsplit(url)
@@ -300,3 +305,125 @@ def parse_ttl(text: str) -> float:
     if seconds > MAX_LIFETIME:
         raise ValueError(f"{text!r} is longer than the 7 days a preview link may last (at most 7d)")
     return seconds
+
+
+# -- what a request says about preview (the planner asks; the Edge API too) ----------------------------------------
+
+PREVIEW_RESPONSE_HEADERS = (("Cache-Control", "no-store"), ("X-Robots-Tag", "noindex"))
+INVALID_RESPONSE_HEADERS = ((PREVIEW_HEADER, "invalid"),)
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewAsked:
+    """What a request carrying a `cs_preview` parameter or the preview cookie gets: `grant` (None: decided
+    normally), why a token was refused (`refused`, for the one log line and `X-Edgeproxy-Preview: invalid`), and
+    the Set-Cookie value to send (the session cookie for a token in the URL; the end cookie for `cs_preview=off`
+    or a refused cookie)."""
+
+    grant: Preview | None
+    refused: str | None
+    set_cookie: str | None
+
+    @property
+    def response_headers(self) -> tuple[tuple[str, str], ...]:
+        granted = PREVIEW_RESPONSE_HEADERS if self.grant is not None else ()
+        return granted + INVALID_RESPONSE_HEADERS if self.refused is not None else granted
+
+
+def preview_asked(
+    secret: str, raw_query: str, cookies: Mapping[str, str], now: float, secure: bool
+) -> tuple[str, PreviewAsked | None]:
+    """The query without any `cs_preview` parameter, and what the request asks of preview (None: nothing, the
+    common case, decided on two substring tests). A token in the URL wins over the cookie; an invalid one is
+    ignored (a valid cookie still applies) and reported; `cs_preview=off` ends the preview. With no secret,
+    previews are off and nothing is read."""
+    if not secret:
+        return raw_query, None
+    query, token = strip_preview_param(raw_query)
+    cookie = cookies.get(PREVIEW_COOKIE)
+    if token is None and cookie is None:
+        return raw_query, None
+    if token == PREVIEW_OFF:
+        return query, PreviewAsked(None, None, end_cookie(secure))
+    refused = None
+    if token is not None:
+        granted = verify(token, secret, now)
+        if isinstance(granted, Preview):
+            return query, PreviewAsked(granted, None, session_cookie(token, granted.expires, now, secure))
+        refused = f"URL token: {granted.reason}"
+    if cookie is not None:
+        granted = verify(cookie, secret, now)
+        if isinstance(granted, Preview):
+            return query, PreviewAsked(granted, refused, None)
+        refused = f"{refused}; " if refused else ""
+        return query, PreviewAsked(None, f"{refused}cookie: {granted.reason}", end_cookie(secure))
+    return query, PreviewAsked(None, refused, None)
+
+
+# -- minting, from a command line or the ops API ------------------------------------------------------------------
+
+
+class PreviewRequestError(ValueError):
+    """What is wrong with a request for a preview link; `field` names the part ("set", "exclude", "now", "ttl",
+    "url"), for `--set` on the command line and `"set"` in the ops API's JSON."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+_UID_FORM = "short uids of letters, digits, '-' or '_'"
+
+
+def preview_for(
+    forced: Sequence[tuple[str, str]],
+    excluded: Sequence[str],
+    *,
+    draft: bool,
+    now: str | None,
+    ttl: str,
+    issued: float,
+) -> Preview:
+    """The preview a link asks for: `forced` (experience, variant) short uid pairs, `excluded` experiences, `now`
+    as ISO-8601 (None: the proxy's clock), `ttl` as `parse_ttl` reads it, minted at `issued` (whole seconds keep
+    the token short). PreviewRequestError says which part is wrong and how to write it."""
+    chosen: dict[str, str | None] = {}
+    for experience, variant in forced:
+        if not is_short_uid(experience) or not is_short_uid(variant):
+            pair = f"{experience}={variant}"
+            raise PreviewRequestError("set", f"{pair!r}: expected EXP=VAR, {_UID_FORM}, e.g. 0=2")
+        if experience in chosen:
+            raise PreviewRequestError("set", f"{experience!r}: this experience is forced twice; give it once")
+        chosen[experience] = variant
+    for experience in excluded:
+        if not is_short_uid(experience):
+            raise PreviewRequestError("exclude", f"{experience!r}: expected an experience short uid ({_UID_FORM})")
+        if experience in chosen:
+            raise PreviewRequestError("exclude", f"{experience!r}: this experience is already forced; give it once")
+        chosen[experience] = None
+    if len(chosen) > MAX_FORCED:
+        raise PreviewRequestError("set", f"{len(chosen)} experiences named; a link forces at most {MAX_FORCED}")
+    try:
+        preview_now = parse_instant(now) if now is not None else None
+    except (ValueError, OverflowError) as exc:
+        raise PreviewRequestError("now", str(exc)) from None
+    try:
+        seconds = parse_ttl(ttl)
+    except ValueError as exc:
+        raise PreviewRequestError("ttl", str(exc)) from None
+    issued = float(math.floor(issued))
+    expires = float(math.floor(issued + seconds))
+    return Preview(forced=tuple(chosen.items()), draft=draft, now=preview_now, expires=expires, issued=issued)
+
+
+def signed_link(url: str, preview: Preview, secret: str) -> str:
+    """`url` (absolute, or a path on this site) carrying the signed token of `preview`. PreviewRequestError for a
+    bad URL or a preview past a limit."""
+    try:
+        token = mint(preview, secret)
+    except ValueError as exc:
+        raise PreviewRequestError("set", str(exc)) from None
+    try:
+        return preview_link(url, token)
+    except ValueError as exc:
+        raise PreviewRequestError("url", str(exc)) from None

@@ -251,10 +251,10 @@ class Launcher:
         self.services.append(service)
         return service
 
-    def node_origin(self, node: str) -> Service:
+    def node_origin(self, node: str, *options: str) -> Service:
         port = free_port()
         service = self._service(
-            f"node-origin :{port}", [node, NODE_SERVER, "--host", "127.0.0.1", "--port", str(port)], port
+            f"node-origin :{port}", [node, NODE_SERVER, "--host", "127.0.0.1", "--port", str(port), *options], port
         )
         service.start("/healthz")
         return service
@@ -266,7 +266,10 @@ class Launcher:
         service.start("/sdk-test.html")
         return service
 
-    def proxy(self, origin: Service, state_db: Path) -> Service:
+    def proxy(
+        self, origin: Service, state_db: Path, *options: str, settings: dict[str, str] | None = None
+    ) -> Service:
+        """`edgeproxy serve` in front of `origin`; `options`: more flags; `settings`: EDGEPROXY_* variables."""
         port = free_port()
         argv = [
             sys.executable,
@@ -286,8 +289,10 @@ class Launcher:
             "--state",
             f"sqlite:///{state_db}",
             "--access-log",
+            *options,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEPROXY_")}
+        env.update(settings or {})
         service = self._service(f"edgeproxy :{port} -> {origin.url}", argv, port, env)
         service.start("/_edgeproxy/ready")
         return service

@@ -299,9 +299,24 @@
     return root;
   }
 
+  // Preview links (SPEC §10): one per variant of each experience, drafts marked; absent when previews are off.
+  function renderPreviews(previews) {
+    const section = document.getElementById('previews');
+    section.hidden = !previews || previews.length === 0;
+    if (section.hidden) return;
+    document.getElementById('preview-list').replaceChildren(...previews.map((exp) => el('div', { class: 'row' }, [
+      el('strong', { text: `[${exp.shortUid}] ${exp.name}` }),
+      exp.draft ? el('span', { class: 'badge', text: 'draft' }) : null,
+      ...exp.variants.map((v) => el('a', { href: v.link, target: '_blank', rel: 'noopener noreferrer',
+                                            class: 'preview-link', 'data-variant': exp.shortUid + '=' + v.shortUid,
+                                            text: `preview ${v.shortUid} · ${v.name}` })),
+    ])));
+  }
+
   // -- page -----------------------------------------------------------------------------------------------
   function render(data) {
     if (!data) return;
+    renderPreviews(data.previews);
     const live = data.live || { decisions: 0, perMinute: [], experiences: {} };
     document.getElementById('live-total').textContent = int(live.decisions);
     document.getElementById('live-since').textContent = live.since ? new Date(live.since * 1000).toISOString().slice(0, 16).replace('T', ' ') + ' UTC' : '—';
