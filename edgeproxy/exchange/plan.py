@@ -42,7 +42,7 @@ from edgeproxy.visitor.identity import (
     context_from_request,
     cookie_headers,
 )
-from edgeproxy.visitor.preview import PREVIEW_COOKIE, Preview, PreviewAsked, preview_asked
+from edgeproxy.visitor.preview import PREVIEW_COOKIE, Preview, PreviewAsked, may_ask_preview, preview_asked
 
 # The store's in-process answer for (project uid, user uid): the attributes when cached, else None (no I/O).
 CachedAttributes = Callable[[str, str], Mapping[str, Any] | None]
@@ -178,7 +178,7 @@ class Planner:
     def preview_of(self, raw_query: str, identity: Identity, where: ClientView) -> tuple[str, PreviewAsked | None]:
         """The query without a preview token, and what the request asks of preview (`visitor/preview.py`)."""
         return preview_asked(
-            self.config.preview_secret, raw_query, identity.cookies, self.clock(), where.proto == "https"
+            self.config.preview_secret, raw_query, identity.cookies, self.clock, where.proto == "https"
         )
 
     # -- a proxied request ----------------------------------------------------------------------------
@@ -211,7 +211,7 @@ class Planner:
                     return found
                 stored = found
             target = raw_path
-            if config.preview_secret:
+            if config.preview_secret and may_ask_preview(query, identity.cookies):
                 query, asked = self.preview_of(query, identity, where)
                 if asked is not None:  # the page as the origin gets it: without the token
                     target = f"{raw}?{query}" if query else raw

@@ -17,7 +17,7 @@ import hmac
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
@@ -330,19 +330,26 @@ class PreviewAsked:
         return granted + INVALID_RESPONSE_HEADERS if self.refused is not None else granted
 
 
+def may_ask_preview(raw_query: str, cookies: Mapping[str, str]) -> bool:
+    """False when the request certainly asks nothing of preview: no preview cookie, and no `cs_preview` in the
+    query, even percent-encoded. The only test a visitor's request pays for previews being on."""
+    return PREVIEW_COOKIE in cookies or PREVIEW_PARAM in raw_query or "%" in raw_query
+
+
 def preview_asked(
-    secret: str, raw_query: str, cookies: Mapping[str, str], now: float, secure: bool
+    secret: str, raw_query: str, cookies: Mapping[str, str], clock: Callable[[], float], secure: bool
 ) -> tuple[str, PreviewAsked | None]:
     """The query without any `cs_preview` parameter, and what the request asks of preview (None: nothing, the
-    common case, decided on two substring tests). A token in the URL wins over the cookie; an invalid one is
-    ignored (a valid cookie still applies) and reported; `cs_preview=off` ends the preview. With no secret,
-    previews are off and nothing is read."""
-    if not secret:
+    common case). A token in the URL wins over the cookie; an invalid one is ignored (a valid cookie still
+    applies) and reported; `cs_preview=off` ends the preview. With no secret, previews are off and nothing is
+    read. `clock` is read only when there is a token to check."""
+    if not secret or not may_ask_preview(raw_query, cookies):
         return raw_query, None
     query, token = strip_preview_param(raw_query)
     cookie = cookies.get(PREVIEW_COOKIE)
     if token is None and cookie is None:
         return raw_query, None
+    now = clock()
     if token == PREVIEW_OFF:
         return query, PreviewAsked(None, None, end_cookie(secure))
     refused = None
