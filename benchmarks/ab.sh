@@ -41,9 +41,11 @@ rps() { taskset -c 0 wrk -t1 -c32 -d"${DUR:-5}"s -s "$d/visitors.lua" "http://12
 for p in $xp $np $cp; do rps "$p" >/dev/null; done   # warm up (and fill the caches)
 r=()
 for round in $(seq 1 "$rounds"); do
-  line=(); for p in $xp $np $cp; do line+=("$(rps "$p")"); done
-  echo "round $round: old ${line[0]} new ${line[1]} pass-through ${line[2]} req/s" >&2
-  r+=("${line[@]}")
+  # The order alternates (old first, then new first), so that neither tree always runs right after the other.
+  if (( round % 2 )); then o=$(rps "$xp"); n=$(rps "$np"); else n=$(rps "$np"); o=$(rps "$xp"); fi
+  b=$(rps "$cp")
+  echo "round $round: old $o new $n pass-through $b req/s" >&2
+  r+=("$o" "$n" "$b")
 done
 python3 - "$mode" "${r[@]}" <<'PY'
 import statistics, sys

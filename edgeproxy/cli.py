@@ -322,6 +322,84 @@ def run_preview_link(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+def run_user(args: argparse.Namespace, out: IO[str]) -> int:
+    """`edgeproxy user export|delete UID`: a data subject request against the proxy's state store (SPEC §11)."""
+    import asyncio
+    import logging
+
+    from edgeproxy.clock import clock_for
+    from edgeproxy.engine.context import valid_user_uid
+    from edgeproxy.runtime.config import ConfigError, read_settings
+    from edgeproxy.runtime.users import delete_user, export_user
+    from edgeproxy.store.base import AttributeLimits, StoreError
+    from edgeproxy.store.opener import open_store
+    from edgeproxy.store.sqlite_store import SqliteStore
+
+    def fail(problem: str) -> int:
+        print(f"edgeproxy: user {args.action}: {problem}", file=sys.stderr)
+        return 2
+
+    if not valid_user_uid(args.uid):
+        return fail(f"{args.uid[:80]!r} is not a user uid (1-256 characters of RFC 6265 cookie-octet)")
+    try:  # the proxy's own settings, as `serve` reads them: the state, the attributes' lifetime, the clock
+        config = read_settings(args.config, os.environ, {"state": args.state})
+        limits = AttributeLimits(
+            max_attributes_per_user=config.max_attributes_per_user,
+            max_value_bytes=config.max_attribute_value_bytes,
+            ttl_seconds=int(config.attribute_ttl_days * 86_400),
+            max_users=config.max_users,
+        )  # as make_state opens it: the export shows the attributes the proxy decides with
+        store = open_store(config.state, limits, clock_for(config.now))
+    except (ConfigError, ValueError) as exc:
+        return fail(str(exc))
+    if isinstance(store, SqliteStore) and not Path(store.path).is_file():  # a typo must not "delete 0 events"
+        return fail(f"no state store at {store.path}: name the proxy's SQLite file (--state, --config)")
+
+    async def act() -> Any:
+        await store.start()
+        try:
+            if args.action == "export":
+                return await export_user(store, args.uid)
+            return {"userUid": args.uid, "deleted": await delete_user(store, args.uid, "command line")}
+        finally:
+            await store.close()
+
+    # The deletion's log line (counts and a digest of the uid, never the data) is the operator's record: stderr.
+    audit = logging.StreamHandler(sys.stderr)
+    audit.setFormatter(logging.Formatter(f"edgeproxy: user {args.action}: %(message)s"))
+    users_log = logging.getLogger("edgeproxy.users")
+    level = users_log.level
+    users_log.addHandler(audit)
+    users_log.setLevel(logging.INFO)
+    try:
+        result = asyncio.run(act())
+    except StoreError as exc:
+        return fail(f"the state store did not answer: {exc}")
+    finally:
+        users_log.removeHandler(audit)
+        users_log.setLevel(level)
+    out.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+def _add_user(commands: Any) -> None:
+    user = commands.add_parser(
+        "user",
+        help="export or delete everything stored for one user (data subject requests)",
+        description="Export (one JSON document) or delete everything the proxy's state store holds for a user uid: "
+        "custom attributes in every project and every event (impressions, conversions). The store is the proxy's "
+        "`state` (--state, EDGEPROXY_STATE or --config FILE, as for serve); with Redis state it is every instance's "
+        "of the fleet. Deletion is logged without the user's data. The ops API does the same: GET/DELETE "
+        "/_edgeproxy/users/{uid}.",
+    )
+    user.add_argument("action", choices=("export", "delete"))
+    user.add_argument("uid", help="the user uid (the cs-personalize-user-uid cookie's value)")
+    user.add_argument("--state", metavar="URL", help="sqlite:///path.db or redis://host:port/db (default: the "
+                      "proxy's setting)")  # fmt: skip
+    user.add_argument("--config", metavar="FILE", help="the proxy's TOML config, for state")
+    user.set_defaults(run=run_user)
+
+
 def _add_preview_link(commands: Any) -> None:
     link = commands.add_parser(
         "preview-link",
@@ -397,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_sync(commands)
     _add_preview_link(commands)
+    _add_user(commands)
     _add_replay(commands)
     from edgeproxy.analytics.command import add_report_command
 

@@ -21,6 +21,7 @@ from aiohttp.web import RequestPayloadError
 
 from edgeproxy.engine.context import (
     LIVE_ATTRIBUTES_HEADER,
+    NOT_A_UID,
     PAGE_URL_HEADER,
     USER_UID_HEADER,
     ClientJsonError,
@@ -127,12 +128,20 @@ INVALID_USER_UID = EdgeApiError(
 )
 
 
+def _require_consent(request: web.BaseRequest, state: ProxyState) -> None:
+    """In consent mode, a write for a visitor without consent is refused (SPEC §11): nothing is stored for them."""
+    name = state.config.consent_cookie
+    if name and not state.planner.identity_of(request.headers).user_uid:
+        raise EdgeApiError(403, "personalize.CONSENT_REQUIRED", f"this visitor has not consented (no {name} "
+                           "cookie with the consent value): nothing is stored for them")  # fmt: skip
+
+
 def _user_uid(request: web.BaseRequest, required: bool) -> str | None:
     """The uid an SDK call names explicitly. Unlike on a page (where an invalid uid counts as absent and a new
     one is minted, contract §11), an invalid one here is a 400: the caller asked about that user, and answering for
     a fresh one would silently split the visitor's data. It is never echoed."""
     uid = request.headers.get(USER_UID_HEADER, "").strip()
-    if not uid:
+    if not uid or uid in NOT_A_UID:  # "null": what the browser SDK sends when it was given no uid (consent mode)
         if required:
             raise EdgeApiError(400, "personalize.MISSING_USER_UID", "header X-CS-Personalize-User-Uid is required")
         return None
@@ -205,7 +214,9 @@ async def _manifest(request: web.BaseRequest, state: ProxyState, project_uid: st
                                   live=live, preview=asked.grant if asked is not None else None)  # fmt: skip
     manifest = decision.manifest
     # The snapshot version lets a client (and the swap test) tie a manifest to exactly one snapshot.
-    extra = {USER_UID_HEADER_NAME: manifest.user_uid, "X-Edgeproxy-Snapshot": loaded.snapshot.version}
+    extra = {"X-Edgeproxy-Snapshot": loaded.snapshot.version}
+    if manifest.user_uid:  # no uid for a visitor without consent (SPEC §11): none is minted, none is echoed
+        extra[USER_UID_HEADER_NAME] = manifest.user_uid
     if asked is not None:
         extra.update(asked.response_headers)
     if decision.preview is None:  # SPEC §10: a preview is counted nowhere
@@ -240,6 +251,7 @@ def _short_text(item: dict[str, Any], key: str, where: str) -> str:
 
 
 async def _events(request: web.BaseRequest, state: ProxyState, project_uid: str) -> web.Response:
+    _require_consent(request, state)
     user_uid = _user_uid(request, required=True)
     assert user_uid is not None
     body = await _body(request, state)
@@ -282,6 +294,7 @@ def _in_preview(request: web.BaseRequest, state: ProxyState) -> bool:
 
 
 async def _patch_attributes(request: web.BaseRequest, state: ProxyState, project_uid: str) -> web.Response:
+    _require_consent(request, state)
     user_uid = _user_uid(request, required=True)
     assert user_uid is not None
     body = await _body(request, state)
@@ -295,6 +308,7 @@ async def _patch_attributes(request: web.BaseRequest, state: ProxyState, project
 
 
 async def _merge(request: web.BaseRequest, state: ProxyState, project_uid: str) -> web.Response:
+    _require_consent(request, state)
     body = await _body(request, state)
     if not isinstance(body, dict):
         raise EdgeApiError(400, "personalize.INVALID_MERGE", 'body must be {"sourceUserUid", "targetUserUid"}')

@@ -21,12 +21,16 @@ from yarl import URL
 from edgeproxy.endpoints.dashboard import dashboard_handler
 from edgeproxy.endpoints.guard import endpoint_name, refusal, token_for
 from edgeproxy.endpoints.previews import preview_links_handler
-from edgeproxy.engine.context import ClientJsonError, context_from_description, load_client_json
+from edgeproxy.engine.context import ClientJsonError, context_from_description, load_client_json, valid_user_uid
 from edgeproxy.engine.errors import RequestDescriptionError
 from edgeproxy.engine.explain import explain
+from edgeproxy.http.access_log import LOGGED_PATH_KEY
 from edgeproxy.http.errors import error_response
 from edgeproxy.http.executor import decision_for, peer_address
+from edgeproxy.http.gate import normalized_path
 from edgeproxy.runtime.state import ProxyState
+from edgeproxy.runtime.users import delete_user, export_user
+from edgeproxy.store.base import StoreError
 
 MAX_EXPLAIN_BODY = 256 * 1024
 
@@ -81,6 +85,8 @@ ENDPOINTS: dict[str, tuple[tuple[str, ...], str | None]] = {
 async def ops_handler(request: web.BaseRequest, state: ProxyState) -> web.StreamResponse:
     accept = request.headers.get("Accept")
     name = endpoint_name(request.path, state.config.ops_prefix)
+    if name.startswith(USERS):
+        return await _users(request, state, name[len(USERS) :], accept)
     endpoint = ENDPOINTS.get(name)
     if endpoint is None:
         known = ", ".join(ENDPOINTS)
@@ -125,6 +131,44 @@ async def ops_handler(request: web.BaseRequest, state: ProxyState) -> web.Stream
     if name == "preview-links":
         return await preview_links_handler(request, state)
     return await _explain(request, state)
+
+
+USERS = "users/"  # {ops_prefix}users/{uid}: a data subject request (SPEC §11)
+
+
+def _uid_as_sent(path: str, prefix: str, folded: str) -> str:
+    """The uid of `{prefix}users/{uid}` with its case as sent: the endpoint name is case-folded, a user uid is
+    not (`Ann` and `ann` are two users). The same candidates and stripping as `endpoint_name`."""
+    for candidate in (normalized_path(path), path):
+        if candidate.lower().startswith(prefix.lower()):
+            name = candidate[len(prefix) :].strip("/")
+            if name.lower().startswith(USERS) and name[len(USERS) :].lower() == folded:
+                return name[len(USERS) :]
+    return folded
+
+
+async def _users(request: web.BaseRequest, state: ProxyState, uid: str, accept: str | None) -> web.StreamResponse:
+    """GET: everything stored for the user, as one JSON document; DELETE: all of it removed (ops token)."""
+    request[LOGGED_PATH_KEY] = f"{state.config.ops_prefix}users/[redacted]"  # the uid is personal data
+    uid = _uid_as_sent(request.path, state.config.ops_prefix, uid)
+    if request.method not in ("GET", "HEAD", "DELETE"):
+        response = error_response(405, "method_not_allowed", "users/{uid} answers GET and DELETE only.", accept)
+        response.headers["Allow"] = "GET, HEAD, DELETE"
+        return response
+    refused = refusal(request, "users", token_for(state.config, "ops"), "ops")
+    if refused is not None:
+        return refused
+    if not valid_user_uid(uid):
+        return error_response(400, "invalid_user_uid", "The path names no valid user uid: users/{uid} with 1-256 "
+                              "characters of RFC 6265 cookie-octet (percent-encode the rest).", accept)  # fmt: skip
+    try:
+        if request.method == "DELETE":
+            deleted = await delete_user(state.store, uid, "ops API", state.planner.tombstones)
+            return _json({"userUid": uid, "deleted": deleted})
+        return _json(await export_user(state.store, uid))
+    except StoreError as exc:
+        state.metrics.store_errors += 1
+        return error_response(503, "store_unavailable", f"The state store did not answer: {exc}", accept)
 
 
 async def _sync(request: web.BaseRequest, state: ProxyState) -> web.Response:

@@ -289,7 +289,12 @@ _UID_OCTETS = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,256}").f
 def valid_user_uid(uid: str) -> bool:
     """contract §11: a user uid is 1-256 characters of RFC 6265 cookie-octet; anything else counts as absent, so it
     can never inject cookie attributes (`; Domain=...`) or headers when it is echoed."""
-    return _UID_OCTETS(uid) is not None
+    return _UID_OCTETS(uid) is not None and uid not in NOT_A_UID
+
+
+# What a JavaScript client writes when it has no uid (the browser SDK stores `String(undefined or null)` when a
+# manifest came without a uid header, as in consent mode): absent, or every such visitor would share one identity.
+NOT_A_UID = frozenset({"null", "undefined"})
 
 
 def resolve_user_uid(
@@ -300,7 +305,7 @@ def resolve_user_uid(
     for candidate in (headers.get(USER_UID_HEADER), cookies.get(USER_UID_COOKIE)):
         if candidate is not None:
             candidate = candidate.strip()  # raw: the SDK neither encodes nor decodes the uid (contract §6)
-            if _UID_OCTETS(candidate) is not None:
+            if valid_user_uid(candidate):
                 return candidate, False
     if fallback is not None:
         fallback = fallback.strip()

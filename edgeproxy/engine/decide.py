@@ -17,6 +17,9 @@ from edgeproxy.engine.model import Audience, AudienceCondition, Experience, Proj
 from edgeproxy.engine.model import Forcing as Forcing
 from edgeproxy.engine.useragent import UserAgentClassifier
 
+# The uid of a visitor who has not consented (SPEC §11): never a valid uid (1-256 characters), in no A/B test.
+ANONYMOUS_UID = ""
+
 
 def variant_alias(experience_short_uid: str, variant_short_uid: str) -> str:
     return f"cs_personalize_{experience_short_uid}_{variant_short_uid}"  # docs/contract.md §2
@@ -116,7 +119,10 @@ class CompiledExperience:
         return False, None
 
     def bucketed(self, user_uid: str, trace: DecisionTrace | None = None) -> CompiledVariant | None:
-        """§4.6: the variant whose cumulative weight range holds the uid's hash v1 bucket; None past the total."""
+        """§4.6: the variant whose cumulative weight range holds the uid's hash v1 bucket; None past the total.
+        An anonymous visitor (`ANONYMOUS_UID`: consent mode without consent, SPEC §11) is in no A/B test."""
+        if not user_uid:
+            return None
         value = bucket(self.experience.uid, user_uid)
         index = pick(self.cumulative_weights, value)
         if trace is not None:

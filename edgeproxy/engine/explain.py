@@ -165,7 +165,9 @@ def _experience_trace(
     else:
         if experience.targeting is not None and recorded.targeted is not None:
             trace["targeting"] = _condition_trace(snapshot, experience.targeting, ctx, recorded.targeted)
-        if recorded.bucket is None:
+        if recorded.bucket is None and not ctx.user_uid and recorded.targeted is not False:
+            trace["reason"] = "anonymous visitor (no consent cookie): in no A/B test"
+        elif recorded.bucket is None:
             trace["reason"] = "visitor is outside the A/B test's targeting"
         else:
             value, arm = recorded.bucket

@@ -26,7 +26,7 @@ from edgeproxy.cache.layer import ResponseCache
 from edgeproxy.cache.policy import CacheView, early_view
 from edgeproxy.clock import Clock
 from edgeproxy.engine.context import GeoLookup, VisitorContext
-from edgeproxy.engine.decide import Forcing, Manifest
+from edgeproxy.engine.decide import ANONYMOUS_UID, Forcing, Manifest
 from edgeproxy.engine.useragent import UserAgentClassifier
 from edgeproxy.exchange.routes import RouteDecision, RouteTable
 from edgeproxy.http.gate import same_token
@@ -39,6 +39,7 @@ from edgeproxy.visitor.identity import (
     Identities,
     Identity,
     SetCookies,
+    Tombstones,
     context_from_request,
     cookie_headers,
 )
@@ -103,7 +104,7 @@ class Planner:
 
     __slots__ = (
         "cache", "cached_attributes", "classifier", "clock", "config", "geo_lookup", "identities",
-        "origin_base_path", "origin_host", "routes", "trusted",
+        "origin_base_path", "origin_host", "routes", "tombstones", "trusted",
     )  # fmt: skip
 
     def __init__(
@@ -124,6 +125,7 @@ class Planner:
         self.trusted = TrustedProxies(config.trusted_proxies)
         self.routes = RouteTable(config)
         self.identities = Identities()  # returning visitors' uids and parsed cookies
+        self.tombstones = Tombstones()  # deleted users (runtime/users.py keeps it up to date)
         origin = URL(config.origin.rstrip("/"))
         self.origin_host = origin.raw_authority
         self.origin_base_path = origin.raw_path.rstrip("/")
@@ -132,6 +134,32 @@ class Planner:
 
     def client(self, peer: str | None, scheme: str, host: str, headers: CIMultiDictProxy[str]) -> ClientView:
         return view_of_client(self.trusted, peer, scheme, host, headers)
+
+    def identity_of(self, headers: CIMultiDictProxy[str]) -> Identity:
+        """Who the visitor is (visitor/identity.py); in consent mode without consent, nobody (SPEC §11): the
+        anonymous uid, whose decisions read request data only, set no cookie and are stored nowhere."""
+        identity = self.identities.of(headers)
+        if self.tombstones.seen:  # some users were deleted (SPEC §11): their old cookie starts a new identity
+            identity = self.tombstones.renewed(identity)
+        consent = self.config.consent_cookie
+        if consent:
+            given = identity.cookies.get(consent)
+            wanted = self.config.consent_value
+            if not given or (wanted and given != wanted):
+                return Identity(identity.cookies, ANONYMOUS_UID, True)
+        return identity
+
+    def cookie_domain(self, where: ClientView) -> str:
+        """The configured cookie domain when the visitor's host is within it (a browser refuses any other), else
+        "" (host-only cookies)."""
+        domain = self.config.cookie_domain
+        if not domain:
+            return ""
+        host = where.host.lower()
+        if host.startswith("["):  # an IPv6 literal is within no domain
+            return ""
+        host, bare = host.partition(":")[0].rstrip("."), domain.lower().lstrip(".")
+        return domain if host == bare or host.endswith("." + bare) else ""
 
     def stored_at_hand(self, loaded: LoadedSnapshot, identity: Identity) -> Mapping[str, object] | NeedStored:
         """The stored attributes a decision reads when they are known without I/O (none needed, or cached by the
@@ -165,14 +193,16 @@ class Planner:
             identity=identity, live=live, stored=stored,
         )  # fmt: skip
         secure = where.proto == "https"
+        domain = self.cookie_domain(where) if self.config.cookie_domain else ""
         started = time.perf_counter()
         if preview is None:
             manifest = loaded.decider.decide(ctx, tags)
             seconds = time.perf_counter() - started
-            return Decision(loaded, ctx, manifest, tags, loaded.cookies.of(manifest, secure), seconds)
+            cookies = loaded.cookies.of(manifest, secure, domain) if identity.user_uid else NO_COOKIES
+            return Decision(loaded, ctx, manifest, tags, cookies, seconds)
         manifest = loaded.snapshot.decide_forced(ctx, tags, Forcing(preview.forced, preview.draft))
         seconds = time.perf_counter() - started
-        cookies = SetCookies.of(cookie_headers(manifest, secure))
+        cookies = SetCookies.of(cookie_headers(manifest, secure, domain=domain)) if identity.user_uid else NO_COOKIES
         return Decision(loaded, ctx, manifest, tags, cookies, seconds, preview)
 
     def preview_of(self, raw_query: str, identity: Identity, where: ClientView) -> tuple[str, PreviewAsked | None]:
@@ -204,7 +234,7 @@ class Planner:
         raw, _, query = raw_path.partition("?")
         asked = None
         if route.personalize and loaded is not None:
-            identity = self.identities.of(headers)
+            identity = self.identity_of(headers)
             if stored is UNKNOWN:
                 found = self.stored_at_hand(loaded, identity)
                 if isinstance(found, NeedStored):
@@ -271,7 +301,8 @@ def add_variant_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limit
         aliases = aliases[:cda_limit]
     headers["x-cs-variant-uid"] = ",".join(aliases)
     headers["x-cs-personalize-variants"] = manifest.variant_param
-    headers["x-cs-personalize-user-uid"] = manifest.user_uid
+    if manifest.user_uid:  # an anonymous visitor (consent mode, SPEC §11) has no uid to pass on
+        headers["x-cs-personalize-user-uid"] = manifest.user_uid
     headers["x-edgeproxy-snapshot"] = version  # which rules decided, for origin logs
 
 

@@ -19,6 +19,8 @@ from edgeproxy.runtime.decision_log import iso
 
 # Request-scoped: set by the proxy handler (an `app.Decided`), read here for the decision fields.
 DECIDED_KEY = web.RequestKey("edgeproxy.decided", object)
+# Set by a handler whose path names a person (`{ops_prefix}users/{uid}`): the path the log line shows instead.
+LOGGED_PATH_KEY = web.RequestKey("edgeproxy.logged_path", str)
 
 
 _SECRET_PARAMS = re.compile(r"([?&](?:token|authtoken|cs_preview)=)[^&]*", re.IGNORECASE)  # preview: a bearer link
@@ -55,7 +57,8 @@ class JsonAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, duration: float) -> None:
         decided = request.get(DECIDED_KEY)
         self.logger.info(access_line(
-            remote=request.remote, method=request.method, raw_path=request.raw_path, status=response.status,
+            remote=request.remote, method=request.method, raw_path=request.get(LOGGED_PATH_KEY, request.raw_path),
+            status=response.status,
             body_bytes=response.body_length, seconds=duration, manifest=getattr(decided, "manifest", None),
             snapshot=getattr(decided, "snapshot", None), cache=response.headers.get("X-Cache"),
         ))  # fmt: skip

@@ -71,6 +71,9 @@ def record_decision(state: ProxyState, plan: Plan, decided: Decided) -> Response
             log.info("preview token refused (%s); decided as a normal visit: %s", asked.refused, plan.raw)
         if decision.preview is not None:  # SPEC §10: a preview records nothing (counts, logs, impressions)
             return response_hook(None, state.config, decision.manifest, explained, headers)
+    if not decision.manifest.user_uid:  # no consent (SPEC §11): counted, never stored (impressions, decision log)
+        state.count_decision(decision)
+        return response_hook(None, state.config, decision.manifest, explained, headers)
     state.count_decision(decision)
     decided.ctx, decided.manifest = decision.ctx, decision.manifest
     decided.snapshot, decided.tags = decision.loaded.snapshot.version, decision.tags
@@ -205,7 +208,7 @@ async def decision_for(
     """The visitor's decision at a door that answers by itself (the Edge API, ops explain): the planner's, with
     the stored attributes fetched when they are not at hand."""
     planner = state.planner
-    identity = planner.identities.of(request.headers)
+    identity = planner.identity_of(request.headers)
     stored = planner.stored_at_hand(loaded, identity)
     if isinstance(stored, NeedStored):
         stored = await state.stored_attributes(stored.project_uid, stored.user_uid)

@@ -7,6 +7,7 @@ Later sources override earlier ones field by field. Every field is documented in
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -65,6 +66,7 @@ class ProxyConfig:
     max_attributes_per_user: int = 100
     max_attribute_value_bytes: int = 1024
     attribute_ttl_days: float = 90.0
+    retention_days: float = 0.0
     max_users: int = 1_000_000
     admin_url: str = ""
     region: str = ""
@@ -85,6 +87,9 @@ class ProxyConfig:
     cache_key_headers: tuple[str, ...] = ()
     purge_token: str = ""
     preview_secret: str = ""
+    cookie_domain: str = ""
+    consent_cookie: str = ""
+    consent_value: str = ""
     max_header_size: int = 16_384
     access_log: bool = False
     decision_log: str = ""
@@ -127,6 +132,8 @@ FIELDS: dict[str, str] = {
     "max_attributes_per_user": "most stored attributes per user (default 100)",
     "max_attribute_value_bytes": "largest stored attribute value, JSON-encoded (default 1024)",
     "attribute_ttl_days": "stored attributes expire this many days after the user's last write (default 90)",
+    "retention_days": "delete events (impressions, conversions) older than this many days, in the background; "
+    "0 = keep them (default 0)",
     "max_users": "SQLite: most users with stored attributes; the least recently written go first (default 1000000)",
     "admin_url": "Personalize Management API base URL to sync rules from (instead of --rules), e.g. "
     "https://personalize-api.contentstack.com",
@@ -150,6 +157,11 @@ FIELDS: dict[str, str] = {
     "purge_token": "token for POST /_edgeproxy/purge and the Contentstack publish webhook; empty = ops_token",
     "preview_secret": "secret that signs preview links (edgeproxy preview-link; prefer EDGEPROXY_PREVIEW_SECRET over "
     "the flag); empty = previews off",
+    "cookie_domain": "Domain= of the uid and manifest cookies, to share one identity across subdomains, e.g. "
+    "example.com (added only for hosts within it; default none: host-only cookies)",
+    "consent_cookie": "consent mode: the cookie that says a visitor consented; without it no identifier or "
+    "manifest cookie is set, nothing is stored for them and A/B tests are null (default off)",
+    "consent_value": "with consent_cookie: the value that means consent (default: any non-empty value)",
     "max_header_size": "largest accepted request header line / field in bytes (default 16384)",
     "access_log": "log one JSON line per request: remote, method, path, status, bytes, ms, and for personalized "
     "pages the uid, variant param, snapshot and cache result (default false)",
@@ -358,6 +370,12 @@ def _check_url(config: ProxyConfig, name: str, schemes: tuple[str, ...], forms: 
         raise _bad(config, name, f": {value!r} has a port that is not 1-65535")
 
 
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"\.?(?:{_LABEL}\.)*{_LABEL}")
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
+
+
 def validate(config: ProxyConfig) -> ProxyConfig:
     """Check every setting; a ConfigError names the setting and where its value came from."""
     from edgeproxy.store.base import state_url_problem
@@ -408,6 +426,8 @@ def validate(config: ProxyConfig) -> ProxyConfig:
         if not getattr(config, name) > 0:  # also NaN
             unit = "days" if name.endswith("days") else "seconds"
             raise _bad(config, name, f"must be > 0 {unit} (got {_shown(getattr(config, name))})")
+    if not config.retention_days >= 0:
+        raise _bad(config, "retention_days", f"must be >= 0 days (0 = keep; got {_shown(config.retention_days)})")
     if not config.cache_default_ttl >= 0:
         raise _bad(config, "cache_default_ttl", f"must be >= 0 seconds (got {_shown(config.cache_default_ttl)})")
     if config.impressions not in ("origin", "proxy", "off"):
@@ -425,6 +445,14 @@ def validate(config: ProxyConfig) -> ProxyConfig:
         _check_url(config, "cache_store", ("redis", "rediss", "unix"), "'memory' or a redis://host:port/db URL")
     if config.fleet_redis:
         _check_url(config, "fleet_redis", ("redis", "rediss", "unix"), "a redis://host:port/db URL")
+    if config.cookie_domain and not _DOMAIN.fullmatch(config.cookie_domain):
+        raise _bad(config, "cookie_domain", f": {config.cookie_domain!r} is not a domain name such as example.com")
+    if config.consent_cookie and not _COOKIE_NAME.fullmatch(config.consent_cookie):
+        raise _bad(config, "consent_cookie", f": {config.consent_cookie!r} is not a cookie name (RFC 6265 token)")
+    if config.consent_value and not _COOKIE_VALUE.fullmatch(config.consent_value):
+        raise _bad(config, "consent_value", f": {config.consent_value!r} is not a cookie value (RFC 6265)")
+    if config.consent_value and not config.consent_cookie:
+        raise _bad(config, "consent_value", "needs consent_cookie: name the cookie whose value it is")
     if config.now:
         try:
             parse_instant(config.now)

@@ -89,11 +89,18 @@ def make_state(
         from edgeproxy.sync.fleet import FleetFollower
 
         fleet = FleetFollower(config.fleet_redis, holder, classifier)
+    retention, tombstones = None, None
+    if serving:
+        from edgeproxy.runtime.users import Retention, TombstoneFollower
+
+        tombstones = TombstoneFollower(store, planner.tombstones)
+        if config.retention_days > 0:
+            retention = Retention(store, clock, config.retention_days)
     if load_rules and config.rules:
         holder.swap(load_snapshot(config.rules, classifier), config.rules)
     return ProxyState(
         config, clock, holder, store, planner, metrics, live, cache=cache, decision_log=decision_log,
-        impressions=impressions, poller=poller, fleet=fleet,
+        impressions=impressions, poller=poller, fleet=fleet, retention=retention, tombstones=tombstones,
     )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from edgeproxy.analytics.impressions import ImpressionRecorder
     from edgeproxy.cache.layer import ResponseCache
     from edgeproxy.runtime.decision_log import DecisionLog
+    from edgeproxy.runtime.users import Retention, TombstoneFollower
     from edgeproxy.sync.fleet import FleetFollower
     from edgeproxy.sync.poller import SnapshotPoller
 
@@ -46,6 +47,8 @@ class ProxyState:
         impressions: ImpressionRecorder | None,
         poller: SnapshotPoller | None,
         fleet: FleetFollower | None,
+        retention: Retention | None = None,
+        tombstones: TombstoneFollower | None = None,
     ) -> None:
         self.config = config
         self.clock = clock  # the one clock of the process: decisions, cache ages, stored TTLs, logs
@@ -58,6 +61,8 @@ class ProxyState:
         self.impressions = impressions
         self.poller = poller  # keeps the snapshot fresh (serve), None in tests that swap snapshots themselves
         self.fleet = fleet  # when following a fleet channel (--fleet-redis)
+        self.retention = retention  # deletes events past retention_days (serve, when set)
+        self.tombstones = tombstones  # learns of deleted users from the store (serve)
         self.live = live  # decision counts by variant, for the dashboard and Prometheus
         self.origin = URL(config.origin.rstrip("/"))
         self._session: aiohttp.ClientSession | None = None  # WebSocket upgrades only
@@ -110,6 +115,10 @@ class ProxyState:
         )
         if self.impressions is not None:
             self.impressions.start()
+        if self.retention is not None:
+            self.retention.start()
+        if self.tombstones is not None:
+            self.tombstones.start()
 
     async def stop(self) -> None:
         if self._session is not None:
@@ -122,4 +131,8 @@ class ProxyState:
             self.decision_log.close()
         if self.impressions is not None:
             await self.impressions.stop()
+        if self.retention is not None:
+            await self.retention.stop()
+        if self.tombstones is not None:
+            await self.tombstones.stop()
         await self.store.close()

@@ -7,6 +7,7 @@ never rewritten. The event schema is what analytics aggregates over.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -44,6 +45,20 @@ class EventRecord:
     variant_short_uid: str | None = None
     event_key: str | None = None
     source: EventSource = "sdk"
+
+
+def event_document(event: EventRecord) -> dict[str, Any]:
+    """One event as `user_data` exports it: every EventRecord field, camelCase, None where absent."""
+    return {
+        "ts": event.ts,
+        "projectUid": event.project_uid,
+        "userUid": event.user_uid,
+        "type": event.type,
+        "experienceShortUid": event.experience_short_uid,
+        "variantShortUid": event.variant_short_uid,
+        "eventKey": event.event_key,
+        "source": event.source,
+    }
 
 
 def encode_value(value: Any) -> str:
@@ -91,6 +106,37 @@ class StateStore(Protocol):
     async def append_events(self, events: list[EventRecord]) -> None: ...
 
     async def count_events(self, project_uid: str) -> int: ...
+
+    async def user_data(self, user_uid: str) -> dict[str, Any]:
+        """Everything stored for `user_uid` in every project, as one JSON-able document (SPEC §11 export):
+        `{"userUid", "attributes": {project: {key: value}}, "events": [event_document(...), ...]}`, events
+        oldest first; attributes as `get_attributes` returns them (expired ones are not there)."""
+        ...
+
+    async def delete_user(self, user_uid: str) -> dict[str, int]:
+        """Delete everything stored for `user_uid` in every project (SPEC §11), in-process caches included.
+        Returns `{"attributes": projects whose attributes went, "events": events removed}`; idempotent."""
+        ...
+
+    async def purge_events(self, older_than: float, limit: int) -> int:
+        """Retention: remove at most `limit` events with ts < `older_than`, oldest first; returns how many went.
+        Bounded work per call: repeat while it returns `limit`."""
+        ...
+
+    async def deletions_after(self, cursor: int) -> tuple[list[str], int]:
+        """The tombstones (`tombstone_of(uid)`) of users deleted after `cursor` (0: all kept), oldest first, at
+        most TOMBSTONE_BATCH, and the cursor to ask from next. `delete_user` writes one; every instance sharing
+        the store polls them, so a deleted user's next visit is a new identity (SPEC §11)."""
+        ...
+
+
+TOMBSTONES_KEPT = 100_000  # most recent deletions remembered; older ones are dropped when a new one is written
+TOMBSTONE_BATCH = 10_000
+
+
+def tombstone_of(user_uid: str) -> str:
+    """What a deletion leaves behind: a digest of the uid, enough to recognise the old cookie, not to read it."""
+    return hashlib.sha256(b"edgeproxy-deleted:" + user_uid.encode("utf-8")).hexdigest()[:32]
 
 
 STATE_FORMS = (

@@ -2,18 +2,32 @@
 
 Attributes: one hash per user (`edgeproxy:{project}:user:{uid}`), JSON values, EXPIRE = TTL, updated by Lua
 scripts so the per-user cap and the merge are atomic. Events: one stream per project
-(`edgeproxy:{project}:events`), appended with XADD and never trimmed.
+(`edgeproxy:{project}:events`), appended with XADD (server-assigned ids, so in arrival order), trimmed only by
+`purge_events` (retention) and `delete_user` (data subject requests). Nothing else is kept per user.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
-from edgeproxy.store.base import AttributeLimits, EventRecord, StoreError, StoreLimitError, check_attributes
+from edgeproxy.store.base import (
+    TOMBSTONE_BATCH,
+    TOMBSTONES_KEPT,
+    AttributeLimits,
+    EventRecord,
+    StoreError,
+    StoreLimitError,
+    check_attributes,
+    event_document,
+    tombstone_of,
+)
 
 # KEYS[1] user hash; ARGV: ttl, cap, then key/value pairs (value "null" deletes)
 _PATCH = """
@@ -48,11 +62,37 @@ return n
 """
 
 
+_TOMBSTONES = "edgeproxy:deleted-users"  # zset: tombstone_of(uid) -> deletion sequence number
+_TOMBSTONE_SEQ = "edgeproxy:deleted-users:seq"
+_CHUNK = 1_000  # stream entries read (and deleted) per round trip: Redis serves other clients in between
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def _glob_literal(text: str) -> str:
+    """`text` as a SCAN MATCH pattern that matches only itself."""
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def _after(entry_id: str) -> str:
+    """The smallest stream id greater than `entry_id` ("ms-seq")."""
+    ms, _, seq = entry_id.partition("-")
+    return f"{ms}-{int(seq) + 1}" if int(seq) < 2**64 - 1 else f"{int(ms) + 1}-0"
+
+
+def _event_ts(fields: dict[str, str]) -> float:
+    try:
+        return float(fields["ts"])
+    except (KeyError, ValueError):
+        return float("-inf")  # not an entry append_events wrote: nothing to keep it for
+
+
 class RedisStore:
     def __init__(self, url: str, limits: AttributeLimits) -> None:
         self.url = url
         self.limits = limits
         self._client: redis.Redis | None = None
+        # The event streams a purge run works on, found once per run (a run ends when a call returns < limit).
+        self._purge_streams: list[str] | None = None
 
     @property
     def client(self) -> redis.Redis:
@@ -130,3 +170,133 @@ class RedisStore:
             return int(await self.client.xlen(f"edgeproxy:{project_uid}:events"))
         except RedisError as exc:
             raise StoreError(f"Redis read failed: {exc}") from exc
+
+    # -- data subject requests and retention -----------------------------------------------------------------
+
+    async def _event_streams(self) -> list[str]:
+        """Every project's event stream (SCAN, TYPE stream: an O(keyspace) walk in COUNT-sized steps)."""
+        keys = [str(k) async for k in self.client.scan_iter(match="edgeproxy:*:events", count=_CHUNK, _type="stream")]
+        return sorted(set(keys))
+
+    async def _user_hashes(self, user_uid: str) -> dict[str, str]:
+        """project -> attribute hash key of `user_uid`, in every project (SCAN with the uid as a literal)."""
+        suffix = f":user:{user_uid}"
+        found: dict[str, str] = {}
+        async for raw in self.client.scan_iter(match=f"edgeproxy:*{_glob_literal(suffix)}", count=_CHUNK, _type="hash"):
+            key = str(raw)
+            project = key[len("edgeproxy:") : -len(suffix)]
+            # `edgeproxy:P:user:a:user:b` is uid "a:user:b" in P, not uid "b" in project "P:user:a"
+            if project and ":user:" not in project:
+                found[project] = key
+        return found
+
+    async def _entries(self, stream: str, start: str, count: int) -> list[tuple[str, dict[str, str]]]:
+        """XRANGE stream start + COUNT count, as (id, fields)."""
+        rows = await self.client.xrange(stream, min=start, max="+", count=count)
+        return [(str(i), {str(k): str(v) for k, v in (f or {}).items()}) for i, f in rows or []]
+
+    async def _user_entries(self, stream: str, user_uid: str) -> AsyncIterator[list[tuple[str, dict[str, str]]]]:
+        """The user's entries of `stream`, oldest first, one list per XRANGE chunk of the whole stream."""
+        start = "-"
+        while rows := await self._entries(stream, start, _CHUNK):
+            yield [(i, f) for i, f in rows if f.get("user") == user_uid]
+            start = f"({rows[-1][0]}"
+
+    async def user_data(self, user_uid: str) -> dict[str, Any]:
+        """Attributes: the user's hashes, found by SCAN. Events: every project's stream read in chunks of
+        1,000 (there is no per-user index: one would cost every append a write). Not a snapshot: writes for
+        the user during the export may or may not appear."""
+        try:
+            attributes: dict[str, dict[str, Any]] = {}
+            for project, key in sorted((await self._user_hashes(user_uid)).items()):
+                raw = await self.client.hgetall(key)
+                if raw:
+                    attributes[project] = {str(k): json.loads(v) for k, v in raw.items()}
+            events: list[EventRecord] = []
+            for stream in await self._event_streams():
+                project = stream[len("edgeproxy:") : -len(":events")]
+                async for chunk in self._user_entries(stream, user_uid):
+                    events += [
+                        EventRecord(
+                            ts=_event_ts(f), project_uid=project, user_uid=user_uid, type=f["type"],  # type: ignore[arg-type]
+                            experience_short_uid=f.get("exp") or None, variant_short_uid=f.get("var") or None,
+                            event_key=f.get("key") or None, source=f.get("source", "sdk"),  # type: ignore[arg-type]
+                        )
+                        for _, f in chunk
+                    ]  # fmt: skip
+        except RedisError as exc:
+            raise StoreError(f"Redis read failed: {exc}") from exc
+        events.sort(key=lambda e: e.ts)  # stable: arrival order among equal times
+        return {"userUid": user_uid, "attributes": attributes, "events": [event_document(e) for e in events]}
+
+    async def delete_user(self, user_uid: str) -> dict[str, int]:
+        """DEL of the user's attribute hashes (found by SCAN, the uid matched literally), then each project's
+        stream walked in XRANGE chunks of 1,000 with an XDEL of the user's entries in each chunk: no command
+        holds Redis for long, and entries appended while the walk runs are reached. Not atomic across keys.
+        XDEL only flags an entry inside its stream node; the bytes go when the node is freed or rewritten."""
+        try:
+            hashes = await self._user_hashes(user_uid)
+            attributes = int(await self.client.delete(*hashes.values())) if hashes else 0
+            events = 0
+            for stream in await self._event_streams():
+                async for chunk in self._user_entries(stream, user_uid):
+                    if chunk:
+                        events += int(await self.client.xdel(stream, *(i for i, _ in chunk)))
+            # The tombstone, scored by a fleet-wide sequence (not a clock: instances' clocks may disagree).
+            seq = int(await self.client.incr(_TOMBSTONE_SEQ))
+            await self.client.zadd(_TOMBSTONES, {tombstone_of(user_uid): seq})
+            await self.client.zremrangebyrank(_TOMBSTONES, 0, -TOMBSTONES_KEPT - 1)
+        except RedisError as exc:
+            raise StoreError(f"Redis delete failed: {exc}") from exc
+        return {"attributes": attributes, "events": events}
+
+    async def deletions_after(self, cursor: int) -> tuple[list[str], int]:
+        try:
+            rows = cast(list[tuple[bytes | str, float]], await self.client.zrangebyscore(
+                _TOMBSTONES, f"({cursor}", "+inf", start=0, num=TOMBSTONE_BATCH, withscores=True
+            ))  # fmt: skip  # withscores: (member, score) pairs
+        except RedisError as exc:
+            raise StoreError(f"Redis read of deletions failed: {exc}") from exc
+        tombstones = [member.decode() if isinstance(member, bytes) else member for member, _ in rows]
+        return tombstones, (int(rows[-1][1]) if rows else cursor)
+
+    async def purge_events(self, older_than: float, limit: int) -> int:
+        """Retention by XTRIM MINID. A stream's ids are arrival times, not event times (ts is the caller's and
+        may be older), so the ids alone cannot say which events are old: each stream's head is read in XRANGE
+        chunks, and the streams' heads are merged oldest ts first, taking entries while ts < older_than, at most
+        `limit`. What is taken is a prefix of each stream, removed with one exact XTRIM MINID (the id after the
+        last one taken). A stream stops at its first entry at or after `older_than`: an older event appended
+        behind a newer one goes when that one does (events leave a stream in arrival order). Work per call:
+        about `limit` entries read plus one chunk per stream. The streams are found by one SCAN per run (a run
+        ends with a call that returns less than `limit`), not per call."""
+        if limit <= 0:
+            return 0
+        try:
+            if self._purge_streams is None:
+                self._purge_streams = await self._event_streams()
+            heads: dict[str, deque[tuple[float, str]]] = {}
+            starts = dict.fromkeys(self._purge_streams, "-")
+            cut: dict[str, str] = {}  # stream -> last id to remove
+            taken = 0
+            while taken < limit:
+                for stream in [s for s in starts if not heads.get(s)]:
+                    rows = await self._entries(stream, starts[stream], min(_CHUNK, limit - taken))
+                    if not rows:
+                        del starts[stream]
+                        continue
+                    heads[stream] = deque((_event_ts(f), i) for i, f in rows)
+                    starts[stream] = f"({rows[-1][0]}"
+                oldest = min(((heads[s][0][0], s) for s in starts), default=None)
+                if oldest is None or oldest[0] >= older_than:
+                    break
+                cut[oldest[1]] = heads[oldest[1]].popleft()[1]
+                taken += 1
+            removed = 0
+            for stream, last in cut.items():
+                removed += int(await self.client.xtrim(stream, minid=_after(last), approximate=False))
+        except RedisError as exc:
+            self._purge_streams = None
+            raise StoreError(f"Redis event purge failed: {exc}") from exc
+        if removed < limit:
+            self._purge_streams = None  # the run is over; the next one looks for new projects' streams
+        return removed

@@ -12,7 +12,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edgeproxy.clock import Clock, system_clock
-from edgeproxy.store.base import AttributeLimits, EventRecord, StoreError, StoreLimitError, check_attributes
+from edgeproxy.store.base import (
+    TOMBSTONE_BATCH,
+    TOMBSTONES_KEPT,
+    AttributeLimits,
+    EventRecord,
+    StoreError,
+    StoreLimitError,
+    check_attributes,
+    event_document,
+    tombstone_of,
+)
 
 T = TypeVar("T")
 
@@ -26,6 +36,11 @@ CREATE TABLE IF NOT EXISTS user_attributes (
     PRIMARY KEY (project_uid, user_uid, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS user_attributes_updated ON user_attributes (updated_at);
+CREATE TABLE IF NOT EXISTS deleted_users (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    tombstone   TEXT NOT NULL UNIQUE,     -- tombstone_of(uid): never the uid itself
+    deleted_at  REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id                    INTEGER PRIMARY KEY,
     ts                    REAL NOT NULL,
@@ -219,6 +234,111 @@ class SqliteStore:
             return int(db.execute("SELECT count(*) FROM events WHERE project_uid=?", (project_uid,)).fetchone()[0])
 
         return await self._run(count)
+
+    @staticmethod
+    def _projects(db: sqlite3.Connection) -> list[str]:
+        """The projects that have attributes, one primary-key seek each (no scan of the table: there is no
+        index on user_uid alone, and a project has many users)."""
+        projects: list[str] = []
+        row = db.execute("SELECT min(project_uid) FROM user_attributes").fetchone()
+        while row[0] is not None:
+            projects.append(row[0])
+            row = db.execute("SELECT min(project_uid) FROM user_attributes WHERE project_uid > ?", (row[0],)).fetchone()
+        return projects
+
+    async def user_data(self, user_uid: str) -> dict[str, Any]:
+        """Attributes: per project, by primary key. Events: one pass over the events table (no index leads with
+        user_uid; one would cost every append an extra index write), read in one snapshot."""
+        horizon = self.clock() - self.limits.ttl_seconds
+
+        def read(db: sqlite3.Connection) -> dict[str, Any]:
+            db.execute("BEGIN")  # one read snapshot for attributes and events
+            try:
+                attributes: dict[str, dict[str, Any]] = {}
+                for project in self._projects(db):
+                    rows = db.execute(
+                        "SELECT key, value FROM user_attributes WHERE project_uid=? AND user_uid=? AND updated_at>=?",
+                        (project, user_uid, horizon),
+                    ).fetchall()
+                    if rows:
+                        attributes[project] = {k: json.loads(v) for k, v in rows}
+                events = [
+                    event_document(EventRecord(ts, project, user_uid, kind, experience, variant, key, source))
+                    for ts, project, kind, experience, variant, key, source in db.execute(
+                        "SELECT ts, project_uid, type, experience_short_uid, variant_short_uid, event_key, source "
+                        "FROM events NOT INDEXED WHERE user_uid=? ORDER BY ts, id",  # one table scan, not events_ts
+                        (user_uid,),
+                    )
+                ]
+            finally:
+                db.execute("COMMIT")
+            return {"userUid": user_uid, "attributes": attributes, "events": events}
+
+        return await self._run(read)
+
+    async def delete_user(self, user_uid: str) -> dict[str, int]:
+        """One immediate transaction on the store's thread: the user's attribute rows in every project (by primary
+        key) and every event of theirs (one pass over the events table). `secure_delete` is on for this
+        transaction only, so the freed bytes are zeroed, and the WAL is checkpointed and truncated after it, so
+        no copy of the rows is left in the files (unless another connection holds the WAL open)."""
+
+        def delete(db: sqlite3.Connection) -> dict[str, int]:
+            secure = int(db.execute("PRAGMA secure_delete").fetchone()[0])
+            db.execute("PRAGMA secure_delete=ON")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    projects = 0
+                    for project in self._projects(db):
+                        removed = db.execute(
+                            "DELETE FROM user_attributes WHERE project_uid=? AND user_uid=?", (project, user_uid)
+                        ).rowcount
+                        projects += removed > 0
+                    events = db.execute("DELETE FROM events WHERE user_uid=?", (user_uid,)).rowcount
+                    db.execute("DELETE FROM deleted_users WHERE tombstone=?", (tombstone_of(user_uid),))
+                    db.execute("INSERT INTO deleted_users (tombstone, deleted_at) VALUES (?, ?)",
+                               (tombstone_of(user_uid), self.clock()))  # fmt: skip
+                    db.execute("DELETE FROM deleted_users WHERE seq <= (SELECT max(seq) FROM deleted_users) - ?",
+                               (TOMBSTONES_KEPT,))  # fmt: skip
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+            finally:
+                db.execute(f"PRAGMA secure_delete={secure}")  # as it was (some builds default to on)
+            if projects or events:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return {"attributes": projects, "events": events}
+
+        self._forget(user_uid)
+        counts = await self._run(delete)
+        self._forget(user_uid)  # a read that finished while the delete was queued may have cached the old rows
+        return counts
+
+    def _forget(self, user_uid: str) -> None:
+        for key in [key for key in self._cache if key[1] == user_uid]:
+            del self._cache[key]
+
+    async def deletions_after(self, cursor: int) -> tuple[list[str], int]:
+        def read(db: sqlite3.Connection) -> tuple[list[str], int]:
+            rows = db.execute("SELECT seq, tombstone FROM deleted_users WHERE seq > ? ORDER BY seq LIMIT ?",
+                              (cursor, TOMBSTONE_BATCH)).fetchall()  # fmt: skip
+            return [row[1] for row in rows], (rows[-1][0] if rows else cursor)
+
+        return await self._run(read)
+
+    async def purge_events(self, older_than: float, limit: int) -> int:
+        """The oldest `limit` events before `older_than`, found through the `events_ts` index."""
+        if limit <= 0:
+            return 0
+
+        def purge(db: sqlite3.Connection) -> int:
+            return db.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE ts < ? ORDER BY ts LIMIT ?)",
+                (older_than, limit),
+            ).rowcount
+
+        return await self._run(purge)
 
     async def _maybe_purge(self) -> None:
         """Expire attributes past their TTL and keep at most `max_users` users (oldest writes go first)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from multidict import CIMultiDictProxy
@@ -24,6 +24,7 @@ from edgeproxy.engine.context import (
 from edgeproxy.engine.decide import Manifest
 from edgeproxy.engine.memo import MEMO_LIMIT, MemoDecider
 from edgeproxy.engine.useragent import UserAgentClassifier
+from edgeproxy.store.base import TOMBSTONES_KEPT, tombstone_of
 
 UID_COOKIE_MAX_AGE = 31_536_000  # contract §6
 MEMO_COOKIE_CHARS = 512  # Cookie headers memoised by `Identities` (longer ones are parsed per request)
@@ -138,23 +139,28 @@ class VisitorCookies:
     def __init__(self, decider: MemoDecider, limit: int = MEMO_LIMIT) -> None:  # as many as the decider's visitors
         self._decider = decider
         self._limit = limit
-        # id(manifest) -> (manifest, secure, cookies); holding the manifest keeps its id from being reused
-        self._memo: dict[int, tuple[Manifest, bool, SetCookies]] = {}
+        # id(manifest) -> (manifest, secure, domain, cookies); holding the manifest keeps its id from being reused
+        self._memo: dict[int, tuple[Manifest, bool, str, SetCookies]] = {}
 
-    def of(self, manifest: Manifest, secure: bool) -> SetCookies:
+    def of(self, manifest: Manifest, secure: bool, domain: str = "") -> SetCookies:
         found = self._memo.get(id(manifest))
-        if found is not None and found[0] is manifest and found[1] is secure:
-            return found[2]
-        cookies = SetCookies.of(cookie_headers(manifest, secure, self._decider.manifest_json(manifest)))
+        if found is not None and found[0] is manifest and found[1] is secure and found[2] == domain:
+            return found[3]
+        cookies = SetCookies.of(cookie_headers(manifest, secure, self._decider.manifest_json(manifest), domain))
         if len(self._memo) >= self._limit:
             self._memo.clear()
-        self._memo[id(manifest)] = (manifest, secure, cookies)
+        self._memo[id(manifest)] = (manifest, secure, domain, cookies)
         return cookies
 
 
-def cookie_headers(manifest: Manifest, secure: bool, manifest_json: str | None = None) -> tuple[str, str]:
-    """contract §6, built by hand: the SDK reads the raw text between `=` and `;`, so nothing is quoted."""
+def cookie_headers(
+    manifest: Manifest, secure: bool, manifest_json: str | None = None, domain: str = ""
+) -> tuple[str, str]:
+    """contract §6, built by hand: the SDK reads the raw text between `=` and `;`, so nothing is quoted. `domain`:
+    the `cookie_domain` setting when the visitor's host is within it (SPEC §11)."""
     flags = "; Secure; SameSite=Lax" if secure else "; SameSite=Lax"
+    if domain:
+        flags = f"; Domain={domain}{flags}"
     # Raw, as the SDK writes and reads it: any encoding here would come back as a different uid.
     # Control characters cannot be sent in a header at all; they are dropped.
     uid = manifest.user_uid
@@ -164,3 +170,37 @@ def cookie_headers(manifest: Manifest, secure: bool, manifest_json: str | None =
         f"{USER_UID_COOKIE}={uid}; Max-Age={UID_COOKIE_MAX_AGE}; Path=/{flags}",
         f"{MANIFEST_COOKIE}={manifest_json or manifest.cookie_json()}; Path=/{flags}",
     )
+
+
+class Tombstones:
+    """The users deleted by a data subject request (SPEC §11), by `tombstone_of(uid)` (never the uid): a browser
+    that still sends a deleted uid starts a new identity. Filled from the state store (`deletions_after`, polled by
+    runtime/users.py, so every instance and worker sharing the store learns of a deletion) and at once by the
+    instance that deleted. Bounded: the most recent TOMBSTONES_KEPT."""
+
+    __slots__ = ("cursor", "seen")
+
+    def __init__(self) -> None:
+        self.seen: dict[str, None] = {}  # tombstone -> None, oldest first (read it, don't write it)
+        self.cursor = 0  # the store's position after the last tombstone read
+
+    def __bool__(self) -> bool:
+        return bool(self.seen)
+
+    def __len__(self) -> int:
+        return len(self.seen)
+
+    def add(self, tombstones: Iterable[str]) -> None:
+        for tombstone in tombstones:
+            self.seen[tombstone] = None
+        while len(self.seen) > TOMBSTONES_KEPT:
+            del self.seen[next(iter(self.seen))]
+
+    def deleted(self, user_uid: str) -> bool:
+        return tombstone_of(user_uid) in self.seen
+
+    def renewed(self, identity: Identity) -> Identity:
+        """`identity`, or a new one when its uid was deleted."""
+        if identity.is_new or not self.deleted(identity.user_uid):
+            return identity
+        return Identity(identity.cookies, new_user_uid(), True)

@@ -266,9 +266,7 @@ class Launcher:
         service.start("/sdk-test.html")
         return service
 
-    def proxy(
-        self, origin: Service, state_db: Path, *options: str, settings: dict[str, str] | None = None
-    ) -> Service:
+    def proxy(self, origin: Service, state_db: Path, *options: str, settings: dict[str, str] | None = None) -> Service:
         """`edgeproxy serve` in front of `origin`; `options`: more flags; `settings`: EDGEPROXY_* variables."""
         port = free_port()
         argv = [
@@ -438,3 +436,23 @@ def cookie_pairs(headers: Sequence[str]) -> dict[str, tuple[str, list[str]]]:
         assert name not in found, f"cookie {name} set twice: {headers}"
         found[name] = (value, attributes)
     return found
+
+
+def browse(node_bin: str, chromium_bin: str, stack: Stack, visits: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Run page visits in headless Chromium through `stack` (tests/sdk/preview.mjs: the page, then the SDK bundle
+    in it); what each one saw, by name. Every document must answer 200 without page errors."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEPROXY_")}
+    env.update(CHROMIUM=chromium_bin, PROJECT_UID=PROJECT_UID, SDK_BUNDLE=str(SDK_BUNDLE),
+               VISITS=json.dumps(visits), X_FORWARDED_FOR=IP_LONDON, SCREENSHOT_DIR=str(ARTIFACTS))  # fmt: skip
+    ARTIFACTS.mkdir(exist_ok=True)
+    argv = [node_bin, str((SDK_DIR / "preview.mjs").relative_to(ROOT))]
+    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT * 3)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"preview.mjs printed no JSON (exit {result.returncode})\n{result.stderr[-3000:]}\n{stack.logs()}"
+    output = json.loads(lines[-1])
+    assert output.get("ok"), f"preview.mjs failed: {output.get('error')}\n{output.get('stack')}\n{stack.logs()}"
+    seen = {visit["name"]: visit for visit in output["visits"]}
+    for visit in seen.values():
+        assert visit["errors"] == [], (visit["name"], visit["errors"])
+        assert visit["document"]["status"] == 200, (visit["name"], visit["document"])
+    return seen

@@ -26,16 +26,12 @@ from typing import Any
 import pytest
 
 from .conftest import (
-    ARTIFACTS,
     IP_LONDON,
-    PROJECT_UID,
     ROOT,
     RULES,
-    SCRIPT_TIMEOUT,
-    SDK_BUNDLE,
-    SDK_DIR,
     Launcher,
     Stack,
+    browse,
     decide_one,
 )
 
@@ -65,25 +61,6 @@ def mint(stack: Stack, path: str, *options: str, now: str = "") -> str:
     link = result.stdout.strip()
     assert link.startswith(stack.url + path.split("?")[0]) and "cs_preview=" in link, link
     return link
-
-
-def browse(node_bin: str, chromium_bin: str, stack: Stack, visits: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Run the visits in Chromium; what each one saw, by name."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEPROXY_")}
-    env.update(CHROMIUM=chromium_bin, PROJECT_UID=PROJECT_UID, SDK_BUNDLE=str(SDK_BUNDLE),
-               VISITS=json.dumps(visits), X_FORWARDED_FOR=IP_LONDON, SCREENSHOT_DIR=str(ARTIFACTS))  # fmt: skip
-    ARTIFACTS.mkdir(exist_ok=True)
-    argv = [node_bin, str((SDK_DIR / "preview.mjs").relative_to(ROOT))]
-    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT * 3)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    assert lines, f"preview.mjs printed no JSON (exit {result.returncode})\n{result.stderr[-3000:]}\n{stack.logs()}"
-    output = json.loads(lines[-1])
-    assert output.get("ok"), f"preview.mjs failed: {output.get('error')}\n{output.get('stack')}\n{stack.logs()}"
-    seen = {visit["name"]: visit for visit in output["visits"]}
-    for visit in seen.values():
-        assert visit["errors"] == [], (visit["name"], visit["errors"])
-        assert visit["document"]["status"] == 200, (visit["name"], visit["document"])
-    return seen
 
 
 def header(visit: dict[str, Any], name: str) -> list[str]:

@@ -1,0 +1,136 @@
+"""Data subject requests and retention (SPEC §11): everything stored for one user, exported as one JSON document or
+deleted, from `edgeproxy user export|delete UID` and `GET`/`DELETE {ops_prefix}users/{uid}`; and events older than
+`retention_days` deleted in the background, a bounded batch at a time.
+
+What is stored per user: custom attributes (per project, expiring `attribute_ttl_days` after the last write) and
+events (impressions the proxy or the SDK recorded, conversions). Both live in the state store (SQLite file or Redis),
+so in a fleet sharing Redis one request reaches every instance's data. Deletion is logged with counts and a short
+digest of the uid, never the uid or the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from abc import ABC, abstractmethod
+from typing import Any
+
+from edgeproxy.clock import Clock
+from edgeproxy.store.base import TOMBSTONE_BATCH, StateStore, tombstone_of
+from edgeproxy.visitor.identity import Tombstones
+
+log = logging.getLogger("edgeproxy.users")
+
+RETENTION_BATCH = 5_000  # events deleted per store call
+RETENTION_BATCHES_PER_RUN = 20  # at most this many calls per run: bounded work, the rest waits for the next run
+RETENTION_INTERVAL = 3_600.0  # seconds between runs
+TOMBSTONE_POLL_SECONDS = 2.0  # how soon another instance learns of a deletion
+
+
+def uid_digest(user_uid: str) -> str:
+    """What a log line names a user by: a short SHA-256 digest, enough to tie lines together, not to read back."""
+    return hashlib.sha256(user_uid.encode("utf-8")).hexdigest()[:12]
+
+
+async def export_user(store: StateStore, user_uid: str) -> dict[str, Any]:
+    return await store.user_data(user_uid)
+
+
+async def delete_user(
+    store: StateStore, user_uid: str, where: str, tombstones: Tombstones | None = None
+) -> dict[str, int]:
+    """Delete everything stored for `user_uid`; one log line (`where`: who asked) without the user's data. The
+    store keeps a tombstone; `tombstones` (this instance's) learns of it at once."""
+    removed = await store.delete_user(user_uid)
+    if tombstones is not None:
+        tombstones.add([tombstone_of(user_uid)])
+    log.info("user data deleted (%s): user %s, %d attribute sets, %d events", where, uid_digest(user_uid),
+             removed.get("attributes", 0), removed.get("events", 0))  # fmt: skip
+    return removed
+
+
+async def purge_old_events(store: StateStore, older_than: float) -> int:
+    """One bounded retention run: events with ts < older_than, at most RETENTION_BATCHES_PER_RUN batches."""
+    total = 0
+    for _ in range(RETENTION_BATCHES_PER_RUN):
+        removed = await store.purge_events(older_than, RETENTION_BATCH)
+        total += removed
+        if removed < RETENTION_BATCH:
+            break
+    if total:
+        log.info("retention: %d events older than the retention period deleted", total)
+    return total
+
+
+class _Periodic(ABC):
+    """`run_once` every `interval` seconds in the background, from `start` to `stop`; a failed run (the store away)
+    is logged as `what` failed and tried again next time, never ending the loop."""
+
+    what = "a periodic task"
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    @abstractmethod
+    async def run_once(self) -> int:
+        """One run; returns how many items it handled."""
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception as exc:
+                log.warning("%s failed, retrying in %.0f s: %s", self.what, self.interval, exc)
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class Retention(_Periodic):
+    """Runs `purge_old_events` every RETENTION_INTERVAL for events older than `days` (the process clock)."""
+
+    what = "retention run"
+
+    def __init__(self, store: StateStore, clock: Clock, days: float, interval: float = RETENTION_INTERVAL) -> None:
+        super().__init__(interval)
+        self.store = store
+        self.clock = clock
+        self.days = days
+        self.deleted = 0
+
+    async def run_once(self) -> int:
+        removed = await purge_old_events(self.store, self.clock() - self.days * 86_400)
+        self.deleted += removed
+        return removed
+
+
+class TombstoneFollower(_Periodic):
+    """Keeps `tombstones` (the planner's) up to date with the deletions recorded in the store, every `interval`
+    seconds: a user deleted through any instance, worker or `edgeproxy user delete` starts a new identity here
+    within that time."""
+
+    what = "reading deleted users"
+
+    def __init__(self, store: StateStore, tombstones: Tombstones, interval: float = TOMBSTONE_POLL_SECONDS) -> None:
+        super().__init__(interval)
+        self.store = store
+        self.tombstones = tombstones
+
+    async def run_once(self) -> int:
+        read = 0
+        while True:
+            found, self.tombstones.cursor = await self.store.deletions_after(self.tombstones.cursor)
+            self.tombstones.add(found)
+            read += len(found)
+            if len(found) < TOMBSTONE_BATCH:
+                return read
