@@ -10,6 +10,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import redis
+from support.processes import redis_server
 from test_preview_proxy import DESKTOP, P, Proxy, clock, origin, run, state_for  # the same in-process proxy harness
 
 from edgeproxy.analytics.impressions import ImpressionRecorder
@@ -128,3 +130,30 @@ def test_bad_consent_and_domain_settings_are_refused(settings: dict[str, str], s
     config = ProxyConfig(origin="http://127.0.0.1:9", rules="rules", **settings)
     with pytest.raises(ConfigError, match=says):
         validate(config)
+
+
+def test_without_consent_nothing_is_written_to_redis(origin: str, tmp_path: Path) -> None:
+    with redis_server(tmp_path) as url:
+        state = state_for(origin, tmp_path, consent_cookie=CONSENT, state=url, impressions="proxy")
+        state.impressions = ImpressionRecorder(state.store, lambda: P, clock=clock)
+
+        async def scenario(proxy: Proxy) -> None:
+            for target in ("/", "/echo?utm_campaign=bf", "/products/storm-shell-jacket"):
+                answer = await proxy.get(target, uid="redis-visitor")
+                assert answer.status == 200 and answer.headers.getall("Set-Cookie", []) == []
+            for method, path, body in (("POST", "/_personalize/events", '[{"type": "EVENT", "eventKey": "purchase"}]'),
+                                       ("PATCH", "/_personalize/user-attributes", '{"tier": "gold"}')):  # fmt: skip
+                refused = await proxy.request(method, path, uid=None, data=body, headers={
+                    "X-Project-Uid": P, "X-CS-Personalize-User-Uid": "redis-visitor",
+                    "Content-Type": "application/json"})  # fmt: skip
+                assert refused.status == 403, refused
+            consented = await proxy.get("/", uid="redis-visitor", cookies=(f"{CONSENT}=yes",))
+            assert consented.status == 200
+
+        run(state, origin, scenario)
+        client = redis.Redis.from_url(url)
+        keys = sorted(key.decode() for key in client.scan_iter())
+        # Only the consenting page's impressions: one stream entry each, all of that visitor.
+        assert keys == [f"edgeproxy:{P}:events"], keys
+        entries = client.xrange(f"edgeproxy:{P}:events")
+        assert entries and all(b"redis-visitor" in b"".join(fields.values()) for _, fields in entries)
