@@ -120,3 +120,33 @@ async def _new_uid(proxy: Proxy, old: str) -> str:
     cookie = answer.set_cookie("cs-personalize-user-uid")
     assert new != old and cookie is not None and cookie.startswith(f"cs-personalize-user-uid={new};"), (new, cookie)
     return str(new)
+
+
+def test_another_process_drops_its_cached_attributes_of_a_deleted_user(tmp_path: Path) -> None:
+    # Two stores on one SQLite file, as two workers: B caches a user's attributes, A deletes the user, and B's
+    # follower drops its cached copy (not only the identity) as soon as it reads the tombstone.
+    from edgeproxy.store import open_store
+
+    url = f"sqlite:///{tmp_path}/state.db"
+
+    async def scenario() -> None:
+        a, b = open_store(url), open_store(url)
+        await a.start()
+        await b.start()
+        try:
+            await a.patch_attributes("P1", "cached-user", {"tier": "gold"})
+            await a.patch_attributes("P1", "other-user", {"tier": "silver"})
+            assert await b.get_attributes("P1", "cached-user") == {"tier": "gold"}
+            await b.get_attributes("P1", "other-user")
+            assert b.cached_attributes("P1", "cached-user") == {"tier": "gold"}
+            await delete_user(a, "cached-user", "test")
+            assert b.cached_attributes("P1", "cached-user") == {"tier": "gold"}  # B has not heard yet
+            tombstones = Tombstones()
+            assert await TombstoneFollower(b, tombstones).run_once() == 1
+            assert b.cached_attributes("P1", "cached-user") is None
+            assert b.cached_attributes("P1", "other-user") == {"tier": "silver"}
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(scenario())

@@ -131,6 +131,8 @@ class TombstoneFollower(_Periodic):
         while True:
             found, self.tombstones.cursor = await self.store.deletions_after(self.tombstones.cursor)
             self.tombstones.add(found)
+            if found:  # attributes this process cached of users deleted elsewhere go too
+                self.store.forget_deleted(set(found))
             read += len(found)
             if len(found) < TOMBSTONE_BATCH:
                 return read

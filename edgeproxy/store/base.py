@@ -123,6 +123,11 @@ class StateStore(Protocol):
         Bounded work per call: repeat while it returns `limit`."""
         ...
 
+    def forget_deleted(self, tombstones: set[str]) -> int:
+        """Drop what this process caches of the users these tombstones name (deleted through another process);
+        returns how many cache entries went. A store that caches nothing returns 0."""
+        ...
+
     async def deletions_after(self, cursor: int) -> tuple[list[str], int]:
         """The tombstones (`tombstone_of(uid)`) of users deleted after `cursor` (0: all kept), oldest first, at
         most TOMBSTONE_BATCH, and the cursor to ask from next. `delete_user` writes one; every instance sharing

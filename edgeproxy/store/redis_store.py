@@ -250,6 +250,9 @@ class RedisStore:
             raise StoreError(f"Redis delete failed: {exc}") from exc
         return {"attributes": attributes, "events": events}
 
+    def forget_deleted(self, tombstones: set[str]) -> int:
+        return 0  # nothing is cached in-process: every instance reads the shared keys
+
     async def deletions_after(self, cursor: int) -> tuple[list[str], int]:
         try:
             rows = cast(list[tuple[bytes | str, float]], await self.client.zrangebyscore(

@@ -315,6 +315,14 @@ class SqliteStore:
         self._forget(user_uid)  # a read that finished while the delete was queued may have cached the old rows
         return counts
 
+    def forget_deleted(self, tombstones: set[str]) -> int:
+        """The read-through attribute cache's entries of deleted users (digests: each cached uid is hashed, which
+        happens only when another process deleted someone)."""
+        gone = [key for key in self._cache if tombstone_of(key[1]) in tombstones]
+        for key in gone:
+            del self._cache[key]
+        return len(gone)
+
     def _forget(self, user_uid: str) -> None:
         for key in [key for key in self._cache if key[1] == user_uid]:
             del self._cache[key]
