@@ -1,4 +1,4 @@
-"""`edgeproxy` command line: serve, decide, compile, sync, fake-admin."""
+"""`edgeproxy` command line: serve, decide, compile, sync, fake-admin, fake-edge-api."""
 
 from __future__ import annotations
 
@@ -195,14 +195,32 @@ def run_publish(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+def _listen_address(command: str, listen: str) -> tuple[str, int] | None:
+    """HOST:PORT of a fake's --listen (HOST defaults to 127.0.0.1), or None after one line on stderr."""
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        print(f"edgeproxy: {command}: --listen {listen!r} is not HOST:PORT with a port 1-65535", file=sys.stderr)
+        return None
+    return host or "127.0.0.1", int(port)
+
+
 def run_fake_admin(args: argparse.Namespace, out: IO[str]) -> int:
     from edgeproxy.sync.fake_admin import run_fake_admin as serve_fake
 
-    host, _, port = args.listen.rpartition(":")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        print(f"edgeproxy: fake-admin: --listen {args.listen!r} is not HOST:PORT with a port 1-65535", file=sys.stderr)
+    address = _listen_address("fake-admin", args.listen)
+    if address is None:
         return 2
-    serve_fake(args.rules, args.project_uid, args.token, host or "127.0.0.1", int(port))
+    serve_fake(args.rules, args.project_uid, args.token, *address)
+    return 0
+
+
+def run_fake_edge_api(args: argparse.Namespace, out: IO[str]) -> int:
+    from edgeproxy.sync.fake_edge_api import run_fake_edge_api as serve_fake
+
+    address = _listen_address("fake-edge-api", args.listen)
+    if address is None:
+        return 2
+    serve_fake(args.project_uid, *address)
     return 0
 
 
@@ -243,6 +261,22 @@ def _add_sync(commands: Any) -> None:
     fake.add_argument("--token", required=True, help="the authtoken / bearer token it accepts")
     fake.add_argument("--listen", default="127.0.0.1:4000", help="HOST:PORT (default 127.0.0.1:4000)")
     fake.set_defaults(run=run_fake_admin)
+
+    edge = commands.add_parser(
+        "fake-edge-api",
+        help="a local fake of the Personalize Edge API that records what it receives (tests, trying forwarding)",
+        description="A faithful local fake of the Personalize Edge API write paths (docs/contract.md §5) that "
+        "records every accepted request (GET /_fake/received) and injects faults (POST /_fake/faults); see "
+        "edgeproxy/sync/fake_edge_api.py.",
+    )
+    edge.add_argument(
+        "--project-uid",
+        action="append",
+        default=[],
+        help="a project uid it answers for (repeatable; others get 404; default: any project)",
+    )
+    edge.add_argument("--listen", default="127.0.0.1:4001", help="HOST:PORT (default 127.0.0.1:4001)")
+    edge.set_defaults(run=run_fake_edge_api)
 
 
 def run_serve(args: argparse.Namespace, out: IO[str]) -> int:

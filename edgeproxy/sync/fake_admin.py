@@ -31,13 +31,13 @@ import asyncio
 import hashlib
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from edgeproxy.files.rules import find_personalize_dir
+from edgeproxy.sync.fake_server import serve_until_interrupted
 
 RESOURCES = {
     "/attributes": "attributes/attributes.json",
@@ -167,24 +167,7 @@ def _break_contract(data: Any) -> Any:
 
 
 def run_fake_admin(rules: str, project_uid: str, token: str, host: str, port: int) -> None:
-    """Serve until interrupted. "serving" is printed once the port is bound; a port that cannot be bound is one
-    line on stderr and exit status 2."""
+    """Serve until interrupted (sync/fake_server.py)."""
     admin = FakeAdmin(rules, project_uid, token)
-    try:
-        asyncio.run(_serve(admin, host, port))
-    except OSError as exc:
-        print(f"edgeproxy: fake-admin: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        pass
-
-
-async def _serve(admin: FakeAdmin, host: str, port: int) -> None:
-    runner = web.AppRunner(admin.app(), access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()  # raises OSError when the port cannot be bound
-        print(f"fake Personalize Management API on http://{host}:{port} serving {admin.root}", flush=True)
-        await asyncio.Event().wait()  # until interrupted
-    finally:
-        await runner.cleanup()
+    serve_until_interrupted(admin.app(), "fake-admin", f"fake Personalize Management API serving {admin.root}", host,
+                            port)  # fmt: skip

@@ -1,0 +1,341 @@
+"""A faithful local stand-in for Contentstack's Personalize Edge API, recording what it receives, with faults.
+
+It is what edgeproxy forwards writes to in tests and when trying `forward_edge_api`: the write paths of
+docs/contract.md §5, exactly as the official SDK sends them, under no prefix (as on the real Edge API host):
+
+    POST  /events                          headers X-Project-Uid + X-CS-Personalize-User-Uid; body an array of
+                                           {"type":"IMPRESSION","experienceShortUid","variantShortUid"} and
+                                           {"type":"EVENT","eventKey"}
+    PATCH /user-attributes                 headers X-Project-Uid + X-CS-Personalize-User-Uid; body a flat object
+    POST  /user-attributes/actions/merge   header X-Project-Uid; body {"sourceUserUid", "targetUserUid"}
+    GET   /manifest                        an empty manifest (it decides nothing), with X-CS-Personalize-User-Uid
+
+Validation like the real API: a missing X-Project-Uid, a missing or invalid user uid, a body that is not JSON or
+not the shape above is a 400 `{"error", "message"}`; a body over 1 MiB a 413, a Content-Encoding a 415; with
+`--project-uid` given, another project is a 404 `personalize.MANIFEST.PROJECT_NOT_FOUND` (any project otherwise).
+CORS preflights are answered. A rejected request is not recorded.
+
+Every accepted request is recorded (seq, method, path, the headers it cares about, the parsed body); every
+request to an API path gets the next arrival sequence number, so received and faulted requests interleave:
+    GET /_fake/received[?since=N]   accepted requests with seq > N (default all)
+    DELETE /_fake/received          forget them
+    GET /_fake/faulted[?since=N]    requests answered by a fault (never in received)   DELETE clears them
+
+Faults, set with `POST /_fake/faults` (JSON) and cleared with `DELETE /_fake/faults`:
+    {"mode": "error", "status": 500}               answer with that status (default 500)
+    {"mode": "timeout"}                            accept and never answer (until the client gives up)
+    {"mode": "slow", "delay": 2.5}                 answer after a delay; listed in faulted on arrival and, once
+                                                   answered, in received (also when the client gave up before:
+                                                   the server did accept it, as a real one would)
+    {"mode": "rate_limited", "retry_after": 3}     429 with `Retry-After: 3`
+    {"mode": "refuse"}                             close the connection without an answer: the closest a running
+                                                   server gets to a refused connection (a truly refused one is
+                                                   tested by stopping the fake, or by a port nothing listens on)
+    {"mode": "reject_body", "match": "buy-now"}    400 for a body whose text contains that string (one kind of
+                                                   body rejected permanently, e.g. an eventKey); other bodies pass
+  with optional "paths": ["/events", ...] (prefix match; default every API path) and "count": N (the next N
+  matching requests, then cleared). Faults are checked in the order set; the first that matches answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web import RequestPayloadError
+
+from edgeproxy.engine.context import ClientJsonError, load_client_json, valid_user_uid
+from edgeproxy.sync.fake_server import serve_until_interrupted
+
+FAULT_MODES = frozenset({"error", "timeout", "slow", "rate_limited", "refuse", "reject_body"})
+PROJECT_NOT_FOUND = "personalize.MANIFEST.PROJECT_NOT_FOUND"
+USER_UID = "X-CS-Personalize-User-Uid"
+MAX_BODY_BYTES = 1024 * 1024
+MAX_ID_LENGTH = 256
+# The headers a forwarded request is judged by; recorded when present, under these names.
+RECORDED_HEADERS = (
+    "X-Project-Uid",
+    USER_UID,
+    "X-Page-Url",
+    "X-Live-Attributes",
+    "X-Forwarded-For",
+    "User-Agent",
+    "Content-Type",
+)
+ALLOWED_HEADERS = ", ".join((*RECORDED_HEADERS, "X-Lytics-Id-Field", "X-Lytics-Id-Value", "Referer"))
+ROUTES = {
+    ("GET", "/manifest"),
+    ("POST", "/events"),
+    ("PATCH", "/user-attributes"),
+    ("POST", "/user-attributes/actions/merge"),
+}
+
+
+class Rejected(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class FakeEdgeApi:
+    def __init__(self, project_uids: Iterable[str] = ()) -> None:
+        self.project_uids = frozenset(project_uids)
+        self.faults: list[dict[str, Any]] = []
+        self.received: list[dict[str, Any]] = []
+        self.faulted: list[dict[str, Any]] = []
+        self.seq = 0
+        self._closing = asyncio.Event()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES + 1)
+        app.router.add_post("/_fake/faults", self.set_fault)
+        app.router.add_delete("/_fake/faults", self.clear_faults)
+        app.router.add_get("/_fake/received", self.list_received)
+        app.router.add_delete("/_fake/received", self.clear_received)
+        app.router.add_get("/_fake/faulted", self.list_faulted)
+        app.router.add_delete("/_fake/faulted", self.clear_faulted)
+        app.router.add_route("*", "/{tail:.*}", self.api)
+        app.on_shutdown.append(self._release)  # hung (timeout, slow) requests end instead of holding shutdown
+        return app
+
+    async def _release(self, app: web.Application) -> None:
+        self._closing.set()
+
+    async def set_fault(self, request: web.Request) -> web.Response:
+        try:
+            fault = await request.json()
+        except ValueError:
+            return web.json_response({"error": "fault must be a JSON object"}, status=400)
+        if not isinstance(fault, dict) or fault.get("mode") not in FAULT_MODES:
+            return web.json_response({"error": f"mode must be one of {sorted(FAULT_MODES)}"}, status=400)
+        if fault["mode"] == "reject_body" and not (isinstance(fault.get("match"), str) and fault["match"]):
+            return web.json_response({"error": 'reject_body needs "match": a non-empty string'}, status=400)
+        self.faults.append(fault)
+        return web.json_response({"faults": self.faults})
+
+    async def clear_faults(self, request: web.Request) -> web.Response:
+        self.faults.clear()
+        return web.json_response({"faults": []})
+
+    async def list_received(self, request: web.Request) -> web.Response:
+        return web.json_response(_since(self.received, request))
+
+    async def clear_received(self, request: web.Request) -> web.Response:
+        self.received.clear()
+        return web.json_response([])
+
+    async def list_faulted(self, request: web.Request) -> web.Response:
+        return web.json_response(_since(self.faulted, request))
+
+    async def clear_faulted(self, request: web.Request) -> web.Response:
+        self.faulted.clear()
+        return web.json_response([])
+
+    def _fault_for(self, path: str, body: bytes) -> dict[str, Any] | None:
+        for fault in self.faults:
+            paths = fault.get("paths")
+            if paths and not any(path.startswith(p) for p in paths):
+                continue
+            if fault["mode"] == "reject_body" and fault["match"].encode() not in body:
+                continue
+            if "count" in fault:
+                fault["count"] -= 1
+                if fault["count"] <= 0:
+                    self.faults.remove(fault)
+            return fault
+        return None
+
+    async def api(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["tail"].strip("/")
+        if request.method == "OPTIONS":
+            return web.Response(status=204, headers={
+                **_cors(request),
+                "Access-Control-Allow-Methods": "GET, POST, PATCH, OPTIONS",
+                "Access-Control-Allow-Headers": ALLOWED_HEADERS,
+                "Access-Control-Max-Age": "600",
+            })  # fmt: skip
+        try:
+            if (request.method, path) not in ROUTES:
+                if any(path == known for _, known in ROUTES):
+                    raise Rejected(405, "personalize.METHOD_NOT_ALLOWED", f"{request.method} {path}")
+                raise Rejected(404, "personalize.NOT_FOUND", f"no Edge API endpoint {path}")
+            raw = await _read(request)
+        except Rejected as exc:
+            return _error(request, exc)
+        self.seq += 1
+        entry: dict[str, Any] = {
+            "seq": self.seq,
+            "method": request.method,
+            "path": path,
+            "headers": {name: request.headers[name] for name in RECORDED_HEADERS if name in request.headers},
+        }
+        fault = self._fault_for(path, raw)
+        if fault is not None:
+            answered = await self._faulted(request, entry, fault)
+            if answered is not None:
+                return answered
+        try:
+            return self._accept(request, entry, raw)
+        except Rejected as exc:
+            return _error(request, exc)
+
+    async def _faulted(
+        self, request: web.Request, entry: dict[str, Any], fault: dict[str, Any]
+    ) -> web.StreamResponse | None:
+        """The answer a fault gives, or None when the request goes on (after a `slow` delay)."""
+        mode = fault["mode"]
+        self.faulted.append({**entry, "fault": mode})
+        if mode == "error":
+            status = int(fault.get("status", 500))
+            return _error(request, Rejected(status, "fake.INJECTED_FAILURE", f"injected {status}"))
+        if mode == "rate_limited":
+            retry_after = str(fault.get("retry_after", 1))
+            return web.json_response(
+                {"error": "personalize.RATE_LIMITED", "message": "too many requests (injected)"},
+                status=429,
+                headers={"Retry-After": retry_after, **_cors(request)},
+            )
+        if mode == "reject_body":
+            message = f"the body contains {fault['match']!r}, which this fake rejects"
+            return _error(request, Rejected(400, "personalize.INVALID_EVENT", message))
+        if mode == "refuse":
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError  # nothing more is written on a connection that is gone
+        delay = 3600.0 if mode == "timeout" else float(fault.get("delay", 2.0))
+        try:
+            await asyncio.wait_for(self._closing.wait(), delay)
+        except TimeoutError:
+            if mode == "slow":
+                return None
+        if request.transport is not None:  # shutting down (or a timeout that ran out): no answer at all
+            request.transport.abort()
+        raise asyncio.CancelledError
+
+    def _accept(self, request: web.Request, entry: dict[str, Any], raw: bytes) -> web.Response:
+        project = request.headers.get("X-Project-Uid", "").strip()
+        if not project:
+            raise Rejected(400, "personalize.MISSING_PROJECT_UID", "header X-Project-Uid is required")
+        if self.project_uids and project not in self.project_uids:
+            raise Rejected(404, PROJECT_NOT_FOUND, f"project {project[:64]!r} not found")
+        path = entry["path"]
+        user_uid = _user_uid(request, required=path in ("/events", "/user-attributes"))
+        extra: dict[str, str] = {}
+        if path == "/manifest":
+            body: Any = None
+            answer: Any = {"experiences": [], "activeVariants": {}}
+            extra[USER_UID] = user_uid or uuid.uuid4().hex
+        elif path == "/events":
+            body = _parse(raw)
+            _check_events(body)
+            answer = {"accepted": len(body)}
+        elif path == "/user-attributes":
+            body = _parse(raw)
+            if not isinstance(body, dict):
+                raise Rejected(400, "personalize.INVALID_ATTRIBUTES", "body must be a JSON object of key -> value")
+            answer = {"userUid": user_uid, "updated": sorted(body)}
+        else:
+            body = _parse(raw)
+            _check_merge(body)
+            answer = {"sourceUserUid": body["sourceUserUid"], "targetUserUid": body["targetUserUid"]}
+        self.received.append({**entry, "body": body})
+        headers = {"Cache-Control": "no-store", **_cors(request), **extra}
+        return web.json_response(answer, headers=headers)
+
+
+def _since(records: list[dict[str, Any]], request: web.Request) -> list[dict[str, Any]]:
+    since = request.query.get("since", "0")
+    try:
+        after = int(since)
+    except ValueError:
+        raise web.HTTPBadRequest(text="since must be an integer") from None
+    return [r for r in records if r["seq"] > after]
+
+
+def _cors(request: web.Request) -> dict[str, str]:
+    origin = request.headers.get("Origin", "*")
+    return {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": USER_UID}
+
+
+def _error(request: web.Request, exc: Rejected) -> web.Response:
+    return web.json_response({"error": exc.code, "message": exc.message}, status=exc.status, headers=_cors(request))
+
+
+async def _read(request: web.Request) -> bytes:
+    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        raise Rejected(415, "personalize.UNSUPPORTED_ENCODING", "this fake reads unencoded bodies only")
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise Rejected(413, "personalize.BODY_TOO_LARGE", f"body over {MAX_BODY_BYTES} bytes")
+    try:
+        raw = await request.content.read(MAX_BODY_BYTES + 1)
+    except RequestPayloadError:
+        raise Rejected(400, "personalize.INVALID_BODY", "the request body is not framed correctly") from None
+    if len(raw) > MAX_BODY_BYTES:
+        raise Rejected(413, "personalize.BODY_TOO_LARGE", f"body over {MAX_BODY_BYTES} bytes")
+    return raw
+
+
+def _parse(raw: bytes) -> Any:
+    """The SDK sends JSON without a JSON content type (fetch's text/plain): parsed regardless of the label."""
+    try:
+        return load_client_json(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise Rejected(400, "personalize.INVALID_JSON", "body is not JSON: not UTF-8") from None
+    except ClientJsonError as exc:
+        raise Rejected(400, "personalize.INVALID_JSON", f"body is not JSON: {exc}") from None
+
+
+def _user_uid(request: web.Request, required: bool) -> str | None:
+    uid = request.headers.get(USER_UID, "").strip()
+    if not uid:
+        if required:
+            raise Rejected(400, "personalize.MISSING_USER_UID", f"header {USER_UID} is required")
+        return None
+    if not valid_user_uid(uid):
+        raise Rejected(400, "personalize.INVALID_USER_UID", "user uid must be 1-256 characters of cookie-octet")
+    return uid
+
+
+def _short_text(item: dict[str, Any], key: str, where: str) -> None:
+    value = item.get(key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+        raise Rejected(400, "personalize.INVALID_EVENT", f"{where}.{key}: expected a non-empty string")
+
+
+def _check_events(body: Any) -> None:
+    if not isinstance(body, list):
+        raise Rejected(400, "personalize.INVALID_EVENT", "body must be a JSON array of events")
+    for index, item in enumerate(body):
+        where = f"body[{index}]"
+        if not isinstance(item, dict):
+            raise Rejected(400, "personalize.INVALID_EVENT", f"{where}: expected an object")
+        if item.get("type") == "IMPRESSION":
+            _short_text(item, "experienceShortUid", where)
+            _short_text(item, "variantShortUid", where)
+        elif item.get("type") == "EVENT":
+            _short_text(item, "eventKey", where)
+        else:
+            raise Rejected(400, "personalize.INVALID_EVENT", f"{where}.type: expected IMPRESSION or EVENT")
+
+
+def _check_merge(body: Any) -> None:
+    if not isinstance(body, dict):
+        raise Rejected(400, "personalize.INVALID_MERGE", 'body must be {"sourceUserUid", "targetUserUid"}')
+    for key in ("sourceUserUid", "targetUserUid"):
+        value = body.get(key)
+        if not isinstance(value, str) or not valid_user_uid(value):
+            raise Rejected(400, "personalize.INVALID_MERGE", f"{key}: expected a user uid")
+
+
+def run_fake_edge_api(project_uids: Iterable[str], host: str, port: int) -> None:
+    """Serve until interrupted (sync/fake_server.py)."""
+    fake = FakeEdgeApi(project_uids)
+    projects = ", ".join(sorted(fake.project_uids)) or "any project"
+    serve_until_interrupted(fake.app(), "fake-edge-api", f"fake Personalize Edge API serving {projects}", host, port)
