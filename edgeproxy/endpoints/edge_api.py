@@ -136,7 +136,7 @@ def _require_consent(request: web.BaseRequest, state: ProxyState) -> None:
                            "cookie with the consent value): nothing is stored for them")  # fmt: skip
 
 
-def _user_uid(request: web.BaseRequest, required: bool) -> str | None:
+def request_user_uid(request: web.BaseRequest, required: bool) -> str | None:
     """The uid an SDK call names explicitly. Unlike on a page (where an invalid uid counts as absent and a new
     one is minted, contract §11), an invalid one here is a 400: the caller asked about that user, and answering for
     a fresh one would silently split the visitor's data. It is never echoed."""
@@ -151,7 +151,12 @@ def _user_uid(request: web.BaseRequest, required: bool) -> str | None:
 
 
 async def _body(request: web.BaseRequest, state: ProxyState) -> Any:
-    limit = state.config.max_body_bytes
+    return parse_json_body(await read_body(request, state.config.max_body_bytes))
+
+
+async def read_body(request: web.BaseRequest, limit: int) -> bytes:
+    """The request body, decoded from its Content-Encoding, at most `limit` bytes (EdgeApiError otherwise). Shared
+    with the fake Edge API (sync/fake_edge_api.py), which reads what edgeproxy forwards the same way."""
     if request.content_length is not None and request.content_length > limit:
         raise EdgeApiError(413, "personalize.BODY_TOO_LARGE", f"body over {limit} bytes")
     try:
@@ -160,7 +165,10 @@ async def _body(request: web.BaseRequest, state: ProxyState) -> Any:
         raise EdgeApiError(400, "personalize.INVALID_BODY", "the request body is not framed correctly") from None
     if len(raw) > limit:
         raise EdgeApiError(413, "personalize.BODY_TOO_LARGE", f"body over {limit} bytes")
-    raw = _decoded(raw, request.headers.get("Content-Encoding"), limit)
+    return _decoded(raw, request.headers.get("Content-Encoding"), limit)
+
+
+def parse_json_body(raw: bytes) -> Any:
     try:
         # The SDK sends JSON without a JSON content type (fetch defaults to text/plain): parse regardless.
         return load_client_json(raw.decode("utf-8"))
@@ -203,7 +211,7 @@ async def _manifest(request: web.BaseRequest, state: ProxyState, project_uid: st
         live = parse_live_attributes_header(request.headers.get(LIVE_ATTRIBUTES_HEADER))
     except RequestDescriptionError as exc:
         raise EdgeApiError(400, "personalize.INVALID_LIVE_ATTRIBUTES", str(exc)) from None
-    _user_uid(request, required=False)  # an explicit uid must be valid; an invalid cookie counts as absent
+    request_user_uid(request, required=False)  # an explicit uid must be valid; an invalid cookie counts as absent
     planner = state.planner
     where = planner.client(peer_address(request), request.scheme, request.host, request.headers)
     if where.refusal is not None:
@@ -252,15 +260,21 @@ def _short_text(item: dict[str, Any], key: str, where: str) -> str:
 
 async def _events(request: web.BaseRequest, state: ProxyState, project_uid: str) -> web.Response:
     _require_consent(request, state)
-    user_uid = _user_uid(request, required=True)
+    user_uid = request_user_uid(request, required=True)
     assert user_uid is not None
     body = await _body(request, state)
+    records = event_records(body, project_uid, user_uid, state.clock(), state.config.max_events_per_request)
+    if not _in_preview(request, state):  # SPEC §10: events of a preview session are checked, never stored
+        await state.store.append_events(records)
+    return _json(request, state, {"accepted": len(records)})
+
+
+def event_records(body: Any, project_uid: str, user_uid: str, now: float, max_events: int) -> list[EventRecord]:
+    """`POST /events`'s body as event records, or EdgeApiError saying what is wrong (contract §5)."""
     if not isinstance(body, list):
         raise EdgeApiError(400, "personalize.INVALID_EVENT", "body must be a JSON array of events")
-    if len(body) > state.config.max_events_per_request:
-        limit = state.config.max_events_per_request
-        raise EdgeApiError(413, "personalize.TOO_MANY_EVENTS", f"{len(body)} events; at most {limit} per request")
-    now = state.clock()
+    if len(body) > max_events:
+        raise EdgeApiError(413, "personalize.TOO_MANY_EVENTS", f"{len(body)} events; at most {max_events} per request")
     records = []
     for index, item in enumerate(body):
         where = f"body[{index}]"
@@ -280,9 +294,27 @@ async def _events(request: web.BaseRequest, state: ProxyState, project_uid: str)
             ))  # fmt: skip
         else:
             raise EdgeApiError(400, "personalize.INVALID_EVENT", f"{where}.type: expected IMPRESSION or EVENT")
-    if not _in_preview(request, state):  # SPEC §10: events of a preview session are checked, never stored
-        await state.store.append_events(records)
-    return _json(request, state, {"accepted": len(records)})
+    return records
+
+
+def attributes_of(body: Any) -> dict[str, Any]:
+    """`PATCH /user-attributes`'s body, or EdgeApiError."""
+    if not isinstance(body, dict):
+        raise EdgeApiError(400, "personalize.INVALID_ATTRIBUTES", "body must be a JSON object of key -> value")
+    return body
+
+
+def merge_uids(body: Any) -> tuple[str, str]:
+    """`POST /user-attributes/actions/merge`'s (source, target) uids, or EdgeApiError."""
+    if not isinstance(body, dict):
+        raise EdgeApiError(400, "personalize.INVALID_MERGE", 'body must be {"sourceUserUid", "targetUserUid"}')
+    uids = []
+    for key in ("sourceUserUid", "targetUserUid"):
+        value = body.get(key)
+        if not isinstance(value, str) or not valid_user_uid(value.strip()):
+            raise EdgeApiError(400, "personalize.INVALID_MERGE", f"{key}: expected a user uid (docs/contract.md §11)")
+        uids.append(value.strip())
+    return uids[0], uids[1]
 
 
 def _in_preview(request: web.BaseRequest, state: ProxyState) -> bool:
@@ -295,11 +327,9 @@ def _in_preview(request: web.BaseRequest, state: ProxyState) -> bool:
 
 async def _patch_attributes(request: web.BaseRequest, state: ProxyState, project_uid: str) -> web.Response:
     _require_consent(request, state)
-    user_uid = _user_uid(request, required=True)
+    user_uid = request_user_uid(request, required=True)
     assert user_uid is not None
-    body = await _body(request, state)
-    if not isinstance(body, dict):
-        raise EdgeApiError(400, "personalize.INVALID_ATTRIBUTES", "body must be a JSON object of key -> value")
+    body = attributes_of(await _body(request, state))
     try:
         await state.store.patch_attributes(project_uid, user_uid, body)
     except StoreLimitError as exc:
@@ -309,16 +339,7 @@ async def _patch_attributes(request: web.BaseRequest, state: ProxyState, project
 
 async def _merge(request: web.BaseRequest, state: ProxyState, project_uid: str) -> web.Response:
     _require_consent(request, state)
-    body = await _body(request, state)
-    if not isinstance(body, dict):
-        raise EdgeApiError(400, "personalize.INVALID_MERGE", 'body must be {"sourceUserUid", "targetUserUid"}')
-    uids = []
-    for key in ("sourceUserUid", "targetUserUid"):
-        value = body.get(key)
-        if not isinstance(value, str) or not valid_user_uid(value.strip()):
-            raise EdgeApiError(400, "personalize.INVALID_MERGE", f"{key}: expected a user uid (docs/contract.md §11)")
-        uids.append(value.strip())
-    source, target = uids
+    source, target = merge_uids(await _body(request, state))
     if source != target:
         try:
             await state.store.merge_attributes(project_uid, source, target)

@@ -37,7 +37,7 @@ from typing import Any
 from aiohttp import web
 
 from edgeproxy.files.rules import find_personalize_dir
-from edgeproxy.sync.fake_server import serve_until_interrupted
+from edgeproxy.sync.fake_server import Faults, serve_until_interrupted
 
 RESOURCES = {
     "/attributes": "attributes/attributes.json",
@@ -56,42 +56,18 @@ class FakeAdmin:
         self.root = find_personalize_dir(rules)
         self.project_uid = project_uid
         self.token = token
-        self.faults: list[dict[str, Any]] = []
+        self.faults = Faults(FAULT_MODES, DEFAULT_PATHS)
         self.requests: list[dict[str, Any]] = []
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_post("/_fake/faults", self.set_fault)
-        app.router.add_delete("/_fake/faults", self.clear_faults)
+        self.faults.routes(app)
         app.router.add_get("/_fake/requests", self.seen)
         app.router.add_get("/{tail:.*}", self.resource)
         return app
 
-    async def set_fault(self, request: web.Request) -> web.Response:
-        fault = await request.json()
-        if not isinstance(fault, dict) or fault.get("mode") not in FAULT_MODES:
-            return web.json_response({"error": f"mode must be one of {sorted(FAULT_MODES)}"}, status=400)
-        self.faults.append(fault)
-        return web.json_response({"faults": self.faults})
-
-    async def clear_faults(self, request: web.Request) -> web.Response:
-        self.faults.clear()
-        return web.json_response({"faults": []})
-
     async def seen(self, request: web.Request) -> web.Response:
         return web.json_response(self.requests)
-
-    def _fault_for(self, path: str) -> dict[str, Any] | None:
-        for fault in self.faults:
-            paths = fault.get("paths") or DEFAULT_PATHS.get(fault["mode"])
-            if paths and not any(path.startswith(p) for p in paths):
-                continue
-            if "count" in fault:
-                fault["count"] -= 1
-                if fault["count"] <= 0:
-                    self.faults.remove(fault)
-            return fault
-        return None
 
     def _auth(self, request: web.Request) -> web.Response | None:
         token = request.headers.get("authtoken")
@@ -128,7 +104,7 @@ class FakeAdmin:
         self.requests.append({"method": request.method, "path": path, "authorized": denied is None})
         if denied is not None:
             return denied
-        fault = self._fault_for(path)
+        fault = self.faults.take(path)
         if fault is not None:
             mode = fault["mode"]
             if mode == "error":

@@ -45,16 +45,23 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web import RequestPayloadError
 
-from edgeproxy.engine.context import ClientJsonError, load_client_json, valid_user_uid
-from edgeproxy.sync.fake_server import serve_until_interrupted
+from edgeproxy.endpoints.edge_api import (
+    EdgeApiError,
+    attributes_of,
+    event_records,
+    merge_uids,
+    parse_json_body,
+    read_body,
+    request_user_uid,
+)
+from edgeproxy.sync.fake_server import Faults, serve_until_interrupted
 
 FAULT_MODES = frozenset({"error", "timeout", "slow", "rate_limited", "refuse", "reject_body"})
 PROJECT_NOT_FOUND = "personalize.MANIFEST.PROJECT_NOT_FOUND"
 USER_UID = "X-CS-Personalize-User-Uid"
 MAX_BODY_BYTES = 1024 * 1024
-MAX_ID_LENGTH = 256
+MAX_EVENTS = 1000  # per request: more than the SDK sends, a bound all the same
 # The headers a forwarded request is judged by; recorded when present, under these names.
 RECORDED_HEADERS = (
     "X-Project-Uid",
@@ -74,18 +81,10 @@ ROUTES = {
 }
 
 
-class Rejected(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 class FakeEdgeApi:
     def __init__(self, project_uids: Iterable[str] = ()) -> None:
         self.project_uids = frozenset(project_uids)
-        self.faults: list[dict[str, Any]] = []
+        self.faults = Faults(FAULT_MODES, check=_fault_problem)
         self.received: list[dict[str, Any]] = []
         self.faulted: list[dict[str, Any]] = []
         self.seq = 0
@@ -93,8 +92,7 @@ class FakeEdgeApi:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES + 1)
-        app.router.add_post("/_fake/faults", self.set_fault)
-        app.router.add_delete("/_fake/faults", self.clear_faults)
+        self.faults.routes(app)
         app.router.add_get("/_fake/received", self.list_received)
         app.router.add_delete("/_fake/received", self.clear_received)
         app.router.add_get("/_fake/faulted", self.list_faulted)
@@ -105,22 +103,6 @@ class FakeEdgeApi:
 
     async def _release(self, app: web.Application) -> None:
         self._closing.set()
-
-    async def set_fault(self, request: web.Request) -> web.Response:
-        try:
-            fault = await request.json()
-        except ValueError:
-            return web.json_response({"error": "fault must be a JSON object"}, status=400)
-        if not isinstance(fault, dict) or fault.get("mode") not in FAULT_MODES:
-            return web.json_response({"error": f"mode must be one of {sorted(FAULT_MODES)}"}, status=400)
-        if fault["mode"] == "reject_body" and not (isinstance(fault.get("match"), str) and fault["match"]):
-            return web.json_response({"error": 'reject_body needs "match": a non-empty string'}, status=400)
-        self.faults.append(fault)
-        return web.json_response({"faults": self.faults})
-
-    async def clear_faults(self, request: web.Request) -> web.Response:
-        self.faults.clear()
-        return web.json_response({"faults": []})
 
     async def list_received(self, request: web.Request) -> web.Response:
         return web.json_response(_since(self.received, request))
@@ -136,20 +118,6 @@ class FakeEdgeApi:
         self.faulted.clear()
         return web.json_response([])
 
-    def _fault_for(self, path: str, body: bytes) -> dict[str, Any] | None:
-        for fault in self.faults:
-            paths = fault.get("paths")
-            if paths and not any(path.startswith(p) for p in paths):
-                continue
-            if fault["mode"] == "reject_body" and fault["match"].encode() not in body:
-                continue
-            if "count" in fault:
-                fault["count"] -= 1
-                if fault["count"] <= 0:
-                    self.faults.remove(fault)
-            return fault
-        return None
-
     async def api(self, request: web.Request) -> web.StreamResponse:
         path = "/" + request.match_info["tail"].strip("/")
         if request.method == "OPTIONS":
@@ -162,10 +130,10 @@ class FakeEdgeApi:
         try:
             if (request.method, path) not in ROUTES:
                 if any(path == known for _, known in ROUTES):
-                    raise Rejected(405, "personalize.METHOD_NOT_ALLOWED", f"{request.method} {path}")
-                raise Rejected(404, "personalize.NOT_FOUND", f"no Edge API endpoint {path}")
-            raw = await _read(request)
-        except Rejected as exc:
+                    raise EdgeApiError(405, "personalize.METHOD_NOT_ALLOWED", f"{request.method} {path}")
+                raise EdgeApiError(404, "personalize.NOT_FOUND", f"no Edge API endpoint {path}")
+            raw = await read_body(request, MAX_BODY_BYTES)
+        except EdgeApiError as exc:
             return _error(request, exc)
         self.seq += 1
         entry: dict[str, Any] = {
@@ -174,14 +142,14 @@ class FakeEdgeApi:
             "path": path,
             "headers": {name: request.headers[name] for name in RECORDED_HEADERS if name in request.headers},
         }
-        fault = self._fault_for(path, raw)
+        fault = self.faults.take(path, lambda f: f["mode"] != "reject_body" or f["match"].encode() in raw)
         if fault is not None:
             answered = await self._faulted(request, entry, fault)
             if answered is not None:
                 return answered
         try:
             return self._accept(request, entry, raw)
-        except Rejected as exc:
+        except EdgeApiError as exc:
             return _error(request, exc)
 
     async def _faulted(
@@ -192,7 +160,7 @@ class FakeEdgeApi:
         self.faulted.append({**entry, "fault": mode})
         if mode == "error":
             status = int(fault.get("status", 500))
-            return _error(request, Rejected(status, "fake.INJECTED_FAILURE", f"injected {status}"))
+            return _error(request, EdgeApiError(status, "fake.INJECTED_FAILURE", f"injected {status}"))
         if mode == "rate_limited":
             retry_after = str(fault.get("retry_after", 1))
             return web.json_response(
@@ -202,7 +170,7 @@ class FakeEdgeApi:
             )
         if mode == "reject_body":
             message = f"the body contains {fault['match']!r}, which this fake rejects"
-            return _error(request, Rejected(400, "personalize.INVALID_EVENT", message))
+            return _error(request, EdgeApiError(400, "personalize.INVALID_EVENT", message))
         if mode == "refuse":
             if request.transport is not None:
                 request.transport.abort()
@@ -220,29 +188,27 @@ class FakeEdgeApi:
     def _accept(self, request: web.Request, entry: dict[str, Any], raw: bytes) -> web.Response:
         project = request.headers.get("X-Project-Uid", "").strip()
         if not project:
-            raise Rejected(400, "personalize.MISSING_PROJECT_UID", "header X-Project-Uid is required")
+            raise EdgeApiError(400, "personalize.MISSING_PROJECT_UID", "header X-Project-Uid is required")
         if self.project_uids and project not in self.project_uids:
-            raise Rejected(404, PROJECT_NOT_FOUND, f"project {project[:64]!r} not found")
+            raise EdgeApiError(404, PROJECT_NOT_FOUND, f"project {project[:64]!r} not found")
         path = entry["path"]
-        user_uid = _user_uid(request, required=path in ("/events", "/user-attributes"))
+        user_uid = request_user_uid(request, required=path in ("/events", "/user-attributes"))
         extra: dict[str, str] = {}
         if path == "/manifest":
             body: Any = None
             answer: Any = {"experiences": [], "activeVariants": {}}
             extra[USER_UID] = user_uid or uuid.uuid4().hex
         elif path == "/events":
-            body = _parse(raw)
-            _check_events(body)
-            answer = {"accepted": len(body)}
+            body = parse_json_body(raw)
+            assert user_uid is not None
+            answer = {"accepted": len(event_records(body, project, user_uid, 0.0, MAX_EVENTS))}
         elif path == "/user-attributes":
-            body = _parse(raw)
-            if not isinstance(body, dict):
-                raise Rejected(400, "personalize.INVALID_ATTRIBUTES", "body must be a JSON object of key -> value")
+            body = attributes_of(parse_json_body(raw))
             answer = {"userUid": user_uid, "updated": sorted(body)}
         else:
-            body = _parse(raw)
-            _check_merge(body)
-            answer = {"sourceUserUid": body["sourceUserUid"], "targetUserUid": body["targetUserUid"]}
+            body = parse_json_body(raw)
+            source, target = merge_uids(body)
+            answer = {"sourceUserUid": source, "targetUserUid": target}
         self.received.append({**entry, "body": body})
         headers = {"Cache-Control": "no-store", **_cors(request), **extra}
         return web.json_response(answer, headers=headers)
@@ -262,76 +228,14 @@ def _cors(request: web.Request) -> dict[str, str]:
     return {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": USER_UID}
 
 
-def _error(request: web.Request, exc: Rejected) -> web.Response:
+def _error(request: web.Request, exc: EdgeApiError) -> web.Response:
     return web.json_response({"error": exc.code, "message": exc.message}, status=exc.status, headers=_cors(request))
 
 
-async def _read(request: web.Request) -> bytes:
-    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
-        raise Rejected(415, "personalize.UNSUPPORTED_ENCODING", "this fake reads unencoded bodies only")
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise Rejected(413, "personalize.BODY_TOO_LARGE", f"body over {MAX_BODY_BYTES} bytes")
-    try:
-        raw = await request.content.read(MAX_BODY_BYTES + 1)
-    except RequestPayloadError:
-        raise Rejected(400, "personalize.INVALID_BODY", "the request body is not framed correctly") from None
-    if len(raw) > MAX_BODY_BYTES:
-        raise Rejected(413, "personalize.BODY_TOO_LARGE", f"body over {MAX_BODY_BYTES} bytes")
-    return raw
-
-
-def _parse(raw: bytes) -> Any:
-    """The SDK sends JSON without a JSON content type (fetch's text/plain): parsed regardless of the label."""
-    try:
-        return load_client_json(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise Rejected(400, "personalize.INVALID_JSON", "body is not JSON: not UTF-8") from None
-    except ClientJsonError as exc:
-        raise Rejected(400, "personalize.INVALID_JSON", f"body is not JSON: {exc}") from None
-
-
-def _user_uid(request: web.Request, required: bool) -> str | None:
-    uid = request.headers.get(USER_UID, "").strip()
-    if not uid:
-        if required:
-            raise Rejected(400, "personalize.MISSING_USER_UID", f"header {USER_UID} is required")
-        return None
-    if not valid_user_uid(uid):
-        raise Rejected(400, "personalize.INVALID_USER_UID", "user uid must be 1-256 characters of cookie-octet")
-    return uid
-
-
-def _short_text(item: dict[str, Any], key: str, where: str) -> None:
-    value = item.get(key)
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
-        raise Rejected(400, "personalize.INVALID_EVENT", f"{where}.{key}: expected a non-empty string")
-
-
-def _check_events(body: Any) -> None:
-    if not isinstance(body, list):
-        raise Rejected(400, "personalize.INVALID_EVENT", "body must be a JSON array of events")
-    for index, item in enumerate(body):
-        where = f"body[{index}]"
-        if not isinstance(item, dict):
-            raise Rejected(400, "personalize.INVALID_EVENT", f"{where}: expected an object")
-        if item.get("type") == "IMPRESSION":
-            _short_text(item, "experienceShortUid", where)
-            _short_text(item, "variantShortUid", where)
-        elif item.get("type") == "EVENT":
-            _short_text(item, "eventKey", where)
-        else:
-            raise Rejected(400, "personalize.INVALID_EVENT", f"{where}.type: expected IMPRESSION or EVENT")
-
-
-def _check_merge(body: Any) -> None:
-    if not isinstance(body, dict):
-        raise Rejected(400, "personalize.INVALID_MERGE", 'body must be {"sourceUserUid", "targetUserUid"}')
-    for key in ("sourceUserUid", "targetUserUid"):
-        value = body.get(key)
-        if not isinstance(value, str) or not valid_user_uid(value):
-            raise Rejected(400, "personalize.INVALID_MERGE", f"{key}: expected a user uid")
+def _fault_problem(fault: dict[str, Any]) -> str | None:
+    if fault["mode"] == "reject_body" and not (isinstance(fault.get("match"), str) and fault["match"]):
+        return 'reject_body needs "match": a non-empty string'
+    return None
 
 
 def run_fake_edge_api(project_uids: Iterable[str], host: str, port: int) -> None:
