@@ -3,6 +3,7 @@
 # each server pinned to core 1, wrk and a static nginx origin (5 KB page) on core 0, 20,000 rotating returning
 # visitors with 4 User-Agents (as ../shared/bench/versus.sh), and the plain aiohttp pass-through as the yardstick.
 #   benchmarks/ab.sh pages|hits OLD_TREE [ROUNDS]      (OLD_TREE: a checkout, e.g. `git worktree add /tmp/old REV`)
+# OLD_ARGS / NEW_ARGS: extra `serve` flags for each side, e.g. the same tree (OLD_TREE=.) with a setting off and on.
 # Run from the project root with the new tree installed in the active venv. Prints each round and the medians.
 set -euo pipefail
 mode=${1:?pages or hits}; old=$(readlink -f "${2:?old tree}"); rounds=${3:-4}; rules=$(readlink -f rules)
@@ -32,9 +33,9 @@ request = function()
 end
 LUA
 taskset -c 0 nginx -c "$d/origin.conf" & pids+=($!)
-(cd "$d" && PYTHONPATH="$old" exec taskset -c 1 python -m edgeproxy.cli serve --origin "http://127.0.0.1:$op" --rules "$rules" --listen "127.0.0.1:$xp" >"$d/old.log" 2>&1) & pids+=($!)
+(cd "$d" && PYTHONPATH="$old" exec taskset -c 1 python -m edgeproxy.cli serve --origin "http://127.0.0.1:$op" --rules "$rules" --listen "127.0.0.1:$xp" ${OLD_ARGS:-} >"$d/old.log" 2>&1) & pids+=($!)
 mkdir -p "$d/new"
-(cd "$d/new" && exec taskset -c 1 python -m edgeproxy.cli serve --origin "http://127.0.0.1:$op" --rules "$rules" --listen "127.0.0.1:$np" >"$d/new.log" 2>&1) & pids+=($!)
+(cd "$d/new" && exec taskset -c 1 python -m edgeproxy.cli serve --origin "http://127.0.0.1:$op" --rules "$rules" --listen "127.0.0.1:$np" ${NEW_ARGS:-} >"$d/new.log" 2>&1) & pids+=($!)
 taskset -c 1 python "$(dirname "$0")/passthrough.py" --origin "http://127.0.0.1:$op" --listen "127.0.0.1:$cp" >/dev/null 2>&1 & pids+=($!)
 for p in $op $xp $np $cp; do wait_port "$p"; done
 rps() { taskset -c 0 wrk -t1 -c32 -d"${DUR:-5}"s -s "$d/visitors.lua" "http://127.0.0.1:$1/" | awk '/Requests\/sec/ {print $2}'; }

@@ -1,4 +1,4 @@
-"""`edgeproxy` command line: serve, decide, compile, sync, fake-admin, fake-edge-api."""
+"""`edgeproxy` command line: serve, decide, compile, sync, fake-admin, fake-edge-api, forward, user, report, ..."""
 
 from __future__ import annotations
 
@@ -363,6 +363,7 @@ def run_user(args: argparse.Namespace, out: IO[str]) -> int:
 
     from edgeproxy.clock import clock_for
     from edgeproxy.engine.context import valid_user_uid
+    from edgeproxy.forward.opener import open_outbox
     from edgeproxy.runtime.config import ConfigError, read_settings
     from edgeproxy.runtime.users import delete_user, export_user
     from edgeproxy.store.base import AttributeLimits, StoreError
@@ -389,12 +390,21 @@ def run_user(args: argparse.Namespace, out: IO[str]) -> int:
     if isinstance(store, SqliteStore) and not Path(store.path).is_file():  # a typo must not "delete 0 events"
         return fail(f"no state store at {store.path}: name the proxy's SQLite file (--state, --config)")
 
+    # The forwarding outbox lives where the state does; it is searched whether or not forwarding is on now (writes
+    # queued while it was on may still wait there).
+    outbox = open_outbox(config.state)
+
     async def act() -> Any:
         await store.start()
         try:
-            if args.action == "export":
-                return await export_user(store, args.uid)
-            return {"userUid": args.uid, "deleted": await delete_user(store, args.uid, "command line")}
+            await outbox.start()
+            try:
+                if args.action == "export":
+                    return await export_user(store, args.uid, outbox)
+                return {"userUid": args.uid, "deleted": await delete_user(store, args.uid, "command line",
+                                                                          outbox=outbox)}  # fmt: skip
+            finally:
+                await outbox.close()
         finally:
             await store.close()
 
@@ -421,7 +431,8 @@ def _add_user(commands: Any) -> None:
         "user",
         help="export or delete everything stored for one user (data subject requests)",
         description="Export (one JSON document) or delete everything the proxy's state store holds for a user uid: "
-        "custom attributes in every project and every event (impressions, conversions). The store is the proxy's "
+        "custom attributes in every project, every event (impressions, conversions) and the user's writes waiting to "
+        "be forwarded to Contentstack (forward_edge_api). The store is the proxy's "
         "`state` (--state, EDGEPROXY_STATE or --config FILE, as for serve); with Redis state it is every instance's "
         "of the fleet. Deletion is logged without the user's data. The ops API does the same: GET/DELETE "
         "/_edgeproxy/users/{uid}.",
@@ -512,8 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_user(commands)
     _add_replay(commands)
     from edgeproxy.analytics.command import add_report_command
+    from edgeproxy.forward.command import add_forward_command
 
     add_report_command(commands)
+    add_forward_command(commands)
     return parser
 
 

@@ -156,12 +156,13 @@ def test_cli_export_prints_one_json_document_of_the_users_attributes_and_events(
     seed_store(backend)
     result = cli("user", "export", ANN, "--state", backend.url)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == ANN_DOCUMENT  # one document, the whole of stdout
+    # One document, the whole of stdout; the command also searches the forwarding outbox (empty here).
+    assert json.loads(result.stdout) == {**ANN_DOCUMENT, "forwarding": []}
     assert "bronze" not in result.stdout and BOB not in result.stdout  # the case-folded uid is another user
 
     nobody = cli("user", "export", "nobody-here", "--state", backend.url)
     assert nobody.returncode == 0, nobody.stderr
-    assert json.loads(nobody.stdout) == {"userUid": "nobody-here", "attributes": {}, "events": []}
+    assert json.loads(nobody.stdout) == {"userUid": "nobody-here", "attributes": {}, "events": [], "forwarding": []}
 
 
 def test_cli_delete_removes_everything_of_the_user_prints_counts_and_logs_no_user_data(backend: Backend) -> None:
@@ -172,7 +173,7 @@ def test_cli_delete_removes_everything_of_the_user_prints_counts_and_logs_no_use
     result = cli("user", "delete", ANN, "--state", backend.url)
 
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"userUid": ANN, "deleted": {"attributes": 2, "events": 3}}
+    assert json.loads(result.stdout) == {"userUid": ANN, "deleted": {"attributes": 2, "events": 3, "forwarding": 0}}
     assert raw_traces(backend.url, ANN, backend.path) == []
     for value in SECRET_VALUES:
         assert raw_traces(backend.url, value, backend.path) == []
@@ -187,7 +188,7 @@ def test_cli_delete_removes_everything_of_the_user_prints_counts_and_logs_no_use
 
     again = cli("user", "delete", ANN, "--state", backend.url)  # idempotent
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["deleted"] == {"attributes": 0, "events": 0}
+    assert json.loads(again.stdout)["deleted"] == {"attributes": 0, "events": 0, "forwarding": 0}
 
 
 def test_cli_reads_the_proxys_settings_attribute_lifetime_and_clock(tmp_path: Path) -> None:

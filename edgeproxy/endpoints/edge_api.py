@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +32,7 @@ from edgeproxy.engine.context import (
     valid_user_uid,
 )
 from edgeproxy.engine.errors import RequestDescriptionError
+from edgeproxy.forward.items import OWN_USER_AGENT, ForwardItem, attributes_item, events_items, merge_item
 from edgeproxy.http.executor import decision_for, peer_address
 from edgeproxy.runtime.state import ProxyState
 from edgeproxy.store.base import EventRecord, StoreError, StoreLimitError
@@ -266,7 +269,22 @@ async def _events(request: web.BaseRequest, state: ProxyState, project_uid: str)
     records = event_records(body, project_uid, user_uid, state.clock(), state.config.max_events_per_request)
     if not _in_preview(request, state):  # SPEC §10: events of a preview session are checked, never stored
         await state.store.append_events(records)
+        await _forward(request, state, lambda agent, now: events_items(records, now, agent))
     return _json(request, state, {"accepted": len(records)})
+
+
+_SDK_AGENT = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,199}")
+
+
+async def _forward(
+    request: web.BaseRequest, state: ProxyState, items: Callable[[str, float], list[ForwardItem]]
+) -> None:
+    """With `forward_edge_api`, queue the accepted write for Contentstack before its 2xx (SPEC §12), as the client
+    sent it: `items(X-User-Agent, now)`. An outbox that cannot be written is a StoreError (503)."""
+    forwarder = state.forwarder
+    if forwarder is not None:
+        agent = request.headers.get("X-User-Agent", "")
+        await forwarder.enqueue(items(agent if _SDK_AGENT.fullmatch(agent) else OWN_USER_AGENT, forwarder.clock()))
 
 
 def event_records(body: Any, project_uid: str, user_uid: str, now: float, max_events: int) -> list[EventRecord]:
@@ -334,6 +352,7 @@ async def _patch_attributes(request: web.BaseRequest, state: ProxyState, project
         await state.store.patch_attributes(project_uid, user_uid, body)
     except StoreLimitError as exc:
         raise EdgeApiError(400, "personalize.INVALID_ATTRIBUTES", str(exc)) from None
+    await _forward(request, state, lambda agent, now: [attributes_item(project_uid, user_uid, body, now, agent)])
     return _json(request, state, {"userUid": user_uid, "updated": sorted(body)})
 
 
@@ -345,4 +364,5 @@ async def _merge(request: web.BaseRequest, state: ProxyState, project_uid: str) 
             await state.store.merge_attributes(project_uid, source, target)
         except StoreLimitError as exc:
             raise EdgeApiError(400, "personalize.INVALID_MERGE", str(exc)) from None
+        await _forward(request, state, lambda agent, now: [merge_item(project_uid, source, target, now, agent)])
     return _json(request, state, {"sourceUserUid": source, "targetUserUid": target})

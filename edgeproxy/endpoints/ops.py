@@ -116,6 +116,7 @@ async def ops_handler(request: web.BaseRequest, state: ProxyState) -> web.Stream
             "cache": {**state.metrics.cache_counts(), **await state.cache.stats()} if state.cache else None,
             "fleet": None if state.fleet is None else {"channel": state.fleet.url, "connected": state.fleet.connected,
                                                        "swaps": state.fleet.swaps, "lastError": state.fleet.last_error},
+            "forwarding": None if state.forwarder is None else state.forwarder.status(),
             "origin": state.config.origin,
             "uptimeSeconds": round(state.clock() - state.metrics.started, 3),
             "requests": state.metrics.request_counts(),
@@ -161,11 +162,12 @@ async def _users(request: web.BaseRequest, state: ProxyState, uid: str, accept: 
     if not valid_user_uid(uid):
         return error_response(400, "invalid_user_uid", "The path names no valid user uid: users/{uid} with 1-256 "
                               "characters of RFC 6265 cookie-octet (percent-encode the rest).", accept)  # fmt: skip
+    outbox = state.forwarder.outbox if state.forwarder is not None else None
     try:
         if request.method == "DELETE":
-            deleted = await delete_user(state.store, uid, "ops API", state.planner.tombstones)
+            deleted = await delete_user(state.store, uid, "ops API", state.planner.tombstones, outbox)
             return _json({"userUid": uid, "deleted": deleted})
-        return _json(await export_user(state.store, uid))
+        return _json(await export_user(state.store, uid, outbox))
     except StoreError as exc:
         state.metrics.store_errors += 1
         return error_response(503, "store_unavailable", f"The state store did not answer: {exc}", accept)

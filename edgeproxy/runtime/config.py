@@ -94,6 +94,9 @@ class ProxyConfig:
     access_log: bool = False
     decision_log: str = ""
     impressions: str = "origin"
+    forward_edge_api: str = ""
+    forward_outbox_max: int = 1_000_000
+    forward_timeout: float = 10.0
     applied_variants_header: str = "x-cs-applied-variants"
     log_level: str = "info"
     now: str = ""
@@ -167,6 +170,12 @@ FIELDS: dict[str, str] = {
     "pages the uid, variant param, snapshot and cache result (default false)",
     "impressions": "which impressions the proxy records: origin (default: aliases the origin reports in "
     "applied_variants_header), proxy (also every personalized HTML page served), off",
+    "forward_edge_api": "also send every accepted write (SDK events, attribute patches and merges, the proxy's "
+    "impressions) to Contentstack's Edge API: a region (na, eu, au, azure-na, azure-eu, gcp-na, gcp-eu) or the "
+    "host's URL; queued durably where `state` is (default off)",
+    "forward_outbox_max": "most writes waiting to be forwarded (queued plus dead letters); past it writes are still "
+    "accepted locally but not forwarded, counted and shown in status (default 1000000)",
+    "forward_timeout": "seconds one forwarded request may take before it is retried (default 10)",
     "applied_variants_header": "response header in which the origin lists the aliases it applied (recorded as "
     "origin-confirmed impressions, stripped before the browser; default x-cs-applied-variants)",
     "decision_log": "append one JSON line per personalized request (request description + decision + status), "
@@ -419,10 +428,11 @@ def validate(config: ProxyConfig) -> ProxyConfig:
         raise ConfigError("settings 'ops_prefix' and 'edge_api_prefix' must not overlap")
     for name in ("max_body_bytes", "max_events_per_request", "max_attributes_per_user", "max_attribute_value_bytes",
                  "max_users", "pool_size", "max_header_size", "cache_max_bytes",
-                 "cache_max_object_bytes"):  # fmt: skip
+                 "cache_max_object_bytes", "forward_outbox_max"):  # fmt: skip
         if getattr(config, name) <= 0:
             raise _bad(config, name, f"must be > 0 (got {_shown(getattr(config, name))})")
-    for name in ("connect_timeout", "read_timeout", "sync_interval", "sync_timeout", "attribute_ttl_days"):
+    for name in ("connect_timeout", "read_timeout", "sync_interval", "sync_timeout", "attribute_ttl_days",
+                 "forward_timeout"):  # fmt: skip
         if not getattr(config, name) > 0:  # also NaN
             unit = "days" if name.endswith("days") else "seconds"
             raise _bad(config, name, f"must be > 0 {unit} (got {_shown(getattr(config, name))})")
@@ -453,6 +463,13 @@ def validate(config: ProxyConfig) -> ProxyConfig:
         raise _bad(config, "consent_value", f": {config.consent_value!r} is not a cookie value (RFC 6265)")
     if config.consent_value and not config.consent_cookie:
         raise _bad(config, "consent_value", "needs consent_cookie: name the cookie whose value it is")
+    if config.forward_edge_api:
+        from edgeproxy.forward.items import edge_api_base
+
+        try:
+            edge_api_base(config.forward_edge_api)
+        except ValueError as exc:
+            raise _bad(config, "forward_edge_api", f": {exc}") from None
     if config.now:
         try:
             parse_instant(config.now)

@@ -11,6 +11,10 @@
     edgeproxy_store_errors                              state store failures (reads degrade, writes 503)
     edgeproxy_snapshot_info{version}, edgeproxy_snapshot_loaded_timestamp_seconds
     edgeproxy_sync_failures, edgeproxy_sync_consecutive_failures, edgeproxy_sync_last_success_timestamp_seconds
+    edgeproxy_forward_writes_total{result}              forwarding (SPEC §12), this process: queued, sent, retried,
+                                                        dead_lettered, refused (outbox full), failed (outbox away)
+    edgeproxy_forward_backlog{kind}                     queued, dead_letters: the shared outbox, as last read
+    edgeproxy_forward_oldest_age_seconds                age of the oldest queued write (0 when none)
 
 The one count of what a process did: Prometheus, `/status` and the dashboard all read these numbers, and the
 request path, the cache and the endpoints all add to them.
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from edgeproxy.analytics.live import LiveDecisions
+    from edgeproxy.forward.forwarder import Forwarder
     from edgeproxy.runtime.snapshots import SnapshotHolder
     from edgeproxy.sync.poller import SnapshotPoller
 
@@ -81,6 +86,7 @@ class ProxyMetrics(Collector):
         self.origin_errors: dict[int, int] = {}
         self.store_errors = 0
         self.websockets = 0
+        self.forwarder: Forwarder | None = None  # its counts are read at scrape time (forward_edge_api)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -167,6 +173,25 @@ class ProxyMetrics(Collector):
             yield failures
             yield consecutive
             yield success
+        if self.forwarder is not None:
+            yield from self._forward_metrics(self.forwarder)
+
+    @staticmethod
+    def _forward_metrics(forwarder: Forwarder) -> Iterator[Metric]:
+        counts = forwarder.counts
+        writes = CounterMetricFamily("edgeproxy_forward_writes", "Writes forwarded to the Edge API, by result",
+                                     labels=["result"])  # fmt: skip
+        for result in ("queued", "sent", "retried", "dead_lettered", "refused", "failed"):
+            writes.add_metric([result], getattr(counts, result))
+        yield writes
+        backlog = GaugeMetricFamily("edgeproxy_forward_backlog", "Writes in the outbox", labels=["kind"])
+        oldest = GaugeMetricFamily("edgeproxy_forward_oldest_age_seconds", "Age of the oldest queued write")
+        status = forwarder.status()
+        backlog.add_metric(["queued"], float(status["queued"]))
+        backlog.add_metric(["dead_letters"], float(status["deadLetters"]))
+        oldest.add_metric([], float(status["oldestQueuedSeconds"] or 0.0))
+        yield backlog
+        yield oldest
 
     def request_counts(self) -> dict[str, int]:
         """`/status`'s requests: proxied (personalized or passed through), WebSockets, Edge API calls, errors."""

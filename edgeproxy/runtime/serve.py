@@ -75,6 +75,15 @@ def make_state(
         from edgeproxy.runtime.decision_log import DecisionLog
 
         decision_log = DecisionLog(config.decision_log, clock)
+    forwarder = None
+    if serving and config.forward_edge_api:
+        from edgeproxy.forward.forwarder import Forwarder
+        from edgeproxy.forward.items import edge_api_base
+        from edgeproxy.forward.opener import open_outbox
+
+        forwarder = Forwarder(open_outbox(config.state), edge_api_base(config.forward_edge_api),
+                              config.forward_outbox_max, timeout=config.forward_timeout)  # fmt: skip
+    metrics.forwarder = forwarder
     impressions = None
     if serving and config.impressions != "off":
         from edgeproxy.analytics.impressions import ImpressionRecorder
@@ -83,7 +92,7 @@ def make_state(
             loaded = holder.current
             return loaded.snapshot.project.uid if loaded is not None else config.project_uid
 
-        impressions = ImpressionRecorder(store, project_uid, clock=clock)
+        impressions = ImpressionRecorder(store, project_uid, clock=clock, forwarder=forwarder)
     fleet = None
     if serving and config.fleet_redis:
         from edgeproxy.sync.fleet import FleetFollower
@@ -101,6 +110,7 @@ def make_state(
     return ProxyState(
         config, clock, holder, store, planner, metrics, live, cache=cache, decision_log=decision_log,
         impressions=impressions, poller=poller, fleet=fleet, retention=retention, tombstones=tombstones,
+        forwarder=forwarder,
     )  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from edgeproxy.store.base import StateStore, StoreError
 if TYPE_CHECKING:
     from edgeproxy.analytics.impressions import ImpressionRecorder
     from edgeproxy.cache.layer import ResponseCache
+    from edgeproxy.forward.forwarder import Forwarder
     from edgeproxy.runtime.decision_log import DecisionLog
     from edgeproxy.runtime.users import Retention, TombstoneFollower
     from edgeproxy.sync.fleet import FleetFollower
@@ -49,6 +50,7 @@ class ProxyState:
         fleet: FleetFollower | None,
         retention: Retention | None = None,
         tombstones: TombstoneFollower | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.config = config
         self.clock = clock  # the one clock of the process: decisions, cache ages, stored TTLs, logs
@@ -64,6 +66,7 @@ class ProxyState:
         self.retention = retention  # deletes events past retention_days (serve, when set)
         self.tombstones = tombstones  # learns of deleted users from the store (serve)
         self.live = live  # decision counts by variant, for the dashboard and Prometheus
+        self.forwarder = forwarder  # queues accepted writes for Contentstack's Edge API (forward_edge_api)
         self.origin = URL(config.origin.rstrip("/"))
         self._session: aiohttp.ClientSession | None = None  # WebSocket upgrades only
         self._upstream: OriginPool | None = None  # every other request to the origin
@@ -113,6 +116,8 @@ class ProxyState:
             ),
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
+        if self.forwarder is not None:
+            await self.forwarder.start()
         if self.impressions is not None:
             self.impressions.start()
         if self.retention is not None:
@@ -130,7 +135,9 @@ class ProxyState:
         if self.decision_log is not None:
             self.decision_log.close()
         if self.impressions is not None:
-            await self.impressions.stop()
+            await self.impressions.stop()  # its last flush queues for forwarding too, so the forwarder stops after
+        if self.forwarder is not None:
+            await self.forwarder.stop()
         if self.retention is not None:
             await self.retention.stop()
         if self.tombstones is not None:

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeproxy.clock import Clock
-from edgeproxy.store.base import TOMBSTONE_BATCH, StateStore, tombstone_of
+from edgeproxy.store.base import TOMBSTONE_BATCH, StateStore, tombstone_of, uid_digest
 from edgeproxy.visitor.identity import Tombstones
+
+if TYPE_CHECKING:
+    from edgeproxy.forward.outbox import Outbox
 
 log = logging.getLogger("edgeproxy.users")
 
@@ -29,25 +31,36 @@ RETENTION_INTERVAL = 3_600.0  # seconds between runs
 TOMBSTONE_POLL_SECONDS = 2.0  # how soon another instance learns of a deletion
 
 
-def uid_digest(user_uid: str) -> str:
-    """What a log line names a user by: a short SHA-256 digest, enough to tie lines together, not to read back."""
-    return hashlib.sha256(user_uid.encode("utf-8")).hexdigest()[:12]
+async def export_user(store: StateStore, user_uid: str, outbox: Outbox | None = None) -> dict[str, Any]:
+    """The store's document (StateStore.user_data); with the forwarding outbox, also `"forwarding"`: the user's
+    writes waiting to be sent to Contentstack ("queued") or refused by it ("dead")."""
+    document = await store.user_data(user_uid)
+    if outbox is not None:
+        from edgeproxy.forward.items import item_document
 
-
-async def export_user(store: StateStore, user_uid: str) -> dict[str, Any]:
-    return await store.user_data(user_uid)
+        document["forwarding"] = [{"state": kind, **item_document(item)}
+                                  for kind, item in await outbox.user_writes(user_uid)]  # fmt: skip
+    return document
 
 
 async def delete_user(
-    store: StateStore, user_uid: str, where: str, tombstones: Tombstones | None = None
+    store: StateStore,
+    user_uid: str,
+    where: str,
+    tombstones: Tombstones | None = None,
+    outbox: Outbox | None = None,
 ) -> dict[str, int]:
-    """Delete everything stored for `user_uid`; one log line (`where`: who asked) without the user's data. The
-    store keeps a tombstone; `tombstones` (this instance's) learns of it at once."""
+    """Delete everything stored for `user_uid`, and (with `outbox`) the user's writes not yet forwarded; one log
+    line (`where`: who asked) without the user's data. The store keeps a tombstone; `tombstones` (this instance's)
+    learns of it at once."""
     removed = await store.delete_user(user_uid)
+    if outbox is not None:
+        removed["forwarding"] = await outbox.delete_user(user_uid)
     if tombstones is not None:
         tombstones.add([tombstone_of(user_uid)])
-    log.info("user data deleted (%s): user %s, %d attribute sets, %d events", where, uid_digest(user_uid),
-             removed.get("attributes", 0), removed.get("events", 0))  # fmt: skip
+    log.info("user data deleted (%s): user %s, %d attribute sets, %d events, %d writes not yet forwarded", where,
+             uid_digest(user_uid), removed.get("attributes", 0), removed.get("events", 0),
+             removed.get("forwarding", 0))  # fmt: skip
     return removed
 
 

@@ -144,6 +144,11 @@ def tombstone_of(user_uid: str) -> str:
     return hashlib.sha256(b"edgeproxy-deleted:" + user_uid.encode("utf-8")).hexdigest()[:32]
 
 
+def uid_digest(user_uid: str) -> str:
+    """What a log line names a user by: a short SHA-256 digest, enough to tie lines together, not to read back."""
+    return hashlib.sha256(user_uid.encode("utf-8")).hexdigest()[:12]
+
+
 STATE_FORMS = (
     "sqlite:///relative/path.db, sqlite:////absolute/path.db, a file path, or redis://host:port/db "
     "(also rediss://, unix://)"

@@ -70,6 +70,7 @@ RECORDED_HEADERS = (
     "X-Live-Attributes",
     "X-Forwarded-For",
     "User-Agent",
+    "X-User-Agent",
     "Content-Type",
 )
 ALLOWED_HEADERS = ", ".join((*RECORDED_HEADERS, "X-Lytics-Id-Field", "X-Lytics-Id-Value", "Referer"))

@@ -49,6 +49,7 @@ SDK_BUNDLE = (
 NPM_CI = "npm ci --prefix tests/sdk"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 START_TIMEOUT = 20.0
+FAKE_EDGE_API_READY = "/_fake/received"
 SCRIPT_TIMEOUT = 90.0
 
 PROJECT_UID: str = json.loads((ROOT / RULES / "personalize" / "projects" / "projects.json").read_text())[0]["uid"]
@@ -264,6 +265,17 @@ class Launcher:
         argv = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(docroot), str(port)]
         service = self._service(f"static-origin :{port}", argv, port)
         service.start("/sdk-test.html")
+        return service
+
+    def fake_edge_api(self, *project_uids: str) -> Service:
+        """`edgeproxy fake-edge-api` (the Edge API a proxy forwards to); `stop()` then `start(FAKE_EDGE_API_READY)`
+        restarts it on the same port (what it had received is forgotten)."""
+        port = free_port()
+        argv = [sys.executable, "-m", "edgeproxy.cli", "fake-edge-api", "--listen", f"127.0.0.1:{port}"]
+        for uid in project_uids:
+            argv += ["--project-uid", uid]
+        service = self._service(f"fake-edge-api :{port}", argv, port)
+        service.start(FAKE_EDGE_API_READY)
         return service
 
     def proxy(self, origin: Service, state_db: Path, *options: str, settings: dict[str, str] | None = None) -> Service:
