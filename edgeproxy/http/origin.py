@@ -451,12 +451,16 @@ class OriginPool:
         target: str,
         headers: CIMultiDict[str],
         body: StreamReader | None = None,
+        data: bytes = b"",
     ) -> UpstreamResponse:
         """Send `method target` with `headers` (Host included, hop-by-hop removed by the caller) and the body
-        streamed from `body`; return once the response's status and headers have arrived."""
+        streamed from `body`, or `data` written with the head (whose Content-Length the caller gives); return once
+        the response's status and headers have arrived."""
         if self._closed:
             raise UpstreamError("the origin pool is closed")
         head = _request_head(method, target, headers, chunked=body is not None and "Content-Length" not in headers)
+        if data:
+            head += data
         head_only = method == "HEAD"
         for attempt in (0, 1):
             conn, reused = await self._acquire()
