@@ -282,10 +282,10 @@ def _add_sync(commands: Any) -> None:
 def run_serve(args: argparse.Namespace, out: IO[str]) -> int:
     import os
 
-    from edgeproxy.runtime.config import FIELDS, ConfigError, load_config
+    from edgeproxy.runtime.config import FIELDS, FILE_ONLY, ConfigError, load_config
     from edgeproxy.runtime.serve import run
 
-    flags = {name: getattr(args, name, None) for name in FIELDS if name != "routes"}
+    flags = {name: getattr(args, name, None) for name in FIELDS if name not in FILE_ONLY}
     try:
         config = load_config(args.config, os.environ, flags)
     except ConfigError as exc:
@@ -295,7 +295,7 @@ def run_serve(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def _add_serve(commands: Any) -> None:
-    from edgeproxy.runtime.config import FIELDS, ProxyConfig
+    from edgeproxy.runtime.config import FIELDS, FILE_ONLY, ProxyConfig
 
     serve = commands.add_parser(
         "serve",
@@ -303,10 +303,11 @@ def _add_serve(commands: Any) -> None:
         description="Run edgeproxy in front of ORIGIN. Settings come from defaults, then --config FILE (TOML), "
         "then EDGEPROXY_<NAME> environment variables (e.g. EDGEPROXY_ORIGIN), then these flags.",
     )
-    serve.add_argument("--config", metavar="FILE", help="TOML file with any of the settings below (and [[routes]])")
+    serve.add_argument("--config", metavar="FILE", help="TOML file with any of the settings below (and [[routes]], "
+                       "[behaviour])")  # fmt: skip
     defaults = ProxyConfig()
     for name, text in FIELDS.items():
-        if name == "routes":
+        if name in FILE_ONLY:
             continue
         text = text.replace("%", "%%")  # argparse formats help strings
         flag = "--" + name.replace("_", "-")

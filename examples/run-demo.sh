@@ -4,6 +4,7 @@
 # ORIGIN_PORT / PROXY_LISTEN override the ports; extra arguments go to `edgeproxy serve`.
 # DEMO_NOW sets the proxy's clock (default 2026-11-28T12:00:00Z, Black Friday week, so the example project's
 # campaign rules show on any date); DEMO_NOW= (empty) uses the real clock.
+# examples/demo.toml turns on behavioural attributes (visit_count, checkout_views_7d, ...) for experiences 8 and 9.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 origin_port="${ORIGIN_PORT:-3000}"
@@ -58,7 +59,8 @@ if [ -n "$demo_now" ]; then
 fi
 echo "run-demo: open http://$listen/ (origin on :$origin_port; clock: ${demo_now:-real time})"
 echo "          try ?utm_campaign=bf, a phone User-Agent, or"
+echo "          open /checkout twice, or come back after 30 minutes (examples/demo.toml counts visits), or"
 echo "          curl -s http://$listen/echo | python3 -m json.tool   to see what the origin receives"
 echo "          the dashboard: http://$listen/_edgeproxy/dashboard?token=demo"
-edgeproxy serve --origin "http://127.0.0.1:$origin_port" --rules rules --listen "$listen" \
+edgeproxy serve --config examples/demo.toml --origin "http://127.0.0.1:$origin_port" --rules rules --listen "$listen" \
     --geoip tests/data/GeoIP2-City-Test.mmdb --ops-token "${DEMO_OPS_TOKEN:-demo}" "${now_args[@]}" "$@"

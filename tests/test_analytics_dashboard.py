@@ -119,7 +119,7 @@ def test_data_has_the_report_series_and_live_counts(state_url: str) -> None:
         variant = "-" if entry[1] is None else entry[1].short_uid
         assert data["live"]["experiences"][entry[0]][variant]["total"] >= 1
         report = data["report"]
-        assert [e["shortUid"] for e in report["experiences"]] == ["1", "0", "6", "3", "2", "4", "7"]
+        assert [e["shortUid"] for e in report["experiences"]] == ["1", "0", "6", "3", "2", "4", "8", "9", "7"]
         series = data["series"]["2"]
         assert len(series["days"]) >= 28 and series["primaryMetric"] == "purchase"
         imps = series["variants"]["0"]["cumulativeImpressions"]

@@ -125,8 +125,8 @@ def test_segmented_experiences_have_impressions_but_no_ab_statistics() -> None:
 
 def test_experiences_come_in_priority_order_and_unknown_filters_are_refused() -> None:
     report = build(Tallies(), now=T0, short_uid=None)
-    assert [e["shortUid"] for e in report["experiences"]] == ["1", "0", "6", "3", "2", "4", "7"]
-    assert [e["priority"] for e in report["experiences"]] == [1, 2, 3, 4, 5, 6, 7]
+    assert [e["shortUid"] for e in report["experiences"]] == ["1", "0", "6", "3", "2", "4", "8", "9", "7"]
+    assert [e["priority"] for e in report["experiences"]] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     with pytest.raises(ValueError, match="no live experience with short uid '5'"):
         report_scope(PROJECT, "5")  # draft-only: not live
 

@@ -33,7 +33,7 @@ EXPECTED_VARIANT_PARAMS = [
     "1_0,0_1,2_0,7_1",
     "2_0",
 ]
-PRIORITY = ["1", "0", "6", "3", "2", "4", "7"]  # 5 is draft-only: omitted
+PRIORITY = ["1", "0", "6", "3", "2", "4", "8", "9", "7"]  # 5 is draft-only: omitted
 
 
 def _requests(example_rules: Path) -> list[dict[str, object]]:

@@ -32,6 +32,8 @@ EXAMPLE_VARIANTS = {
     "3": ("0", "1", "2"),
     "2": ("0", "1", "2"),
     "4": ("0", "1"),
+    "8": ("0",),
+    "9": ("0",),
     "7": ("0", "1"),
 }
 DRAFT_ONLY_VARIANTS = {"5": ("0",)}
@@ -126,9 +128,9 @@ def test_the_draft_only_experience_appears_only_in_a_draft_preview(snapshot: Com
     with_draft = describe(preview={"draft": True, "now": "2026-12-15T12:00:00Z"})
     assert with_draft.forcing is not None
     manifest = snapshot.decide_forced(with_draft.context, None, with_draft.forcing)
-    # Decided on its DRAFT (winter season and human), in priority order: 4 then 5, then 7 (not in priorityOrder).
+    # Decided on its DRAFT (winter season and human), in priority order: 4 then 5, 8, 9, then 7 (not in priorityOrder).
     assert active(manifest)["5"] == "0"
-    assert [su for su, _ in manifest.entries] == ["1", "0", "6", "3", "2", "4", "5", "7"]
+    assert [su for su, _ in manifest.entries] == ["1", "0", "6", "3", "2", "4", "5", "8", "9", "7"]
     before_winter = describe(preview={"draft": True})
     assert before_winter.forcing is not None
     assert active(snapshot.decide_forced(before_winter.context, None, before_winter.forcing))["5"] is None
@@ -253,10 +255,10 @@ def test_a_broken_draft_is_a_draft_problem_and_the_snapshot_still_loads(example_
     assert problems[1].startswith(f"experience 5: experiences/versions/{WINTER}.json: $[0].variants: ")
     assert all(str(tmp_path) not in problem for problem in problems)  # the content hash is path-independent
     # The live decision is untouched; the drafts keep experience 0's ACTIVE version and lose experience 5.
-    assert [ce.short_uid for ce in snapshot.experiences] == ["1", "0", "6", "3", "2", "4", "7"]
+    assert [ce.short_uid for ce in snapshot.experiences] == ["1", "0", "6", "3", "2", "4", "8", "9", "7"]
     assert snapshot.draft is not None
     drafts = {ce.short_uid: ce.experience for ce in snapshot.draft.experiences}
-    assert list(drafts) == ["1", "0", "6", "3", "2", "4", "7"]
+    assert list(drafts) == ["1", "0", "6", "3", "2", "4", "8", "9", "7"]
     assert (drafts["0"].draft, drafts["0"].status, [v.short_uid for v in drafts["0"].variants]) == (
         False,
         "ACTIVE",

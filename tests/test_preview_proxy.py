@@ -45,9 +45,9 @@ DESKTOP = (
 )
 UID_COOKIE = "cs-personalize-user-uid"
 MANIFEST_COOKIE = "cs-personalize-manifest"
-LIVE = ("0", "1", "2", "3", "4", "6", "7")  # the experiences a manifest lists
+LIVE = ("0", "1", "2", "3", "4", "6", "7", "8", "9")  # the experiences a manifest lists
 VARIANTS = {"0": {"0", "1", "2", "4"}, "1": {"0", "1"}, "2": {"0", "1", "2"}, "3": {"0", "1", "2"},
-            "4": {"0", "1"}, "5": {"0"}, "6": {"0", "1", "2"}, "7": {"0", "1"}}  # fmt: skip
+            "4": {"0", "1"}, "5": {"0"}, "6": {"0", "1", "2"}, "7": {"0", "1"}, "8": {"0"}, "9": {"0"}}  # fmt: skip
 
 
 def clock() -> float:

@@ -12,8 +12,6 @@ on (SPEC §12), each stored batch is also queued for Contentstack: one `POST /ev
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,6 +20,7 @@ from typing import TYPE_CHECKING
 from edgeproxy.clock import Clock, system_clock
 from edgeproxy.engine.decide import Manifest
 from edgeproxy.forward.items import events_items
+from edgeproxy.runtime.periodic import Periodic
 from edgeproxy.store.base import EventRecord, EventSource, StateStore, StoreError
 
 if TYPE_CHECKING:
@@ -45,7 +44,10 @@ def parse_aliases(header: str) -> list[tuple[str, str]]:
     return pairs
 
 
-class ImpressionRecorder:
+class ImpressionRecorder(Periodic):
+    what = "storing impressions"
+    logger = log
+
     def __init__(self, store: StateStore, project_uid: Callable[[], str], *, flush_interval: float = 0.5,
                  recent: int = 200_000, clock: Clock = system_clock,
                  forwarder: Forwarder | None = None) -> None:  # fmt: skip
@@ -53,6 +55,7 @@ class ImpressionRecorder:
         load after the recorder is built)."""
         self.store = store
         self.clock = clock
+        super().__init__(flush_interval)
         self.project_uid = project_uid
         self.flush_interval = flush_interval
         self._pending: list[EventRecord] = []
@@ -63,7 +66,6 @@ class ImpressionRecorder:
         self._forwarded: OrderedDict[tuple[str, ...], None] = OrderedDict()
         self._recent: OrderedDict[tuple[str, ...], None] = OrderedDict()
         self._recent_limit = recent
-        self._task: asyncio.Task[None] | None = None
         self.recorded = 0
         self.failed = 0
 
@@ -119,17 +121,10 @@ class ImpressionRecorder:
         return [e for e in batch if not self._seen(self._forwarded, (e.user_uid, e.experience_short_uid or "",
                                                                     e.variant_short_uid or ""))]  # fmt: skip
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval)
-            await self.flush()
-
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self.run())
+    async def run_once(self) -> int:
+        await self.flush()
+        return 0
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await super().stop()
         await self.flush()

@@ -36,6 +36,7 @@ from edgeproxy.forward.items import OWN_USER_AGENT, ForwardItem, attributes_item
 from edgeproxy.http.executor import decision_for, peer_address
 from edgeproxy.runtime.state import ProxyState
 from edgeproxy.store.base import EventRecord, StoreError, StoreLimitError
+from edgeproxy.visitor.behaviour import STATE_KEY
 from edgeproxy.visitor.forwarded import ClientView
 from edgeproxy.visitor.preview import PREVIEW_COOKIE, Preview, PreviewAsked, verify
 
@@ -347,13 +348,21 @@ async def _patch_attributes(request: web.BaseRequest, state: ProxyState, project
     _require_consent(request, state)
     user_uid = request_user_uid(request, required=True)
     assert user_uid is not None
-    body = attributes_of(await _body(request, state))
-    try:
-        await state.store.patch_attributes(project_uid, user_uid, body)
-    except StoreLimitError as exc:
-        raise EdgeApiError(400, "personalize.INVALID_ATTRIBUTES", str(exc)) from None
-    await _forward(request, state, lambda agent, now: [attributes_item(project_uid, user_uid, body, now, agent)])
-    return _json(request, state, {"userUid": user_uid, "updated": sorted(body)})
+    sent = attributes_of(await _body(request, state))
+    owned = state.config.behaviour.owned_keys if state.config.behaviour is not None else frozenset({STATE_KEY})
+    body = {key: value for key, value in sent.items() if key not in owned}
+    if body:
+        try:
+            await state.store.patch_attributes(project_uid, user_uid, body)
+        except StoreLimitError as exc:
+            raise EdgeApiError(400, "personalize.INVALID_ATTRIBUTES", str(exc)) from None
+        await _forward(request, state, lambda agent, now: [attributes_item(project_uid, user_uid, body, now, agent)])
+    answer: dict[str, Any] = {"userUid": user_uid, "updated": sorted(body)}
+    refused = sorted(set(sent) - set(body))
+    if refused:  # SPEC §13: the behaviour section's keys are computed by the proxy, not written by clients
+        answer["refused"] = refused
+        answer["message"] = "these keys are behavioural attributes edgeproxy computes ([behaviour]); not written"
+    return _json(request, state, answer)
 
 
 async def _merge(request: web.BaseRequest, state: ProxyState, project_uid: str) -> web.Response:

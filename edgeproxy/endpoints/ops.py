@@ -165,6 +165,8 @@ async def _users(request: web.BaseRequest, state: ProxyState, uid: str, accept: 
     outbox = state.forwarder.outbox if state.forwarder is not None else None
     try:
         if request.method == "DELETE":
+            if state.behaviour is not None:  # nothing of theirs is kept in memory or written behind
+                state.behaviour.forget(uid)
             deleted = await delete_user(state.store, uid, "ops API", state.planner.tombstones, outbox)
             return _json({"userUid": uid, "deleted": deleted})
         return _json(await export_user(state.store, uid, outbox))

@@ -31,8 +31,10 @@ from edgeproxy.engine.useragent import UserAgentClassifier
 from edgeproxy.exchange.routes import RouteDecision, RouteTable
 from edgeproxy.http.gate import same_token
 from edgeproxy.http.headers import UPSTREAM_REMOVED, end_to_end
+from edgeproxy.runtime.behaviour import BehaviourTracker
 from edgeproxy.runtime.config import ProxyConfig
 from edgeproxy.runtime.snapshots import LoadedSnapshot
+from edgeproxy.visitor.behaviour import Behaviour, PageView, attributes_of, observe
 from edgeproxy.visitor.forwarded import ClientView, TrustedProxies, view_of_client
 from edgeproxy.visitor.identity import (
     NO_COOKIES,
@@ -62,6 +64,7 @@ class Decision:
     cookies: SetCookies  # for the visitor's scheme (Secure on https)
     seconds: float  # how long the decider took (for the decision metrics)
     preview: Preview | None = None  # decided for a preview (SPEC §10): recorded nowhere, never cached
+    behaviour: Behaviour | None = None  # the visitor's behaviour after this page view, to record (SPEC §13)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +106,7 @@ class Planner:
     ways a request is decided."""
 
     __slots__ = (
-        "cache", "cached_attributes", "classifier", "clock", "config", "geo_lookup", "identities",
+        "behaviour", "cache", "cached_attributes", "classifier", "clock", "config", "geo_lookup", "identities",
         "origin_base_path", "origin_host", "routes", "tombstones", "trusted",
     )  # fmt: skip
 
@@ -115,8 +118,10 @@ class Planner:
         cached_attributes: CachedAttributes,
         cache: ResponseCache | None,
         classifier: UserAgentClassifier,
+        behaviour: BehaviourTracker | None = None,
     ) -> None:
         self.config = config
+        self.behaviour = behaviour  # visitors' behaviour as this process knows it (read here, recorded after)
         self.clock = clock
         self.geo_lookup = geo_lookup
         self.cached_attributes = cached_attributes  # the store's in-process answer (no I/O), None when unknown
@@ -164,7 +169,11 @@ class Planner:
     def stored_at_hand(self, loaded: LoadedSnapshot, identity: Identity) -> Mapping[str, object] | NeedStored:
         """The stored attributes a decision reads when they are known without I/O (none needed, or cached by the
         store); otherwise which ones to fetch."""
-        if identity.is_new or not loaded.snapshot.reads_custom_attributes:
+        if identity.is_new:
+            return {}
+        if not loaded.snapshot.reads_custom_attributes and (
+            self.behaviour is None or self.behaviour.known(identity.user_uid) is not None
+        ):  # behaviour this process does not know is read from the store (another process may have seen it)
             return {}
         project_uid = loaded.snapshot.project.uid
         stored = self.cached_attributes(project_uid, identity.user_uid)
@@ -183,10 +192,22 @@ class Planner:
         tags: tuple[str, ...] | None,
         live: Mapping[str, object] | None = None,
         preview: Preview | None = None,
+        page_view: bool = False,
     ) -> Decision:
         """A visitor's decision: the context from the request, the snapshot's decider. Every door decides here.
-        A `preview` decides with its forced variants, drafts and time, outside the memo (SPEC §10)."""
+        A `preview` decides with its forced variants, drafts and time, outside the memo (SPEC §10). With
+        behavioural attributes on (SPEC §13), the decision reads them, and a `page_view` (a page the visitor
+        navigated to) first counts in them."""
         now = self.clock() if preview is None or preview.now is None else preview.now
+        behaviour = None
+        tracker = self.behaviour
+        if tracker is not None and identity.user_uid:
+            before = tracker.current(identity.user_uid, stored)
+            if page_view and preview is None and not self._bot(headers):
+                behaviour = observe(tracker.config, before, PageView.of(page_url, headers.get("Referer")), now)
+            found = attributes_of(tracker.config, behaviour or before, now)
+            if found:
+                stored = {**stored, **found}
         ctx = context_from_request(
             headers, page_url=page_url, now=now, query=query, client_ip=where.client_ip,
             trust_geo_headers=where.trusted, geo_lookup=self.geo_lookup, classifier=self.classifier,
@@ -199,11 +220,14 @@ class Planner:
             manifest = loaded.decider.decide(ctx, tags)
             seconds = time.perf_counter() - started
             cookies = loaded.cookies.of(manifest, secure, domain) if identity.user_uid else NO_COOKIES
-            return Decision(loaded, ctx, manifest, tags, cookies, seconds)
+            return Decision(loaded, ctx, manifest, tags, cookies, seconds, None, behaviour)
         manifest = loaded.snapshot.decide_forced(ctx, tags, Forcing(preview.forced, preview.draft))
         seconds = time.perf_counter() - started
         cookies = SetCookies.of(cookie_headers(manifest, secure, domain=domain)) if identity.user_uid else NO_COOKIES
         return Decision(loaded, ctx, manifest, tags, cookies, seconds, preview)
+
+    def _bot(self, headers: CIMultiDictProxy[str]) -> bool:
+        return self.classifier.classify(headers.get("User-Agent", "")).device_type == "BOT"
 
     def preview_of(self, raw_query: str, identity: Identity, where: ClientView) -> tuple[str, PreviewAsked | None]:
         """The query without a preview token, and what the request asks of preview (`visitor/preview.py`)."""
@@ -246,7 +270,8 @@ class Planner:
                 if asked is not None:  # the page as the origin gets it: without the token
                     target = f"{raw}?{query}" if query else raw
             decision = self.decide(loaded, headers, where, identity, stored, page_url=f"{where.proto}://{where.host}{target}",
-                                   query=query, tags=route.tags, preview=asked.grant if asked else None)  # fmt: skip
+                                   query=query, tags=route.tags, preview=asked.grant if asked else None,
+                                   page_view=method == "GET" and _navigation(headers))  # fmt: skip
             if asked is not None and asked.set_cookie is not None:
                 decision.cookies = SetCookies.of((*decision.cookies.values, asked.set_cookie))
             if config.variant_query_param:
@@ -292,6 +317,18 @@ class Planner:
         if self.config.preview_secret and PREVIEW_COOKIE in out.get("Cookie", ""):
             _without_cookie(out, PREVIEW_COOKIE)  # the preview token is the visitor's, on every route
         return out
+
+
+def _navigation(headers: CIMultiDictProxy[str]) -> bool:
+    """Whether a GET is a page the visitor went to, not a script's fetch or a prefetch (SPEC §13 counts those
+    only): no Sec-Fetch-Mode, or "navigate"; not X-Requested-With: XMLHttpRequest; no prefetch Purpose."""
+    mode = headers.get("Sec-Fetch-Mode")
+    if mode is not None and mode != "navigate":
+        return False
+    if headers.get("X-Requested-With") == "XMLHttpRequest":
+        return False
+    purpose = headers.get("Sec-Purpose") or headers.get("Purpose") or ""
+    return "prefetch" not in purpose
 
 
 def add_variant_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limit: int, version: str) -> None:

@@ -4,6 +4,7 @@ The package is the I/O side around the pure engine, one concept per module:
 
 - `readers`       HAR files, edgeproxy decision logs and request-description JSON lines, streamed
 - `decider`       contexts for a stream of descriptions, as `edgeproxy decide` builds them
+- `behaviour`     behavioural attributes computed from the traffic in time order (`--behaviour`, SPEC §13)
 - `aggregate`     per experience and variant: requests, distinct users; A/B split vs configured weights
 - `stats`         the chi-square test (regularized upper incomplete gamma), no SciPy
 - `coverage`      experiences never activated, audiences never matched, rules never true

@@ -24,6 +24,16 @@ and distinct users got it; A/B splits against their weights (chi-square); experi
 never matched and rules never true. TRAFFIC files are HAR files, edgeproxy decision logs (serve --decision-log)
 or request-description JSON lines (docs/contract.md §9), detected per file; .gz is read too, and - is stdin.
 
+behavioural attributes (--behaviour FILE, README "Behavioural attributes"): the attributes of FILE's [behaviour]
+table (the proxy's config file works) are computed from the traffic itself, as the proxy computes them. All the
+traffic is read first, then decided in time order: by each request's `now`, a stable order (equal times keep their
+input order); a request without `now` is taken at --now (default: the current time), and such requests keep their
+input order. A visitor's page view (GET, Sec-Fetch-Mode absent or navigate, not XMLHttpRequest or prefetch, not a
+bot User-Agent, not a preview) is counted, then the visitor's attributes are merged over the request's stored
+attributes (computed values win); other requests read them without counting. A visitor without a uid is new on
+every request; one whose stored attributes carry a behaviour (decision logs do) continues from it. --against
+decides with the same attributes; --limit takes the first N requests in time order.
+
 exit status: 0 ok; 1 an expectation failed, a recorded decision differs (--from-log), or re-bucketing with
 --fail-on-rebucket; 2 bad rules, bad arguments, unreadable traffic, traffic in which no request could be
 replayed (all invalid or skipped), or a malformed expectation file; 141 the reader of the output went away."""
@@ -45,6 +55,9 @@ def add_replay_command(commands: Any) -> None:
     replay.add_argument("--config", metavar="FILE",
                         help="the proxy's TOML config: HAR entries follow its [[routes]] (tags, personalize = "
                         "false), skip_paths and static_extensions, as `serve` would")  # fmt: skip
+    replay.add_argument("--behaviour", metavar="FILE",
+                        help="TOML file with a [behaviour] table (e.g. the proxy's config): compute behavioural "
+                        "attributes from the traffic, decided in time order (see below)")  # fmt: skip
     replay.add_argument("--all-requests", action="store_true",
                         help="HAR: replay every entry, not only GET page loads (assets, XHR, POST are skipped "
                         "by default)")  # fmt: skip
@@ -163,6 +176,7 @@ def _routes(path: str, rules: str) -> Any:
 
 
 def run_replay(args: argparse.Namespace, out: IO[str]) -> int:
+    from edgeproxy.replay.behaviour import load_behaviour
     from edgeproxy.replay.chart import write_chart
     from edgeproxy.replay.junit import junit_xml, write_junit
     from edgeproxy.replay.progress import Progress
@@ -178,12 +192,16 @@ def run_replay(args: argparse.Namespace, out: IO[str]) -> int:
     if args.against and not args.traffic:
         print("edgeproxy: --against needs TRAFFIC files to replay under both rule sets", file=sys.stderr)
         return 2
+    if args.behaviour and not args.traffic:
+        print("edgeproxy: --behaviour computes attributes from the traffic: give TRAFFIC files", file=sys.stderr)
+        return 2
     problems = _output_problems(args)
     if problems:
         for problem in problems:
             print(f"edgeproxy: replay: {problem}", file=sys.stderr)
         return 2
     clock = _clock(args.now)
+    behaviour = load_behaviour(args.behaviour) if args.behaviour else None
     snapshot = load_snapshot(args.rules)
     against = load_snapshot(args.against) if args.against else None
     geo_lookup = None
@@ -223,6 +241,7 @@ def run_replay(args: argparse.Namespace, out: IO[str]) -> int:
             limit=args.limit,
             samples_per_move=args.samples,
             explained_moves=args.explain_moves,
+            behaviour=behaviour,
         )
         progress = Progress(sys.stderr, list(args.traffic), enabled=args.progress)
         try:

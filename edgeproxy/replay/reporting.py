@@ -62,6 +62,8 @@ def report_dict(
                 "splitMismatches": [e.short_uid for e in experiences if e.split_mismatch],
             }
         )
+        if result.behaviour_page_views is not None:
+            data["behaviour"] = {"pageViews": result.behaviour_page_views}
         if result.coverage is not None:
             data["coverage"] = result.coverage.to_dict()
         if result.diff is not None and result.against_distribution is not None:
@@ -152,6 +154,11 @@ def render_text(result: ReplayResult | None, expectations: list[ExpectationResul
             )
             for bad in s.invalid_samples[:5]:
                 out.append(f"    {bad.source}:{bad.position}: {bad.message}")
+        if result.behaviour_page_views is not None:
+            out.append(
+                f"  behavioural attributes (--behaviour): computed in time order from "
+                f"{result.behaviour_page_views:,} page views"
+            )
         out.append("")
         experiences = result.distribution.experience_results(srm_alpha)
         for e in experiences:

@@ -5,14 +5,16 @@ decided by the snapshot's `MemoDecider` (the proxy's decider; `--no-memo` gives 
 (`Distribution`), and fed to the optional observers: rule coverage, the recorded-decision check (`--from-log`) and
 the snapshot diff (`--against`, the same context decided under the second snapshot). A preview (a description's
 `preview`, SPEC §10) is decided with its forcing and only checked against its recorded decision. Memory stays flat in
-the size of the traffic.
+the size of the traffic, except with behavioural attributes (`--behaviour`, `replay/behaviour.py`): the records are
+then read whole and decided in time order, each context given the visitor's behaviour before it is decided (under
+both snapshots alike).
 """
 
 from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from edgeproxy.engine.context import GeoLookup
@@ -20,12 +22,14 @@ from edgeproxy.engine.decide import CompiledSnapshot
 from edgeproxy.engine.errors import RequestDescriptionError
 from edgeproxy.engine.memo import MEMO_LIMIT, MemoDecider
 from edgeproxy.replay.aggregate import Distribution, UserIndex
+from edgeproxy.replay.behaviour import BehaviourReplay, in_time_order
 from edgeproxy.replay.coverage import DEFAULT_RULE_SAMPLE, Coverage
 from edgeproxy.replay.decider import ContextFactory
 from edgeproxy.replay.diff import DEFAULT_EXPLAINED_MOVES, DEFAULT_SAMPLES_PER_MOVE, SnapshotDiff
 from edgeproxy.replay.progress import Progress
-from edgeproxy.replay.readers import Format, HarFilter, OpenSource, SourceStats, read_traffic
+from edgeproxy.replay.readers import Format, HarFilter, OpenSource, SourceStats, TrafficRecord, read_traffic
 from edgeproxy.replay.verify import RecordedCheck
+from edgeproxy.visitor.behaviour import BehaviourConfig
 
 PROGRESS_EVERY = 4096
 
@@ -44,6 +48,8 @@ class ReplayOptions:
     limit: int | None = None
     samples_per_move: int = DEFAULT_SAMPLES_PER_MOVE
     explained_moves: int = DEFAULT_EXPLAINED_MOVES
+    # Behavioural attributes computed from the traffic (SPEC §13): records decided in time order.
+    behaviour: BehaviourConfig | None = None
 
 
 @dataclass
@@ -62,6 +68,7 @@ class ReplayResult:
     cpu_seconds: float
     memo_hits: int
     memo_misses: int
+    behaviour_page_views: int | None = None  # page views counted for behavioural attributes (--behaviour)
 
     @property
     def requests_per_second(self) -> float:
@@ -89,6 +96,7 @@ def replay(
             progress.open_source(source)
 
     make_context = ContextFactory(snapshot, options.geo_lookup, options.clock)
+    behaviour = BehaviourReplay(options.behaviour) if options.behaviour is not None else None
     coverage = Coverage(snapshot, options.rule_sample) if options.coverage else None
     decider = MemoDecider(snapshot, limit=MEMO_LIMIT if options.memo else 0)
     decide = decider.decide
@@ -115,7 +123,11 @@ def replay(
     gc.freeze()
     gc.disable()
     try:
-        records = read_traffic(options.traffic, force=options.format, har_filter=options.har_filter, on_open=opened)
+        records: Iterable[TrafficRecord] = read_traffic(
+            options.traffic, force=options.format, har_filter=options.har_filter, on_open=opened
+        )
+        if behaviour is not None:
+            records = in_time_order(records, options.clock())
         for record in records:
             try:
                 described = make_context(record)
@@ -123,6 +135,8 @@ def replay(
                 by_source[record.source].reject(record.position, f"invalid request description: {exc}")
                 by_source[record.source].records -= 1
                 continue
+            if behaviour is not None:
+                behaviour.apply(record.description, described)
             ctx = described.context
             tags = described.tags
             forcing = described.forcing
@@ -172,4 +186,5 @@ def replay(
         cpu_seconds=time.process_time() - cpu_started,
         memo_hits=decider.hits,
         memo_misses=decider.misses,
+        behaviour_page_views=behaviour.page_views if behaviour is not None else None,
     )

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edgeproxy.clock import parse_instant
+from edgeproxy.visitor.behaviour import BehaviourConfig, behaviour_config
 
 DEFAULT_STATIC_EXTENSIONS = (
     ".css", ".js", ".mjs", ".map", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".avif", ".ico", ".bmp",
@@ -56,6 +57,7 @@ class ProxyConfig:
     static_extensions: tuple[str, ...] = DEFAULT_STATIC_EXTENSIONS
     skip_paths: tuple[str, ...] = ()
     routes: tuple[RouteRule, ...] = ()
+    behaviour: BehaviourConfig | None = None
     ops_prefix: str = "/_edgeproxy/"
     ops_token: str = ""
     edge_api_prefix: str = "/_personalize/"
@@ -123,6 +125,9 @@ FIELDS: dict[str, str] = {
     "static_extensions": "comma-separated path extensions never personalized (default: common asset types)",
     "skip_paths": "comma-separated path globs never personalized, e.g. /static/*,/api/health",
     "routes": "per-route settings (config file only): [[routes]] path = glob, tags = [...], personalize = bool",
+    "behaviour": "behavioural attributes (config file only): a [behaviour] table mapping visits, pageviews, "
+    "days_since_first_visit, days_since_last_visit, first_referrer, utm_source and [[behaviour.paths]] counters to "
+    "custom attribute keys (default off)",
     "ops_prefix": "reserved path prefix for ops endpoints, never forwarded (default /_edgeproxy/)",
     "ops_token": "token for protected ops endpoints (explain); empty = those endpoints are off",
     "edge_api_prefix": "path prefix of the emulated Personalize Edge API (default /_personalize/): point "
@@ -186,6 +191,8 @@ FIELDS: dict[str, str] = {
 }
 
 
+FILE_ONLY = frozenset({"routes", "behaviour"})  # tables of the config file: no flag, no environment variable
+
 # Settings whose values are never shown, not even in an error about them.
 SECRET_SETTINGS = frozenset({"ops_token", "authtoken", "oauth_token", "webhook_token", "purge_token", "preview_secret"})
 
@@ -195,6 +202,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     try:
         if name == "routes":
             return _routes(value, source)
+        if name == "behaviour":
+            if not isinstance(value, dict):
+                raise ValueError("expected a [behaviour] table (config file only)")
+            return behaviour_config(value)
         if isinstance(default, bool):
             if isinstance(value, bool):
                 return value
@@ -317,7 +328,7 @@ def read_settings(
     env_values = {
         key[len("EDGEPROXY_") :].lower(): value
         for key, value in environ.items()
-        if key.startswith("EDGEPROXY_") and key[len("EDGEPROXY_") :].lower() in FIELDS and key != "EDGEPROXY_ROUTES"
+        if key.startswith("EDGEPROXY_") and key[len("EDGEPROXY_") :].lower() in FIELDS.keys() - FILE_ONLY
     }
     config = _apply(config, env_values, "environment")
     return _apply(config, {k: v for k, v in flags.items() if v is not None}, "command line")

@@ -69,7 +69,12 @@ def make_state(
     poller = make_poller(config, holder, classifier) if serving else None
     metrics = ProxyMetrics(clock(), live, holder, poller)
     cache = make_cache(config, clock, metrics) if config.cache else None
-    planner = Planner(config, clock, geo_lookup, store.cached_attributes, cache, classifier)
+    behaviour = None
+    if config.behaviour is not None:
+        from edgeproxy.runtime.behaviour import BehaviourTracker
+
+        behaviour = BehaviourTracker(config.behaviour, store, lambda: _project_uid(holder, config))
+    planner = Planner(config, clock, geo_lookup, store.cached_attributes, cache, classifier, behaviour)
     decision_log = None
     if config.decision_log:
         from edgeproxy.runtime.decision_log import DecisionLog
@@ -88,11 +93,8 @@ def make_state(
     if serving and config.impressions != "off":
         from edgeproxy.analytics.impressions import ImpressionRecorder
 
-        def project_uid() -> str:
-            loaded = holder.current
-            return loaded.snapshot.project.uid if loaded is not None else config.project_uid
-
-        impressions = ImpressionRecorder(store, project_uid, clock=clock, forwarder=forwarder)
+        impressions = ImpressionRecorder(store, lambda: _project_uid(holder, config), clock=clock,
+                                         forwarder=forwarder)  # fmt: skip
     fleet = None
     if serving and config.fleet_redis:
         from edgeproxy.sync.fleet import FleetFollower
@@ -102,7 +104,7 @@ def make_state(
     if serving:
         from edgeproxy.runtime.users import Retention, TombstoneFollower
 
-        tombstones = TombstoneFollower(store, planner.tombstones)
+        tombstones = TombstoneFollower(store, planner.tombstones, behaviour=behaviour)
         if config.retention_days > 0:
             retention = Retention(store, clock, config.retention_days)
     if load_rules and config.rules:
@@ -110,8 +112,14 @@ def make_state(
     return ProxyState(
         config, clock, holder, store, planner, metrics, live, cache=cache, decision_log=decision_log,
         impressions=impressions, poller=poller, fleet=fleet, retention=retention, tombstones=tombstones,
-        forwarder=forwarder,
+        forwarder=forwarder, behaviour=behaviour,
     )  # fmt: skip
+
+
+def _project_uid(holder: SnapshotHolder, config: ProxyConfig) -> str:
+    """The project of the snapshot being served (read per use: the first snapshot may load after start)."""
+    loaded = holder.current
+    return loaded.snapshot.project.uid if loaded is not None else config.project_uid
 
 
 def make_cache(config: ProxyConfig, clock: Clock, metrics: ProxyMetrics) -> ResponseCache:

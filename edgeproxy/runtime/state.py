@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from edgeproxy.analytics.impressions import ImpressionRecorder
     from edgeproxy.cache.layer import ResponseCache
     from edgeproxy.forward.forwarder import Forwarder
+    from edgeproxy.runtime.behaviour import BehaviourTracker
     from edgeproxy.runtime.decision_log import DecisionLog
     from edgeproxy.runtime.users import Retention, TombstoneFollower
     from edgeproxy.sync.fleet import FleetFollower
@@ -51,6 +52,7 @@ class ProxyState:
         retention: Retention | None = None,
         tombstones: TombstoneFollower | None = None,
         forwarder: Forwarder | None = None,
+        behaviour: BehaviourTracker | None = None,
     ) -> None:
         self.config = config
         self.clock = clock  # the one clock of the process: decisions, cache ages, stored TTLs, logs
@@ -67,6 +69,7 @@ class ProxyState:
         self.tombstones = tombstones  # learns of deleted users from the store (serve)
         self.live = live  # decision counts by variant, for the dashboard and Prometheus
         self.forwarder = forwarder  # queues accepted writes for Contentstack's Edge API (forward_edge_api)
+        self.behaviour = behaviour  # visitors' behavioural attributes, written behind ([behaviour])
         self.origin = URL(config.origin.rstrip("/"))
         self._session: aiohttp.ClientSession | None = None  # WebSocket upgrades only
         self._upstream: OriginPool | None = None  # every other request to the origin
@@ -87,6 +90,8 @@ class ProxyState:
         """A decision whose answer is being sent: its time (metrics) and its variants (live counts)."""
         self.metrics.observe_decision(decision.seconds)
         self.live.record(decision.manifest)
+        if decision.behaviour is not None and self.behaviour is not None:  # a page view counted (SPEC §13)
+            self.behaviour.record(decision.manifest.user_uid, decision.behaviour)
 
     async def stored_attributes(self, project_uid: str, user_uid: str) -> Mapping[str, object]:
         """Stored attributes for a decision; a store outage degrades to request-local data, logged."""
@@ -120,6 +125,8 @@ class ProxyState:
             await self.forwarder.start()
         if self.impressions is not None:
             self.impressions.start()
+        if self.behaviour is not None:
+            self.behaviour.start()
         if self.retention is not None:
             self.retention.start()
         if self.tombstones is not None:
@@ -138,6 +145,8 @@ class ProxyState:
             await self.impressions.stop()  # its last flush queues for forwarding too, so the forwarder stops after
         if self.forwarder is not None:
             await self.forwarder.stop()
+        if self.behaviour is not None:
+            await self.behaviour.stop()  # every page view counted is written: exact after a clean shutdown
         if self.retention is not None:
             await self.retention.stop()
         if self.tombstones is not None:

@@ -10,18 +10,17 @@ digest of the uid, never the uid or the data.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 from edgeproxy.clock import Clock
+from edgeproxy.runtime.periodic import Periodic
 from edgeproxy.store.base import TOMBSTONE_BATCH, StateStore, tombstone_of, uid_digest
 from edgeproxy.visitor.identity import Tombstones
 
 if TYPE_CHECKING:
     from edgeproxy.forward.outbox import Outbox
+    from edgeproxy.runtime.behaviour import BehaviourTracker
 
 log = logging.getLogger("edgeproxy.users")
 
@@ -77,42 +76,11 @@ async def purge_old_events(store: StateStore, older_than: float) -> int:
     return total
 
 
-class _Periodic(ABC):
-    """`run_once` every `interval` seconds in the background, from `start` to `stop`; a failed run (the store away)
-    is logged as `what` failed and tried again next time, never ending the loop."""
-
-    what = "a periodic task"
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._task: asyncio.Task[None] | None = None
-
-    @abstractmethod
-    async def run_once(self) -> int:
-        """One run; returns how many items it handled."""
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception as exc:
-                log.warning("%s failed, retrying in %.0f s: %s", self.what, self.interval, exc)
-            await asyncio.sleep(self.interval)
-
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-
-class Retention(_Periodic):
+class Retention(Periodic):
     """Runs `purge_old_events` every RETENTION_INTERVAL for events older than `days` (the process clock)."""
 
     what = "retention run"
+    logger = log
 
     def __init__(self, store: StateStore, clock: Clock, days: float, interval: float = RETENTION_INTERVAL) -> None:
         super().__init__(interval)
@@ -127,25 +95,35 @@ class Retention(_Periodic):
         return removed
 
 
-class TombstoneFollower(_Periodic):
+class TombstoneFollower(Periodic):
     """Keeps `tombstones` (the planner's) up to date with the deletions recorded in the store, every `interval`
     seconds: a user deleted through any instance, worker or `edgeproxy user delete` starts a new identity here
     within that time."""
 
     what = "reading deleted users"
+    logger = log
 
-    def __init__(self, store: StateStore, tombstones: Tombstones, interval: float = TOMBSTONE_POLL_SECONDS) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        tombstones: Tombstones,
+        interval: float = TOMBSTONE_POLL_SECONDS,
+        behaviour: BehaviourTracker | None = None,
+    ) -> None:
         super().__init__(interval)
         self.store = store
         self.tombstones = tombstones
+        self.behaviour = behaviour
 
     async def run_once(self) -> int:
         read = 0
         while True:
             found, self.tombstones.cursor = await self.store.deletions_after(self.tombstones.cursor)
             self.tombstones.add(found)
-            if found:  # attributes this process cached of users deleted elsewhere go too
+            if found:  # attributes this process cached of users deleted elsewhere go too, and their behaviour
                 self.store.forget_deleted(set(found))
+                if self.behaviour is not None:
+                    self.behaviour.forget_deleted(set(found))
             read += len(found)
             if len(found) < TOMBSTONE_BATCH:
                 return read

@@ -25,6 +25,7 @@ from edgeproxy.store.base import (
     StoreError,
     StoreLimitError,
     check_attributes,
+    encode_value,
     event_document,
     tombstone_of,
 )
@@ -136,6 +137,19 @@ class RedisStore:
     async def merge_attributes(self, project_uid: str, source_uid: str, target_uid: str) -> None:
         keys = [self._user_key(project_uid, source_uid), self._user_key(project_uid, target_uid)]
         await self._script(_MERGE, keys, [self.limits.ttl_seconds, self.limits.max_attributes_per_user], "merged user")
+
+    async def put_attributes(self, project_uid: str, users: dict[str, dict[str, Any]]) -> None:
+        if not users:
+            return
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for user, values in users.items():
+                    key = self._user_key(project_uid, user)
+                    pipe.hset(key, mapping={k: encode_value(v) for k, v in values.items()})
+                    pipe.expire(key, self.limits.ttl_seconds)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"Redis write failed: {exc}") from exc
 
     async def _script(self, script: str, keys: list[str], args: list[str | int], who: str) -> None:
         try:

@@ -20,6 +20,7 @@ from edgeproxy.store.base import (
     StoreError,
     StoreLimitError,
     check_attributes,
+    encode_value,
     event_document,
     tombstone_of,
 )
@@ -196,6 +197,32 @@ class SqliteStore:
         )
         stored = await self._run(lambda db: self._write_user(db, project_uid, target_uid, now, [copy]))
         self._remember((project_uid, target_uid), stored)
+
+    async def put_attributes(self, project_uid: str, users: dict[str, dict[str, Any]]) -> None:
+        if not users:
+            return
+        now = self.clock()
+        rows = [(project_uid, user, key, encode_value(value), now) for user, values in users.items()
+                for key, value in values.items()]  # fmt: skip
+
+        def upsert(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT INTO user_attributes VALUES (?,?,?,?,?) ON CONFLICT (project_uid, user_uid, key) "
+                    "DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
+                    rows,
+                ).close()
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        await self._run(upsert)
+        for user, values in users.items():  # the read-through cache stays exact for what this process wrote
+            cached = self._cache.get((project_uid, user))
+            if cached is not None:
+                self._cache[(project_uid, user)] = {**cached, **values}
 
     async def append_events(self, events: list[EventRecord]) -> None:
         if not events:

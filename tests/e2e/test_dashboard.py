@@ -32,7 +32,7 @@ PLAYWRIGHT_CORE = ROOT / "tests" / "sdk" / "node_modules" / "playwright-core" / 
 DRIVER = Path(__file__).resolve().parent / "dashboard_browser.mjs"
 NOW = "2026-12-07T12:00:00Z"  # the proxy's clock (--now) and the end of the pre-filled history
 NOW_TS = 1_796_644_800.0
-LIVE_EXPERIENCES = 7  # rules/: 8 experiences, one draft-only
+LIVE_EXPERIENCES = 9  # rules/: 10 experiences, one draft-only
 
 
 def chromium_path() -> str:
@@ -101,7 +101,7 @@ def test_dashboard_renders_with_chart_data_and_no_console_errors(dashboard: dict
     assert int(page["liveTotal"].replace(",", "")) > 0
     cards = page["experiences"]
     # Priority order (experiences-priority.json), all live experiences.
-    assert [c["shortUid"] for c in cards] == ["1", "0", "6", "3", "2", "4", "7"][:LIVE_EXPERIENCES]
+    assert [c["shortUid"] for c in cards] == ["1", "0", "6", "3", "2", "4", "8", "9", "7"][:LIVE_EXPERIENCES]
     by_uid = {c["shortUid"]: c for c in cards}
     for uid in ("2", "3", "7"):  # A/B tests: impressions, conversion rate, P2BB charts, all with data
         charts = by_uid[uid]["charts"]
@@ -148,7 +148,7 @@ def test_dashboard_needs_the_ops_token(dashboard: dict[str, Any]) -> None:
     with urllib.request.urlopen(request, timeout=60) as response:
         data = json.loads(response.read())
     assert data["ready"] is True
-    assert [e["shortUid"] for e in data["report"]["experiences"]] == ["1", "0", "6", "3", "2", "4", "7"]
+    assert [e["shortUid"] for e in data["report"]["experiences"]] == ["1", "0", "6", "3", "2", "4", "8", "9", "7"]
 
 
 @pytest.mark.e2e

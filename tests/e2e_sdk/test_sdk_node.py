@@ -131,7 +131,7 @@ INIT_CASES = [
         "tags-several-case-insensitive",
         user_id="sdk-node-product-cart",
         tags=("SECTION:PRODUCT", "section:cart"),
-        expect_listed=("6", "3"),
+        expect_listed=("6", "3", "9"),
     ),
     InitCase(
         "live-attributes",

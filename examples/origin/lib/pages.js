@@ -34,6 +34,10 @@ main{max-width:60rem;margin:0 auto;padding:2rem}
 .progress span{display:block;height:100%;background:#1f6f5c}
 table{width:100%;border-collapse:collapse}
 td,th{padding:.5rem;border-bottom:1px solid #e4e9e4;text-align:left}
+.welcome{margin:0 0 1.5rem;padding:.8rem 1.25rem;border-radius:10px;background:#e3f1ea;border:1px solid #b7dcc9;font-weight:600}
+.nudge{margin:1.5rem 0;padding:1rem 1.25rem;border-left:5px solid #1f6f5c;background:#e9f4ef;border-radius:6px}
+aside.hints{margin:2rem 0 0;padding:.75rem 1.25rem;border:1px dashed #b9c4bd;border-radius:10px;color:#4b5b57;font-size:.9rem}
+aside.hints p{margin:.3rem 0}
 footer.debug{max-width:60rem;margin:2rem auto;padding:1rem 2rem;font:13px/1.6 ui-monospace,Menlo,Consolas,monospace;color:#4b5b57;border-top:1px dashed #b9c4bd}
 footer.debug code{background:#e9eee9;padding:0 .3rem;border-radius:4px}
 `;
@@ -109,8 +113,24 @@ function debugFooter(view, req, content) {
 </footer>`;
 }
 
+/** A personalized value shown only when it is not empty (base "", a variant supplies the text). */
+function optional(view, name, cls) {
+  return view.fields[name] ? `<div class="${cls}">${field(view, name)}</div>` : '';
+}
+
+/**
+ * Demo hints: how to reach the variants of the behaviour experiences (8 returning visitor, 9 high-intent shopper),
+ * or why they show. Each hint is a field its variant overrides, so it says what the visitor just did.
+ */
+function hints(view, names) {
+  const shown = names.filter((name) => view.fields[name] !== undefined && view.fields[name] !== '');
+  if (!shown.length) return '';
+  return `<aside class="hints" aria-label="Demo hints">${shown.map((name) => field(view, name, 'p', ' class="hint"')).join('')}</aside>`;
+}
+
 function homepage(view, content) {
-  return `<section class="hero">
+  return `${optional(view, 'welcome_back', 'welcome')}
+<section class="hero">
   ${field(view, 'hero_title', 'h1')}
   ${field(view, 'hero_subtitle', 'p')}
   <a class="button" data-field="hero_cta" href="${escapeHtml(view.fields.hero_cta_url)}"${view.sources.hero_cta ? ` data-variant="${escapeHtml(view.sources.hero_cta)}"` : ''}>${escapeHtml(view.fields.hero_cta)}</a>
@@ -119,7 +139,9 @@ function homepage(view, content) {
 <p class="note">${field(view, 'shipping_note')}</p>
 <h2>${field(view, 'recommendations_title')}</h2>
 ${productCards(content, view.fields.recommendations)}
-<div class="panel">${field(view, 'loyalty_message')}</div>`;
+${optional(view, 'checkout_nudge', 'nudge')}
+<div class="panel">${field(view, 'loyalty_message')}</div>
+${hints(view, ['welcome_hint', 'checkout_hint'])}`;
 }
 
 function product(view, content) {
@@ -130,8 +152,10 @@ function product(view, content) {
   ${field(view, 'description', 'p')}
   <a class="button" href="/cart">Add to cart</a>
 </div>
+${optional(view, 'checkout_nudge', 'nudge')}
 <h2>${field(view, 'recommendations_title')}</h2>
-${productCards(content, view.fields.recommendations)}`;
+${productCards(content, view.fields.recommendations)}
+${hints(view, ['checkout_hint'])}`;
 }
 
 function checkout(view) {

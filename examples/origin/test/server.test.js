@@ -103,6 +103,30 @@ test('product, checkout and cart pages personalize their own fields', async () =
   assert.equal(fieldText(cart.body.toString(), 'promo_bar'), 'Hurry: free express shipping ends tonight!');
 });
 
+test('the behaviour experiences (8 returning visitor, 9 high-intent shopper) render with their demo hints', async () => {
+  const base = (await get('/')).body.toString();
+  assert.doesNotMatch(base, /data-field="welcome_back"|data-field="checkout_nudge"/); // empty base: not rendered
+  assert.match(fieldText(base, 'welcome_hint'), /come back after 30 minutes \(or restart the demo with a later DEMO_NOW\)/);
+  assert.equal(fieldText(base, 'checkout_hint'), 'Demo hint: open /checkout twice to see the high-intent nudge.');
+
+  const res = await get('/', { headers: { 'x-cs-variant-uid': 'cs_personalize_2_0,cs_personalize_8_0,cs_personalize_9_0,cs_personalize_7_0' } });
+  const html = res.body.toString();
+  assert.equal(res.headers['x-cs-applied-variants'], 'cs_personalize_8_0,cs_personalize_9_0,cs_personalize_7_0');
+  assert.match(html, /data-field="welcome_back" data-variant="cs_personalize_8_0">Welcome back!/);
+  assert.match(html, /data-field="checkout_nudge" data-variant="cs_personalize_9_0">Still deciding\?/);
+  assert.equal(fieldText(html, 'welcome_hint'),
+    'Demo hint: you are back after more than 30 minutes: a returning visit (visit_count &gt; 1).');
+  assert.equal(fieldText(html, 'checkout_hint'),
+    'Demo hint: you viewed checkout twice in 7 days (checkout_views_7d &gt;= 2).');
+  assert.match(html, /cs_personalize_8_0<\/code> \(Returning visitor welcome \/ Welcome back\)/);
+
+  const product = await get('/products/merino-base-layer', { headers: { 'x-cs-variant-uid': 'cs_personalize_9_0' } });
+  assert.equal(product.headers['x-cs-applied-variants'], 'cs_personalize_9_0');
+  assert.match(product.body.toString(), /data-field="checkout_nudge" data-variant="cs_personalize_9_0">Ready when you are/);
+  const checkout = await get('/checkout', { headers: { 'x-cs-variant-uid': 'cs_personalize_8_0,cs_personalize_9_0' } });
+  assert.equal(checkout.headers['x-cs-applied-variants'], ''); // the checkout page has no content for them
+});
+
 test('/api/content returns the personalized entry as JSON', async () => {
   const res = await get('/api/content?path=/cart', { headers: { 'x-cs-variant-uid': 'cs_personalize_3_1' } });
   const body = JSON.parse(res.body);

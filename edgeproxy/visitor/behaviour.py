@@ -1,0 +1,234 @@
+"""Behavioural attributes (SPEC §13): what a tag would collect about a visitor, computed from the page views the
+proxy sees and handed to Personalize audiences as ordinary custom attributes.
+
+Pure: a visitor's `Behaviour` (what is kept between page views) and the next one after a page view (`observe`),
+the attributes a decision reads (`attributes_of`), and the text it is stored as (`encode`/`decode`). The time is
+passed in; nothing here reads a clock, a store or a socket.
+
+Our decisions, where the contract is silent:
+- A visit (session) ends after `session_timeout` without a page view; the next page view starts a new one.
+- `days_since_*` are whole days (floor), computed at each decision, so they grow without a page view.
+  `days_since_last_visit` counts from the last page view of the previous visit, and is absent during the first.
+- The first referrer is the host (lower case, without a leading "www.") of the Referer of the first page view that
+  came from another host; it never changes after. A Referer of the site's own host is not "another site".
+- `utm_source` is the last non-empty `utm_source` query parameter seen.
+- A path counter counts page views whose path matches its glob (`*` any characters, `?` one) within the sliding
+  window `within` before now; it keeps the times of the last PATH_VIEWS_KEPT matching views, so counts saturate
+  at that number.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+STATE_KEY = "__edgeproxy_behaviour"  # the stored attribute that holds a visitor's Behaviour (encoded)
+PATH_VIEWS_KEPT = 100
+DAY = 86_400.0
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY, "w": 7 * DAY, None: 1.0}
+
+
+def parse_duration(text: str | float | int, where: str) -> float:
+    """ "30m", "7d", "2h", "45s", "1w" or a number of seconds; ValueError naming `where` otherwise."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = _DURATION.fullmatch(str(text).strip())
+        if match is None:
+            raise ValueError(f"{where}: {text!r} is not a duration such as 30m, 2h, 7d or a number of seconds")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not seconds > 0:
+        raise ValueError(f"{where}: {text!r} must be a positive duration")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class PathCounter:
+    attribute: str
+    path: str  # a glob on the page's path
+    within: float  # seconds: the sliding window
+    pattern: re.Pattern[str] = field(compare=False, repr=False)
+
+    @classmethod
+    def of(cls, attribute: str, path: str, within: float) -> PathCounter:
+        return cls(attribute, path, within, re.compile(fnmatch.translate(path)))
+
+
+@dataclass(frozen=True, slots=True)
+class BehaviourConfig:
+    """The `[behaviour]` section: which computed value goes to which custom attribute key ("" = not computed)."""
+
+    session_timeout: float = 1800.0
+    visits: str = ""
+    pageviews: str = ""
+    days_since_first_visit: str = ""
+    days_since_last_visit: str = ""
+    first_referrer: str = ""
+    utm_source: str = ""
+    paths: tuple[PathCounter, ...] = ()
+
+    @property
+    def owned_keys(self) -> frozenset[str]:
+        """The attribute keys this section computes (never written through PATCH /user-attributes)."""
+        named = (self.visits, self.pageviews, self.days_since_first_visit, self.days_since_last_visit,
+                 self.first_referrer, self.utm_source, *(p.attribute for p in self.paths))  # fmt: skip
+        return frozenset(k for k in named if k) | {STATE_KEY}
+
+
+NAMES = ("visits", "pageviews", "days_since_first_visit", "days_since_last_visit", "first_referrer", "utm_source")
+_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
+
+
+def behaviour_config(section: Mapping[str, Any], where: str = "[behaviour]") -> BehaviourConfig:
+    """The `[behaviour]` table of a config file (SPEC §13); ValueError naming the key and what to write."""
+    known = {"session_timeout", "paths", *NAMES}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key {unknown[0]!r}; the keys are {', '.join(sorted(known))}")
+    names: dict[str, str] = {}
+    for name in NAMES:
+        value = section.get(name, "")
+        if not isinstance(value, str) or (value and not _KEY.fullmatch(value)):
+            raise ValueError(f"{where}.{name}: expected an attribute key (letters, digits, _ . : -), got {value!r}")
+        names[name] = value
+    paths = section.get("paths", [])
+    if not isinstance(paths, list):
+        raise ValueError(f"{where}.paths: expected [[behaviour.paths]] tables")
+    counters = []
+    for index, entry in enumerate(paths):
+        at = f"{where}.paths[{index}]"
+        if not isinstance(entry, dict) or set(entry) - {"attribute", "path", "within"}:
+            raise ValueError(f"{at}: expected a table of attribute, path and within")
+        attribute, path = entry.get("attribute"), entry.get("path")
+        if not isinstance(attribute, str) or not _KEY.fullmatch(attribute):
+            raise ValueError(f"{at}.attribute: expected an attribute key, got {attribute!r}")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError(f"{at}.path: expected a path glob starting with '/', e.g. /checkout*, got {path!r}")
+        counters.append(PathCounter.of(attribute, path, parse_duration(entry.get("within", "30d"), f"{at}.within")))
+    config = BehaviourConfig(
+        session_timeout=parse_duration(section.get("session_timeout", "30m"), f"{where}.session_timeout"),
+        paths=tuple(counters),
+        **names,
+    )
+    keys = [k for k in (*names.values(), *(p.attribute for p in counters)) if k]
+    if len(keys) != len(set(keys)):
+        raise ValueError(f"{where}: an attribute key is used twice ({sorted(k for k in keys if keys.count(k) > 1)[0]})")
+    return config
+
+
+@dataclass(frozen=True, slots=True)
+class Behaviour:
+    """What is kept of one visitor between page views (times in POSIX seconds)."""
+
+    first_seen: float
+    last_seen: float
+    previous_visit: float | None  # the last page view of the previous visit; None during the first
+    visits: int
+    pageviews: int
+    first_referrer: str | None
+    utm_source: str | None
+    path_views: Mapping[str, tuple[float, ...]]  # path counter's attribute -> times of its recent views, oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class PageView:
+    """What a page view tells: its path, the Referer's host, the page's own host, its utm_source."""
+
+    path: str
+    referrer_host: str
+    own_host: str
+    utm_source: str
+
+    @classmethod
+    def of(cls, url: str, referer: str | None) -> PageView:
+        parts = urlsplit(url)
+        utm = next((v for k, v in parse_qsl(parts.query, keep_blank_values=False) if k == "utm_source"), "")
+        referrer = _site(urlsplit(referer).hostname or "") if referer else ""
+        return cls(parts.path or "/", referrer, _site(parts.hostname or ""), utm)
+
+
+def _site(host: str) -> str:
+    host = host.lower().rstrip(".")
+    return host[4:] if host.startswith("www.") else host
+
+
+def observe(config: BehaviourConfig, before: Behaviour | None, view: PageView, now: float) -> Behaviour:
+    """The visitor's behaviour after this page view at `now`."""
+    external = view.referrer_host if view.referrer_host and view.referrer_host != view.own_host else None
+    paths = {}
+    for counter in config.paths:
+        kept = tuple(
+            t for t in (before.path_views.get(counter.attribute, ()) if before else ()) if now - t < counter.within
+        )
+        if counter.pattern.match(view.path):
+            kept = (*kept, now)[-PATH_VIEWS_KEPT:]
+        if kept:
+            paths[counter.attribute] = kept
+    if before is None:
+        return Behaviour(now, now, None, 1, 1, external, view.utm_source or None, paths)
+    new_visit = now - before.last_seen > config.session_timeout
+    return replace(
+        before,
+        last_seen=max(now, before.last_seen),
+        previous_visit=before.last_seen if new_visit else before.previous_visit,
+        visits=before.visits + new_visit,
+        pageviews=before.pageviews + 1,
+        first_referrer=before.first_referrer or external,
+        utm_source=view.utm_source or before.utm_source,
+        path_views=paths,
+    )
+
+
+def attributes_of(config: BehaviourConfig, state: Behaviour | None, now: float) -> dict[str, object]:
+    """The custom attributes a decision at `now` reads (absent ones are not set: an audience on them is false)."""
+    if state is None:
+        return {}
+    found: dict[str, object] = {}
+    if config.visits:
+        found[config.visits] = state.visits
+    if config.pageviews:
+        found[config.pageviews] = state.pageviews
+    if config.days_since_first_visit:
+        found[config.days_since_first_visit] = int(max(0.0, now - state.first_seen) // DAY)
+    if config.days_since_last_visit and state.previous_visit is not None:
+        found[config.days_since_last_visit] = int(max(0.0, now - state.previous_visit) // DAY)
+    if config.first_referrer and state.first_referrer:
+        found[config.first_referrer] = state.first_referrer
+    if config.utm_source and state.utm_source:
+        found[config.utm_source] = state.utm_source
+    for counter in config.paths:
+        found[counter.attribute] = sum(
+            1 for t in state.path_views.get(counter.attribute, ()) if now - t < counter.within
+        )
+    return found
+
+
+def encode(state: Behaviour) -> str:
+    """The stored text (a JSON array; times in whole seconds)."""
+    return json.dumps([1, round(state.first_seen), round(state.last_seen),
+                       None if state.previous_visit is None else round(state.previous_visit), state.visits,
+                       state.pageviews, state.first_referrer, state.utm_source,
+                       {k: [round(t) for t in v] for k, v in state.path_views.items()}],
+                      separators=(",", ":"))  # fmt: skip
+
+
+def decode(text: object) -> Behaviour | None:
+    """A stored behaviour, or None when `text` is absent or not one (a visitor then starts afresh)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        version, first, last, previous, visits, pageviews, referrer, utm, paths = json.loads(text)
+        if version != 1 or not isinstance(paths, dict):
+            return None
+        return Behaviour(float(first), float(last), None if previous is None else float(previous), int(visits),
+                         int(pageviews), referrer if isinstance(referrer, str) else None,
+                         utm if isinstance(utm, str) else None,
+                         {str(k): tuple(float(t) for t in v) for k, v in paths.items()})  # fmt: skip
+    except (ValueError, TypeError):
+        return None

@@ -1,0 +1,159 @@
+"""Behavioural attributes, the pure part (edgeproxy/visitor/behaviour.py, SPEC §13): the `[behaviour]` section,
+visits and page views, days since, the first external referrer, the last utm_source, sliding path windows, and the
+stored text. Times are given; nothing here reads a clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeproxy.visitor.behaviour import (
+    DAY,
+    PATH_VIEWS_KEPT,
+    STATE_KEY,
+    Behaviour,
+    BehaviourConfig,
+    PageView,
+    attributes_of,
+    behaviour_config,
+    decode,
+    encode,
+    observe,
+    parse_duration,
+)
+
+T0 = 1_795_000_000.0
+SECTION = {
+    "session_timeout": "30m",
+    "visits": "visit_count",
+    "pageviews": "pageview_count",
+    "days_since_first_visit": "days_since_first_visit",
+    "days_since_last_visit": "days_since_last_visit",
+    "first_referrer": "first_referrer_domain",
+    "utm_source": "last_utm_source",
+    "paths": [{"attribute": "checkout_views_7d", "path": "/checkout*", "within": "7d"}],
+}
+CONFIG = behaviour_config(SECTION)
+
+
+def view(url: str = "https://shop.example/", referer: str | None = None) -> PageView:
+    return PageView.of(url, referer)
+
+
+def walk(*steps: tuple[float, PageView]) -> Behaviour:
+    state = None
+    for at, page in steps:
+        state = observe(CONFIG, state, page, at)
+    assert state is not None
+    return state
+
+
+def test_the_first_page_view_is_a_first_visit_without_days_since_last() -> None:
+    state = walk((T0, view("https://www.shop.example/?utm_source=news", "https://www.google.com/search?q=x")))
+    assert attributes_of(CONFIG, state, T0) == {
+        "visit_count": 1, "pageview_count": 1, "days_since_first_visit": 0, "first_referrer_domain": "google.com",
+        "last_utm_source": "news", "checkout_views_7d": 0,
+    }  # fmt: skip
+
+
+def test_a_new_visit_starts_after_the_session_timeout_and_not_before() -> None:
+    state = walk((T0, view()), (T0 + 29 * 60, view()), (T0 + 29 * 60 + 1801, view()))
+    assert (state.visits, state.pageviews) == (2, 3)
+    assert state.previous_visit == T0 + 29 * 60  # the last page view of the first visit
+    later = T0 + 29 * 60 + 3 * DAY + 10
+    assert attributes_of(CONFIG, state, later)["days_since_last_visit"] == 3
+    assert attributes_of(CONFIG, state, later)["days_since_first_visit"] == 3
+
+
+def test_the_first_referrer_is_the_first_other_site_and_never_changes() -> None:
+    state = walk(
+        (T0, view("https://shop.example/", "https://shop.example/other")),  # own site: not a referrer
+        (T0 + 1, view("https://shop.example/", None)),
+        (T0 + 2, view("https://shop.example/", "https://news.example.org/a")),
+        (T0 + 3, view("https://shop.example/", "https://www.google.com/")),
+    )
+    assert state.first_referrer == "news.example.org"
+
+
+def test_utm_source_is_the_last_one_seen() -> None:
+    state = walk(
+        (T0, view("https://s/?utm_source=a")),
+        (T0 + 1, view("https://s/p")),
+        (T0 + 2, view("https://s/?utm_source=b&x=1")),
+    )
+    assert attributes_of(CONFIG, state, T0 + 3)["last_utm_source"] == "b"
+
+
+def test_path_views_count_in_a_sliding_window() -> None:
+    state = walk(
+        (T0, view("https://s/checkout")),
+        (T0 + 2 * DAY, view("https://s/checkout/payment")),
+        (T0 + 2 * DAY + 5, view("https://s/cart")),  # not a checkout view
+        (T0 + 6 * DAY, view("https://s/checkout")),
+    )
+    assert attributes_of(CONFIG, state, T0 + 6 * DAY)["checkout_views_7d"] == 3
+    assert attributes_of(CONFIG, state, T0 + 7 * DAY + 1)["checkout_views_7d"] == 2  # the first left the window
+    assert attributes_of(CONFIG, state, T0 + 14 * DAY)["checkout_views_7d"] == 0
+    many = walk(*((T0 + n, view("https://s/checkout")) for n in range(PATH_VIEWS_KEPT + 20)))
+    assert attributes_of(CONFIG, many, T0 + 200)["checkout_views_7d"] == PATH_VIEWS_KEPT  # saturates
+
+
+def test_the_stored_text_round_trips_and_garbage_starts_afresh() -> None:
+    state = walk((T0, view("https://s/checkout?utm_source=x", "https://ref.example/")), (T0 + 4000, view()))
+    back = decode(encode(state))
+    assert back == state
+    for garbage in (None, 3, "", "[", "[2,1,1,null,1,1,null,null,{}]", '{"a":1}', "[1,2]"):
+        assert decode(garbage) is None
+
+
+def test_only_configured_keys_are_set() -> None:
+    only_visits = behaviour_config({"visits": "v"})
+    state = observe(only_visits, None, view(), T0)
+    assert attributes_of(only_visits, state, T0) == {"v": 1}
+    assert only_visits.owned_keys == frozenset({"v", STATE_KEY})
+    assert attributes_of(CONFIG, None, T0) == {}
+
+
+@pytest.mark.parametrize(
+    ("section", "words"),
+    [
+        ({"visit": "x"}, "unknown key 'visit'"),
+        ({"visits": "has space"}, "visits: expected an attribute key"),
+        ({"session_timeout": "soon"}, "session_timeout: 'soon' is not a duration"),
+        ({"session_timeout": 0}, "must be a positive duration"),
+        ({"paths": [{"attribute": "a", "path": "checkout"}]}, "path: expected a path glob starting with '/'"),
+        ({"paths": [{"attribute": "a", "path": "/c", "within": "forever"}]}, "within: 'forever'"),
+        ({"paths": [{"attribute": "a", "path": "/c", "extra": 1}]}, "expected a table of attribute, path and within"),
+        ({"visits": "a", "pageviews": "a"}, "used twice (a)"),
+    ],
+)
+def test_a_bad_section_says_what_and_where(section: dict[str, object], words: str) -> None:
+    with pytest.raises(ValueError, match="behaviour") as caught:
+        behaviour_config(section)
+    assert words in str(caught.value)
+
+
+def test_durations() -> None:
+    assert [parse_duration(t, "x") for t in ("45s", "30m", "2h", "7d", "1w", 90, "1.5h")] == [
+        45.0, 1800.0, 7200.0, 7 * DAY, 7 * DAY, 90.0, 5400.0]  # fmt: skip
+
+
+def test_defaults_are_a_thirty_minute_session_and_nothing_computed() -> None:
+    assert behaviour_config({}) == BehaviourConfig(session_timeout=1800.0)
+
+
+def test_the_section_is_read_from_the_config_file_and_errors_name_it(tmp_path: Path) -> None:
+    from edgeproxy.runtime.config import ConfigError, read_settings
+
+    good = tmp_path / "good.toml"
+    good.write_text('[behaviour]\nvisits = "visit_count"\n[[behaviour.paths]]\nattribute = "c"\npath = "/c*"\n')
+    config = read_settings(str(good), {"EDGEPROXY_BEHAVIOUR": "ignored: a table of the file only"}, {})
+    assert config.behaviour is not None and config.behaviour.visits == "visit_count"
+    assert [(p.attribute, p.within) for p in config.behaviour.paths] == [("c", 30 * DAY)]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[behaviour]\nsession_timeout = "forever"\n')
+    with pytest.raises(ConfigError) as caught:
+        read_settings(str(bad), {}, {})
+    assert str(bad) in str(caught.value) and "session_timeout: 'forever' is not a duration" in str(caught.value)
+    assert read_settings(None, {}, {}).behaviour is None

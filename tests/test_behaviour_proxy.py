@@ -1,0 +1,209 @@
+"""Behavioural attributes through the real proxy (SPEC §13): page views counted before the decision, what is not a
+page view not counted, written behind to SQLite and read back after a restart, the keys the section owns refused
+on PATCH, a deleted user forgotten. The proxy runs in-process in front of the Node example origin (the harness of
+tests/test_preview_proxy.py) on a clock the test moves; the decision log shows what each decision read."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from test_behaviour import SECTION
+from test_preview_proxy import OPS, T0, P, Proxy, config_for, origin, running, token
+
+from edgeproxy.runtime.serve import make_state
+from edgeproxy.runtime.state import ProxyState
+from edgeproxy.visitor.behaviour import STATE_KEY, behaviour_config, decode
+
+__all__ = ["origin"]  # the module-scoped Node origin fixture, shared
+
+BOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def behaviour_state(origin: str, tmp: Path, clock: Clock, **settings: Any) -> ProxyState:
+    config = replace(config_for(origin, tmp, decision_log=str(tmp / "decisions.jsonl")),
+                     behaviour=behaviour_config(SECTION), **settings)  # fmt: skip
+    return make_state(config, clock=clock)
+
+
+def run(state: ProxyState, origin: str, scenario: Callable[[Proxy], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with running(state, origin) as proxy:
+            await scenario(proxy)
+
+    asyncio.run(main())
+
+
+def decided(tmp: Path) -> list[dict[str, Any]]:
+    """What each logged decision read: the request's path and its stored attributes (behaviour included)."""
+    lines = [json.loads(line) for line in (tmp / "decisions.jsonl").read_text().splitlines()]
+    return [{"url": line["request"]["url"], **{k: v for k, v in line["request"]["storedAttributes"].items()
+                                               if k != STATE_KEY}} for line in lines]  # fmt: skip
+
+
+def stored_behaviour(tmp: Path, uid: str) -> Any:
+    with sqlite3.connect(f"file:{tmp}/state.sqlite3?mode=ro", uri=True) as db:
+        row = db.execute("SELECT value FROM user_attributes WHERE user_uid=? AND key=?", (uid, STATE_KEY)).fetchone()
+    return decode(json.loads(row[0])) if row else None
+
+
+def test_page_views_count_visits_and_the_second_visit_is_already_a_returning_one(origin: str, tmp_path: Path) -> None:
+    clock = Clock()
+
+    async def scenario(proxy: Proxy) -> None:
+        page = await proxy.get("/?utm_source=newsletter", uid="ann", headers={"Referer": "https://www.google.com/"})
+        assert page.status == 200
+        clock.now += 60
+        await proxy.get("/checkout", uid="ann")
+        clock.now += 1801  # more than the session timeout since the last page view
+        await proxy.get("/checkout", uid="ann")
+        clock.now += 2 * 86_400
+        await proxy.get("/", uid="ann")
+
+    run(behaviour_state(origin, tmp_path, clock), origin, scenario)
+    first, second, third, fourth = decided(tmp_path)
+    assert first.pop("url").endswith("/?utm_source=newsletter")
+    assert first == {
+        "visit_count": 1,
+        "pageview_count": 1,
+        "days_since_first_visit": 0,
+        "first_referrer_domain": "google.com",
+        "last_utm_source": "newsletter",
+        "checkout_views_7d": 0,
+    }
+    assert (second["visit_count"], second["pageview_count"], second["checkout_views_7d"]) == (1, 2, 1)
+    assert "days_since_last_visit" not in second  # still the first visit
+    assert (third["visit_count"], third["pageview_count"], third["checkout_views_7d"]) == (2, 3, 2)  # returning
+    assert third["days_since_last_visit"] == 0
+    assert (fourth["visit_count"], fourth["days_since_first_visit"], fourth["days_since_last_visit"]) == (3, 2, 2)
+    assert fourth["last_utm_source"] == "newsletter" and fourth["first_referrer_domain"] == "google.com"
+    kept = stored_behaviour(tmp_path, "ann")  # written behind, and all of it at the clean stop
+    assert kept is not None and (kept.visits, kept.pageviews) == (3, 4)
+
+
+def test_what_is_not_a_page_view_is_not_counted_but_still_decides_with_the_attributes(
+    origin: str, tmp_path: Path
+) -> None:
+    clock = Clock()
+
+    async def scenario(proxy: Proxy) -> None:
+        await proxy.get("/", uid="bea")  # one page view
+        asset = await proxy.get("/static/site.css", uid="bea")  # static: not personalized, not counted
+        assert asset.status in (200, 404)
+        await proxy.get("/", uid="bea", headers={"Sec-Fetch-Mode": "cors"})  # a script's fetch
+        await proxy.get("/", uid="bea", headers={"X-Requested-With": "XMLHttpRequest"})
+        await proxy.get("/", uid="bea", headers={"Sec-Purpose": "prefetch"})
+        await proxy.get("/", uid="bea", headers={"User-Agent": BOT})  # a bot
+        await proxy.get(f"/?cs_preview={token(('0', '1'))}", uid="bea")  # a preview
+        manifest = await proxy.manifest(uid="bea")  # the Edge API
+        assert manifest.status == 200
+        await proxy.request("HEAD", "/", uid="bea")
+        assert proxy.state.behaviour is not None
+        known = proxy.state.behaviour.known("bea")
+        assert known is not None and known.pageviews == 1
+
+    run(behaviour_state(origin, tmp_path, clock), origin, scenario)
+    lines = decided(tmp_path)
+    assert [line["pageview_count"] for line in lines] == [1] * len(lines)  # every decision read the one view
+    assert len(lines) >= 5
+
+
+def test_without_consent_nothing_is_counted_or_stored(origin: str, tmp_path: Path) -> None:
+    clock = Clock()
+
+    async def scenario(proxy: Proxy) -> None:
+        await proxy.get("/", uid="cid")
+        await proxy.get("/", uid="cid", cookies=("site_consent=yes",))
+
+    state = behaviour_state(origin, tmp_path, clock, consent_cookie="site_consent")
+    run(state, origin, scenario)
+    kept = stored_behaviour(tmp_path, "cid")
+    assert kept is not None and kept.pageviews == 1  # only the consenting view
+
+
+def test_behaviour_written_behind_is_read_back_after_a_restart(origin: str, tmp_path: Path) -> None:
+    clock = Clock()
+
+    async def first(proxy: Proxy) -> None:
+        await proxy.get("/checkout", uid="dan")
+        await proxy.get("/checkout", uid="dan")
+
+    async def second(proxy: Proxy) -> None:
+        await proxy.get("/", uid="dan")
+
+    run(behaviour_state(origin, tmp_path, clock), origin, first)
+    clock.now += 3600
+    run(behaviour_state(origin, tmp_path, clock), origin, second)  # a new process: nothing in its memory
+    last = decided(tmp_path)[-1]
+    assert (last["visit_count"], last["pageview_count"], last["checkout_views_7d"]) == (2, 3, 2)
+
+
+def test_patch_refuses_the_keys_behaviour_owns_and_says_which(origin: str, tmp_path: Path) -> None:
+    clock = Clock()
+
+    async def scenario(proxy: Proxy) -> None:
+        answer = await proxy.request("PATCH", "/_personalize/user-attributes", uid=None, headers={
+            "X-Project-Uid": P, "X-CS-Personalize-User-Uid": "eve"},
+            data=json.dumps({"visit_count": 99, STATE_KEY: "x", "tier": "gold"}))  # fmt: skip
+        assert answer.status == 200, answer
+        body = answer.json()
+        assert body["updated"] == ["tier"] and body["refused"] == [STATE_KEY, "visit_count"]
+        assert "behaviour" in body["message"]
+        stored = await proxy.state.store.get_attributes(P, "eve")
+        assert stored == {"tier": "gold"}
+
+    run(behaviour_state(origin, tmp_path, clock), origin, scenario)
+
+
+def test_deleting_a_user_forgets_their_behaviour(origin: str, tmp_path: Path) -> None:
+    clock = Clock()
+
+    async def scenario(proxy: Proxy) -> None:
+        await proxy.get("/", uid="fay")
+        deleted = await proxy.ops("DELETE", "users/fay", auth=OPS)
+        assert deleted.status == 200
+        assert proxy.state.behaviour is not None and proxy.state.behaviour.known("fay") is None
+
+    run(behaviour_state(origin, tmp_path, clock), origin, scenario)
+    assert stored_behaviour(tmp_path, "fay") is None  # nothing written behind after the deletion
+
+
+def test_a_fleet_on_redis_shares_behaviour(origin: str, tmp_path: Path) -> None:
+    from support.processes import redis_server
+
+    clock = Clock()
+
+    async def scenario(a: Proxy, b: Proxy) -> None:
+        await a.get("/checkout", uid="gus")
+        assert a.state.behaviour is not None
+        await a.state.behaviour.flush()  # what the write behind does within a second
+        clock.now += 10
+        await b.get("/checkout", uid="gus")  # the other instance: nothing of gus in its memory
+        assert b.state.behaviour is not None
+        known = b.state.behaviour.known("gus")
+        assert known is not None and (known.pageviews, known.path_views["checkout_views_7d"]) == (2, (T0, T0 + 10))
+
+    async def main(url: str) -> None:
+        state_a = behaviour_state(origin, tmp_path / "a", clock, state=url)
+        state_b = behaviour_state(origin, tmp_path / "b", clock, state=url)
+        async with running(state_a, origin) as a, running(state_b, origin) as b:
+            await scenario(a, b)
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with redis_server(tmp_path) as url:
+        asyncio.run(main(url))
+    assert decided(tmp_path / "b")[-1]["checkout_views_7d"] == 2
