@@ -34,7 +34,7 @@ from edgeproxy.http.headers import UPSTREAM_REMOVED, end_to_end
 from edgeproxy.runtime.behaviour import BehaviourTracker
 from edgeproxy.runtime.config import ProxyConfig
 from edgeproxy.runtime.snapshots import LoadedSnapshot
-from edgeproxy.visitor.behaviour import Behaviour, PageView, attributes_of, observe
+from edgeproxy.visitor.behaviour import Behaviour, PageView, attributes_of, is_page_view, observe
 from edgeproxy.visitor.forwarded import ClientView, TrustedProxies, view_of_client
 from edgeproxy.visitor.identity import (
     NO_COOKIES,
@@ -271,7 +271,7 @@ class Planner:
                     target = f"{raw}?{query}" if query else raw
             decision = self.decide(loaded, headers, where, identity, stored, page_url=f"{where.proto}://{where.host}{target}",
                                    query=query, tags=route.tags, preview=asked.grant if asked else None,
-                                   page_view=method == "GET" and _navigation(headers))  # fmt: skip
+                                   page_view=is_page_view(method, headers.get))  # fmt: skip
             if asked is not None and asked.set_cookie is not None:
                 decision.cookies = SetCookies.of((*decision.cookies.values, asked.set_cookie))
             if config.variant_query_param:
@@ -317,18 +317,6 @@ class Planner:
         if self.config.preview_secret and PREVIEW_COOKIE in out.get("Cookie", ""):
             _without_cookie(out, PREVIEW_COOKIE)  # the preview token is the visitor's, on every route
         return out
-
-
-def _navigation(headers: CIMultiDictProxy[str]) -> bool:
-    """Whether a GET is a page the visitor went to, not a script's fetch or a prefetch (SPEC §13 counts those
-    only): no Sec-Fetch-Mode, or "navigate"; not X-Requested-With: XMLHttpRequest; no prefetch Purpose."""
-    mode = headers.get("Sec-Fetch-Mode")
-    if mode is not None and mode != "navigate":
-        return False
-    if headers.get("X-Requested-With") == "XMLHttpRequest":
-        return False
-    purpose = headers.get("Sec-Purpose") or headers.get("Purpose") or ""
-    return "prefetch" not in purpose
 
 
 def add_variant_headers(headers: CIMultiDict[str], manifest: Manifest, cda_limit: int, version: str) -> None:

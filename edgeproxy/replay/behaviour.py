@@ -33,6 +33,7 @@ from edgeproxy.visitor.behaviour import (
     PageView,
     attributes_of,
     decode,
+    is_page_view,
     observe,
 )
 
@@ -84,20 +85,10 @@ def _header(headers: Any, name: str) -> str | None:
 
 
 def navigation(description: Mapping[str, Any]) -> bool:
-    """Whether a description is a GET the visitor navigated to (what the proxy counts as a page view,
-    exchange/plan.py `_navigation`): GET or no method; no Sec-Fetch-Mode or "navigate"; not an XMLHttpRequest;
-    not a prefetch."""
+    """Whether a description is a page view as the proxy counts it (`is_page_view`; no method is a GET)."""
     method = description.get("method")
-    if isinstance(method, str) and method.upper() != "GET":
-        return False
     headers = description.get("headers")
-    mode = _header(headers, "sec-fetch-mode")
-    if mode is not None and mode != "navigate":
-        return False
-    if _header(headers, "x-requested-with") == "XMLHttpRequest":
-        return False
-    purpose = _header(headers, "sec-purpose") or _header(headers, "purpose") or ""
-    return "prefetch" not in purpose
+    return is_page_view(method if isinstance(method, str) else "GET", lambda name: _header(headers, name.lower()))
 
 
 class BehaviourReplay:

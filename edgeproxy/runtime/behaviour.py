@@ -50,6 +50,7 @@ class BehaviourTracker(Periodic):
         self._kept = kept
         self._known: OrderedDict[str, Behaviour] = OrderedDict()  # user uid -> behaviour (this project's)
         self._changed: dict[str, Behaviour] = {}
+        self._texts: dict[str, str] = {}  # user uid -> the stored text this process last wrote or read
         self.recorded = 0  # page views recorded
         self.written = 0  # visitors' behaviour written to the store
         self.failed = 0  # writes that failed (kept and retried)
@@ -59,12 +60,16 @@ class BehaviourTracker(Periodic):
         return self._known.get(user_uid)
 
     def current(self, user_uid: str, stored: Mapping[str, object]) -> Behaviour | None:
-        """The visitor's behaviour before this page view: the newer of memory and the store's."""
+        """The visitor's behaviour before this page view: the newer of memory and the store's. The store's text is
+        decoded only when it is not what this process last wrote or read for the visitor."""
         mine = self._known.get(user_uid)
-        theirs = decode(stored.get(STATE_KEY))
-        if mine is None:
-            return theirs
-        if theirs is not None and theirs.last_seen > mine.last_seen:
+        text = stored.get(STATE_KEY)
+        if mine is not None and (text is None or text == self._texts.get(user_uid)):
+            return mine
+        theirs = decode(text)
+        if isinstance(text, str):
+            self._texts[user_uid] = text
+        if mine is None or (theirs is not None and theirs.last_seen > mine.last_seen):
             return theirs  # another process saw a later page view
         return mine
 
@@ -74,7 +79,7 @@ class BehaviourTracker(Periodic):
         known[user_uid] = behaviour
         known.move_to_end(user_uid)
         if len(known) > self._kept:
-            known.popitem(last=False)
+            self._texts.pop(known.popitem(last=False)[0], None)
         self._changed[user_uid] = behaviour
         self.recorded += 1
 
@@ -82,6 +87,7 @@ class BehaviourTracker(Periodic):
         """A deleted user (SPEC §11): nothing of theirs is kept or written."""
         self._known.pop(user_uid, None)
         self._changed.pop(user_uid, None)
+        self._texts.pop(user_uid, None)
 
     def forget_deleted(self, tombstones: set[str]) -> int:
         """Users deleted through another process (their tombstones): forgotten here too, so a write behind never
@@ -99,11 +105,15 @@ class BehaviourTracker(Periodic):
         if not self._changed:
             return 0
         batch, self._changed = self._changed, {}
+        texts = {user: encode(state) for user, state in batch.items()}
         try:
             await self.store.put_attributes(
-                self.project_uid(), {user: {STATE_KEY: encode(state)} for user, state in batch.items()}
+                self.project_uid(), {user: {STATE_KEY: text} for user, text in texts.items()}
             )
             self.written += len(batch)
+            for user, text in texts.items():
+                if user in self._known:
+                    self._texts[user] = text
         except StoreError as exc:
             self.failed += 1
             for user, state in list(batch.items())[-KEPT_ON_FAILURE:]:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 STATE_KEY = "__edgeproxy_behaviour"  # the stored attribute that holds a visitor's Behaviour (encoded)
@@ -122,9 +122,8 @@ def behaviour_config(section: Mapping[str, Any], where: str = "[behaviour]") -> 
     return config
 
 
-@dataclass(frozen=True, slots=True)
-class Behaviour:
-    """What is kept of one visitor between page views (times in POSIX seconds)."""
+class Behaviour(NamedTuple):  # built on every page view: a named tuple is the cheapest immutable record
+    """What is kept of one visitor between page views (times in whole POSIX seconds)."""
 
     first_seen: float
     last_seen: float
@@ -136,21 +135,39 @@ class Behaviour:
     path_views: Mapping[str, tuple[float, ...]]  # path counter's attribute -> times of its recent views, oldest first
 
 
-@dataclass(frozen=True, slots=True)
-class PageView:
-    """What a page view tells: its path, the Referer's host, the page's own host, its utm_source."""
+class PageView(NamedTuple):
+    """A page view as the request has it: the page's URL and the Referer; parsed only as far as a value needs."""
 
-    path: str
-    referrer_host: str
-    own_host: str
-    utm_source: str
+    url: str
+    referer: str | None
 
     @classmethod
     def of(cls, url: str, referer: str | None) -> PageView:
-        parts = urlsplit(url)
-        utm = next((v for k, v in parse_qsl(parts.query, keep_blank_values=False) if k == "utm_source"), "")
-        referrer = _site(urlsplit(referer).hostname or "") if referer else ""
-        return cls(parts.path or "/", referrer, _site(parts.hostname or ""), utm)
+        return cls(url, referer)
+
+    def split(self) -> tuple[str, str, str]:
+        """(own host, path, query) of `url` ("scheme://host[:port]/path?query"), without a full URL parse."""
+        rest = self.url.partition("://")[2] or self.url
+        slash = rest.find("/")
+        host, target = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+        path, _, query = target.partition("#")[0].partition("?")
+        return host.rpartition("@")[2].split(":", 1)[0], path or "/", query
+
+
+def is_page_view(method: str, header: Callable[[str], str | None]) -> bool:
+    """Whether a request is a page the visitor navigated to (what counts, SPEC §13), by its method and headers
+    (`header(name)`, any case): a GET; no Sec-Fetch-Mode, or "navigate" (not a script's fetch); not
+    X-Requested-With: XMLHttpRequest; no prefetch Sec-Purpose/Purpose. Bots and previews are the caller's to leave
+    out."""
+    if method.upper() != "GET":
+        return False
+    mode = header("Sec-Fetch-Mode")
+    if mode is not None and mode != "navigate":
+        return False
+    if header("X-Requested-With") == "XMLHttpRequest":
+        return False
+    purpose = header("Sec-Purpose") or header("Purpose") or ""
+    return "prefetch" not in purpose
 
 
 def _site(host: str) -> str:
@@ -160,28 +177,36 @@ def _site(host: str) -> str:
 
 def observe(config: BehaviourConfig, before: Behaviour | None, view: PageView, now: float) -> Behaviour:
     """The visitor's behaviour after this page view at `now`."""
-    external = view.referrer_host if view.referrer_host and view.referrer_host != view.own_host else None
-    paths = {}
+    now = float(int(now))  # whole seconds: what is stored
+    own_host, path, query = view.split()
+    utm = ""
+    if config.utm_source and "utm_source" in query:
+        utm = next((v for k, v in parse_qsl(query, keep_blank_values=False) if k == "utm_source"), "")
+    external = None
+    if config.first_referrer and view.referer and (before is None or before.first_referrer is None):
+        referrer = _site(urlsplit(view.referer).hostname or "")
+        external = referrer if referrer and referrer != _site(own_host) else None
+    paths: dict[str, tuple[float, ...]] = {}
     for counter in config.paths:
-        kept = tuple(
-            t for t in (before.path_views.get(counter.attribute, ()) if before else ()) if now - t < counter.within
-        )
-        if counter.pattern.match(view.path):
+        kept = before.path_views.get(counter.attribute, ()) if before is not None else ()
+        if kept and now - kept[0] >= counter.within:
+            kept = tuple(t for t in kept if now - t < counter.within)
+        if counter.pattern.match(path):
             kept = (*kept, now)[-PATH_VIEWS_KEPT:]
         if kept:
             paths[counter.attribute] = kept
     if before is None:
-        return Behaviour(now, now, None, 1, 1, external, view.utm_source or None, paths)
+        return Behaviour(now, now, None, 1, 1, external, utm or None, paths)
     new_visit = now - before.last_seen > config.session_timeout
-    return replace(
-        before,
-        last_seen=max(now, before.last_seen),
-        previous_visit=before.last_seen if new_visit else before.previous_visit,
-        visits=before.visits + new_visit,
-        pageviews=before.pageviews + 1,
-        first_referrer=before.first_referrer or external,
-        utm_source=view.utm_source or before.utm_source,
-        path_views=paths,
+    return Behaviour(
+        before.first_seen,
+        max(now, before.last_seen),
+        before.last_seen if new_visit else before.previous_visit,
+        before.visits + new_visit,
+        before.pageviews + 1,
+        before.first_referrer or external,
+        utm or before.utm_source,
+        paths,
     )
 
 
@@ -211,11 +236,10 @@ def attributes_of(config: BehaviourConfig, state: Behaviour | None, now: float) 
 
 def encode(state: Behaviour) -> str:
     """The stored text (a JSON array; times in whole seconds)."""
-    return json.dumps([1, round(state.first_seen), round(state.last_seen),
-                       None if state.previous_visit is None else round(state.previous_visit), state.visits,
-                       state.pageviews, state.first_referrer, state.utm_source,
-                       {k: [round(t) for t in v] for k, v in state.path_views.items()}],
-                      separators=(",", ":"))  # fmt: skip
+    return _compact.encode((1, *state))  # times are whole seconds already (observe)
+
+
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def decode(text: object) -> Behaviour | None:
