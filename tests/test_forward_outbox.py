@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +16,15 @@ import redis
 import redis.asyncio
 from support.processes import free_port, redis_server
 
+from edgeproxy.clock import clock_starting_at, parse_instant
 from edgeproxy.forward.items import ForwardItem, attributes_item, events_items, merge_item
 from edgeproxy.forward.outbox import Entry, Outbox, SqliteOutbox
 from edgeproxy.forward.redis_outbox import GROUP, RedisOutbox
 from edgeproxy.store.base import EventRecord, StoreError
 
 P = "6565d3b1a3f0c7b2e1d4a9f0"
+# The lease's clock: a fixed instant that runs on in real time (leases expire while the test sleeps), never today.
+clock = clock_starting_at(parse_instant("2026-11-22T10:00:00Z"))
 T = 1_795_341_600.0  # 2026-11-22T10:00:00Z: items carry the time they are given
 R = TypeVar("R")
 
@@ -104,7 +106,7 @@ def test_append_of_many_items_queues_them_all_in_order(backend: Backend) -> None
 
     async def scenario(outbox: Outbox) -> None:
         await outbox.append(batch)
-        assert (await outbox.backlog()).queued == len(batch)
+        assert (await outbox.backlog(clock())).queued == len(batch)
         assert await queued(outbox) == batch
 
     backend.run(scenario)
@@ -118,7 +120,7 @@ def test_window_limit_and_ack(backend: Backend) -> None:
         first = await outbox.window("w1", 2)
         assert items_of(first) == items[:2]
         await outbox.ack([e.id for e in first])
-        assert (await outbox.backlog()).queued == 3
+        assert (await outbox.backlog(clock())).queued == 3
         second = await outbox.window("w1", 2)
         assert items_of(second) == items[2:4]
         assert not {e.id for e in first} & {e.id for e in second}
@@ -135,7 +137,7 @@ def test_an_entry_not_acked_comes_back_in_the_next_window(backend: Backend) -> N
 
     async def scenario(outbox: Outbox) -> None:
         await outbox.append(items)
-        assert await outbox.hold("w1", 30, time.time())
+        assert await outbox.hold("w1", 30, clock())
         first = await outbox.window("w1", 2)
         assert await outbox.window("w1", 2) == first  # read again, nothing acked: the same entries
         await outbox.ack([first[0].id])  # the second was not sent (a retry)
@@ -148,21 +150,21 @@ def test_an_entry_not_acked_comes_back_in_the_next_window(backend: Backend) -> N
 
 def test_the_lease_is_held_by_one_owner_until_released_or_expired(backend: Backend) -> None:
     async def scenario(outbox: Outbox) -> None:
-        assert (await outbox.backlog()).holder == ""
-        assert await outbox.hold("A", 30, time.time())
-        assert await outbox.hold("A", 30, time.time())  # kept
-        assert not await outbox.hold("B", 30, time.time())
-        assert (await outbox.backlog()).holder == "A"
+        assert (await outbox.backlog(clock())).holder == ""
+        assert await outbox.hold("A", 30, clock())
+        assert await outbox.hold("A", 30, clock())  # kept
+        assert not await outbox.hold("B", 30, clock())
+        assert (await outbox.backlog(clock())).holder == "A"
         await outbox.release("B")  # not B's to give up
-        assert not await outbox.hold("B", 30, time.time())
+        assert not await outbox.hold("B", 30, clock())
         await outbox.release("A")
-        assert (await outbox.backlog()).holder == ""
-        assert await outbox.hold("B", 0.2, time.time())
-        assert not await outbox.hold("A", 30, time.time())
+        assert (await outbox.backlog(clock())).holder == ""
+        assert await outbox.hold("B", 0.2, clock())
+        assert not await outbox.hold("A", 30, clock())
         await asyncio.sleep(0.3)  # B's lease runs out: B stopped without releasing it
-        assert await outbox.hold("A", 30, time.time())
-        assert (await outbox.backlog()).holder == "A"
-        assert not await outbox.hold("B", 30, time.time())
+        assert await outbox.hold("A", 30, clock())
+        assert (await outbox.backlog(clock())).holder == "A"
+        assert not await outbox.hold("B", 30, clock())
 
     backend.run(scenario)
 
@@ -178,17 +180,17 @@ def test_a_new_holder_takes_over_what_the_previous_one_read_and_did_not_send(bac
         await b.start()
         try:
             await a.append(old)
-            assert await a.hold("A", 0.2 if how == "expiry" else 30, time.time())
+            assert await a.hold("A", 0.2 if how == "expiry" else 30, clock())
             read_by_a = await a.window("A", 3)  # delivered to A, never acked: A dies sending them
             assert items_of(read_by_a) == old[:3]
             await b.append(new)
-            assert not await b.hold("B", 30, time.time())
+            assert not await b.hold("B", 30, clock())
             if how == "release":
                 await a.release("A")
             else:
                 await asyncio.sleep(0.3)
-            assert await b.hold("B", 30, time.time())
-            assert not await a.hold("A", 30, time.time())
+            assert await b.hold("B", 30, clock())
+            assert not await a.hold("A", 30, clock())
             head = await b.window("B", 2)
             assert [e.id for e in head] == [e.id for e in read_by_a[:2]]
             entries = await b.window("B", 100)
@@ -196,7 +198,7 @@ def test_a_new_holder_takes_over_what_the_previous_one_read_and_did_not_send(bac
             assert items_of(entries) == old + new
             await b.ack([e.id for e in entries[:4]])
             assert items_of(await b.window("B", 100)) == new
-            assert (await b.backlog()).queued == 2
+            assert (await b.backlog(clock())).queued == 2
         finally:
             await a.close()
             await b.close()
@@ -211,7 +213,7 @@ def test_bury_moves_entries_to_the_dead_letters_with_their_reason(backend: Backe
         await outbox.append(items)
         entries = await outbox.window("w1", 10)
         await outbox.bury([(entries[0], "HTTP 400: bad attribute"), (entries[2], "HTTP 422: nope")], T + 5)
-        backlog = await outbox.backlog()
+        backlog = await outbox.backlog(clock())
         assert (backlog.queued, backlog.dead) == (2, 2)
         assert items_of(await outbox.window("w1", 10)) == [items[1], items[3]]
         letters = await outbox.dead_letters(10)
@@ -221,7 +223,7 @@ def test_bury_moves_entries_to_the_dead_letters_with_their_reason(backend: Backe
         await outbox.ack([entries[1].id])
         await outbox.bury([(entries[1], "too late")], T + 6)  # gone already (sent): not a dead letter
         await outbox.bury([], T + 7)
-        backlog = await outbox.backlog()
+        backlog = await outbox.backlog(clock())
         assert (backlog.queued, backlog.dead) == (1, 2)
 
     backend.run(scenario)
@@ -237,7 +239,7 @@ def test_revive_puts_the_dead_letters_back_at_the_end_of_the_queue(backend: Back
         await outbox.bury([(entries[0], "HTTP 400"), (entries[2], "HTTP 400")], T)
         await outbox.append([later])
         assert await outbox.revive() == 2
-        backlog = await outbox.backlog()
+        backlog = await outbox.backlog(clock())
         assert (backlog.queued, backlog.dead) == (4, 0)
         assert await outbox.dead_letters(10) == []
         assert await queued(outbox) == [items[1], later, items[0], items[2]]
@@ -251,16 +253,16 @@ def test_drop_deletes_the_dead_letters_and_with_queued_the_queue_too(backend: Ba
 
     async def scenario(outbox: Outbox) -> None:
         await outbox.append(items)
-        assert await outbox.hold("w1", 30, time.time())
+        assert await outbox.hold("w1", 30, clock())
         entries = await outbox.window("w1", 3)  # delivered, not acked
         await outbox.bury([(entries[0], "HTTP 400")], T)
         assert await outbox.drop(False) == 1
-        backlog = await outbox.backlog()
+        backlog = await outbox.backlog(clock())
         assert (backlog.queued, backlog.dead) == (4, 0)
         assert await queued(outbox) == items[1:]
         await outbox.bury([(entries[1], "HTTP 400")], T)
         assert await outbox.drop(True) == 4  # 1 dead + 3 queued
-        backlog = await outbox.backlog()
+        backlog = await outbox.backlog(clock())
         assert (backlog.queued, backlog.dead, backlog.oldest_queued_at) == (0, 0, None)
         assert await outbox.window("w1", 10) == []
         fresh = [attrs("bob", 1), attrs("bob", 2)]
@@ -296,7 +298,7 @@ def test_delete_user_removes_queued_and_dead_writes_that_concern_the_user(backen
         assert await queued(outbox) == [bob_own, cat_into_bob]
         assert [d.item for d in await outbox.dead_letters(10)] == [bob_dead]
         assert await outbox.delete_user("ann") == 0
-        backlog = await outbox.backlog()
+        backlog = await outbox.backlog(clock())
         assert (backlog.queued, backlog.dead) == (2, 1)
         assert await outbox.delete_user("cat") == 1
         assert await queued(outbox) == [bob_own]
@@ -306,22 +308,22 @@ def test_delete_user_removes_queued_and_dead_writes_that_concern_the_user(backen
 
 def test_refused_writes_are_counted(backend: Backend) -> None:
     async def scenario(outbox: Outbox) -> int:
-        assert (await outbox.backlog()).refused == 0
+        assert (await outbox.backlog(clock())).refused == 0
         await outbox.count_refused(3)
         await outbox.count_refused(4)
-        return (await outbox.backlog()).refused
+        return (await outbox.backlog(clock())).refused
 
     assert backend.run(scenario) == 7
-    assert backend.run(lambda outbox: outbox.backlog()).refused == 7  # kept with the outbox
+    assert backend.run(lambda outbox: outbox.backlog(clock())).refused == 7  # kept with the outbox
 
 
 def test_backlog_reports_the_oldest_queued_write(backend: Backend) -> None:
     async def scenario(outbox: Outbox) -> None:
-        assert (await outbox.backlog()).oldest_queued_at is None
+        assert (await outbox.backlog(clock())).oldest_queued_at is None
         await outbox.append([attrs("ann", 1, at=T + 10), attrs("bob", 1, at=T + 20)])
-        assert (await outbox.backlog()).oldest_queued_at == T + 10
+        assert (await outbox.backlog(clock())).oldest_queued_at == T + 10
         await outbox.ack([(await outbox.window("w1", 1))[0].id])
-        assert (await outbox.backlog()).oldest_queued_at == T + 20
+        assert (await outbox.backlog(clock())).oldest_queued_at == T + 20
 
     backend.run(scenario)
 
@@ -379,7 +381,7 @@ def test_redis_pending_entries_deleted_behind_the_outbox_are_skipped_in_order(tm
 
         async def scenario(outbox: Outbox) -> None:
             await outbox.append(items[:3])
-            assert await outbox.hold("w1", 30, time.time())
+            assert await outbox.hold("w1", 30, clock())
             read = await outbox.window("w1", 3)
             await outbox.append(items[3:])
             client = redis.asyncio.Redis.from_url(url)
@@ -403,8 +405,8 @@ def test_redis_outboxes_with_different_prefixes_are_separate(tmp_path: Path) -> 
             try:
                 await one.append([attrs("ann", 1)])
                 await two.append([attrs("bob", 1)])
-                assert await one.hold("w1", 30, time.time())
-                assert await two.hold("w2", 30, time.time())
+                assert await one.hold("w1", 30, clock())
+                assert await two.hold("w2", 30, clock())
                 assert await queued(one) == [attrs("ann", 1)]
                 assert await queued(two, "w2") == [attrs("bob", 1)]
                 assert await two.delete_user("ann") == 0
@@ -422,14 +424,14 @@ def test_redis_queue_deleted_behind_the_outbox_starts_again_empty(tmp_path: Path
 
         async def scenario(outbox: Outbox) -> None:
             await outbox.append([attrs("ann", 1)])
-            assert await outbox.hold("w1", 30, time.time())
+            assert await outbox.hold("w1", 30, clock())
             assert len(await outbox.window("w1", 10)) == 1
             client = redis.asyncio.Redis.from_url(url)
             await client.delete("edgeproxy:forward:queue")
             assert await outbox.window("w1", 10) == []
             await client.delete("edgeproxy:forward:queue")
             await outbox.release("w1")
-            assert await outbox.hold("w2", 30, time.time())  # the takeover claim finds no group
+            assert await outbox.hold("w2", 30, clock())  # the takeover claim finds no group
             await client.aclose()
             await outbox.append([attrs("bob", 1)])
             assert await queued(outbox, "w2") == [attrs("bob", 1)]

@@ -85,12 +85,7 @@ async def edge_api_handler(request: web.BaseRequest, state: ProxyState) -> web.S
     prefix = state.config.edge_api_prefix
     route = request.path[len(prefix) :].strip("/") if request.path.lower().startswith(prefix.lower()) else ""
     if request.method == "OPTIONS":
-        return web.Response(status=204, headers={
-            **_cors(request, state),
-            "Access-Control-Allow-Methods": "GET, POST, PATCH, OPTIONS",
-            "Access-Control-Allow-Headers": ALLOWED_HEADERS,
-            "Access-Control-Max-Age": "600",
-        })  # fmt: skip
+        return preflight(_cors(request, state), ALLOWED_HEADERS)
     handlers = {
         ("GET", "manifest"): _manifest,
         ("POST", "events"): _events,
@@ -113,6 +108,16 @@ async def edge_api_handler(request: web.BaseRequest, state: ProxyState) -> web.S
         log.error("%s %s: store unavailable: %s", request.method, request.path, exc)
         return _json(request, state, {"error": "personalize.STORE_UNAVAILABLE",
                                       "message": "state store unavailable; retry later"}, status=503)  # fmt: skip
+
+
+def preflight(cors: dict[str, str], allowed_headers: str) -> web.Response:
+    """The answer to a CORS preflight of the Edge API's paths (shared with the fake Edge API)."""
+    return web.Response(status=204, headers={
+        **cors,
+        "Access-Control-Allow-Methods": "GET, POST, PATCH, OPTIONS",
+        "Access-Control-Allow-Headers": allowed_headers,
+        "Access-Control-Max-Age": "600",
+    })  # fmt: skip
 
 
 def _project(request: web.BaseRequest, state: ProxyState) -> str:

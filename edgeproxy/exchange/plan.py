@@ -269,9 +269,10 @@ class Planner:
                 query, asked = self.preview_of(query, identity, where)
                 if asked is not None:  # the page as the origin gets it: without the token
                     target = f"{raw}?{query}" if query else raw
+            counted = self.behaviour is not None and is_page_view(method, headers.get)  # only when behaviour is on
             decision = self.decide(loaded, headers, where, identity, stored, page_url=f"{where.proto}://{where.host}{target}",
                                    query=query, tags=route.tags, preview=asked.grant if asked else None,
-                                   page_view=is_page_view(method, headers.get))  # fmt: skip
+                                   page_view=counted)  # fmt: skip
             if asked is not None and asked.set_cookie is not None:
                 decision.cookies = SetCookies.of((*decision.cookies.values, asked.set_cookie))
             if config.variant_query_param:

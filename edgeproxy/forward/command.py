@@ -69,7 +69,7 @@ def run_forward(args: argparse.Namespace, out: IO[str]) -> int:
             return 0
 
         async def read(o: Outbox) -> tuple[Any, Any]:
-            return await o.backlog(), await o.dead_letters(SHOWN_DEAD_LETTERS)
+            return await o.backlog(time.time()), await o.dead_letters(SHOWN_DEAD_LETTERS)
 
         backlog, dead = act(read)
     except StoreError as exc:

@@ -193,7 +193,7 @@ class Forwarder:
         await self.outbox.close()
 
     async def refresh(self) -> Backlog:
-        self.backlog = await self.outbox.backlog()
+        self.backlog = await self.outbox.backlog(self.clock())
         self._estimate = self.backlog.queued + self.backlog.dead
         return self.backlog
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -81,7 +80,9 @@ class Outbox(Protocol):
         """These entries were refused for good: they move to the dead letters, each with its reason."""
         ...
 
-    async def backlog(self) -> Backlog: ...
+    async def backlog(self, now: float) -> Backlog:
+        """The outbox's size, its oldest queued write, refusals, and who holds the lease at `now` (as `hold`)."""
+        ...
 
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
         """The oldest `limit` dead letters."""
@@ -259,7 +260,7 @@ class SqliteOutbox:
 
         await self._run(move)
 
-    async def backlog(self) -> Backlog:
+    async def backlog(self, now: float) -> Backlog:
         def read(db: sqlite3.Connection) -> Backlog:
             db.execute("BEGIN")  # one read snapshot
             try:
@@ -270,7 +271,7 @@ class SqliteOutbox:
                 lease = db.execute("SELECT owner, until FROM forward_meta WHERE name='lease'").fetchone()
             finally:
                 db.execute("COMMIT")
-            holder = lease[0] if lease and lease[1] > time.time() else ""  # a lease that ran out is no one's
+            holder = lease[0] if lease and lease[1] > now else ""  # a lease that ran out is no one's
             return Backlog(int(queued), int(dead), oldest[0] if oldest else None, int(meta.get("refused", 0)), holder)
 
         return await self._run(read)

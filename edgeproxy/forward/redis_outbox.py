@@ -236,7 +236,7 @@ class RedisOutbox:
         with self._errors("move refused writes to the dead letters"):
             await self.client.eval(_BURY, 2, self.queue, self.dead, GROUP, str(now), *pairs)
 
-    async def backlog(self) -> Backlog:
+    async def backlog(self, now: float) -> Backlog:  # the lease expires in Redis (PX): `now` is not needed
         with self._errors("read the queue's state"):
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.xlen(self.queue)

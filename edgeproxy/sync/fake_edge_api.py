@@ -52,6 +52,7 @@ from edgeproxy.endpoints.edge_api import (
     event_records,
     merge_uids,
     parse_json_body,
+    preflight,
     read_body,
     request_user_uid,
 )
@@ -122,12 +123,7 @@ class FakeEdgeApi:
     async def api(self, request: web.Request) -> web.StreamResponse:
         path = "/" + request.match_info["tail"].strip("/")
         if request.method == "OPTIONS":
-            return web.Response(status=204, headers={
-                **_cors(request),
-                "Access-Control-Allow-Methods": "GET, POST, PATCH, OPTIONS",
-                "Access-Control-Allow-Headers": ALLOWED_HEADERS,
-                "Access-Control-Max-Age": "600",
-            })  # fmt: skip
+            return preflight(_cors(request), ALLOWED_HEADERS)
         try:
             if (request.method, path) not in ROUTES:
                 if any(path == known for _, known in ROUTES):
