@@ -4,7 +4,8 @@
 # visitors with 4 User-Agents (as ../shared/bench/versus.sh), and the plain aiohttp pass-through as the yardstick.
 #   benchmarks/ab.sh pages|hits OLD_TREE [ROUNDS]      (OLD_TREE: a checkout, e.g. `git worktree add /tmp/old REV`)
 # OLD_ARGS / NEW_ARGS: extra `serve` flags for each side, e.g. the same tree (OLD_TREE=.) with a setting off and on.
-# Run from the project root with the new tree installed in the active venv. Prints each round and the medians.
+# Run from the project root with the new tree installed in the active venv. Prints each round and the medians:
+# req/s and, steadier on a shared machine, the CPU each request cost the server (/proc/PID/stat).
 set -euo pipefail
 mode=${1:?pages or hits}; old=$(readlink -f "${2:?old tree}"); rounds=${3:-4}; rules=$(readlink -f rules)
 export PATH=$PATH:/usr/sbin
@@ -33,26 +34,39 @@ request = function()
 end
 LUA
 taskset -c 0 nginx -c "$d/origin.conf" & pids+=($!)
-(cd "$d" && PYTHONPATH="$old" exec taskset -c 1 python -m edgeproxy.cli serve --origin "http://127.0.0.1:$op" --rules "$rules" --listen "127.0.0.1:$xp" ${OLD_ARGS:-} >"$d/old.log" 2>&1) & pids+=($!)
+(cd "$d" && PYTHONPATH="$old" exec taskset -c 1 python -m edgeproxy.cli serve --origin "http://127.0.0.1:$op" --rules "$rules" --listen "127.0.0.1:$xp" ${OLD_ARGS:-} >"$d/old.log" 2>&1) & pids+=($!); opid=$!
 mkdir -p "$d/new"
-(cd "$d/new" && exec taskset -c 1 python -m edgeproxy.cli serve --origin "http://127.0.0.1:$op" --rules "$rules" --listen "127.0.0.1:$np" ${NEW_ARGS:-} >"$d/new.log" 2>&1) & pids+=($!)
+(cd "$d/new" && exec taskset -c 1 python -m edgeproxy.cli serve --origin "http://127.0.0.1:$op" --rules "$rules" --listen "127.0.0.1:$np" ${NEW_ARGS:-} >"$d/new.log" 2>&1) & pids+=($!); npid=$!
 taskset -c 1 python "$(dirname "$0")/passthrough.py" --origin "http://127.0.0.1:$op" --listen "127.0.0.1:$cp" >/dev/null 2>&1 & pids+=($!)
 for p in $op $xp $np $cp; do wait_port "$p"; done
-rps() { taskset -c 0 wrk -t1 -c32 -d"${DUR:-5}"s -s "$d/visitors.lua" "http://127.0.0.1:$1/" | awk '/Requests\/sec/ {print $2}'; }
-for p in $xp $np $cp; do rps "$p" >/dev/null; done   # warm up (and fill the caches)
+cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }   # the process's user+system CPU, in clock ticks
+# One wrk run against port $1; prints "req/s CPU-µs-per-request" ($2: the server's pid, or 0 not to measure CPU).
+rps() {
+  local c0=0 c1=0 out
+  [ "$2" != 0 ] && c0=$(cpu "$2")
+  out=$(taskset -c 0 wrk -t1 -c32 -d"${DUR:-5}"s -s "$d/visitors.lua" "http://127.0.0.1:$1/")
+  [ "$2" != 0 ] && c1=$(cpu "$2")
+  echo "$out" | awk -v ticks="$((c1 - c0))" -v hz="$(getconf CLK_TCK)" \
+    '/requests in/ {n=$1} /Requests\/sec/ {r=$2} END {printf "%s %.1f\n", r, ticks * 1e6 / hz / n}'
+}
+for p in $xp $np $cp; do rps "$p" 0 >/dev/null; done   # warm up (and fill the caches)
 r=()
 for round in $(seq 1 "$rounds"); do
   # The order alternates (old first, then new first), so that neither tree always runs right after the other.
-  if (( round % 2 )); then o=$(rps "$xp"); n=$(rps "$np"); else n=$(rps "$np"); o=$(rps "$xp"); fi
-  b=$(rps "$cp")
-  echo "round $round: old $o new $n pass-through $b req/s" >&2
-  r+=("$o" "$n" "$b")
+  if (( round % 2 )); then o=$(rps "$xp" "$opid"); n=$(rps "$np" "$npid"); else n=$(rps "$np" "$npid"); o=$(rps "$xp" "$opid"); fi
+  b=$(rps "$cp" 0)
+  echo "round $round: old ${o% *} new ${n% *} pass-through ${b% *} req/s; CPU per request old ${o#* } new ${n#* } µs" >&2
+  r+=(${o% *} ${n% *} ${b% *} ${o#* } ${n#* })
 done
+# CPU per request is the steadier figure on a shared machine: req/s moves with whatever else runs, the CPU a
+# request costs the server much less.
 python3 - "$mode" "${r[@]}" <<'PY'
 import statistics, sys
 mode, v = sys.argv[1], list(map(float, sys.argv[2:]))
-old, new, base = v[0::3], v[1::3], v[2::3]
+old, new, base, old_cpu, new_cpu = v[0::5], v[1::5], v[2::5], v[3::5], v[4::5]
 ro = statistics.median(o / b for o, b in zip(old, base)); rn = statistics.median(n / b for n, b in zip(new, base))
 print(f"{mode}: old {statistics.median(old):.0f} req/s ({ro:.2f}x pass-through) | new {statistics.median(new):.0f} req/s "
       f"({rn:.2f}x) | new/old {statistics.median(n / o for n, o in zip(new, old)):.3f} | pass-through {statistics.median(base):.0f}")
+print(f"CPU per request: old {statistics.median(old_cpu):.1f} µs | new {statistics.median(new_cpu):.1f} µs | "
+      f"old/new {statistics.median(o / n for o, n in zip(old_cpu, new_cpu)):.3f} (above 1: new is cheaper)")
 PY

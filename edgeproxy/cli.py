@@ -378,7 +378,7 @@ def run_user(args: argparse.Namespace, out: IO[str]) -> int:
     if not valid_user_uid(args.uid):
         return fail(f"{args.uid[:80]!r} is not a user uid (1-256 characters of RFC 6265 cookie-octet)")
     try:  # the proxy's own settings, as `serve` reads them: the state, the attributes' lifetime, the clock
-        config = read_settings(args.config, os.environ, {"state": args.state})
+        config = read_settings(args.config, os.environ, {"state": args.state, "events": args.events})
         limits = AttributeLimits(
             max_attributes_per_user=config.max_attributes_per_user,
             max_value_bytes=config.max_attribute_value_bytes,
@@ -396,18 +396,26 @@ def run_user(args: argparse.Namespace, out: IO[str]) -> int:
     outbox = open_outbox(config.state)
 
     async def act() -> Any:
+        events = None
+        if config.events:  # the fleet's event store (PostgreSQL): the user's events there too
+            from edgeproxy.store.postgres_events import PostgresEventStore
+
+            events = PostgresEventStore(config.events)
+            await events.start()
         await store.start()
         try:
             await outbox.start()
             try:
                 if args.action == "export":
-                    return await export_user(store, args.uid, outbox)
+                    return await export_user(store, args.uid, outbox, events)
                 return {"userUid": args.uid, "deleted": await delete_user(store, args.uid, "command line",
-                                                                          outbox=outbox)}  # fmt: skip
+                                                                          outbox=outbox, events=events)}  # fmt: skip
             finally:
                 await outbox.close()
         finally:
             await store.close()
+            if events is not None:
+                await events.close()
 
     # The deletion's log line (counts and a digest of the uid, never the data) is the operator's record: stderr.
     audit = logging.StreamHandler(sys.stderr)
@@ -442,6 +450,8 @@ def _add_user(commands: Any) -> None:
     user.add_argument("uid", help="the user uid (the cs-personalize-user-uid cookie's value)")
     user.add_argument("--state", metavar="URL", help="sqlite:///path.db or redis://host:port/db (default: the "
                       "proxy's setting)")  # fmt: skip
+    user.add_argument("--events", metavar="URL", help="the fleet's event store, postgresql://... (default: the "
+                      "proxy's `events` setting): the user's events there are exported or deleted too")  # fmt: skip
     user.add_argument("--config", metavar="FILE", help="the proxy's TOML config, for state")
     user.set_defaults(run=run_user)
 

@@ -16,9 +16,12 @@ from typing import Any
 from test_behaviour import SECTION
 from test_preview_proxy import OPS, T0, P, Proxy, config_for, origin, running, token
 
+from edgeproxy.runtime.behaviour import COUNTS_EVERY, BehaviourTracker
 from edgeproxy.runtime.serve import make_state
 from edgeproxy.runtime.state import ProxyState
-from edgeproxy.visitor.behaviour import STATE_KEY, behaviour_config, decode
+from edgeproxy.store.base import AttributeLimits
+from edgeproxy.store.sqlite_store import SqliteStore
+from edgeproxy.visitor.behaviour import STATE_KEY, PageView, behaviour_config, decode, observe
 
 __all__ = ["origin"]  # the module-scoped Node origin fixture, shared
 
@@ -56,8 +59,8 @@ def decided(tmp: Path) -> list[dict[str, Any]]:
 
 def stored_behaviour(tmp: Path, uid: str) -> Any:
     with sqlite3.connect(f"file:{tmp}/state.sqlite3?mode=ro", uri=True) as db:
-        row = db.execute("SELECT value FROM user_attributes WHERE user_uid=? AND key=?", (uid, STATE_KEY)).fetchone()
-    return decode(json.loads(row[0])) if row else None
+        row = db.execute("SELECT state FROM visitor_behaviour WHERE user_uid=?", (uid,)).fetchone()
+    return decode(row[0]) if row else None
 
 
 def test_page_views_count_visits_and_the_second_visit_is_already_a_returning_one(origin: str, tmp_path: Path) -> None:
@@ -207,3 +210,50 @@ def test_a_fleet_on_redis_shares_behaviour(origin: str, tmp_path: Path) -> None:
     with redis_server(tmp_path) as url:
         asyncio.run(main(url))
     assert decided(tmp_path / "b")[-1]["checkout_views_7d"] == 2
+
+
+def test_write_behind_stores_what_audiences_read_at_once_and_page_view_counts_within_ten_flushes(
+    tmp_path: Path,
+) -> None:
+    config = behaviour_config(SECTION)
+
+    async def scenario() -> None:
+        store = SqliteStore(str(tmp_path / "state.sqlite3"), AttributeLimits())
+        await store.start()
+        tracker = BehaviourTracker(config, store, lambda: P)
+
+        def view(uid: str, url: str, at: float) -> None:
+            tracker.record(uid, observe(config, tracker.known(uid), PageView(url, None), at))
+
+        async def stored() -> dict[str, tuple[int, int] | None]:
+            fresh = SqliteStore(str(tmp_path / "state.sqlite3"), AttributeLimits())  # another process: no cache
+            await fresh.start()
+            found = {}
+            for uid in ("new", "counting", "checkout"):
+                kept = decode((await fresh.get_attributes(P, uid)).get(STATE_KEY))
+                found[uid] = None if kept is None else (kept.visits, kept.pageviews)
+            await fresh.close()
+            return found
+
+        view("counting", "http://shop.example/", T0)
+        view("checkout", "http://shop.example/", T0)
+        await tracker.run_once()  # the first page views: written at once
+        view("new", "http://shop.example/", T0 + 1)
+        view("counting", "http://shop.example/", T0 + 2)  # only counts changed
+        view("checkout", "http://shop.example/checkout", T0 + 2)  # a path counter changed
+        view("counting", "http://shop.example/", T0 + 3 * 3600)  # a new visit
+        view("counting", "http://shop.example/", T0 + 3 * 3600 + 5)  # counts again
+        await tracker.run_once()
+        assert await stored() == {"new": (1, 1), "counting": (2, 4), "checkout": (1, 2)}
+        view("counting", "http://shop.example/", T0 + 3 * 3600 + 9)  # counts only
+        for _ in range(COUNTS_EVERY - 3):
+            await tracker.run_once()
+        assert (await stored())["counting"] == (2, 4)  # not yet: a kill -9 now loses this page view
+        await tracker.run_once()  # the COUNTS_EVERY-th flush writes the counts
+        assert (await stored())["counting"] == (2, 5)
+        view("counting", "http://shop.example/", T0 + 3 * 3600 + 12)
+        await tracker.stop()  # a clean stop writes everything
+        assert (await stored())["counting"] == (2, 6)
+        await store.close()
+
+    asyncio.run(scenario())

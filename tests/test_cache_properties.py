@@ -36,10 +36,11 @@ from hypothesis import strategies as st
 from multidict import CIMultiDictProxy
 from support.proxy_server import proxy_server
 
+from edgeproxy.cache.keys import CacheQuery
 from edgeproxy.engine.context import context_from_description
 from edgeproxy.exchange.plan import Planner
-from edgeproxy.runtime.config import ProxyConfig, RouteRule
-from edgeproxy.runtime.serve import make_cache, make_state
+from edgeproxy.runtime.config import DEFAULT_CACHE_IGNORED_QUERY_PARAMS, ProxyConfig, RouteRule
+from edgeproxy.runtime.serve import count_cache_by_route, make_cache, make_state
 from edgeproxy.runtime.state import ProxyState
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +96,7 @@ class Policy:
     weak_etag: bool = False
     session_cookie: bool = False  # Set-Cookie a session to visitors who have none (on 200s and 304s alike)
     vary: str | None = None
+    surrogate_key: str | None = None
     delay: float = 0.0  # real seconds before answering (to make concurrent misses overlap)
     status: int = 200
     drop: bool = False  # close the connection without answering (an origin that is down)
@@ -145,6 +147,8 @@ class Origin:
             headers["Expires"] = formatdate(self.clock.now + policy.expires_in, usegmt=True)
         if policy.vary:
             headers["Vary"] = policy.vary
+        if policy.surrogate_key:
+            headers["Surrogate-Key"] = policy.surrogate_key
         if policy.session_cookie and "session=" not in request.headers.get("Cookie", ""):
             headers["Set-Cookie"] = f"session=for-{request.headers.get('X-Who', 'nobody')}; Path=/"
         if policy.etag:
@@ -214,7 +218,9 @@ visitors_st = st.builds(
     uid=st.sampled_from([None, "u-1", "u-2", "u-3", "u-4", "u-5", "u-6"]),
     lytics=st.sampled_from([None, "|vip_shoppers|", "|high_value_shoppers|"]),
     live=st.sampled_from(LIVE_ATTRIBUTES),
-    query=st.sampled_from(["", "utm_campaign=bf", "ref=newsletter&utm_source=email"]),
+    query=st.sampled_from(
+        ["", "utm_campaign=bf", "ref=newsletter&utm_source=email", "gclid=c1&ref=newsletter", "a=1&b=2", "b=2&a=1"]
+    ),
     language=st.sampled_from(["en", "de"]),
 )
 
@@ -283,6 +289,7 @@ class Harness:
         self.state.config, self.state.cache = config, cache
         self.state.planner = Planner(config, self.clock.time, planner.geo_lookup, self.state.store.cached_attributes,
                                      cache, planner.classifier)  # fmt: skip
+        count_cache_by_route(self.state.metrics, cache, self.state.planner.routes)
         if old is not None:
             self.run(old.close())
         self.origin.reset()
@@ -377,6 +384,8 @@ def scenario_st(draw: st.DrawFn) -> dict[str, Any]:
         "cda_variant_limit": draw(st.integers(0, 3)),
         "variant_query_param": draw(st.sampled_from(["", VARIANT_QUERY_PARAM])),
         "cache_key_headers": draw(st.sampled_from([(), ("accept-language",)])),
+        "cache_ignored_query_params": draw(st.sampled_from([(), DEFAULT_CACHE_IGNORED_QUERY_PARAMS])),
+        "cache_sort_query": draw(st.booleans()),
     }
     return {"settings": settings, "policies": policies, "visitors": visitors, "batches": batches}
 
@@ -391,6 +400,7 @@ def test_no_visitor_gets_another_variant_sets_page_and_each_fresh_key_costs_one_
         harness.origin.policies[path] = Policy(cache_control=cc)
     visitors: list[Visitor] = scenario["visitors"]
     key_language = bool(config.cache_key_headers)
+    keyed = CacheQuery(config.cache_ignored_query_params, sort=config.cache_sort_query).target
     sent: Counter[tuple[str, str, str]] = Counter()  # origin-side key -> requests the visitors made for it
     cacheable: dict[tuple[str, str, str], bool] = {}
 
@@ -416,12 +426,15 @@ def test_no_visitor_gets_another_variant_sets_page_and_each_fresh_key_costs_one_
                 assert body["language"] == visitor.language
             assert reply.x_cache in (("HIT", "MISS") if route.cache else ("BYPASS",))
             event(f"X-Cache: {reply.x_cache}, personalized: {personalized}")
-            key = (visitor.target(path), expected_variants, visitor.language)
+            key = (keyed(visitor.target(path)), expected_variants, visitor.language)
             sent[key] += 1
             cacheable[key] = route.cache and scenario["policies"][path] in STORED_POLICIES
 
-    # The origin's view: one request per cacheable key (fresh for the whole run), one per request otherwise.
-    origin = Counter(harness.origin.requests)
+    # The origin's view: one request per cacheable key (fresh for the whole run), one per request otherwise; URLs
+    # that differ only in ignored (or, sorted, in the order of) query parameters are one key.
+    origin: Counter[tuple[str, str, str]] = Counter()
+    for (path_qs, variants, language), n in harness.origin.requests.items():
+        origin[(keyed(path_qs), variants, language)] += n
     if not key_language:  # without Accept-Language in the key, languages share an entry
         origin = _merge_languages(origin)
         sent = _merge_languages(sent)

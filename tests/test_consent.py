@@ -153,7 +153,9 @@ def test_without_consent_nothing_is_written_to_redis(origin: str, tmp_path: Path
         run(state, origin, scenario)
         client = redis.Redis.from_url(url)
         keys = sorted(key.decode() for key in client.scan_iter())
-        # Only the consenting page's impressions: one stream entry each, all of that visitor.
-        assert keys == [f"edgeproxy:{P}:events"], keys
+        # Only the consenting page's impressions: one stream entry each, all of that visitor (and the set that names
+        # the event streams for their drain, which holds no visitor data).
+        assert keys == [f"edgeproxy:{P}:events", "edgeproxy:event-streams"], keys
+        assert client.smembers("edgeproxy:event-streams") == {f"edgeproxy:{P}:events".encode()}
         entries = client.xrange(f"edgeproxy:{P}:events")
         assert entries and all(b"redis-visitor" in b"".join(fields.values()) for _, fields in entries)

@@ -28,7 +28,7 @@ from limits_project import random_visitors, write_limits_project
 
 
 def check(snapshot: CompiledSnapshot, descriptions: list[dict[str, Any]], tag_choices: list[Any]) -> MemoDecider:
-    decider = MemoDecider(snapshot)
+    decider = MemoDecider(snapshot, step_aside=None)  # every decision through the memo (stepping aside: its own tests)
     rng = random.Random(3)
 
     def context(description: dict[str, Any]) -> Any:
@@ -70,7 +70,7 @@ def test_project_at_the_limits(tmp_path: Path) -> None:
 def test_a_full_memo_starts_over_and_stays_exact(example_rules: Path, limit: int) -> None:
     snapshot = load_snapshot(example_rules)
     rng = random.Random(11)
-    decider = MemoDecider(snapshot, limit=limit)
+    decider = MemoDecider(snapshot, limit=limit, step_aside=None)
     for _ in range(300):
         description = random_example_description(rng)
         ctx = context_from_description(description, clock=lambda: FIXED_NOW_TS, new_uid=lambda: "n",

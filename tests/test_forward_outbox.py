@@ -437,3 +437,40 @@ def test_redis_queue_deleted_behind_the_outbox_starts_again_empty(tmp_path: Path
             assert await queued(outbox, "w2") == [attrs("bob", 1)]
 
         Backend("redis", url).run(scenario)
+
+
+def test_redis_outbox_bound_is_checked_with_the_append_across_instances(tmp_path: Path) -> None:
+    """Two outboxes on one Redis (two instances), bounded at 5 writes queued plus dead letters: the bound holds
+    whatever each instance believes, and the forwarder takes a refusal as "full" (counted, not an outage)."""
+    from edgeproxy.forward.forwarder import Forwarder
+    from edgeproxy.forward.outbox import OutboxFull
+
+    with redis_server(tmp_path) as url:
+
+        async def scenario() -> None:
+            first, second = RedisOutbox(url, max_items=5), RedisOutbox(url, max_items=5)
+            await first.start()
+            await second.start()
+            try:
+                await first.append([attrs("ann", i) for i in range(3)])
+                assert await first.hold("w1", 30, clock())
+                entries = await first.window("w1", 1)
+                await first.bury([(entries[0], "refused")], clock())  # dead letters count towards the bound
+                with pytest.raises(OutboxFull):
+                    await second.append([attrs("bob", i) for i in range(3)])  # 3 + 3 > 5: none queued
+                await second.append([attrs("bob", i) for i in range(2)])  # 5: exactly the bound
+                backlog = await second.backlog(clock())
+                assert (backlog.queued, backlog.dead) == (4, 1)
+                forwarder = Forwarder(RedisOutbox(url, max_items=5), "http://127.0.0.1:9", 5)
+                await forwarder.outbox.start()
+                try:  # this process's estimate is 0: the append itself refuses
+                    assert await forwarder.enqueue([attrs("cat", 0)]) is False
+                    assert (forwarder.counts.refused, forwarder.counts.failed, forwarder.counts.queued) == (1, 0, 0)
+                finally:
+                    await forwarder.outbox.close()
+                assert (await second.backlog(clock())).refused == 1
+            finally:
+                await first.close()
+                await second.close()
+
+        asyncio.run(scenario())

@@ -13,6 +13,7 @@ import pytest
 from support.processes import redis_server
 
 from edgeproxy.store import AttributeLimits, EventRecord, StoreError, StoreLimitError, open_store
+from edgeproxy.store.base import BEHAVIOUR_KEY
 
 P = "6565d3b1a3f0c7b2e1d4a9f0"
 
@@ -59,6 +60,56 @@ def test_merge_copies_source_onto_target_and_source_wins(store_url: str) -> None
     known, anon = run(scenario())
     assert known == {"tier": "gold", "visits": 9, "city": "Leeds"}
     assert anon == {"tier": "gold", "visits": 9}
+
+
+def test_behaviour_is_read_exported_merged_and_deleted_with_the_users_attributes(store_url: str) -> None:
+    async def scenario() -> None:
+        store = open_store(store_url)
+        await store.start()
+        await store.patch_attributes(P, "anon", {"tier": "gold"})
+        await store.put_behaviour(
+            P, {"anon": "[1,1,2,null,1,2,null,null,{}]", "known": "[1,5,5,null,1,1,null,null,{}]"}
+        )
+        await store.put_behaviour(P, {"known": "[1,5,6,null,1,2,null,null,{}]"})  # the newer write wins
+        fresh = open_store(store_url)  # another process: nothing cached
+        await fresh.start()
+        assert await fresh.get_attributes(P, "anon") == {"tier": "gold", BEHAVIOUR_KEY: "[1,1,2,null,1,2,null,null,{}]"}
+        assert await fresh.get_attributes(P, "known") == {BEHAVIOUR_KEY: "[1,5,6,null,1,2,null,null,{}]"}
+        exported = await fresh.user_data("known")
+        assert exported["attributes"] == {P: {BEHAVIOUR_KEY: "[1,5,6,null,1,2,null,null,{}]"}}
+        await store.merge_attributes(P, "anon", "known")  # the source's behaviour wins, as its attributes do
+        merged = open_store(store_url)
+        await merged.start()
+        assert await merged.get_attributes(P, "known") == await merged.get_attributes(P, "anon")
+        assert (await store.delete_user("known"))["attributes"] == 1
+        assert await merged.user_data("known") == {"userUid": "known", "attributes": {}, "events": []}
+        for opened in (store, fresh, merged):
+            await opened.close()
+
+    run(scenario())
+
+
+def test_sqlite_behaviour_expires_after_the_ttl_and_an_older_files_rows_move_to_its_table(tmp_path: Path) -> None:
+    url, at = f"sqlite:///{tmp_path}/state.db", 1_795_341_600.0
+    with sqlite3.connect(tmp_path / "state.db") as db:  # a state file written before the visitor_behaviour table
+        db.execute(
+            "CREATE TABLE user_attributes (project_uid TEXT NOT NULL, user_uid TEXT NOT NULL, key TEXT NOT NULL, "
+            "value TEXT NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (project_uid, user_uid, key)) WITHOUT ROWID"
+        )
+        rows = [(P, "u", BEHAVIOUR_KEY, '"[1,1,2,null,1,2,null,null,{}]"', at), (P, "u", "tier", '"gold"', at)]
+        db.executemany("INSERT INTO user_attributes VALUES (?,?,?,?,?)", rows)
+
+    async def read(ttl: int, now: float) -> dict[str, object]:
+        store = open_store(url, AttributeLimits(ttl_seconds=ttl), clock=lambda: now)
+        await store.start()
+        got = await store.get_attributes(P, "u")
+        await store.close()
+        return got
+
+    assert run(read(3600, at + 10)) == {"tier": "gold", BEHAVIOUR_KEY: "[1,1,2,null,1,2,null,null,{}]"}
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        assert db.execute("SELECT count(*) FROM user_attributes WHERE key=?", (BEHAVIOUR_KEY,)).fetchone() == (0,)
+    assert run(read(3600, at + 3601)) == {}
 
 
 def test_per_user_cap_and_value_size_are_enforced_without_partial_writes(store_url: str) -> None:

@@ -16,6 +16,7 @@ def run_report(args: argparse.Namespace, out: IO[str]) -> int:
     from edgeproxy.analytics.sources import AnalyticsError, collect_tallies, redact
     from edgeproxy.files.snapshot_file import load_snapshot
     from edgeproxy.store.base import state_url_problem
+    from edgeproxy.store.events_url import events_url_problem
 
     try:
         since = parse_time(args.since) if args.since else None
@@ -35,13 +36,21 @@ def run_report(args: argparse.Namespace, out: IO[str]) -> int:
         where = "--state" if args.state else "EDGEPROXY_STATE"
         print(f"edgeproxy: report: {where}: {problem}", file=sys.stderr)
         return 2
+    events = args.events or os.environ.get("EDGEPROXY_EVENTS") or ""
+    if events:
+        problem = events_url_problem(events)
+        if problem:
+            where = "--events" if args.events else "EDGEPROXY_EVENTS"
+            print(f"edgeproxy: report: {where}: {problem}", file=sys.stderr)
+            return 2
+    source = events or state
     try:
         scope = report_scope(project, args.experience, since, until)
-        tallies = collect_tallies(state, project.uid, scope, daily=False)
+        tallies = collect_tallies(source, project.uid, scope, daily=False)
     except (AnalyticsError, ValueError) as exc:
         print(f"edgeproxy: report: {exc}", file=sys.stderr)
         return 2
-    report = build_report(project, snapshot.version, tallies, scope, now=now, source=redact(state))
+    report = build_report(project, snapshot.version, tallies, scope, now=now, source=redact(source))
     if args.json:
         out.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     else:
@@ -68,6 +77,12 @@ def add_report_command(commands: Any) -> None:
         metavar="URL",
         help=f"where the proxy stores events: sqlite:///path.db or redis://host:port/db "
         f"(default: EDGEPROXY_STATE, else {DEFAULT_STATE})",
+    )
+    report.add_argument(
+        "--events",
+        metavar="URL",
+        help="where the events are when not in the state store: the fleet's PostgreSQL event store, "
+        "postgresql://user@host:port/database (default: EDGEPROXY_EVENTS, else the --state store)",
     )
     report.add_argument("--experience", metavar="SHORTUID", help="only this experience")
     report.add_argument("--since", metavar="ISO", help="only events at or after this time (e.g. 2026-11-01)")

@@ -21,7 +21,7 @@ from edgeproxy.clock import Clock, system_clock
 from edgeproxy.engine.decide import Manifest
 from edgeproxy.forward.items import events_items
 from edgeproxy.runtime.periodic import Periodic
-from edgeproxy.store.base import EventRecord, EventSource, StateStore, StoreError
+from edgeproxy.store.base import EventRecord, EventsBufferFull, EventSource, StateStore, StoreError
 
 if TYPE_CHECKING:
     from edgeproxy.forward.forwarder import Forwarder
@@ -68,6 +68,7 @@ class ImpressionRecorder(Periodic):
         self._recent_limit = recent
         self.recorded = 0
         self.failed = 0
+        self.refused = 0  # impressions dropped because the event buffer was full (counted and logged by the store)
 
     def _add(self, user_uid: str, experience: str, variant: str, source: EventSource) -> None:
         if self._seen(self._recent, (user_uid, experience, variant, source)):
@@ -94,6 +95,10 @@ class ImpressionRecorder(Periodic):
                 self.recorded += len(batch)
                 if self.forwarder is not None:
                     self._unforwarded.extend(self._not_forwarded(batch))
+            except EventsBufferFull:
+                # The event store is behind and the Redis buffer is at its cap: holding them here would only move
+                # the unbounded backlog into this process. Nobody was promised them; refused, counted, logged.
+                self.refused += len(batch)
             except StoreError as exc:
                 # Kept for the next flush rather than dropped; bounded so an outage cannot grow memory forever.
                 self.failed += 1

@@ -1,9 +1,11 @@
-"""Where the events are: the `state` URL the proxy writes to (SQLite file or Redis), read without the store."""
+"""Where the events are: the `state` URL the proxy writes to (SQLite file or Redis), or the `events` URL of a
+fleet's durable event store (PostgreSQL), read without the store."""
 
 from __future__ import annotations
 
 from edgeproxy.analytics.sqlite_source import AnalyticsError, sqlite_path, sqlite_tallies
 from edgeproxy.analytics.tallies import Scope, Tallies
+from edgeproxy.store.events_url import is_postgres
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -15,8 +17,13 @@ def is_redis(url: str) -> bool:
 def collect_tallies(
     state_url: str, project_uid: str, scope: Scope, *, daily: bool = False, in_server: bool = False
 ) -> Tallies:
-    """Tallies of `project_uid` from the state at `state_url`; `daily` adds per-day impression buckets;
-    `in_server`: inside the long-running proxy, keep memory bounded (see connect_read_only)."""
+    """Tallies of `project_uid` from the events at `state_url` (a state store, or a PostgreSQL event store);
+    `daily` adds per-day impression buckets; `in_server`: inside the long-running proxy, keep memory bounded
+    (see connect_read_only)."""
+    if is_postgres(state_url):
+        from edgeproxy.analytics.postgres_source import postgres_tallies
+
+        return postgres_tallies(state_url, project_uid, scope, daily=daily)
     if is_redis(state_url):
         from edgeproxy.analytics.redis_source import redis_tallies
 
@@ -33,7 +40,12 @@ def redact(url: str) -> str:
 
 
 def change_marker(state_url: str, project_uid: str) -> str | None:
-    """A cheap value that changes when events are appended (newest row id / stream entry id)."""
+    """A cheap value that changes when events are appended (newest row id / stream entry id / PostgreSQL's
+    insert and delete counters)."""
+    if is_postgres(state_url):
+        from edgeproxy.analytics.postgres_source import postgres_last_change
+
+        return postgres_last_change(state_url, project_uid)
     if is_redis(state_url):
         from edgeproxy.analytics.redis_source import redis_last_id
 

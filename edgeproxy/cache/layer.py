@@ -12,13 +12,16 @@ from typing import Any
 from multidict import CIMultiDict
 
 from edgeproxy.cache import rules
-from edgeproxy.cache.store import CachedResponse, CacheStore
+from edgeproxy.cache.keys import CacheQuery, request_variant_key, variant_set_of
+from edgeproxy.cache.policy import soft_purged
+from edgeproxy.cache.store import CachedResponse, CacheStore, MemoryCacheStore, Soften, Varies
 
 log = logging.getLogger("edgeproxy.cache")
 
 
 class ResponseCache:
-    """Key = method + host + path?query + the visitor's variant param + configured request headers.
+    """Key = method + the visitor's variant param + host + path?query (as `query` keeps it: cache/keys.py) +
+    configured request headers; a response with Vary is stored under its variant key beside the others.
 
     Never the raw cookie, never the user uid (docs/contract.md §7): two visitors with the same variant set share
     entries, two with different sets never do.
@@ -26,12 +29,21 @@ class ResponseCache:
 
     def __init__(
         self, store: CacheStore, *, key_headers: tuple[str, ...], default_ttl: float, max_object_bytes: int,
-        events: Counter[str], not_stored: Counter[str],
+        events: Counter[str], not_stored: Counter[str], query: CacheQuery | None = None,
+        soft_purge_grace: float = 60.0,
     ) -> None:  # fmt: skip
-        """`events`, `not_stored`: where this cache counts what it does (the process's metrics own them)."""
+        """`events`, `not_stored`: where this cache counts what it does (the process's metrics own them).
+        `query`: how the key holds a request's query (default: as sent). `soft_purge_grace`: see soft_purged."""
         self.store = store
+        self.query = query or CacheQuery()
+        # The path + query entries are indexed (and purged) by: as the key holds it.
+        self.path_of: Callable[[str], str] = self.query.target
+        self.soft_purge_grace = soft_purge_grace
         # Stores that answer without I/O (memory) are asked directly, without a coroutine.
-        self.get_now: Callable[[str], CachedResponse | None] | None = getattr(store, "get_now", None)
+        self.memory = store if isinstance(store, MemoryCacheStore) else None
+        self.get_now: Callable[[str], CachedResponse | Varies | None] | None = (
+            self.memory.get_now if self.memory is not None else None
+        )
         self.key_headers = tuple(h.lower() for h in key_headers)
         self.default_ttl = default_ttl
         self.max_object_bytes = max_object_bytes
@@ -62,10 +74,12 @@ class ResponseCache:
 
     def key(self, host: str, path_qs: str, variant_param: str, headers: Mapping[str, str]) -> str:
         extra = "|".join([f"{name}={headers.get(name, '')}" for name in self.key_headers]) if self.key_headers else ""
-        return f"GET|{host.lower()}|{path_qs}|v={variant_param}|{extra}"
+        target = path_qs if "?" not in path_qs else self.query.target(path_qs)  # (no call without a query)
+        return f"GET|{variant_param}|{host.lower()}|{target}|{extra}"
 
-    async def fetch(self, key: str) -> CachedResponse | None:
-        """The stored entry for `key`, whatever its Vary says (see `selected`)."""
+    async def fetch(self, key: str) -> CachedResponse | Varies | None:
+        """What the store holds for `key`: an entry (whatever its Vary says: see policy.selected), the names a
+        URL's variants vary on (then `variant` finds this request's), or nothing."""
         if self.get_now is not None:
             return self.get_now(key)
         try:
@@ -74,6 +88,47 @@ class ResponseCache:
             self.counts["store_errors"] += 1
             log.warning("cache lookup failed, going to the origin: %s", exc)
             return None
+
+    def variant_now(self, key: str, varies: Varies, value: Callable[[str], str | None]) -> CachedResponse | None:
+        """`variant` for the memory store, without a coroutine (the hit lane)."""
+        assert self.memory is not None
+        stored = request_variant_key(key, varies.names, value)
+        found = self.memory.get_now(stored) if stored is not None else None
+        return found if isinstance(found, CachedResponse) else None
+
+    async def variant(self, key: str, varies: Varies, value: Callable[[str], str | None]) -> CachedResponse | None:
+        """The variant of `key`'s URL this request selects (`value`: the request's value of a header, None when
+        it cannot be told), or None."""
+        if self.memory is not None:
+            return self.variant_now(key, varies, value)
+        stored = request_variant_key(key, varies.names, value)
+        found = await self.fetch(stored) if stored is not None else None
+        return found if isinstance(found, CachedResponse) else None
+
+    async def purge(
+        self, *, paths: list[str], prefixes: list[str], tags: list[str], soft_at: float | None = None
+    ) -> int:
+        """Drop the matching entries, every variant of each (URLs are taken as the key holds them, so purging
+        /p purges what /p?utm_source=x stored); with `soft_at` (the time), mark them stale instead."""
+        soften: Soften | None = None
+        if soft_at is not None:
+            now, grace = soft_at, self.soft_purge_grace
+
+            def soften(entry: CachedResponse) -> CachedResponse:
+                return soft_purged(entry, now, grace)
+
+        return await self.store.purge(paths=[self.path_of(p) for p in paths], prefixes=prefixes, tags=tags,
+                                      soften=soften)  # fmt: skip
+
+    def variant_sets_by_route(self, route_of: Callable[[str], str]) -> dict[str, list[int]] | None:
+        """For each route (`route_of` a stored path + query), the distinct variant sets stored per cached URL;
+        None for a shared store (counting there would cost a round trip per URL at every scrape)."""
+        if self.memory is None:
+            return None
+        found: dict[str, list[int]] = {}
+        for path, keys in self.memory.keys_by_path():
+            found.setdefault(route_of(path), []).append(len({variant_set_of(key) for key in keys}))
+        return found
 
     async def put(self, key: str, entry: CachedResponse) -> None:
         try:
@@ -114,7 +169,7 @@ class ResponseCache:
         )
         return CachedResponse(
             status=status, reason=reason, headers=[h for h in headers if h[0].lower() != "set-cookie"], body=body,
-            path=path, tags=tags, stored_at=response_time,
+            path=self.path_of(path), tags=tags, stored_at=response_time,
             initial_age=rules.initial_age(lookup, request_time, response_time),
             lifetime=rules.freshness_lifetime(cc, lookup, response_time, self.default_ttl), swr=swr, sie=sie,
             no_cache=rules.needs_revalidation(cc), vary=tuple((n, upstream_headers.get(n, "")) for n in vary),

@@ -14,11 +14,15 @@ what is known (the stored entry, the clock, the origin's status) and says what h
     after_failure(entry, now)
         STALE or FAIL (the origin could not be reached: 502/504)
 A request that is no cache candidate at all (method, body, route with cache = false) is BYPASS.
+
+A soft purge (`soft_purged`) only moves an entry's windows: it is stale from then on, and the steps above
+serve it STALE while one request refreshes it, then revalidate it like any stale entry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from multidict import CIMultiDictProxy
 
@@ -64,6 +68,19 @@ def after_response(status: int, entry: CachedResponse | None, now: float) -> str
 def after_failure(entry: CachedResponse | None, now: float) -> str:
     """The step when the origin could not be reached or timed out."""
     return STALE if entry is not None and entry.within_sie(now) else FAIL  # RFC 5861 §4
+
+
+def soft_purged(entry: CachedResponse, now: float, grace: float) -> CachedResponse:
+    """A soft purge at `now` (Varnish `xkey.softpurge`, Fastly's soft purge): the entry is stale from now on. It
+    may still be served (STALE, one background refresh) for `grace` seconds, but never past the end of what its
+    freshness and stale-while-revalidate allowed before (so never against the origin's word, RFC 9111 §4.2.4:
+    within that, it was the origin's to serve anyway); stale-if-error keeps its end. After that it is
+    revalidated, conditionally when it has validators, like any stale entry. Never extends its life."""
+    age = entry.age(now)
+    lifetime = min(entry.lifetime, age)
+    swr = max(0.0, min(entry.lifetime + entry.swr, age + grace) - lifetime)
+    sie = max(0.0, entry.lifetime + entry.sie - lifetime)
+    return replace(entry, lifetime=lifetime, swr=swr, sie=sie)
 
 
 def validators(entry: CachedResponse) -> list[tuple[str, str]]:
@@ -114,6 +131,10 @@ class CacheView:
 
     def selects(self, entry: CachedResponse) -> bool:
         return vary_matches(entry.vary, self._headers.get, self._rewritten)
+
+    def value(self, name: str) -> str | None:
+        """The request's value of header `name` as the origin gets it; None when the proxy rewrites that header."""
+        return None if name in self._rewritten else self._headers.get(name, "")
 
     def fresh_hit(self, entry: CachedResponse | None, now: float) -> CachedResponse | None:
         """`entry` when it is a HIT on the client's own headers, else None (the full exchange decides)."""

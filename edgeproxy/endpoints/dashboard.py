@@ -9,11 +9,12 @@ browser can open it; without `ops_token` set it is a 403 (the feature is off), w
 Dates ("running days", the 14-day rule for a winner) are read on the proxy's clock (`now` setting), the clock
 that dated the events, so a demo started with `--now` shows the same report as `edgeproxy report --now`.
 
-The aggregation runs in a worker thread on its own read-only view of the state (SQLite file or Redis stream),
-never on the event loop, and only while someone looks. Results are cached per (snapshot version, newest event
-id); with new events they are recomputed at most every `REFRESH_SECONDS`, or every 5x the last computation's
-duration when that is longer (a 10M-event store costs a core for ~15 s: at most ~20% of one core while the page
-is open). While a newer result is computed, requests get the previous one (`"stale": true`) instead of waiting.
+The aggregation runs in a worker thread on its own read-only view of the events (SQLite file, Redis stream, or
+the PostgreSQL event store of the `events` setting), never on the event loop, and only while someone looks.
+Results are cached per (snapshot version, newest event id); with new events they are recomputed at most every
+`REFRESH_SECONDS`, or every 5x the last computation's duration when that is longer (a 10M-event store costs a
+core for ~15 s: at most ~20% of one core while the page is open). While a newer result is computed, requests
+get the previous one (`"stale": true`) instead of waiting.
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ async def dashboard_data(state: ProxyState) -> dict[str, Any]:
     if cache is None:
         cache = _CACHES[state] = _Cache()
     snapshot = loaded.snapshot
-    url, project_uid = state.config.state, snapshot.project.uid
+    # The fleet's durable event store when one is configured (`events`), else the state store.
+    url, project_uid = state.config.events or state.config.state, snapshot.project.uid
     marker = await asyncio.to_thread(change_marker, url, project_uid)
     key = (snapshot.version, marker)
     async with cache.lock:

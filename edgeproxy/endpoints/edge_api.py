@@ -35,7 +35,7 @@ from edgeproxy.engine.errors import RequestDescriptionError
 from edgeproxy.forward.items import OWN_USER_AGENT, ForwardItem, attributes_item, events_items, merge_item
 from edgeproxy.http.executor import decision_for, peer_address
 from edgeproxy.runtime.state import ProxyState
-from edgeproxy.store.base import EventRecord, StoreError, StoreLimitError
+from edgeproxy.store.base import EventRecord, EventsBufferFull, StoreError, StoreLimitError
 from edgeproxy.visitor.behaviour import STATE_KEY
 from edgeproxy.visitor.forwarded import ClientView
 from edgeproxy.visitor.preview import PREVIEW_COOKIE, Preview, PreviewAsked, verify
@@ -103,6 +103,10 @@ async def edge_api_handler(request: web.BaseRequest, state: ProxyState) -> web.S
         return await handler(request, state, project_uid)
     except EdgeApiError as exc:
         return _json(request, state, {"error": exc.code, "message": exc.message}, status=exc.status)
+    except EventsBufferFull:  # the event store is behind and the Redis buffer at its cap: refused (the store logs)
+        return _json(request, state, {"error": "personalize.EVENTS_BUFFER_FULL", "message": "events not accepted: "
+                                      "the event buffer is full because the event store is behind; retry later"},
+                     status=503, extra={"Retry-After": "5"})  # fmt: skip
     except StoreError as exc:
         state.metrics.store_errors += 1
         log.error("%s %s: store unavailable: %s", request.method, request.path, exc)

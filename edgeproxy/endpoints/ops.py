@@ -117,6 +117,7 @@ async def ops_handler(request: web.BaseRequest, state: ProxyState) -> web.Stream
             "fleet": None if state.fleet is None else {"channel": state.fleet.url, "connected": state.fleet.connected,
                                                        "swaps": state.fleet.swaps, "lastError": state.fleet.last_error},
             "forwarding": None if state.forwarder is None else state.forwarder.status(),
+            "events": None if state.events is None else state.events.status(),
             "origin": state.config.origin,
             "uptimeSeconds": round(state.clock() - state.metrics.started, 3),
             "requests": state.metrics.request_counts(),
@@ -163,13 +164,14 @@ async def _users(request: web.BaseRequest, state: ProxyState, uid: str, accept: 
         return error_response(400, "invalid_user_uid", "The path names no valid user uid: users/{uid} with 1-256 "
                               "characters of RFC 6265 cookie-octet (percent-encode the rest).", accept)  # fmt: skip
     outbox = state.forwarder.outbox if state.forwarder is not None else None
+    events = state.events if state.events is not None and state.events.sink is not None else None
     try:
         if request.method == "DELETE":
             if state.behaviour is not None:  # nothing of theirs is kept in memory or written behind
                 state.behaviour.forget(uid)
-            deleted = await delete_user(state.store, uid, "ops API", state.planner.tombstones, outbox)
+            deleted = await delete_user(state.store, uid, "ops API", state.planner.tombstones, outbox, events)
             return _json({"userUid": uid, "deleted": deleted})
-        return _json(await export_user(state.store, uid, outbox))
+        return _json(await export_user(state.store, uid, outbox, events))
     except StoreError as exc:
         state.metrics.store_errors += 1
         return error_response(503, "store_unavailable", f"The state store did not answer: {exc}", accept)
@@ -222,27 +224,33 @@ def _path_of(url: str) -> str:
 
 
 async def _purge(request: web.BaseRequest, state: ProxyState) -> web.Response:
-    """POST {"url"|"urls", "prefix"|"prefixes", "tag"|"tags"}: drop every variant of the matching entries."""
+    """POST {"url"|"urls", "prefix"|"prefixes", "tag"|"tags", "soft"?}: drop every variant of the matching
+    entries, or with "soft": true mark them stale (served STALE while one request refreshes each)."""
     data, problem = await _purge_body(request, state)
     if problem is not None:
         return problem
     if not isinstance(data, dict):
         return _json({"error": "invalid_purge", "message": 'body must be {"urls"|"prefixes"|"tags": [...]}'}, 400)
+    soft = data.get("soft", False)
+    if not isinstance(soft, bool):
+        return _json({"error": "invalid_purge", "message": f'"soft" must be true or false (got {soft!r})'}, 400)
     paths = [_path_of(u) for u in _strings(data, "url", "urls")]
     prefixes = [_path_of(p) for p in _strings(data, "prefix", "prefixes")]
     tags = _strings(data, "tag", "tags")
     if not (paths or prefixes or tags):
         return _json({"error": "invalid_purge", "message": "name at least one url, prefix or tag"}, 400)
     assert state.cache is not None
-    purged = await state.cache.store.purge(paths=paths, prefixes=prefixes, tags=tags)
-    state.metrics.cache_events["purged"] += purged
-    return _json({"purged": purged, "urls": paths, "prefixes": prefixes, "tags": tags})
+    purged = await state.cache.purge(paths=paths, prefixes=prefixes, tags=tags,
+                                     soft_at=state.clock() if soft else None)  # fmt: skip
+    state.metrics.cache_events["soft_purged" if soft else "purged"] += purged
+    return _json({"purged": purged, "soft": soft, "urls": paths, "prefixes": prefixes, "tags": tags})
 
 
 async def _contentstack_webhook(request: web.BaseRequest, state: ProxyState) -> web.Response:
     """A Contentstack publish/unpublish webhook: purge the pages tagged with the entry (or asset) uid — the
     origin tags pages with `Surrogate-Key: <entry uid> <content type uid>`; a content type change purges the
-    content type's tag (every page of that type)."""
+    content type's tag (every page of that type). A publish purges as `purge_on_publish` says (hard or soft);
+    an unpublish or a delete always hard: what was taken down is never served again."""
     data, problem = await _purge_body(request, state)
     if problem is not None:
         return problem
@@ -259,9 +267,11 @@ async def _contentstack_webhook(request: web.BaseRequest, state: ProxyState) -> 
     if not tags:
         return _json({"error": "invalid_webhook", "message": "no entry, asset or content_type uid in 'data'"}, 400)
     assert state.cache is not None
-    purged = await state.cache.store.purge(paths=[], prefixes=[], tags=tags)
-    state.metrics.cache_events["purged"] += purged
-    return _json({"purged": purged, "tags": tags, "event": data.get("event"), "module": data.get("module")})
+    event = data.get("event")
+    soft = state.config.purge_on_publish == "soft" and event not in ("unpublish", "delete")
+    purged = await state.cache.purge(paths=[], prefixes=[], tags=tags, soft_at=state.clock() if soft else None)
+    state.metrics.cache_events["soft_purged" if soft else "purged"] += purged
+    return _json({"purged": purged, "soft": soft, "tags": tags, "event": event, "module": data.get("module")})
 
 
 async def _explain(request: web.BaseRequest, state: ProxyState) -> web.Response:

@@ -179,6 +179,12 @@ class Manifest:
         return json.dumps(self.edge_body(), separators=(",", ":"))
 
 
+def decide_experiences(ctx: VisitorContext, experiences: Iterable[CompiledExperience]) -> Manifest:
+    """The decision over a selection of experiences, in priority order: each one's variant, or None. The one
+    decision of a visitor: `CompiledSnapshot.decide`, and the memo when it steps aside (engine/memo.py)."""
+    return Manifest.of(ctx.user_uid, tuple([(ce.short_uid, ce.choose(ctx)) for ce in experiences]))
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledSnapshot:
     """An immutable, ready-to-decide project. Swap the whole object to change rules."""
@@ -203,7 +209,7 @@ class CompiledSnapshot:
         return [ce for ce in self.experiences if not ce.tags.isdisjoint(wanted)]
 
     def decide(self, ctx: VisitorContext, tags: Iterable[str] | None = None) -> Manifest:
-        return Manifest.of(ctx.user_uid, tuple([(ce.short_uid, ce.choose(ctx)) for ce in self.select(tags)]))
+        return decide_experiences(ctx, self.select(tags))
 
     def preview_snapshot(self, forcing: Forcing) -> CompiledSnapshot:
         """The snapshot a preview decides on: the drafts' when it asks for them and there are any."""

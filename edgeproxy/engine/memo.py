@@ -17,6 +17,14 @@ The clock's value is the position of `now` among the rules' time thresholds (`bi
 DATE_AND_TIME is only read by BEFORE/AFTER/BETWEEN_TIME, which decides every such comparison; else `now` itself. A
 rule on anything not listed (a future preset) turns the memo off for that selection. Everything here belongs to one
 `MemoDecider`, which belongs to one snapshot: a new snapshot starts empty, and every table is bounded.
+
+The memo pays only when keys repeat. When visitors' features are many and varied (every visit a new mix of
+attribute values, so every key is new) a memo decision costs more than the plain one: the key is read, each new
+value's atoms are learnt, and the experiences are evaluated all the same. So each selection's memo counts, over a
+window of its decisions, how many it answered without evaluating (`StepAside`); when too few, it steps aside and
+the next decisions are the plain engine's (`decide_experiences`, what `CompiledSnapshot.decide` does), without
+reading a key or touching a table; then it tries again, stepping aside for twice as long after each window that
+does not pay. Counters only: the decision stays a pure function of the snapshot and the context.
 """
 
 from __future__ import annotations
@@ -34,12 +42,52 @@ from edgeproxy.engine.context import (
     LYTICS_FLOWS_COOKIE,
     VisitorContext,
 )
-from edgeproxy.engine.decide import CompiledExperience, CompiledSnapshot, CompiledVariant, Manifest, variant_param_of
+from edgeproxy.engine.decide import (
+    CompiledExperience,
+    CompiledSnapshot,
+    CompiledVariant,
+    Manifest,
+    decide_experiences,
+    variant_param_of,
+)
 from edgeproxy.engine.model import TIME_CONDITIONS, AudienceCondition, Rule, RuleGroup, iter_rules, parse_iso_time
 
 MEMO_LIMIT = 50_000  # entries per table (a feature's values, a selection's keys and visitors); cleared when full
 ATOMS_LIMIT = 10_000  # distinct truth tuples of one feature; cleared when full (ids are never reused)
 MANIFEST_JSON_LIMIT = 4096  # distinct variant sets whose cookie JSON is kept
+
+
+@dataclass(frozen=True, slots=True)
+class StepAside:
+    """When a selection's memo steps aside for the plain engine: after each `window` memo decisions, if fewer than
+    `min_hits` of them were answered from the memo (a returning visitor's manifest, or the values of a key seen
+    before), the next `bypass` decisions of that selection are plain; each window after that which does not pay
+    either doubles the bypass, up to `longest`; a window that pays sets it back to `bypass`. A selection's first
+    window is `warmup` decisions long (its rate judged as a window's): an empty memo answers nothing at first.
+
+    The defaults: when nothing repeats a memo miss costs 1.5-3x a plain decision, and a hit 0.2-0.5x (measured with
+    benchmarks/peers.py on the example project and the limits project); returning visitors' misses cost less, as
+    most of their features' values are known. So the memo steps aside when it answers under a quarter of a window:
+    far below that, it can only cost. At the longest bypass the probes are 256 decisions in 65,536 (0.4%)."""
+
+    window: int = 256
+    min_hits: int = 64
+    bypass: int = 2048
+    longest: int = 65_536
+    warmup: int = 1024
+
+    def __post_init__(self) -> None:
+        if (
+            self.window < 1
+            or not 0 <= self.min_hits <= self.window
+            or not 1 <= self.bypass <= self.longest
+            or self.warmup < 1
+        ):
+            raise ValueError(
+                "StepAside needs window >= 1, 0 <= min_hits <= window, 1 <= bypass <= longest and warmup >= 1; "
+                f"got {self}"
+            )
+
 
 # -- what a condition reads -------------------------------------------------------------------------------------
 
@@ -296,8 +344,9 @@ Entries = tuple[tuple[str, CompiledVariant | None], ...]
 
 @dataclass(slots=True)
 class _Plan:
-    """One tag selection: its experiences, its key, and what is memoised under it."""
+    """One tag selection: its experiences, its key, what is memoised under it, and whether that pays."""
 
+    experiences: tuple[CompiledExperience, ...]  # the selection, in priority order
     units: tuple[_Unit, ...]  # per experience
     # Per experience: its short uid, and for a running A/B test its position among `bucketed` (else -1).
     slots: tuple[tuple[str, int], ...]
@@ -313,23 +362,35 @@ class _Plan:
     )
     # (uid, key) -> the whole manifest: a returning visitor with the same features gets the same object again.
     visitors: dict[tuple[str, tuple[int, ...]], Manifest] = field(default_factory=dict)
+    # Whether the memo pays (`StepAside`): memo decisions left in the current window, and how many of the window's
+    # were answered from the memo; plain decisions left before the memo is tried again, and the next such bypass.
+    window_left: int = 0
+    window_size: int = 0
+    window_hits: int = 0
+    bypass_left: int = 0
+    next_bypass: int = 0
 
 
 class MemoDecider:
     """`decide(ctx, tags)` == `snapshot.decide(ctx, tags)`, memoised per feature key (see the module text). One
     per snapshot: the memos are this object's, and go with it."""
 
-    __slots__ = ("_limit", "_manifest_json", "_plans", "hits", "misses", "snapshot")
+    __slots__ = ("_limit", "_manifest_json", "_plans", "_step_aside", "bypassed", "hits", "misses", "snapshot")
 
-    def __init__(self, snapshot: CompiledSnapshot, *, limit: int = MEMO_LIMIT) -> None:
+    def __init__(
+        self, snapshot: CompiledSnapshot, *, limit: int = MEMO_LIMIT, step_aside: StepAside | None = StepAside()
+    ) -> None:
         """`limit`: entries kept per table before it starts over; 0 turns the memo off (every decision is
-        `snapshot.decide`, the reference replay's `--no-memo` compares against)."""
+        `snapshot.decide`, the reference replay's `--no-memo` compares against). `step_aside`: when the memo
+        gives way to the plain engine because it does not pay; None: never (every decision through the memo)."""
         self.snapshot = snapshot
         self._limit = limit
+        self._step_aside = step_aside
         self._plans: dict[tuple[str, ...] | None, _Plan] = {}
         self._manifest_json: dict[Entries, str] = {}
-        self.hits = 0
-        self.misses = 0
+        self.hits = 0  # decisions answered from the memo
+        self.misses = 0  # decisions the memo evaluated
+        self.bypassed = 0  # decisions made plain while the memo stepped aside
 
     def _plan(self, tags: tuple[str, ...] | None) -> _Plan:
         selected = tuple(self.snapshot.select(tags))
@@ -344,7 +405,10 @@ class MemoDecider:
                 names = {feature_name(rule) for rule in rules} | ({"LYTICS_AUDIENCE"} if slugs else set())
                 indexes = [n for n, name in enumerate(key.names) if name in names]
             units.append(_Unit(ce, indexes))
-        plan = _Plan(tuple(units), slots, bucketed, key.key if key is not None else None)
+        plan = _Plan(selected, tuple(units), slots, bucketed, key.key if key is not None else None)
+        policy = self._step_aside
+        plan.window_left = plan.window_size = MEMO_LIMIT if policy is None else policy.warmup
+        plan.next_bypass = 0 if policy is None else policy.bypass
         if len(self._plans) > 1024:  # tag selections come from routes and SDK calls: few, but bounded anyway
             self._plans.clear()
         self._plans[tags] = plan
@@ -358,6 +422,13 @@ class MemoDecider:
         key_of = plan.key
         if key_of is None:
             return self.snapshot.decide(ctx, selection)
+        if not plan.window_left:
+            self._judge_window(plan)
+        if plan.bypass_left:  # the memo does not pay here now (`StepAside`): the plain decision
+            plan.bypass_left -= 1
+            self.bypassed += 1
+            return decide_experiences(ctx, plan.experiences)
+        plan.window_left -= 1
         try:
             key = key_of(ctx)
         except Exception:  # a rule the decision itself might not reach failed: decide as the snapshot does
@@ -366,6 +437,7 @@ class MemoDecider:
         known = plan.visitors.get((uid, key))
         if known is not None:
             self.hits += 1
+            plan.window_hits += 1
             return known
         limit = self._limit
         values = plan.memo.get(key)
@@ -387,6 +459,7 @@ class MemoDecider:
             plan.memo[key] = values
         else:
             self.hits += 1
+            plan.window_hits += 1
         arms = plan.arms.get(uid)
         if arms is None:
             arms = tuple([ce.bucketed(uid) for ce in plan.bucketed])
@@ -410,6 +483,21 @@ class MemoDecider:
             plan.visitors.clear()
         plan.visitors[(uid, key)] = manifest
         return manifest
+
+    def _judge_window(self, plan: _Plan) -> None:
+        """At the end of a window of memo decisions: step aside (`StepAside`) or go on with the memo."""
+        policy = self._step_aside
+        hits, size = plan.window_hits, plan.window_size
+        plan.window_hits = 0
+        if policy is None:  # never steps aside; windows only count
+            plan.window_left = MEMO_LIMIT
+            return
+        plan.window_left = plan.window_size = policy.window
+        if hits * policy.window >= policy.min_hits * size:  # the rate of `min_hits` in a window, or better
+            plan.next_bypass = policy.bypass
+        else:  # the window did not pay: plain decisions for a while, longer each time in a row
+            plan.bypass_left = plan.next_bypass
+            plan.next_bypass = min(plan.next_bypass * 2, policy.longest)
 
     def manifest_json(self, manifest: Manifest) -> str:
         """`manifest.cookie_json()`, memoised per variant set: a snapshot has few, and encoding costs more than

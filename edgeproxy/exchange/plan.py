@@ -13,10 +13,10 @@ Nothing here reads a socket, a file or the time: the clock is the planner's, inj
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -47,8 +47,16 @@ from edgeproxy.visitor.identity import (
 )
 from edgeproxy.visitor.preview import PREVIEW_COOKIE, Preview, PreviewAsked, may_ask_preview, preview_asked
 
-# The store's in-process answer for (project uid, user uid): the attributes when cached, else None (no I/O).
-CachedAttributes = Callable[[str, str], Mapping[str, Any] | None]
+
+class CachedAttributes(Protocol):
+    """The store's in-process answer for (project uid, user uid), without I/O: the attributes when cached, `{}`
+    when it knows nothing is stored (with `behaviour_at_hand`: no attributes, whatever the behaviour), else None."""
+
+    def __call__(
+        self, project_uid: str, user_uid: str, *, behaviour_at_hand: bool = False
+    ) -> Mapping[str, Any] | None: ...
+
+
 # The stored attributes a decision reads, when the caller has not fetched them (plan: find them at hand or ask).
 UNKNOWN: Mapping[str, object] = MappingProxyType({})
 
@@ -171,12 +179,13 @@ class Planner:
         store); otherwise which ones to fetch."""
         if identity.is_new:
             return {}
-        if not loaded.snapshot.reads_custom_attributes and (
-            self.behaviour is None or self.behaviour.known(identity.user_uid) is not None
-        ):  # behaviour this process does not know is read from the store (another process may have seen it)
+        # Behaviour this process does not know is read from the store (another process may have seen the visitor);
+        # behaviour it knows (or none, when behaviour is off) needs no stored behaviour row.
+        behaviour_at_hand = self.behaviour is None or self.behaviour.known(identity.user_uid) is not None
+        if behaviour_at_hand and not loaded.snapshot.reads_custom_attributes:
             return {}
         project_uid = loaded.snapshot.project.uid
-        stored = self.cached_attributes(project_uid, identity.user_uid)
+        stored = self.cached_attributes(project_uid, identity.user_uid, behaviour_at_hand=behaviour_at_hand)
         return stored if stored is not None else NeedStored(project_uid, identity.user_uid)
 
     def decide(

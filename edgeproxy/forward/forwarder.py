@@ -36,7 +36,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from edgeproxy.forward.items import ForwardItem, Outcome, Request, backoff, chains, outcome_of
-from edgeproxy.forward.outbox import Backlog, Entry, Outbox
+from edgeproxy.forward.outbox import Backlog, Entry, Outbox, OutboxFull
 from edgeproxy.http.origin import OriginPool, UpstreamError, pool_for_origin
 from edgeproxy.store.base import StoreError, uid_digest
 
@@ -121,23 +121,12 @@ class Forwarder:
         if not items:
             return True
         if self._estimate + len(items) > self.max_items:
-            self.counts.refused += len(items)
-            with contextlib.suppress(StoreError):
-                await self.outbox.count_refused(len(items))
-            now = self.clock()
-            if now - self._last_refused_log >= REFUSED_LOG_EVERY:
-                self._last_refused_log = now
-                log.error(
-                    "forwarding outbox full (%d of forward_outbox_max %d): %d writes accepted locally and "
-                    "NOT forwarded (%d so far); see `edgeproxy forward status`",
-                    self._estimate,
-                    self.max_items,
-                    len(items),
-                    self.counts.refused,
-                )
-            return False
+            return await self._refuse(items)
         try:
             await self.outbox.append(items)
+        except OutboxFull as full:  # the bound checked with the append (Redis: fleet-wide, atomic)
+            self._estimate = max(self._estimate, full.length)
+            return await self._refuse(items)
         except StoreError:
             self.counts.failed += len(items)
             raise
@@ -145,6 +134,24 @@ class Forwarder:
         self._estimate += len(items)
         self._wake.set()
         return True
+
+    async def _refuse(self, items: Sequence[ForwardItem]) -> bool:
+        """The outbox is full: counted (here and with the outbox), logged now and then; False."""
+        self.counts.refused += len(items)
+        with contextlib.suppress(StoreError):
+            await self.outbox.count_refused(len(items))
+        now = self.clock()
+        if now - self._last_refused_log >= REFUSED_LOG_EVERY:
+            self._last_refused_log = now
+            log.error(
+                "forwarding outbox full (%d of forward_outbox_max %d): %d writes accepted locally and "
+                "NOT forwarded (%d so far); see `edgeproxy forward status`",
+                self._estimate,
+                self.max_items,
+                len(items),
+                self.counts.refused,
+            )
+        return False
 
     # -- sending -----------------------------------------------------------------------------------------
 

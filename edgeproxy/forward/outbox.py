@@ -51,13 +51,23 @@ class Backlog:
     holder: str  # the process holding the sending lease, "" when none does
 
 
+class OutboxFull(StoreError):
+    """An append refused by the outbox itself: it holds `length` writes (queued plus dead letters), `items` more
+    would pass its bound. The Redis outbox checks this with the append, atomically across a fleet."""
+
+    def __init__(self, length: int, bound: int, items: int) -> None:
+        super().__init__(f"forwarding outbox holds {length} writes; {items} more would pass forward_outbox_max {bound}")
+        self.length = length
+
+
 class Outbox(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
 
     async def append(self, items: Sequence[ForwardItem]) -> None:
-        """Queue `items` durably, in order (one transaction); StoreError when that cannot be done."""
+        """Queue `items` durably, in order (one transaction); OutboxFull when the outbox checks its bound and is
+        full (nothing queued), StoreError when that cannot be done."""
         ...
 
     async def hold(self, owner: str, seconds: float, now: float) -> bool:

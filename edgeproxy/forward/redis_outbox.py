@@ -7,6 +7,9 @@ Keys, under a prefix (default `edgeproxy:forward`):
 - `{prefix}:lease`: the sending lease, the holder's name with a PX expiry;
 - `{prefix}:refused`: how many writes were refused because the outbox was full.
 
+The stream, its consumer group, the claim and the ack-then-delete are store/redis_queue.py's, shared with the
+event transport; what is the outbox's own is the lease, the dead letters and the per-user walks.
+
 Why a consumer group with a single consumer at a time: the lease lets one process send, so each user's writes go
 out in the order they were accepted. The group remembers what was delivered and not yet acknowledged (its pending
 entries list), so what a holder read but did not get a 2xx for is not lost when it dies: the next process to take
@@ -22,11 +25,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from edgeproxy.forward.items import ForwardItem, encode_item
-from edgeproxy.forward.outbox import Backlog, DeadLetter, Entry, _entry
+from edgeproxy.forward.outbox import Backlog, DeadLetter, Entry, OutboxFull, _entry
 from edgeproxy.store.base import StoreError
+from edgeproxy.store.redis_queue import QueueFull, RedisQueue, entry_order
 
 GROUP = "edgeproxy-forward"
 _CHUNK = 1_000  # stream entries read (and moved or deleted) per round trip: Redis serves other clients in between
@@ -78,23 +82,22 @@ def _shown(url: str) -> str:
 
 
 def _rows(raw: Any) -> list[tuple[bytes, Fields]]:
-    """XRANGE's or XREADGROUP's entries as (id, fields); a deleted pending entry's fields are {}."""
+    """XRANGE's entries as (id, fields)."""
     return [(entry_id, fields or {}) for entry_id, fields in raw or []]
 
 
-def _is_nogroup(exc: RedisError) -> bool:
-    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
-
-
 class RedisOutbox:
-    def __init__(self, url: str, prefix: str = "edgeproxy:forward") -> None:
+    def __init__(self, url: str, prefix: str = "edgeproxy:forward", max_items: int = 0) -> None:
+        """`max_items` > 0: the bound (queued plus dead letters) checked with each append (OutboxFull)."""
         self.url = url
         self.prefix = prefix
+        self.max_items = max_items
         self.queue = f"{prefix}:queue"
         self.dead = f"{prefix}:dead"
         self.lease = f"{prefix}:lease"
         self.refused = f"{prefix}:refused"
         self._client: redis.Redis | None = None
+        self._queue: RedisQueue | None = None
         self._claimed = ""  # the owner whose takeover claim finished in this process ("" when none)
 
     @property
@@ -102,6 +105,12 @@ class RedisOutbox:
         if self._client is None:
             raise StoreError("forwarding outbox is closed")
         return self._client
+
+    @property
+    def stream(self) -> RedisQueue:
+        if self._queue is None:
+            raise StoreError("forwarding outbox is closed")
+        return self._queue
 
     @contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
@@ -115,29 +124,27 @@ class RedisOutbox:
 
     async def start(self) -> None:
         self._client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
+        self._queue = RedisQueue(self._client, self.queue, GROUP)
         with self._errors("open the queue"):
-            await self._create_group()
+            await self._queue.ensure_group()
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-
-    async def _create_group(self) -> None:
-        try:
-            await self.client.xgroup_create(self.queue, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if not str(exc).startswith("BUSYGROUP"):
-                raise
+            self._queue = None
 
     async def append(self, items: Sequence[ForwardItem]) -> None:
+        """One script checks the bound (queue and dead letters together, every instance's appends included) and
+        appends them all."""
         if not items:
             return
+        rows: list[dict[str, str | bytes]] = [{"i": encode_item(i), "u": i.orders_by, "o": i.other_uid} for i in items]
         with self._errors("queue writes"):
-            async with self.client.pipeline(transaction=True) as pipe:
-                for item in items:
-                    pipe.xadd(self.queue, {"i": encode_item(item), "u": item.orders_by, "o": item.other_uid})
-                await pipe.execute()
+            try:
+                await self.stream.append(rows, cap=self.max_items, counted=[self.dead])
+            except QueueFull as full:
+                raise OutboxFull(full.length, full.cap, full.count) from None
 
     async def hold(self, owner: str, seconds: float, now: float) -> bool:
         """The lease's expiry is Redis's (PX), so `now` is not needed. When `owner` takes the lease over (it was
@@ -152,36 +159,15 @@ class RedisOutbox:
                 return False
             if got == 2 or self._claimed != owner:  # also: a claim that failed half-way is done again
                 self._claimed = ""
-                await self._claim(owner)
+                await self.stream.claim_all(owner, 0, _CHUNK)  # the queue dropped meanwhile: nothing was pending
                 self._claimed = owner
         return True
-
-    async def _claim(self, owner: str) -> None:
-        cursor: bytes | str = "0-0"
-        while True:
-            try:
-                answer = await self.client.xautoclaim(self.queue, GROUP, owner, 0, cursor, count=_CHUNK)
-            except ResponseError as exc:
-                if not _is_nogroup(exc):
-                    raise
-                await self._create_group()  # the queue was dropped: nothing was pending
-                return
-            cursor = answer[0]
-            if _text(cursor) == "0-0":
-                return
 
     async def release(self, owner: str) -> None:
         with self._errors("release the sending lease"):
             await self.client.eval(_RELEASE, 1, self.lease, owner)
         if self._claimed == owner:
             self._claimed = ""
-
-    async def _read(self, owner: str, start: str, count: int) -> list[tuple[bytes, Fields]]:
-        answer: Any = await self.client.xreadgroup(GROUP, owner, {self.queue: start}, count=count)
-        rows: list[tuple[bytes, Fields]] = []
-        for _, entries in answer or []:
-            rows += _rows(entries)
-        return rows
 
     async def window(self, owner: str, limit: int) -> list[Entry]:
         """`owner`'s pending entries first (delivered before, not acknowledged: older than any new one), then
@@ -190,41 +176,29 @@ class RedisOutbox:
         if limit <= 0:
             return []
         entries: list[Entry] = []
-        gone: list[bytes] = []
+        gone: list[str] = []
         with self._errors("read the queue"):
-            try:
-                start = "0"
-                while len(entries) < limit:  # the pending entries, oldest first
-                    wanted = limit - len(entries)
-                    rows = await self._read(owner, start, wanted)
-                    for entry_id, fields in rows:
-                        if fields:
-                            entries.append(_entry(_text(entry_id), fields.get(b"i", b"")))
-                        else:
-                            gone.append(entry_id)
-                    if len(rows) < wanted:
-                        break
-                    start = _text(rows[-1][0])
-                if len(entries) < limit:  # then entries never delivered
-                    rows = await self._read(owner, ">", limit - len(entries))
-                    entries += [_entry(_text(entry_id), fields.get(b"i", b"")) for entry_id, fields in rows]
-                if gone:
-                    await self.client.xack(self.queue, GROUP, *gone)
-            except ResponseError as exc:
-                if not _is_nogroup(exc):
-                    raise
-                await self._create_group()  # the queue was deleted (dropped): it starts again empty
-                return []
+            start = "0"
+            while len(entries) < limit:  # the pending entries, oldest first
+                wanted = limit - len(entries)
+                pending, deleted = await self.stream.read_pending(owner, wanted, after=start)
+                entries += [_entry(entry_id, fields.get(b"i", b"")) for entry_id, fields in pending]
+                gone += deleted
+                if len(pending) + len(deleted) < wanted:
+                    break
+                start = max([entry_id for entry_id, _ in pending] + deleted, key=entry_order)
+            if len(entries) < limit:  # then entries never delivered (a dropped queue starts again empty)
+                rows = await self.stream.read_new(owner, limit - len(entries))
+                entries += [_entry(entry_id, fields.get(b"i", b"")) for entry_id, fields in rows]
+            if gone:
+                await self.client.xack(self.queue, GROUP, *gone)
         return entries
 
     async def ack(self, ids: Sequence[str]) -> None:
         if not ids:
             return
         with self._errors("remove sent writes from the queue"):
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.xack(self.queue, GROUP, *ids)
-                pipe.xdel(self.queue, *ids)
-                await pipe.execute()
+            await self.stream.ack(ids)
 
     async def bury(self, dead: Sequence[tuple[Entry, str]], now: float) -> None:
         """Each entry's stored fields copied to the dead letters with its reason (an entry gone already, deleted

@@ -18,13 +18,15 @@ from aiohttp import HttpVersion10, HttpVersion11, web
 from multidict import CIMultiDict
 
 from edgeproxy.cache import policy
+from edgeproxy.cache.keys import variant_key
 from edgeproxy.cache.layer import ResponseCache
-from edgeproxy.cache.store import CachedResponse, MemoryCacheStore
+from edgeproxy.cache.store import CachedResponse, MemoryCacheStore, Varies
 from edgeproxy.engine.context import VisitorContext
 from edgeproxy.engine.decide import Forcing, Manifest
 from edgeproxy.engine.explain import explain
 from edgeproxy.exchange.decorate import ClientBase, ResponseHook, response_hook
 from edgeproxy.exchange.plan import Decision, NeedStored, Plan
+from edgeproxy.exchange.routes import DEFAULT_ROUTE
 from edgeproxy.http.access_log import DECIDED_KEY, access_line
 from edgeproxy.http.aiohttp_internals import LaneAnswer, ParsedRequest, answer_in_http11
 from edgeproxy.http.errors import error_response, refusal_response
@@ -53,6 +55,7 @@ class Decided:
     manifest: Manifest | None = None
     snapshot: str = ""
     tags: tuple[str, ...] | None = None
+    route: str = DEFAULT_ROUTE  # the route's name, for the per-route cache metrics
 
 
 def record_decision(state: ProxyState, plan: Plan, decided: Decided) -> ResponseHook | None:
@@ -88,7 +91,7 @@ def observe_served(
     seconds = perf_counter() - started
     state.metrics.observe_request("page" if decided.manifest is not None else "passthrough", status, seconds)
     if x_cache is not None:
-        state.metrics.cache_result(x_cache)
+        state.metrics.cache_result(decided.route, x_cache)
     if state.decision_log is not None and decided.manifest is not None and decided.ctx is not None:
         state.decision_log.write(
             ctx=decided.ctx, manifest=decided.manifest, snapshot=decided.snapshot, method=method, path=raw_path,
@@ -108,7 +111,7 @@ async def proxy_handler(request: web.BaseRequest, state: ProxyState) -> web.Stre
     if state.cache is not None and request.method in UNSAFE_METHODS and response.status < 400:
         # RFC 9111 §4.4: a successful unsafe request invalidates the stored responses for its URI.
         try:
-            await state.cache.store.purge(paths=[request.raw_path], prefixes=[], tags=[])
+            await state.cache.purge(paths=[request.raw_path], prefixes=[], tags=[])
         except Exception as exc:  # a shared cache being away must not fail the request that already succeeded
             log.warning("cache invalidation after %s %s failed: %s", request.method, request.raw_path, exc)
     return response
@@ -150,6 +153,7 @@ async def _execute(request: web.BaseRequest, state: ProxyState, decided: Decided
         plan = planner.plan(loaded, request.method, raw_path, request.path, headers, where,
                             has_body=has_body, upgrade=upgrade is not None, stored=stored)  # fmt: skip
         assert isinstance(plan, Plan)
+    decided.route = plan.route.name
     impressions = record_decision(state, plan, decided)
     cookies, personalized = plan.cookies, plan.decision is not None
     cache = state.cache
@@ -157,11 +161,14 @@ async def _execute(request: web.BaseRequest, state: ProxyState, decided: Decided
     if cache is not None and plan.cache_view is not None and not cache.passes(plan.cache_key, state.clock()):
         # A fresh hit is served from the client's request as it is, before any upstream request is built.
         get_now = cache.get_now  # a memory store answers without a coroutine
-        entry = get_now(plan.cache_key) if get_now is not None else await cache.fetch(plan.cache_key)
+        found = get_now(plan.cache_key) if get_now is not None else await cache.fetch(plan.cache_key)
+        entry = (
+            await cache.variant(plan.cache_key, found, plan.cache_view.value) if isinstance(found, Varies) else found
+        )  # fmt: skip
         hit = plan.cache_view.fresh_hit(entry, state.clock())
         if hit is not None:
             return serve_entry(request, state, hit, policy.HIT, cookies, personalized, impressions)
-        fetched = (entry,)
+        fetched = (found,)
 
     upstream_headers = planner.upstream_headers(plan.where, plan.decision, headers, request.host)
     x_cache = None
@@ -391,22 +398,27 @@ class CacheExchange:
         return serve_entry(self.request, self.state, entry, label, plan.cookies, plan.decision is not None,
                            self.impressions)  # fmt: skip
 
-    async def run(self, fetched: tuple[CachedResponse | None] | None) -> web.StreamResponse:
+    async def run(self, fetched: tuple[CachedResponse | Varies | None] | None) -> web.StreamResponse:
         """`fetched`: the store's answer for the key when the caller asked already (one store round trip)."""
         cache, upstream_headers, now = self.cache, self.upstream_headers, self.state.clock()
         for name in policy.CONDITIONAL_REQUEST_HEADERS:  # the cache fetches for everyone; it answers conditionals
             upstream_headers.popall(name, None)
-        entry = policy.selected(fetched[0] if fetched is not None else await cache.fetch(self.key), upstream_headers)
+        found = fetched[0] if fetched is not None else await cache.fetch(self.key)
+        flight = self.key  # one origin request at a time per key: per Vary variant once the key is known to vary
+        if isinstance(found, Varies):  # selected by the headers as the origin gets them
+            flight = variant_key(self.key, [(name, upstream_headers.get(name, "")) for name in found.names])
+            found = await cache.variant(self.key, found, lambda name: upstream_headers.get(name, ""))
+        entry = policy.selected(found, upstream_headers)
         step = policy.lookup(entry, now, self.request.method, cache.passes(self.key, now))
         if step == policy.HIT or step == policy.STALE:
             assert entry is not None
             if step == policy.STALE:
                 stale = entry
-                cache.revalidate_in_background(self.key, lambda: self.refresh(stale))
+                cache.revalidate_in_background(flight, lambda: self.refresh(stale))
             return self.serve(entry, step)
         if step == policy.PASS:
             return await self.forward()
-        leader = cache.inflight.get(self.key)
+        leader = cache.inflight.get(flight)
         if leader is not None:
             # Coalesced: wait for the request already on its way to the origin for this key.
             cache.counts["coalesced"] += 1
@@ -420,11 +432,11 @@ class CacheExchange:
                     return self.serve(shared, label)
             return await self.forward()
         future: asyncio.Future[tuple[CachedResponse, str] | None] = asyncio.get_running_loop().create_future()
-        cache.inflight[self.key] = future
+        cache.inflight[flight] = future
         try:
             return await self.fetch(entry, future)
         finally:
-            cache.inflight.pop(self.key, None)
+            cache.inflight.pop(flight, None)
             if not future.done():
                 future.set_result(None)
 
@@ -567,7 +579,7 @@ def lane_answer(state: ProxyState, access_log: logging.Logger | None, values_che
     def answer(message: ParsedRequest, peer: str | None, scheme: str) -> Sequence[bytes] | None:
         started = perf_counter()
         raw_path = message.path
-        if not store.holds_path(raw_path):
+        if not store.holds_path(cache.path_of(raw_path)):
             return None  # the cheap no: nothing is stored for this URL
         if check_request("GET", raw_path, message.version, message.raw_headers, values_checked=values_checked):
             return None  # the general path asks the gate again and answers its refusal
@@ -589,11 +601,15 @@ def lane_answer(state: ProxyState, access_log: logging.Logger | None, values_che
         if cache.passes(plan.cache_key, now):
             return None
         assert plan.cache_view is not None
-        entry = plan.cache_view.fresh_hit(store.get_now(plan.cache_key), now)
+        found = store.get_now(plan.cache_key)
+        if isinstance(found, Varies):
+            found = cache.variant_now(plan.cache_key, found, plan.cache_view.value)
+        entry = plan.cache_view.fresh_hit(found, now)
         if entry is None:
             return None
         # A fresh hit: from here on it is answered, and recorded as the general path records one.
         decided = Decided()
+        decided.route = plan.route.name  # (an assignment costs less than a keyword argument here)
         impressions = record_decision(state, plan, decided)
         personalized = plan.decision is not None
         parts = entry_parts(state, entry, _prepared(entry, config), policy.HIT, plan.cookies.lines, personalized,

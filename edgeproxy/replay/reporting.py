@@ -48,7 +48,7 @@ def report_dict(
                 "users": result.users,
                 "seconds": round(result.seconds, 3),
                 "requestsPerSecond": round(result.requests_per_second),
-                "memo": {"hits": result.memo_hits, "misses": result.memo_misses},
+                "memo": {"hits": result.memo_hits, "misses": result.memo_misses, "bypassed": result.memo_bypassed},
                 "experiences": [e.to_dict() for e in experiences],
                 "neverActivated": [
                     {"shortUid": e.short_uid, "name": e.name, "status": e.status}

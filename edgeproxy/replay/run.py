@@ -69,6 +69,7 @@ class ReplayResult:
     memo_hits: int
     memo_misses: int
     behaviour_page_views: int | None = None  # page views counted for behavioural attributes (--behaviour)
+    memo_bypassed: int = 0  # decisions made plain while the memo stepped aside (engine/memo.py StepAside)
 
     @property
     def requests_per_second(self) -> float:
@@ -186,5 +187,6 @@ def replay(
         cpu_seconds=time.process_time() - cpu_started,
         memo_hits=decider.hits,
         memo_misses=decider.misses,
+        memo_bypassed=decider.bypassed,
         behaviour_page_views=behaviour.page_views if behaviour is not None else None,
     )

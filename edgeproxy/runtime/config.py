@@ -37,6 +37,17 @@ class RouteRule:
     personalize: bool = True
     tags: tuple[str, ...] | None = None
     cache: bool = True
+    name: str = ""  # the route's label in the per-route cache metrics; empty = the path glob
+
+
+# Query parameters left out of the cache key by default: click identifiers and campaign tags that ad platforms,
+# email tools and analytics append to inbound links. Pages are rendered the same with or without them (the
+# analytics script reads them from the browser's location), the click identifiers are unique per click (one
+# entry per ad click otherwise), and a decision that reads them is in the key already as the variant set.
+DEFAULT_CACHE_IGNORED_QUERY_PARAMS = (
+    "utm_*", "gclid", "gclsrc", "dclid", "gbraid", "wbraid", "fbclid", "msclkid", "ttclid", "twclid", "li_fat_id",
+    "yclid", "igshid", "mc_cid", "mc_eid", "_hsenc", "_hsmi", "mkt_tok", "_ga", "_gl",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +74,8 @@ class ProxyConfig:
     edge_api_prefix: str = "/_personalize/"
     cors_origins: tuple[str, ...] = ("*",)
     state: str = "sqlite:///edgeproxy-state.sqlite3"
+    events: str = ""
+    events_buffer_max: int = 1_000_000
     max_body_bytes: int = 65_536
     max_events_per_request: int = 100
     max_attributes_per_user: int = 100
@@ -87,6 +100,10 @@ class ProxyConfig:
     cache_max_object_bytes: int = 8 * 1024 * 1024
     cache_default_ttl: float = 0.0
     cache_key_headers: tuple[str, ...] = ()
+    cache_ignored_query_params: tuple[str, ...] = DEFAULT_CACHE_IGNORED_QUERY_PARAMS
+    cache_sort_query: bool = False
+    cache_soft_purge_grace: float = 60.0
+    purge_on_publish: str = "hard"
     purge_token: str = ""
     preview_secret: str = ""
     cookie_domain: str = ""
@@ -124,7 +141,8 @@ FIELDS: dict[str, str] = {
     "no_store_personalized_html": "send Cache-Control: no-store on personalized HTML (default true)",
     "static_extensions": "comma-separated path extensions never personalized (default: common asset types)",
     "skip_paths": "comma-separated path globs never personalized, e.g. /static/*,/api/health",
-    "routes": "per-route settings (config file only): [[routes]] path = glob, tags = [...], personalize = bool",
+    "routes": "per-route settings (config file only): [[routes]] path = glob, tags = [...], personalize = bool, "
+    "cache = bool, name = its label in the per-route cache metrics (default: the glob)",
     "behaviour": "behavioural attributes (config file only): a [behaviour] table mapping visits, pageviews, "
     "days_since_first_visit, days_since_last_visit, first_referrer, utm_source and [[behaviour.paths]] counters to "
     "custom attribute keys (default off)",
@@ -135,6 +153,11 @@ FIELDS: dict[str, str] = {
     "cors_origins": "comma-separated origins allowed to call the Edge API from browsers (default *)",
     "state": "user attributes and events: sqlite:///path.db (default sqlite:///edgeproxy-state.sqlite3) or "
     "redis://host:port/db for several instances",
+    "events": "where events live durably when not in `state`: a postgresql://user@host:port/database URL, the "
+    "event store for fleets (edgeproxy report --events and the dashboard read it); empty = in `state` (default)",
+    "events_buffer_max": "with Redis state and `events`: most events buffered in each project's Redis stream on "
+    "their way to the event store; past it new events are refused (POST /events answers 503), never dropped "
+    "silently (default 1000000: about 70-100 MB of Redis memory)",
     "max_body_bytes": "largest Edge API request body (default 65536)",
     "max_events_per_request": "most events in one POST /events (default 100)",
     "max_attributes_per_user": "most stored attributes per user (default 100)",
@@ -162,6 +185,15 @@ FIELDS: dict[str, str] = {
     "cache_max_object_bytes": "responses larger than this pass uncached (default 8388608)",
     "cache_default_ttl": "seconds to cache responses the origin gives no freshness for (default 0: not cached)",
     "cache_key_headers": "comma-separated request headers added to the cache key, e.g. accept-language",
+    "cache_ignored_query_params": "comma-separated query parameters left out of the cache key (a trailing * matches "
+    "a prefix, e.g. utm_*); the origin still gets the URL as sent (default: utm_*, gclid, fbclid, msclkid and other "
+    "click identifiers and campaign tags; empty = every parameter counts)",
+    "cache_sort_query": "sort the query parameters by name in the cache key, so ?a=1&b=2 and ?b=2&a=1 share "
+    "entries; the origin still gets the URL as sent (default false)",
+    "cache_soft_purge_grace": "seconds after a soft purge during which a purged entry is still served (STALE) "
+    "while one request refreshes it, never past what its freshness and stale-while-revalidate allowed (default 60)",
+    "purge_on_publish": "how the Contentstack publish webhook purges the entry's pages: hard (drop them; default) "
+    "or soft (mark them stale and refresh them in the background); unpublish and delete always purge hard",
     "purge_token": "token for POST /_edgeproxy/purge and the Contentstack publish webhook; empty = ops_token",
     "preview_secret": "secret that signs preview links (edgeproxy preview-link; prefer EDGEPROXY_PREVIEW_SECRET over "
     "the flag); empty = previews off",
@@ -263,12 +295,15 @@ def _routes(value: Any, source: str) -> tuple[RouteRule, ...]:
         cache = item.get("cache", True)
         if not isinstance(personalize, bool) or not isinstance(cache, bool):
             raise ValueError(f"routes[{index}].personalize and .cache must be true or false")
-        unknown = set(item) - {"path", "tags", "personalize", "cache"}
+        name = item.get("name", "")
+        if not isinstance(name, str):
+            raise ValueError(f"routes[{index}].name must be a string (its label in the cache metrics)")
+        unknown = set(item) - {"path", "tags", "personalize", "cache", "name"}
         if unknown:
             raise ValueError(f"routes[{index}] has unknown keys {sorted(unknown)}")
-        routes.append(
-            RouteRule(path=item["path"], personalize=personalize, tags=tuple(tags) if tags else None, cache=cache)
-        )
+        rule = RouteRule(path=item["path"], personalize=personalize, tags=tuple(tags) if tags else None, cache=cache,
+                         name=name)  # fmt: skip
+        routes.append(rule)
     return tuple(routes)
 
 
@@ -439,7 +474,7 @@ def validate(config: ProxyConfig) -> ProxyConfig:
         raise ConfigError("settings 'ops_prefix' and 'edge_api_prefix' must not overlap")
     for name in ("max_body_bytes", "max_events_per_request", "max_attributes_per_user", "max_attribute_value_bytes",
                  "max_users", "pool_size", "max_header_size", "cache_max_bytes",
-                 "cache_max_object_bytes", "forward_outbox_max"):  # fmt: skip
+                 "cache_max_object_bytes", "forward_outbox_max", "events_buffer_max"):  # fmt: skip
         if getattr(config, name) <= 0:
             raise _bad(config, name, f"must be > 0 (got {_shown(getattr(config, name))})")
     for name in ("connect_timeout", "read_timeout", "sync_interval", "sync_timeout", "attribute_ttl_days",
@@ -451,6 +486,15 @@ def validate(config: ProxyConfig) -> ProxyConfig:
         raise _bad(config, "retention_days", f"must be >= 0 days (0 = keep; got {_shown(config.retention_days)})")
     if not config.cache_default_ttl >= 0:
         raise _bad(config, "cache_default_ttl", f"must be >= 0 seconds (got {_shown(config.cache_default_ttl)})")
+    if not config.cache_soft_purge_grace >= 0:
+        raise _bad(config, "cache_soft_purge_grace",
+                   f"must be >= 0 seconds (got {_shown(config.cache_soft_purge_grace)})")  # fmt: skip
+    if config.purge_on_publish not in ("hard", "soft"):
+        raise _bad(config, "purge_on_publish", f": {config.purge_on_publish!r} is not hard or soft")
+    for param in config.cache_ignored_query_params:
+        problem = query_pattern_problem(param)
+        if problem:
+            raise _bad(config, "cache_ignored_query_params", f": {param!r} {problem}")
     if config.impressions not in ("origin", "proxy", "off"):
         raise _bad(config, "impressions", f": {config.impressions!r} is not origin, proxy or off")
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -462,6 +506,17 @@ def validate(config: ProxyConfig) -> ProxyConfig:
     problem = state_url_problem(config.state)
     if problem:
         raise _bad(config, "state", f": {problem}")
+    if config.events:
+        from edgeproxy.store.events_url import events_url_problem
+
+        events_problem = events_url_problem(config.events)
+        if events_problem:
+            raise _bad(config, "events", f": {events_problem}")
+        if not config.state.startswith(("redis://", "rediss://", "unix://")):
+            why = (": an event store is for a fleet on Redis state (state = redis://...): events reach it through a "
+                   "Redis stream that every instance drains. With SQLite state they stay in the SQLite file "
+                   f"({source_of(config, 'state')}); leave `events` empty, or use Redis state")  # fmt: skip
+            raise _bad(config, "events", why)
     if config.cache_store != "memory":
         _check_url(config, "cache_store", ("redis", "rediss", "unix"), "'memory' or a redis://host:port/db URL")
     if config.fleet_redis:
@@ -487,6 +542,17 @@ def validate(config: ProxyConfig) -> ProxyConfig:
         except ValueError as exc:
             raise _bad(config, "now", f": {exc}") from None
     return config
+
+
+def query_pattern_problem(pattern: str) -> str | None:
+    """Why `pattern` cannot name query parameters (a name, or a prefix ending in one `*`), or None."""
+    if "*" in pattern[:-1]:
+        return "may have '*' only at its end (a prefix, e.g. utm_*)"
+    bad = sorted(set(pattern) & set("&=?#% "))
+    if bad:
+        held = "".join(bad)
+        return f"is not a parameter name (it holds {held!r}); name parameters as they are decoded, e.g. utm_source"
+    return None
 
 
 def listen_address(config: ProxyConfig) -> tuple[str, int]:

@@ -15,11 +15,12 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from edgeproxy.analytics.live import LiveDecisions
+from edgeproxy.cache.keys import CacheQuery
 from edgeproxy.cache.layer import ResponseCache
 from edgeproxy.cache.store import CacheStore, MemoryCacheStore, RedisCacheStore
 from edgeproxy.clock import Clock, clock_for
@@ -28,6 +29,7 @@ from edgeproxy.endpoints.ops import ops_handler
 from edgeproxy.engine.errors import RulesError
 from edgeproxy.engine.useragent import UserAgentClassifier
 from edgeproxy.exchange.plan import Planner
+from edgeproxy.exchange.routes import RouteTable
 from edgeproxy.files.snapshot_file import load_snapshot
 from edgeproxy.http.access_log import JsonAccessLogger
 from edgeproxy.http.aiohttp_internals import parser_rejection
@@ -38,6 +40,10 @@ from edgeproxy.runtime.metrics import ProxyMetrics
 from edgeproxy.runtime.snapshots import SnapshotHolder
 from edgeproxy.runtime.state import ProxyState
 from edgeproxy.store import AttributeLimits, StoreError, open_store
+from edgeproxy.store.base import StateStore
+
+if TYPE_CHECKING:
+    from edgeproxy.store.event_drain import EventTransport
 from edgeproxy.sync.client import ManagementClient, SyncError, admin_base_url
 from edgeproxy.sync.poller import AdminSource, RulesSource, SnapshotPoller
 
@@ -63,7 +69,8 @@ def make_state(
         ttl_seconds=int(config.attribute_ttl_days * 86_400),
         max_users=config.max_users,
     )
-    store = open_store(config.state, limits, clock)
+    store = open_store(config.state, limits, clock, config.events_buffer_max if config.events else 0)
+    events = make_event_transport(config, store) if serving else None
     live = LiveDecisions(clock)
     classifier = UserAgentClassifier()
     poller = make_poller(config, holder, classifier) if serving else None
@@ -75,6 +82,8 @@ def make_state(
 
         behaviour = BehaviourTracker(config.behaviour, store, lambda: _project_uid(holder, config))
     planner = Planner(config, clock, geo_lookup, store.cached_attributes, cache, classifier, behaviour)
+    if cache is not None:
+        count_cache_by_route(metrics, cache, planner.routes)
     decision_log = None
     if config.decision_log:
         from edgeproxy.runtime.decision_log import DecisionLog
@@ -86,9 +95,11 @@ def make_state(
         from edgeproxy.forward.items import edge_api_base
         from edgeproxy.forward.opener import open_outbox
 
-        forwarder = Forwarder(open_outbox(config.state), edge_api_base(config.forward_edge_api),
-                              config.forward_outbox_max, timeout=config.forward_timeout)  # fmt: skip
+        outbox = open_outbox(config.state, config.forward_outbox_max)
+        forwarder = Forwarder(outbox, edge_api_base(config.forward_edge_api), config.forward_outbox_max,
+                              timeout=config.forward_timeout)  # fmt: skip
     metrics.forwarder = forwarder
+    metrics.events = events
     impressions = None
     if serving and config.impressions != "off":
         from edgeproxy.analytics.impressions import ImpressionRecorder
@@ -106,14 +117,31 @@ def make_state(
 
         tombstones = TombstoneFollower(store, planner.tombstones, behaviour=behaviour)
         if config.retention_days > 0:
-            retention = Retention(store, clock, config.retention_days)
+            retention = Retention(store, clock, config.retention_days, events=events if config.events else None)
     if load_rules and config.rules:
         holder.swap(load_snapshot(config.rules, classifier), config.rules)
     return ProxyState(
         config, clock, holder, store, planner, metrics, live, cache=cache, decision_log=decision_log,
         impressions=impressions, poller=poller, fleet=fleet, retention=retention, tombstones=tombstones,
-        forwarder=forwarder, behaviour=behaviour,
+        forwarder=forwarder, behaviour=behaviour, events=events,
     )  # fmt: skip
+
+
+def make_event_transport(config: ProxyConfig, store: StateStore) -> EventTransport | None:
+    """With Redis state: the event streams, drained into the `events` store when one is set (each process drains:
+    one consumer per process, so workers and instances share the work), else only watched for status."""
+    from edgeproxy.store.redis_store import RedisStore
+
+    if not isinstance(store, RedisStore):
+        return None  # SQLite state: events are rows of the state file (validate refuses `events` with it)
+    from edgeproxy.store.event_drain import EventTransport
+
+    if not config.events:
+        return EventTransport(store, None)
+    from edgeproxy.store.events_url import shown_url
+    from edgeproxy.store.postgres_events import PostgresEventStore
+
+    return EventTransport(store, PostgresEventStore(config.events), shown_url(config.events))
 
 
 def _project_uid(holder: SnapshotHolder, config: ProxyConfig) -> str:
@@ -138,7 +166,16 @@ def make_cache(config: ProxyConfig, clock: Clock, metrics: ProxyMetrics) -> Resp
         max_object_bytes=config.cache_max_object_bytes,
         events=metrics.cache_events,
         not_stored=metrics.not_stored,
+        query=CacheQuery(config.cache_ignored_query_params, sort=config.cache_sort_query),
+        soft_purge_grace=config.cache_soft_purge_grace,
     )
+
+
+def count_cache_by_route(metrics: ProxyMetrics, cache: ResponseCache, routes: RouteTable) -> None:
+    """The per-route cache metrics: every route counted from the start, and the variant sets stored per URL
+    counted by route at scrape time."""
+    metrics.bind_routes(routes.names)
+    metrics.variant_census = lambda: cache.variant_sets_by_route(routes.name_of_target)
 
 
 def make_poller(config: ProxyConfig, holder: SnapshotHolder, classifier: UserAgentClassifier) -> SnapshotPoller:

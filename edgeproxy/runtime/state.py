@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from edgeproxy.runtime.behaviour import BehaviourTracker
     from edgeproxy.runtime.decision_log import DecisionLog
     from edgeproxy.runtime.users import Retention, TombstoneFollower
+    from edgeproxy.store.event_drain import EventTransport
     from edgeproxy.sync.fleet import FleetFollower
     from edgeproxy.sync.poller import SnapshotPoller
 
@@ -53,6 +54,7 @@ class ProxyState:
         tombstones: TombstoneFollower | None = None,
         forwarder: Forwarder | None = None,
         behaviour: BehaviourTracker | None = None,
+        events: EventTransport | None = None,
     ) -> None:
         self.config = config
         self.clock = clock  # the one clock of the process: decisions, cache ages, stored TTLs, logs
@@ -70,6 +72,7 @@ class ProxyState:
         self.live = live  # decision counts by variant, for the dashboard and Prometheus
         self.forwarder = forwarder  # queues accepted writes for Contentstack's Edge API (forward_edge_api)
         self.behaviour = behaviour  # visitors' behavioural attributes, written behind ([behaviour])
+        self.events = events  # Redis state: the event streams, drained into the `events` store when one is set
         self.origin = URL(config.origin.rstrip("/"))
         self._session: aiohttp.ClientSession | None = None  # WebSocket upgrades only
         self._upstream: OriginPool | None = None  # every other request to the origin
@@ -123,6 +126,8 @@ class ProxyState:
         )
         if self.forwarder is not None:
             await self.forwarder.start()
+        if self.events is not None:
+            self.events.start()
         if self.impressions is not None:
             self.impressions.start()
         if self.behaviour is not None:
@@ -147,6 +152,8 @@ class ProxyState:
             await self.forwarder.stop()
         if self.behaviour is not None:
             await self.behaviour.stop()  # every page view counted is written: exact after a clean shutdown
+        if self.events is not None:
+            await self.events.stop()  # after the impressions' last append; the batch in flight is finished
         if self.retention is not None:
             await self.retention.stop()
         if self.tombstones is not None:

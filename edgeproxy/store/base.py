@@ -13,11 +13,17 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 EventType = Literal["IMPRESSION", "EVENT"]
+BEHAVIOUR_KEY = "__edgeproxy_behaviour"  # the stored attribute a visitor's behaviour is read as (SPEC §13)
 EventSource = Literal["sdk", "proxy", "origin"]
 
 
 class StoreError(Exception):
     """The backend failed (I/O, connection); nothing was half-written."""
+
+
+class EventsBufferFull(StoreError):
+    """Events refused, not stored: the Redis stream that carries them to the event store is at its cap
+    (`events_buffer_max`) because the store is not draining it. The message says so and what to check."""
 
 
 class StoreLimitError(ValueError):
@@ -91,8 +97,18 @@ class StateStore(Protocol):
 
     async def get_attributes(self, project_uid: str, user_uid: str) -> dict[str, Any]: ...
 
-    def cached_attributes(self, project_uid: str, user_uid: str) -> dict[str, Any] | None:
-        """What `get_attributes` would return from an in-process cache, without I/O; None when not cached."""
+    def cached_attributes(
+        self, project_uid: str, user_uid: str, *, behaviour_at_hand: bool = False
+    ) -> dict[str, Any] | None:
+        """What `get_attributes` would return, known without I/O: from an in-process cache, or `{}` for a user
+        the store knows has nothing stored; None when not known (read it). `behaviour_at_hand`: the caller holds
+        the user's behaviour (BEHAVIOUR_KEY), so a user with no attribute rows is `{}` whatever their behaviour."""
+        ...
+
+    async def follow_writes(self) -> int:
+        """Bring what this process knows without I/O (`cached_attributes`) up to date with the users other processes
+        sharing the store gave rows to since the last call; returns how many it learned of. A store that knows
+        nothing in-process returns 0."""
         ...
 
     async def patch_attributes(self, project_uid: str, user_uid: str, attributes: dict[str, Any]) -> None:
@@ -103,9 +119,10 @@ class StateStore(Protocol):
         """Copy source's attributes onto target; source values win on conflict (contract §5)."""
         ...
 
-    async def put_attributes(self, project_uid: str, users: dict[str, dict[str, Any]]) -> None:
-        """Set these attributes of many users in one batch (edgeproxy's own, e.g. behaviour: the values are
-        trusted, not checked against the per-user limits); other keys unchanged, each user's TTL refreshed."""
+    async def put_behaviour(self, project_uid: str, states: dict[str, str]) -> None:
+        """Set many visitors' behaviour (visitor/behaviour.py's encoded state, trusted) in one batch; read back
+        by `get_attributes` as the attribute BEHAVIOUR_KEY (and exported, deleted, merged and expired with the
+        user's attributes). It may leave an in-process read-through cache as it was: the writer keeps it newer."""
         ...
 
     async def append_events(self, events: list[EventRecord]) -> None: ...

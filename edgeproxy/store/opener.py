@@ -8,13 +8,16 @@ from edgeproxy.store.redis_store import RedisStore
 from edgeproxy.store.sqlite_store import SqliteStore
 
 
-def open_store(url: str, limits: AttributeLimits | None = None, clock: Clock = system_clock) -> StateStore:
-    """`sqlite:///path/to/file.db` (or a bare path) or `redis://host:port/db`; ValueError for anything else."""
+def open_store(
+    url: str, limits: AttributeLimits | None = None, clock: Clock = system_clock, events_buffer_max: int = 0
+) -> StateStore:
+    """`sqlite:///path/to/file.db` (or a bare path) or `redis://host:port/db`; ValueError for anything else.
+    `events_buffer_max` > 0 (Redis, draining into an event store): the cap of each project's event stream."""
     limits = limits or AttributeLimits()
     problem = state_url_problem(url)
     if problem:
         raise ValueError(f"state URL {problem}")
     if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisStore(url, limits)
+        return RedisStore(url, limits, events_buffer_max)
     path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else url
     return SqliteStore(path, limits, clock=clock)

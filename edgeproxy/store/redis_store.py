@@ -2,15 +2,23 @@
 
 Attributes: one hash per user (`edgeproxy:{project}:user:{uid}`), JSON values, EXPIRE = TTL, updated by Lua
 scripts so the per-user cap and the merge are atomic. Events: one stream per project
-(`edgeproxy:{project}:events`), appended with XADD (server-assigned ids, so in arrival order), trimmed only by
-`purge_events` (retention) and `delete_user` (data subject requests). Nothing else is kept per user.
+(`edgeproxy:{project}:events`), appended with XADD (server-assigned ids, so in arrival order); each stream's name
+is kept in the set `edgeproxy:event-streams`, so a drain finds every project's stream.
+
+Without an event store (`events` unset) the stream IS the store: trimmed only by `purge_events` (retention) and
+`delete_user` (data subject requests), kept in Redis's memory. With one (`events = postgresql://…`) it is a bounded
+transport: appends are refused past `events_buffer_max` entries (EventsBufferFull, the whole batch, atomically:
+store/redis_queue.py), and store/event_drain.py moves entries into the event store and deletes them. Nothing else
+is kept per user.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections import deque
+import time
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -18,10 +26,12 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
 from edgeproxy.store.base import (
+    BEHAVIOUR_KEY,
     TOMBSTONE_BATCH,
     TOMBSTONES_KEPT,
     AttributeLimits,
     EventRecord,
+    EventsBufferFull,
     StoreError,
     StoreLimitError,
     check_attributes,
@@ -29,6 +39,7 @@ from edgeproxy.store.base import (
     event_document,
     tombstone_of,
 )
+from edgeproxy.store.redis_queue import QueueFull, RedisQueue
 
 # KEYS[1] user hash; ARGV: ttl, cap, then key/value pairs (value "null" deletes)
 _PATCH = """
@@ -63,6 +74,10 @@ return n
 """
 
 
+log = logging.getLogger("edgeproxy.events")
+REFUSAL_LOG_EVERY = 10.0  # seconds between log lines about refused events (each refusal is counted)
+EVENT_STREAMS = "edgeproxy:event-streams"  # set: the name of every project's event stream ever appended to
+DRAIN_GROUP = "edgeproxy-events"  # the consumer group that drains event streams into the event store
 _TOMBSTONES = "edgeproxy:deleted-users"  # zset: tombstone_of(uid) -> deletion sequence number
 _TOMBSTONE_SEQ = "edgeproxy:deleted-users:seq"
 _CHUNK = 1_000  # stream entries read (and deleted) per round trip: Redis serves other clients in between
@@ -87,11 +102,49 @@ def _event_ts(fields: dict[str, str]) -> float:
         return float("-inf")  # not an entry append_events wrote: nothing to keep it for
 
 
+def event_stream(project_uid: str) -> str:
+    return f"edgeproxy:{project_uid}:events"
+
+
+def stream_project(stream: str) -> str:
+    """The project whose events `stream` (`edgeproxy:{project}:events`) carries."""
+    return stream[len("edgeproxy:") : -len(":events")]
+
+
+def event_fields(event: EventRecord) -> dict[str, str]:
+    """An event as its stream entry's fields (the project is the stream's)."""
+    return {
+        "ts": repr(event.ts), "user": event.user_uid, "type": event.type, "source": event.source,
+        "exp": event.experience_short_uid or "", "var": event.variant_short_uid or "", "key": event.event_key or "",
+    }  # fmt: skip
+
+
+def event_from_fields(project_uid: str, fields: dict[str, str]) -> EventRecord | None:
+    """A stream entry as the event `event_fields` made of it; None for an entry it did not write."""
+    kind, source = fields.get("type"), fields.get("source", "sdk")
+    if kind not in ("IMPRESSION", "EVENT") or source not in ("sdk", "proxy", "origin") or "user" not in fields:
+        return None
+    ts = _event_ts(fields)
+    if ts == float("-inf"):
+        return None
+    return EventRecord(
+        ts=ts, project_uid=project_uid, user_uid=fields["user"], type=kind,  # type: ignore[arg-type]
+        experience_short_uid=fields.get("exp") or None, variant_short_uid=fields.get("var") or None,
+        event_key=fields.get("key") or None, source=source,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
 class RedisStore:
-    def __init__(self, url: str, limits: AttributeLimits) -> None:
+    def __init__(self, url: str, limits: AttributeLimits, events_buffer_max: int = 0) -> None:
+        """`events_buffer_max` > 0: the event streams are a transport to an event store, each refusing appends
+        past that many entries; 0: they are the store, unbounded."""
         self.url = url
         self.limits = limits
+        self.events_buffer_max = events_buffer_max
+        self.events_refused: Counter[str] = Counter()  # by source: events refused because a stream was full
         self._client: redis.Redis | None = None
+        self._event_queues: dict[str, RedisQueue] = {}  # project -> its stream (the append script loaded once)
+        self._refusal_logged_at = float("-inf")
         # The event streams a purge run works on, found once per run (a run ends when a call returns < limit).
         self._purge_streams: list[str] | None = None
 
@@ -112,13 +165,19 @@ class RedisStore:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+            self._event_queues.clear()
 
     @staticmethod
     def _user_key(project_uid: str, user_uid: str) -> str:
         return f"edgeproxy:{project_uid}:user:{user_uid}"
 
-    def cached_attributes(self, project_uid: str, user_uid: str) -> dict[str, Any] | None:
+    def cached_attributes(
+        self, project_uid: str, user_uid: str, *, behaviour_at_hand: bool = False
+    ) -> dict[str, Any] | None:
         return None  # shared between instances: always read from Redis
+
+    async def follow_writes(self) -> int:
+        return 0  # nothing in-process to bring up to date
 
     async def get_attributes(self, project_uid: str, user_uid: str) -> dict[str, Any]:
         try:
@@ -138,14 +197,14 @@ class RedisStore:
         keys = [self._user_key(project_uid, source_uid), self._user_key(project_uid, target_uid)]
         await self._script(_MERGE, keys, [self.limits.ttl_seconds, self.limits.max_attributes_per_user], "merged user")
 
-    async def put_attributes(self, project_uid: str, users: dict[str, dict[str, Any]]) -> None:
-        if not users:
+    async def put_behaviour(self, project_uid: str, states: dict[str, str]) -> None:
+        if not states:
             return
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                for user, values in users.items():
+                for user, state in states.items():
                     key = self._user_key(project_uid, user)
-                    pipe.hset(key, mapping={k: encode_value(v) for k, v in values.items()})
+                    pipe.hset(key, BEHAVIOUR_KEY, encode_value(state))
                     pipe.expire(key, self.limits.ttl_seconds)
                 await pipe.execute()
         except RedisError as exc:
@@ -165,19 +224,34 @@ class RedisStore:
             raise StoreError(f"Redis write failed: {exc}") from exc
 
     async def append_events(self, events: list[EventRecord]) -> None:
+        """Each project's events in one script (a request's events are one project's: all or none of them), under
+        the cap when there is one: EventsBufferFull, counted by source, when a stream is full."""
         if not events:
             return
-        try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                for e in events:
-                    fields = {
-                        "ts": repr(e.ts), "user": e.user_uid, "type": e.type, "source": e.source,
-                        "exp": e.experience_short_uid or "", "var": e.variant_short_uid or "", "key": e.event_key or "",
-                    }  # fmt: skip
-                    pipe.xadd(f"edgeproxy:{e.project_uid}:events", fields)  # type: ignore[arg-type]
-                await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"Redis event append failed: {exc}") from exc
+        by_project: dict[str, list[EventRecord]] = {}
+        for event in events:
+            by_project.setdefault(event.project_uid, []).append(event)
+        for project, batch in by_project.items():
+            queue = self._event_queues.get(project)
+            if queue is None:
+                queue = self._event_queues[project] = RedisQueue(self.client, event_stream(project), DRAIN_GROUP)
+            try:
+                await queue.append([event_fields(e) for e in batch], self.events_buffer_max, EVENT_STREAMS)
+            except QueueFull as full:
+                self.events_refused.update(e.source for e in batch)
+                refused = EventsBufferFull(
+                    f"{len(batch)} events refused: the Redis stream {full.stream} already buffers {full.length} "
+                    f"events not yet moved to the event store, its cap (events_buffer_max) is {full.cap}. The event "
+                    "store (setting `events`) is not keeping up or is down: see the `events` object of "
+                    "the ops status endpoint (/_edgeproxy/status by default) and the PostgreSQL server"
+                )
+                if time.monotonic() - self._refusal_logged_at >= REFUSAL_LOG_EVERY:
+                    self._refusal_logged_at = time.monotonic()
+                    log.error("%s (refused by this process so far, by source: %s)", refused,
+                              dict(sorted(self.events_refused.items())))  # fmt: skip
+                raise refused from None
+            except RedisError as exc:
+                raise StoreError(f"Redis event append failed: {exc}") from exc
 
     async def count_events(self, project_uid: str) -> int:
         try:

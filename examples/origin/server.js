@@ -172,14 +172,18 @@ function createOriginServer(options = {}) {
 
       case '/cacheable': {
         // A response a shared cache may keep: ?cc= sets Cache-Control (default public, s-maxage=60),
-        // ?tag= a Surrogate-Key; the body names the variant set and how often this path was served.
+        // ?tag= a Surrogate-Key, ?vary= a Vary; the body names the variant set, the request target as received,
+        // the Accept-Language it was rendered for, and how often this path was served.
         const cc = query.get('cc') || 'public, s-maxage=60';
         const variants = req.headers['x-cs-personalize-variants'] || '';
+        const language = req.headers['accept-language'] || '';
         const served = hits.get(pathname);
-        const body = JSON.stringify({ variants, served, at: Date.now() }) + '\n';
-        const etag = `"${crypto.createHash('sha1').update(variants + (query.get('v') || '')).digest('hex').slice(0, 16)}"`;
+        const body = JSON.stringify({ variants, served, url: req.url, language, at: Date.now() }) + '\n';
+        const validator = variants + (query.get('v') || '') + (query.get('vary') ? `|${language}` : '');
+        const etag = `"${crypto.createHash('sha1').update(validator).digest('hex').slice(0, 16)}"`;
         const headers = { 'Content-Type': 'application/json', 'Cache-Control': cc, ETag: etag };
         if (query.get('tag')) headers['Surrogate-Key'] = query.get('tag');
+        if (query.get('vary')) headers.Vary = query.get('vary');
         if (query.get('fail') === '1') return sendText(res, 503, 'origin failing on purpose\n');
         if (req.headers['if-none-match'] === etag) {
           res.writeHead(304, headers);

@@ -11,7 +11,6 @@ holds (read from the SQLite file). No test reads today's date.
 
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from edgeproxy.visitor.behaviour import STATE_KEY, Behaviour, decode
+from edgeproxy.visitor.behaviour import Behaviour, decode
 
 from .conftest import PROJECT_UID, Launcher, Service, Stack, browse
 
@@ -55,9 +54,9 @@ def uid_of(visit: dict[str, Any]) -> str:
 
 def stored(state_db: Path, uid: str) -> Behaviour | None:
     with sqlite3.connect(f"file:{state_db}?mode=ro", uri=True) as db:
-        row = db.execute("SELECT value FROM user_attributes WHERE project_uid=? AND user_uid=? AND key=?",
-                         (PROJECT_UID, uid, STATE_KEY)).fetchone()  # fmt: skip
-    return decode(json.loads(row[0])) if row else None
+        row = db.execute("SELECT state FROM visitor_behaviour WHERE project_uid=? AND user_uid=?",
+                         (PROJECT_UID, uid)).fetchone()  # fmt: skip
+    return decode(row[0]) if row else None
 
 
 def get(url: str, uid: str, user_agent: str = CHROME) -> int:
