@@ -19,7 +19,7 @@ from test_preview_proxy import OPS, T0, P, Proxy, config_for, origin, running, t
 from edgeproxy.runtime.behaviour import COUNTS_EVERY, BehaviourTracker
 from edgeproxy.runtime.serve import make_state
 from edgeproxy.runtime.state import ProxyState
-from edgeproxy.store.base import AttributeLimits
+from edgeproxy.store.base import AttributeLimits, StoreError
 from edgeproxy.store.sqlite_store import SqliteStore
 from edgeproxy.visitor.behaviour import STATE_KEY, PageView, behaviour_config, decode, observe
 
@@ -254,6 +254,46 @@ def test_write_behind_stores_what_audiences_read_at_once_and_page_view_counts_wi
         view("counting", "http://shop.example/", T0 + 3 * 3600 + 12)
         await tracker.stop()  # a clean stop writes everything
         assert (await stored())["counting"] == (2, 6)
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+class FailingOnce(SqliteStore):
+    """A real SQLite store whose first behaviour write fails (the store away for a moment), after `meanwhile` ran:
+    what happens on the event loop while the write is on the store's thread."""
+
+    meanwhile: Callable[[], None] | None = None
+
+    async def put_behaviour(self, project_uid: str, states: dict[str, str]) -> None:
+        meanwhile, self.meanwhile = self.meanwhile, None
+        if meanwhile is not None:
+            meanwhile()
+            raise StoreError("SQLite state: disk I/O error (injected)")
+        await super().put_behaviour(project_uid, states)
+
+
+def test_a_failed_write_behind_is_retried_with_the_newest_page_view_at_the_next_flush(tmp_path: Path) -> None:
+    config = behaviour_config(SECTION)
+
+    async def scenario() -> None:
+        store = FailingOnce(str(tmp_path / "state.sqlite3"), AttributeLimits())
+        await store.start()
+        tracker = BehaviourTracker(config, store, lambda: P)
+        tracker.record("ann", observe(config, None, PageView("http://shop.example/", None), T0))
+
+        def counts_only_view() -> None:  # a page view while the write is out: it only adds to the count
+            tracker.record("ann", observe(config, tracker.known("ann"), PageView("http://shop.example/", None), T0 + 5))
+
+        store.meanwhile = counts_only_view
+        assert await tracker.run_once() == 0 and tracker.failed == 1  # not written: kept
+        assert await tracker.run_once() == 1  # the next flush: the newest page view, with the first one's changes
+        fresh = SqliteStore(str(tmp_path / "state.sqlite3"), AttributeLimits())
+        await fresh.start()
+        kept = decode((await fresh.get_attributes(P, "ann")).get(STATE_KEY))
+        assert kept is not None and (kept.visits, kept.pageviews) == (1, 2)
+        await fresh.close()
+        await tracker.stop()
         await store.close()
 
     asyncio.run(scenario())

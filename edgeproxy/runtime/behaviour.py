@@ -149,7 +149,8 @@ class BehaviourTracker(Periodic):
         except StoreError as exc:
             self.failed += 1
             for user, state in list(batch.items())[-KEPT_ON_FAILURE:]:
-                self._changed.setdefault(user, state)  # a newer page view meanwhile wins
+                # A newer page view meanwhile wins, and is written at the next flush: it holds this one's changes.
+                self._changed.setdefault(user, self._counting.pop(user, state))
             log.error("behaviour not yet stored (%d visitors waiting): %s", len(self._changed), exc)
             return 0
         return len(batch)
