@@ -37,6 +37,7 @@ from edgeproxy.http.aiohttp_internals import (
     probe,
     send_continue,
 )
+from edgeproxy.http.dataplane import SWITCH as DATA_PLANE_SWITCH
 from edgeproxy.runtime.config import ProxyConfig
 from edgeproxy.runtime.serve import make_state
 
@@ -283,10 +284,12 @@ def answered(server: web.Server) -> int:
 
 
 def test_the_hit_lanes_requests_get_the_same_responses_with_the_internals_switched_off(
-    origin: str, tmp_path: Path
+    origin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One proxy state (so one cache: the same stored entries), served twice: by the server built with the
-    internals, then by one built with them switched off."""
+    internals, then by one built with them switched off. (aiohttp's server serves every connection: the data
+    plane, which needs none of them, is off.)"""
+    monkeypatch.setenv(DATA_PLANE_SWITCH, "off")
     config = replace(ProxyConfig(origin=origin, rules=str(ROOT / "rules"), state=f"sqlite:///{tmp_path}/both.sqlite3"),
                      impressions="proxy")  # fmt: skip
 

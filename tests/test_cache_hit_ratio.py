@@ -29,6 +29,7 @@ from edgeproxy.cache.keys import CacheQuery, request_variant_key, variant_key
 from edgeproxy.cache.policy import soft_purged
 from edgeproxy.cache.store import CachedResponse
 from edgeproxy.http.aiohttp_internals import HitLaneServer
+from edgeproxy.http.dataplane import DataPlaneServer
 from edgeproxy.runtime.config import DEFAULT_CACHE_IGNORED_QUERY_PARAMS, ConfigError, ProxyConfig, RouteRule, validate
 from edgeproxy.runtime.serve import make_state
 
@@ -272,7 +273,7 @@ def test_the_hit_lane_answers_urls_with_tracking_parameters_and_vary_variants(tm
         config = ProxyConfig(origin=origin, rules=str(ROOT / "rules"), state=f"sqlite:///{tmp_path}/lane.sqlite3")
         async with proxy_server(make_state(config)) as server:
             lane = server.proxy
-            assert isinstance(lane, HitLaneServer)
+            assert isinstance(lane, HitLaneServer | DataPlaneServer)
             base = "/cacheable?cc=public,%20s-maxage=600&vary=Accept-Language"
             stored = {}
             for language in ("en", "de"):

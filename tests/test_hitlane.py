@@ -1,4 +1,6 @@
-"""The hit lane (edgeproxy/http/aiohttp_internals.py): fresh cache hits answered as they are parsed.
+"""The hit lane: fresh cache hits answered as they are parsed (executor.hit_answer, asked by the data plane,
+edgeproxy/http/dataplane.py; with EDGEPROXY_DATA_PLANE=off by aiohttp's hit lane, aiohttp_internals.py, which
+test_aiohttp_internals.py covers).
 
 The proxy runs in-process in front of the Node example origin. The same requests, over raw sockets, are answered
 once by the lane and once by the general path (the same server with the lane declining everything, so the same
@@ -29,6 +31,7 @@ from edgeproxy.analytics.impressions import ImpressionRecorder
 from edgeproxy.analytics.live import LiveDecisions
 from edgeproxy.http.access_log import JsonAccessLogger
 from edgeproxy.http.aiohttp_internals import HitLaneServer
+from edgeproxy.http.dataplane import DataPlaneServer
 from edgeproxy.runtime.config import ProxyConfig
 from edgeproxy.runtime.metrics import ProxyMetrics
 from edgeproxy.runtime.serve import make_state
@@ -92,6 +95,14 @@ def config_for(origin: str, tmp: Path, name: str, **settings: Any) -> ProxyConfi
 def general_path_only(server: ProxyTestServer) -> Iterator[None]:
     """The same server, cache and state with the lane declining everything: the general path's answers."""
     proxy = server.proxy
+    if isinstance(proxy, DataPlaneServer):
+        hit = proxy.hit
+        proxy.hit = None
+        try:
+            yield
+        finally:
+            proxy.hit = hit
+        return
     assert isinstance(proxy, HitLaneServer)
     answer = proxy.answer
     proxy.answer = lambda message, peer, scheme: None
@@ -103,7 +114,7 @@ def general_path_only(server: ProxyTestServer) -> Iterator[None]:
 
 def answered(server: ProxyTestServer) -> int:
     proxy = server.proxy
-    return proxy.answered if isinstance(proxy, HitLaneServer) else 0
+    return proxy.answered if isinstance(proxy, HitLaneServer | DataPlaneServer) else 0
 
 
 async def exchange(server: ProxyTestServer, data: bytes, responses: int = 1) -> list[Exchange]:
@@ -266,8 +277,8 @@ def test_pipelined_hits_and_misses_keep_their_order(origin: str, tmp_path: Path)
             await exchange(server, b)
             batch = a + b + miss + a + b + a
             lane_replies = await exchange(server, batch, 6)
-            # Two hits before the miss went through the lane; those after it waited behind it, in aiohttp's queue.
-            assert answered(server) == 2
+            # Every hit went through the lane, in order: those after the miss once it was answered.
+            assert answered(server) == 5
             with general_path_only(server):
                 general_replies = await exchange(server, batch, 6)
         assert [r[1]["x-cache"] for r in lane_replies] == [["HIT"], ["HIT"], ["MISS"], ["HIT"], ["HIT"], ["HIT"]]
@@ -301,7 +312,7 @@ def test_a_hit_sent_while_a_slow_request_is_in_progress_waits_for_it(origin: str
             first, second = await asyncio.to_thread(conversation)
             assert first.startswith(b"200") and b"waited 400 ms" in first
             assert second.startswith(b"200") and b"X-Cache: HIT" in second
-            assert answered(server) == 0, "the hit came while a request was in progress: the general path's turn"
+            assert answered(server) == 1, "the hit waited for the request in progress, then the lane answered it"
 
     run(scenario)
 
@@ -331,7 +342,7 @@ def test_a_client_that_reads_late_gets_every_response_in_order(origin: str, tmp_
             before = answered(server)
             bodies = await asyncio.to_thread(conversation)
             assert bodies == [expected[a], expected[b]] * (n // 2)
-            assert 0 < answered(server) - before < n, "the lane stood aside while the client was not reading"
+            assert answered(server) - before == n, "each waited for the client to read the one before"
 
     run(scenario)
 
@@ -347,12 +358,12 @@ def test_a_failing_lane_leaves_the_request_to_the_general_path(
             ((_, expected, body),) = await exchange(server, hit)
             assert answered(server) == 1
             proxy = server.proxy
-            assert isinstance(proxy, HitLaneServer)
+            assert isinstance(proxy, DataPlaneServer)
 
-            def broken(message: object, peer: object, scheme: object) -> None:
+            def broken(*request: object) -> None:
                 raise RuntimeError("a bug in the lane")
 
-            proxy.answer = broken
+            proxy.hit = broken
             replies = await exchange(server, hit + hit, 2)  # one connection: it survives the failure
         assert [comparable(reply) for reply in replies] == [comparable(("HTTP/1.1 200 OK", expected, body))] * 2
         assert "hit lane failed on GET /cacheable" in caplog.text and "a bug in the lane" in caplog.text

@@ -48,6 +48,11 @@ class ResponseCache:
         self.default_ttl = default_ttl
         self.max_object_bytes = max_object_bytes
         self.inflight: dict[str, asyncio.Future[tuple[CachedResponse, str] | None]] = {}  # result, X-Cache
+        # A store that answers with I/O (Redis) leaves a window: a request whose lookup saw the store before a
+        # leader's fill, but resumes after the leader left `inflight`, would fetch again. Fills made while requests
+        # were looking a key up are kept for them until the last of them has looked (`lookup`, `filled`).
+        self._looking: dict[str, int] = {}
+        self._fills: dict[str, tuple[CachedResponse, str]] = {}
         self._revalidating: set[str] = set()
         # "Hit-for-pass" (Varnish): keys whose last response could not be stored skip coalescing for a while,
         # so uncacheable personalized pages are not serialised behind one another.
@@ -88,6 +93,29 @@ class ResponseCache:
             self.counts["store_errors"] += 1
             log.warning("cache lookup failed, going to the origin: %s", exc)
             return None
+
+    async def lookup(self, key: str) -> tuple[CachedResponse | Varies | None, tuple[CachedResponse, str] | None]:
+        """`fetch`, and the fill a leader completed for `key` while this lookup was under way (None if none)."""
+        if self.get_now is not None:
+            return self.get_now(key), None  # no await: nothing can be filled meanwhile
+        looking = self._looking
+        looking[key] = looking.get(key, 0) + 1
+        try:
+            found = await self.fetch(key)
+        finally:
+            left = looking[key] - 1
+            if left:
+                looking[key] = left
+                fill = self._fills.get(key)
+            else:
+                del looking[key]
+                fill = self._fills.pop(key, None)
+        return found, fill
+
+    def filled(self, key: str, result: tuple[CachedResponse, str]) -> None:
+        """A leader stored `key`'s entry: kept for the requests looking the key up right now (`lookup`)."""
+        if key in self._looking:
+            self._fills[key] = result
 
     def variant_now(self, key: str, varies: Varies, value: Callable[[str], str | None]) -> CachedResponse | None:
         """`variant` for the memory store, without a coroutine (the hit lane)."""

@@ -9,13 +9,14 @@ The hit lane (`lane_answer`) asks the same planner and the same policy, and answ
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 
 from aiohttp import HttpVersion10, HttpVersion11, web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy.cache import policy
 from edgeproxy.cache.keys import variant_key
@@ -35,6 +36,7 @@ from edgeproxy.http.gate import check as check_request
 from edgeproxy.http.origin import ClientBodyError
 from edgeproxy.http.prebuilt import PrebuiltResponse, date_line, head_lines, prebuilt_allowed
 from edgeproxy.http.relay import bridge_websocket, relay
+from edgeproxy.http.wire import Sent, WireRequest
 from edgeproxy.runtime.config import ProxyConfig
 from edgeproxy.runtime.snapshots import LoadedSnapshot
 from edgeproxy.runtime.state import ProxyState
@@ -45,6 +47,12 @@ from edgeproxy.visitor.preview import Preview
 log = logging.getLogger("edgeproxy.proxy")
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+# A proxied request as either server parsed it: aiohttp's (requests handed to it, dataplane.py) or the data
+# plane's own; and what answering it gave: a response for aiohttp (or for the data plane to write), or what the
+# data plane wrote already.
+Incoming = web.BaseRequest | WireRequest
+Looked = tuple[CachedResponse | Varies | None, tuple[CachedResponse, str] | None]  # ResponseCache.lookup
+Answer = web.StreamResponse | Sent
 
 
 @dataclass(slots=True)
@@ -101,12 +109,23 @@ def observe_served(
 
 
 async def proxy_handler(request: web.BaseRequest, state: ProxyState) -> web.StreamResponse:
-    started = perf_counter()
+    """A proxied request aiohttp's server parsed."""
     decided = Decided()
     if state.config.access_log:
         request[DECIDED_KEY] = decided  # for the JSON access log
-    response = await _execute(request, state, decided)
-    x_cache = response.headers.get("X-Cache")
+    response = await handle_proxied(request, state, decided)
+    assert isinstance(response, web.StreamResponse)  # only the data plane's own requests are written as Sent
+    return response
+
+
+async def handle_proxied(
+    request: Incoming, state: ProxyState, decided: Decided, where: ClientView | None = None
+) -> Answer:
+    """A proxied request, by either server: carried out, then counted and logged (`observe_served`). `where`:
+    `planner.client(...)` when the caller asked already."""
+    started = perf_counter()
+    response = await _execute(request, state, decided, where)
+    x_cache = response.x_cache if isinstance(response, Sent) else response.headers.get("X-Cache")
     observe_served(state, started, request.method, request.raw_path, response.status, x_cache, decided)
     if state.cache is not None and request.method in UNSAFE_METHODS and response.status < 400:
         # RFC 9111 §4.4: a successful unsafe request invalidates the stored responses for its URI.
@@ -117,7 +136,9 @@ async def proxy_handler(request: web.BaseRequest, state: ProxyState) -> web.Stre
     return response
 
 
-def peer_address(request: web.BaseRequest) -> str | None:
+def peer_address(request: Incoming) -> str | None:
+    if isinstance(request, WireRequest):
+        return request.peer
     transport = request.transport
     if transport is None:
         return None
@@ -127,15 +148,17 @@ def peer_address(request: web.BaseRequest) -> str | None:
     return None
 
 
-async def _execute(request: web.BaseRequest, state: ProxyState, decided: Decided) -> web.StreamResponse:
+async def _execute(request: Incoming, state: ProxyState, decided: Decided, where: ClientView | None) -> Answer:
     planner = state.planner
     headers = request.headers
-    where = planner.client(peer_address(request), request.scheme, request.host, headers)
+    if where is None:
+        where = planner.client(peer_address(request), request.scheme, request.host, headers)
     if where.refusal is not None:
         return refuse(request, where.refusal)
     upgrade = headers.get("Upgrade")
     if (
-        upgrade is not None and upgrade.lower() == "websocket" and request.method == "GET"
+        isinstance(request, web.BaseRequest)  # the data plane hands upgrades to aiohttp
+        and upgrade is not None and upgrade.lower() == "websocket" and request.method == "GET"
         and "Sec-WebSocket-Key" in headers
     ):  # fmt: skip
         bridged = await _websocket(request, state, where)
@@ -161,14 +184,14 @@ async def _execute(request: web.BaseRequest, state: ProxyState, decided: Decided
     if cache is not None and plan.cache_view is not None and not cache.passes(plan.cache_key, state.clock()):
         # A fresh hit is served from the client's request as it is, before any upstream request is built.
         get_now = cache.get_now  # a memory store answers without a coroutine
-        found = get_now(plan.cache_key) if get_now is not None else await cache.fetch(plan.cache_key)
+        fetched = (get_now(plan.cache_key), None) if get_now is not None else await cache.lookup(plan.cache_key)
+        found = fetched[0]
         entry = (
             await cache.variant(plan.cache_key, found, plan.cache_view.value) if isinstance(found, Varies) else found
         )  # fmt: skip
         hit = plan.cache_view.fresh_hit(entry, state.clock())
         if hit is not None:
             return serve_entry(request, state, hit, policy.HIT, cookies, personalized, impressions)
-        fetched = (found,)
 
     upstream_headers = planner.upstream_headers(plan.where, plan.decision, headers, request.host)
     x_cache = None
@@ -193,8 +216,8 @@ async def _execute(request: web.BaseRequest, state: ProxyState, decided: Decided
     except OSError as exc:  # TimeoutError, UpstreamError
         return origin_unavailable(request, state, exc)
     try:
-        response, _ = await relay(
-            request, upstream, cookies, personalized, state.config, x_cache=x_cache, impressions=impressions
+        response, _ = await _relay(request)(
+            upstream, cookies, personalized, state.config, x_cache=x_cache, impressions=impressions
         )
         return response
     finally:
@@ -221,6 +244,14 @@ async def decision_for(
         stored = await state.stored_attributes(stored.project_uid, stored.user_uid)
     return planner.decide(loaded, request.headers, where, identity, stored, page_url=page_url, query=None,
                           tags=tags, live=live, preview=preview)  # fmt: skip
+
+
+def _relay(request: Incoming) -> Callable[..., Awaitable[tuple[Answer, bool]]]:
+    """How the origin's response is relayed to the client: by the server that parsed the request (relay.relay
+    on aiohttp, WireRequest.relay on the data plane), with the same arguments."""
+    if isinstance(request, WireRequest):
+        return request.relay
+    return functools.partial(relay, request)
 
 
 def _variant_param(plan: Plan) -> str:
@@ -255,7 +286,7 @@ async def _websocket(request: web.BaseRequest, state: ProxyState, where: ClientV
     return bridged
 
 
-def refuse(request: web.BaseRequest, refusal: Refusal) -> web.Response:
+def refuse(request: Incoming, refusal: Refusal) -> web.Response:
     """The gate's answer: a short page (JSON when Accept asks for it), logged in one line, connection closed
     (after a refused head nothing else on the connection can be trusted to be framed as its sender meant)."""
     log.info("refused request from %s: %d %s", peer_address(request), refusal.status, refusal.code)
@@ -263,12 +294,12 @@ def refuse(request: web.BaseRequest, refusal: Refusal) -> web.Response:
     if refusal.status == 405:
         response.headers["Allow"] = ALLOWED_METHODS
     response.force_close()
-    if request.version != HttpVersion11 and request.version != HttpVersion10:
+    if isinstance(request, web.BaseRequest) and request.version != HttpVersion11 and request.version != HttpVersion10:
         answer_in_http11(request)  # not `HTTP/2.0 400` or `HTTP/0.9 400`, which no HTTP/1.x client reads
     return response
 
 
-def client_body_failed(request: web.BaseRequest, status: int) -> web.Response:
+def client_body_failed(request: Incoming, status: int) -> web.Response:
     """The answer when the client's side of a relayed body failed (the origin's connection is dropped)."""
     if status == 408:
         bad = error_response(408, "body_timeout", "The request body did not arrive in time.",
@@ -280,7 +311,7 @@ def client_body_failed(request: web.BaseRequest, status: int) -> web.Response:
     return bad
 
 
-def origin_unavailable(request: web.BaseRequest, state: ProxyState, exc: OSError) -> web.Response:
+def origin_unavailable(request: Incoming, state: ProxyState, exc: OSError) -> web.Response:
     """The origin timed out (504) or could not be reached (502)."""
     if isinstance(exc, TimeoutError):
         return origin_failed(request, state, 504, "origin_timeout", "The origin did not answer in time.", exc)
@@ -288,7 +319,7 @@ def origin_unavailable(request: web.BaseRequest, state: ProxyState, exc: OSError
 
 
 def origin_failed(
-    request: web.BaseRequest, state: ProxyState, status: int, code: str, message: str, exc: BaseException
+    request: Incoming, state: ProxyState, status: int, code: str, message: str, exc: BaseException
 ) -> web.Response:
     state.metrics.origin_error(status)
     log.warning("%s %s -> %d %s: %r", request.method, request.path_qs, status, code, exc)
@@ -330,14 +361,14 @@ def _prepared(entry: CachedResponse, config: ProxyConfig) -> _Prepared:
 
 
 def serve_entry(
-    request: web.BaseRequest,
+    request: Incoming,
     state: ProxyState,
     entry: CachedResponse,
     label: str,
     cookies: SetCookies,
     personalized: bool,
     impressions: ResponseHook | None = None,
-) -> web.StreamResponse:
+) -> Answer:
     config = state.config
     prepared = _prepared(entry, config)
     base = prepared.base
@@ -345,6 +376,8 @@ def serve_entry(
     if not not_modified and prebuilt_allowed(request) and (impressions is None or impressions.explain is None):
         # The common case, prebuilt: constant head + this visitor's lines + body, in one write.
         parts = entry_parts(state, entry, prepared, label, cookies.lines, personalized, impressions)
+        if isinstance(request, WireRequest):
+            return request.send_parts(parts, entry.status, len(entry.body), label)
         return PrebuiltResponse(entry.status, entry.reason, parts, len(entry.body), label)
     age = int(entry.age(state.clock()))
     if not_modified:
@@ -385,7 +418,7 @@ class CacheExchange:
     """One request the cache may answer, carried through policy.py's steps: lookup, then serve, pass or fetch
     (one origin request per key, which coalesced requests share)."""
 
-    request: web.BaseRequest
+    request: Incoming
     state: ProxyState
     cache: ResponseCache
     key: str
@@ -393,17 +426,17 @@ class CacheExchange:
     upstream_headers: CIMultiDict[str]
     impressions: ResponseHook | None
 
-    def serve(self, entry: CachedResponse, label: str) -> web.StreamResponse:
+    def serve(self, entry: CachedResponse, label: str) -> Answer:
         plan = self.plan
         return serve_entry(self.request, self.state, entry, label, plan.cookies, plan.decision is not None,
                            self.impressions)  # fmt: skip
 
-    async def run(self, fetched: tuple[CachedResponse | Varies | None] | None) -> web.StreamResponse:
-        """`fetched`: the store's answer for the key when the caller asked already (one store round trip)."""
+    async def run(self, fetched: Looked | None) -> Answer:
+        """`fetched`: the cache's `lookup` of the key when the caller asked already (one store round trip)."""
         cache, upstream_headers, now = self.cache, self.upstream_headers, self.state.clock()
         for name in policy.CONDITIONAL_REQUEST_HEADERS:  # the cache fetches for everyone; it answers conditionals
             upstream_headers.popall(name, None)
-        found = fetched[0] if fetched is not None else await cache.fetch(self.key)
+        found, fill = fetched if fetched is not None else await cache.lookup(self.key)
         flight = self.key  # one origin request at a time per key: per Vary variant once the key is known to vary
         if isinstance(found, Varies):  # selected by the headers as the origin gets them
             flight = variant_key(self.key, [(name, upstream_headers.get(name, "")) for name in found.names])
@@ -419,6 +452,11 @@ class CacheExchange:
         if step == policy.PASS:
             return await self.forward()
         leader = cache.inflight.get(flight)
+        if leader is None and fill is not None and fill[0] is not entry:
+            shared, label = fill  # a leader stored it while this request was looking it up, and has left
+            if policy.selected(shared, upstream_headers) is not None:
+                cache.counts["coalesced"] += 1
+                return self.serve(shared, label)
         if leader is not None:
             # Coalesced: wait for the request already on its way to the origin for this key.
             cache.counts["coalesced"] += 1
@@ -439,10 +477,12 @@ class CacheExchange:
             cache.inflight.pop(flight, None)
             if not future.done():
                 future.set_result(None)
+            elif (result := future.result()) is not None:
+                cache.filled(self.key, result)
 
     async def fetch(
         self, entry: CachedResponse | None, future: asyncio.Future[tuple[CachedResponse, str] | None]
-    ) -> web.StreamResponse:
+    ) -> Answer:
         """The FETCH step: one origin request for the key (conditional when an entry is stored), whose outcome
         every coalesced request waiting on `future` shares."""
         request, state, cache = self.request, self.state, self.cache
@@ -494,8 +534,8 @@ class CacheExchange:
                         cache.not_stored["too large"] += 1
                         buffer = None
 
-            response, complete = await relay(
-                request, upstream, self.plan.cookies, self.plan.decision is not None, state.config,
+            response, complete = await _relay(request)(
+                upstream, self.plan.cookies, self.plan.decision is not None, state.config,
                 x_cache=policy.MISS, on_chunk=keep, impressions=self.impressions,
             )  # fmt: skip
             if candidate is not None and buffer is not None and complete:
@@ -508,7 +548,7 @@ class CacheExchange:
         finally:
             upstream.release()
 
-    async def forward(self) -> web.StreamResponse:
+    async def forward(self) -> Answer:
         """The PASS step (and a coalesced request whose leader's entry does not fit): forwarded, nothing stored."""
         request, state = self.request, self.state
         try:
@@ -516,8 +556,8 @@ class CacheExchange:
         except OSError as exc:
             return origin_unavailable(request, state, exc)
         try:
-            response, _ = await relay(
-                request, upstream, self.plan.cookies, self.plan.decision is not None, state.config,
+            response, _ = await _relay(request)(
+                upstream, self.plan.cookies, self.plan.decision is not None, state.config,
                 x_cache=policy.MISS, impressions=self.impressions,
             )  # fmt: skip
             return response
@@ -563,11 +603,37 @@ class CacheExchange:
 # -- the hit lane ---------------------------------------------------------------------------------------
 
 
+# (raw target, decoded path, version, raw header lines, headers, Host, peer, scheme) -> the response's bytes or None
+HitAnswer = Callable[
+    [str, str, tuple[int, int], Sequence[tuple[bytes, bytes]], CIMultiDictProxy[str], str, str | None, str],
+    Sequence[bytes] | None,
+]
+
+
 def lane_answer(state: ProxyState, access_log: logging.Logger | None, values_checked: bool) -> LaneAnswer:
-    """The hit lane's question (http/aiohttp_internals.py): is this parsed GET a fresh HIT of the in-memory cache
-    whose response can be sent whole? Then its bytes, with everything the general path records for a hit;
-    otherwise None, having recorded nothing, and the general path handles the request from the start. The same
-    planner and policy decide here as there."""
+    """The hit lane of aiohttp's server (http/aiohttp_internals.py): `hit_answer` for the messages its parser
+    hands over."""
+    answer = hit_answer(state, access_log, values_checked=values_checked)
+
+    def lane(message: ParsedRequest, peer: str | None, scheme: str) -> Sequence[bytes] | None:
+        url = message.url
+        host = message.headers.get("Host")
+        if host is None or url.absolute:
+            return None  # absolute-form targets: the general path
+        return answer(message.path, url.path, message.version, message.raw_headers, message.headers, host, peer,
+                      scheme)  # fmt: skip
+
+    return lane
+
+
+def hit_answer(
+    state: ProxyState, access_log: logging.Logger | None, *, values_checked: bool = False, gated: bool = False
+) -> HitAnswer:
+    """Is this GET (origin-form, with a Host) a fresh HIT of the in-memory cache whose response can be sent
+    whole? Then its bytes, with everything the general path records for a hit; otherwise None, having recorded
+    nothing, and the general path handles the request from the start. The same planner and policy decide here as
+    there. Asked by the data plane (dataplane.py) and aiohttp's hit lane (`lane_answer`). `gated`: the caller
+    asked the gate (gate.check) about the request already."""
     planner = state.planner
     cache = state.cache
     assert cache is not None
@@ -576,24 +642,23 @@ def lane_answer(state: ProxyState, access_log: logging.Logger | None, values_che
         raise ValueError("the hit lane answers from the in-memory store only")
     config = state.config
 
-    def answer(message: ParsedRequest, peer: str | None, scheme: str) -> Sequence[bytes] | None:
+    def answer(
+        raw_path: str, path: str, version: tuple[int, int], raw_headers: Sequence[tuple[bytes, bytes]],
+        headers: CIMultiDictProxy[str], host: str, peer: str | None, scheme: str,
+    ) -> Sequence[bytes] | None:  # fmt: skip
         started = perf_counter()
-        raw_path = message.path
         if not store.holds_path(cache.path_of(raw_path)):
             return None  # the cheap no: nothing is stored for this URL
-        if check_request("GET", raw_path, message.version, message.raw_headers, values_checked=values_checked):
+        if not gated and check_request("GET", raw_path, version, raw_headers, values_checked=values_checked):
             return None  # the general path asks the gate again and answers its refusal
-        headers = message.headers
-        host = headers.get("Host")
-        url = message.url
-        if host is None or url.absolute or "Upgrade" in headers or "If-None-Match" in headers:
-            return None  # absolute-form targets, upgrades, and 304s to send: the general path
+        if "Upgrade" in headers or "If-None-Match" in headers:
+            return None  # upgrades, and 304s to send: the general path
         # Not a reserved path (ops, Edge API) either: those never reach the proxy, so nothing is ever stored
         # for them (holds_path above), and their prefixes are fixed for the life of the process.
         where = planner.client(peer, scheme, host, headers)
         if where.refusal is not None:
             return None  # refused by the general path
-        plan = planner.plan(state.holder.current, "GET", raw_path, url.path, headers, where,
+        plan = planner.plan(state.holder.current, "GET", raw_path, path, headers, where,
                             has_body=False, upgrade=False)  # fmt: skip
         if isinstance(plan, NeedStored) or not plan.cache_key or plan.explain:
             return None  # a store round trip, a key only upstream headers make, a debug header: the general path

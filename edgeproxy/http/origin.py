@@ -180,7 +180,7 @@ class UpstreamResponse:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._timeout = timeout
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = False  # watched by the pool's read-timeout timer
         self._last_data = self._loop.time()
 
     # -- parser callbacks (httptools) -------------------------------------------------------------------
@@ -274,23 +274,28 @@ class UpstreamResponse:
             waiter.set_result(None)
 
     def _arm_timer(self) -> None:
-        if self._timeout is not None and self._timer is None and not self.body_complete:
-            self._timer = self._loop.call_at(self._last_data + self._timeout, self._on_timer)
+        # Watched by the pool's one timer (`OriginPool._watch`), not a timer per exchange: arming and cancelling
+        # a timer for every request cost more than the rest of waiting for the origin's answer.
+        if self._timeout is not None and not self._timer and not self.body_complete:
+            self._timer = True
+            self._conn.pool._watch(self)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._timer:
+            self._timer = False
+            self._conn.pool._watched.discard(self)
 
-    def _on_timer(self) -> None:
-        self._timer = None
+    def timed_out(self, now: float) -> bool:
+        """Fail the exchange when the origin has sent nothing for the read timeout (the pool's timer asks)."""
         if self.body_complete or self._error is not None:
-            return
+            self._timer = False
+            return True  # nothing left to watch
         assert self._timeout is not None
-        if self._loop.time() - self._last_data >= self._timeout:
+        if now - self._last_data >= self._timeout:
+            self._timer = False
             self._fail(TimeoutError(f"the origin sent nothing for {self._timeout:g} s"))
-        else:
-            self._arm_timer()  # data came meanwhile: wait from the last byte
+            return True
+        return False
 
     async def _wait(self) -> None:
         self._waiter = self._loop.create_future()
@@ -372,8 +377,27 @@ class OriginPool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closed = False
         self.connects = 0  # new connections made (for tests and metrics)
+        # Exchanges waiting for the origin, checked against the read timeout by one timer every `_tick` seconds:
+        # a timeout fires between `read_timeout` and `read_timeout + _tick` after the origin's last byte.
+        self._watched: set[UpstreamResponse] = set()
+        self._watcher: asyncio.TimerHandle | None = None
+        self._tick = min(1.0, read_timeout / 8) if read_timeout else 1.0
 
     # -- pool bookkeeping -------------------------------------------------------------------------------
+
+    def _watch(self, exchange: UpstreamResponse) -> None:
+        self._watched.add(exchange)
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().call_later(self._tick, self._check_timeouts)
+
+    def _check_timeouts(self) -> None:
+        self._watcher = None
+        now = asyncio.get_running_loop().time()
+        for exchange in list(self._watched):
+            if exchange.timed_out(now):
+                self._watched.discard(exchange)
+        if self._watched:
+            self._watcher = asyncio.get_running_loop().call_later(self._tick, self._check_timeouts)
 
     def _forget(self, conn: _Connection) -> None:
         """A connection closed (by either side): out of the idle list if it was there."""
@@ -485,6 +509,9 @@ class OriginPool:
 
     async def close(self) -> None:
         self._closed = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.abort()
@@ -492,15 +519,18 @@ class OriginPool:
 
 
 def _request_head(method: str, target: str, headers: CIMultiDict[str], *, chunked: bool) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1\r\n"]
-    for name, value in headers.items():
-        if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
-            raise UpstreamError(f"refusing to send header {name!r}: it contains a line break")
-        lines.append(f"{name}: {value}\r\n")
+    lines = [f"{method} {target} HTTP/1.1\r\n", *(f"{name}: {value}\r\n" for name, value in headers.items())]
     if chunked:
         lines.append("Transfer-Encoding: chunked\r\n")
     lines.append("\r\n")
-    return "".join(lines).encode("utf-8", "surrogateescape")
+    head = "".join(lines)
+    # One pass for line breaks smuggled in a name or value: each line above has exactly one CR and one LF.
+    if head.count("\n") != len(lines) or head.count("\r") != len(lines):
+        for name, value in headers.items():
+            if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
+                raise UpstreamError(f"refusing to send header {name!r}: it contains a line break")
+        raise UpstreamError(f"refusing to send {method} {target!r}: the request line contains a line break")
+    return head.encode("utf-8", "surrogateescape")
 
 
 async def _send_body(conn: _Connection, body: StreamReader, *, chunked: bool, timeout: float | None) -> None:

@@ -19,6 +19,7 @@ response (Content-Type default, Date, Server, Content-Length), and tests hold th
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from aiohttp import HttpVersion11, web
 from aiohttp.abc import AbstractStreamWriter
@@ -27,7 +28,18 @@ from multidict import CIMultiDict
 from edgeproxy.http.aiohttp_internals import SERVER_SOFTWARE, http_date
 
 
-def prebuilt_allowed(request: web.BaseRequest) -> bool:
+class RequestLine(Protocol):
+    """What `prebuilt_allowed` reads of a request (aiohttp's, or the data plane's wire.WireRequest)."""
+
+    @property
+    def version(self) -> tuple[int, int]: ...
+    @property
+    def keep_alive(self) -> bool: ...
+    @property
+    def method(self) -> str: ...
+
+
+def prebuilt_allowed(request: RequestLine) -> bool:
     """A request whose response may be prebuilt: HTTP/1.1, keep-alive, and one that gets a body."""
     return request.version == HttpVersion11 and request.keep_alive and request.method != "HEAD"
 

@@ -12,6 +12,7 @@ from yarl import URL
 
 from edgeproxy.cache.store import MemoryCacheStore
 from edgeproxy.http.aiohttp_internals import data_plane_server, header_values_checked, send_continue
+from edgeproxy.http.dataplane import KEEPALIVE_TIMEOUT, DataPlaneServer, data_plane_on
 from edgeproxy.http.executor import ALLOWED_METHODS, lane_answer, proxy_handler, refuse
 from edgeproxy.http.gate import check as check_request
 from edgeproxy.http.gate import normalized_path, origin_form
@@ -85,11 +86,18 @@ def build_server(state: ProxyState, reserved: dict[str, tuple[str, ReservedHandl
     answered as they are parsed (aiohttp_internals.py, executor.lane_answer).
     The caller starts and stops `state` (see runtime/serve.py)."""
     handler = build_handler(state, reserved)
+    keepalive_timeout = kwargs.get("keepalive_timeout", KEEPALIVE_TIMEOUT)
+    plane = data_plane_on()
     # Request bodies are relayed as the exact bytes the client framed: never inflated (a gzip body could
     # otherwise carry a request of its own past the gate). The Edge API decodes what it reads itself.
     kwargs["auto_decompress"] = False
+    access_log = kwargs.get("access_log")
     answer = None
-    if state.cache is not None and isinstance(state.cache.store, MemoryCacheStore):
-        access_log = kwargs.get("access_log")
+    if not plane and state.cache is not None and isinstance(state.cache.store, MemoryCacheStore):
         answer = lane_answer(state, access_log if state.config.access_log else None, header_values_checked())
-    return data_plane_server(handler, answer, **kwargs)
+    aiohttp_server = data_plane_server(handler, answer, **kwargs)
+    if not plane:
+        return aiohttp_server
+    max_head = min(kwargs.get("max_line_size", 8190), kwargs.get("max_field_size", 8190))
+    return DataPlaneServer(state, aiohttp_server, tuple(reserved), max_head=max_head,
+                           keepalive_timeout=keepalive_timeout, access_log=access_log)  # fmt: skip

@@ -978,7 +978,9 @@ SWEEP: list[tuple[str, list[int], list[tuple[str, str, int]] | None, bytes]] = [
      b'.test\r\n\r\nGET /cacheable/lane HTTP/1.1\r\nHost: shop.test\r\n\r\nGET /cacheable/lane HTTP/1.1'
      b'\r\nHost: shop.test\r\n\r\nGET /cacheable/lane HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r'
      b'\n\r\n'),
-    ('lane hit pipelined refused middle', [400], None,
+    # Pipelined requests are judged one at a time, in order (as nginx does): the valid hit first, then the refusal,
+    # and nothing after it.
+    ('lane hit pipelined refused middle', [200, 400], None,
      b'GET /cacheable/lane HTTP/1.1\r\nHost: shop.test\r\n\r\nGET /cacheable/lane HTTP/1.1\r\nHost: shop'
      b'.test\r\nX Y: z\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: shop.test\r\n\r\n'),
     ('lane hit pipelined miss mix', [200, 200, 200, 200, 200], None,
