@@ -54,6 +54,27 @@ _HEAD_END = b"\r\n\r\n"
 _VERSION = (1, 1)
 
 
+def _parser_refuses_control_characters() -> bool:
+    """Whether httptools refuses control characters in header values itself (llhttp in strict mode does), so the
+    gate need not scan every value: checked once, at import, on the installed httptools."""
+
+    class Probe:
+        pass
+
+    for octet in (*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F):
+        bad = bytes([octet])
+        for value in (bad + b"v", b"v" + bad + b"v", b"v" + bad):
+            try:
+                httptools.HttpRequestParser(Probe()).feed_data(b"GET / HTTP/1.1\r\nX-Probe: " + value + b"\r\n\r\n")
+            except httptools.HttpParserError:
+                continue
+            return False
+    return True
+
+
+_VALUES_CHECKED = _parser_refuses_control_characters()
+
+
 def _plausible(partial: bytearray) -> bool:
     """Whether an incomplete head may still become a request line: an upper-case method, then a space."""
     space = partial.find(b" ", 0, 24)
@@ -79,6 +100,7 @@ class DataPlaneServer(web.Server):
         self.fallback = fallback
         # Lower-cased prefixes, with their slash-less spelling: the prefix itself without the trailing slash too.
         self.prefixes = tuple((prefix.lower(), prefix.lower().rstrip("/")) for prefix in reserved)
+        self.first = frozenset(prefix[1:2].lower() for prefix in reserved)  # what a reserved path's 2nd char can be
         self.max_head = max_head
         self.keepalive_timeout = keepalive_timeout
         self.access_log = access_log if state.config.access_log else None
@@ -110,6 +132,12 @@ class DataPlaneServer(web.Server):
     def reserved(self, path: str, raw_path: str) -> bool:
         """Whether a request is for ops or the Edge API: matched on the decoded, dot-segment-resolved and raw path,
         case-insensitively (as server.build_handler matches it), so no spelling slips one through to the origin."""
+        first = self.first
+        if (
+            path[1:2].lower() not in first and raw_path[1:2].lower() not in first
+            and "/." not in path and "//" not in path
+        ):  # fmt: skip
+            return False  # the usual answer, at a glance: the first segment cannot start a reserved prefix
         path = normalized_path(path).lower()
         raw = raw_path.lower()
         for prefix, bare in self.prefixes:
@@ -198,6 +226,16 @@ class Connection(asyncio.Protocol):
         return None  # nothing in progress: the transport closes
 
     def data_received(self, data: bytes) -> None:
+        if not self.busy and not self.buffer and data[-4:] == _HEAD_END and data.find(_HEAD_END) == len(data) - 4:
+            # The usual read: exactly one whole head, nothing buffered before it. Parsed as it came.
+            self.last_active = self.server.loop.time()
+            request = self._parse(data)
+            if request is not None:
+                self._serve(request)
+                return
+            self.buffer += data
+            self._hand_off()
+            return
         self.buffer += data
         if self.busy:
             if len(self.buffer) > _READ_LIMIT and not self.reading_paused and self.transport is not None:
@@ -294,7 +332,7 @@ class Connection(asyncio.Protocol):
         raw_path = url.decode("latin-1")
         lines = self.lines
         method_name = "GET" if method == b"GET" else "HEAD"
-        if check_request(method_name, raw_path, _VERSION, lines, values_checked=False) is not None:
+        if check_request(method_name, raw_path, _VERSION, lines, values_checked=_VALUES_CHECKED) is not None:
             return None  # refused: aiohttp's path answers the gate's refusal, as ever
         headers = CIMultiDictProxy(
             CIMultiDict([(name.decode("latin-1"), value.decode("utf-8", "surrogateescape")) for name, value in lines])
