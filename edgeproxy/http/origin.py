@@ -519,7 +519,8 @@ class OriginPool:
 
 
 def _request_head(method: str, target: str, headers: CIMultiDict[str], *, chunked: bool) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1\r\n", *(f"{name}: {value}\r\n" for name, value in headers.items())]
+    lines = [f"{method} {target} HTTP/1.1\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
     if chunked:
         lines.append("Transfer-Encoding: chunked\r\n")
     lines.append("\r\n")

@@ -23,7 +23,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from edgeproxy.exchange.decorate import ResponseHook, client_headers
 from edgeproxy.http.aiohttp_internals import SERVER_SOFTWARE
 from edgeproxy.http.origin import UpstreamResponse
-from edgeproxy.http.prebuilt import date_line, head_lines
+from edgeproxy.http.prebuilt import date_line
 from edgeproxy.runtime.config import ProxyConfig
 from edgeproxy.visitor.identity import SetCookies
 
@@ -184,23 +184,28 @@ def head_block(
             reason = HTTPStatus(status).phrase
         except ValueError:
             reason = ""
-    kept = [(name, value) for name, value in headers.items() if name.lower() not in _FRAMING]
-    names = {name.lower() for name, _ in kept}
+    lines = [f"HTTP/1.1 {status} {reason}\r\n"]
+    names = set()
+    for name, value in headers.items():  # one pass: the lines, and the names the defaults below look for
+        low = name.lower()
+        if low not in _FRAMING:
+            names.add(low)
+            lines.append(f"{name}: {value}\r\n")
     empty = status in NO_BODY_STATUSES or status < 200
+    # What aiohttp adds (StreamResponse._prepare_headers; prebuilt.head_lines for whole bodies): a default
+    # Content-Type for a body, Server, the framing.
+    if not empty and method != "HEAD" and "content-type" not in names and length != 0:
+        lines.append("Content-Type: application/octet-stream\r\n")  # RFC 9110 §8.3
+    if "server" not in names:
+        lines.append(f"Server: {SERVER_SOFTWARE}\r\n")
     if length is not None and not empty:
-        lines = head_lines(status, reason, kept, length, names=names)
+        lines.append(f"Content-Length: {length}\r\n")
+    elif not empty and method != "HEAD":
+        lines.append("Transfer-Encoding: chunked\r\n")
     else:
-        lines = [f"HTTP/1.1 {status} {reason}\r\n", *(f"{name}: {value}\r\n" for name, value in kept)]
-        if not empty and method != "HEAD":
-            if "content-type" not in names:
-                lines.append("Content-Type: application/octet-stream\r\n")  # RFC 9110 §8.3, as aiohttp does
-            lines.append("Transfer-Encoding: chunked\r\n")
-        elif head_length is not None or status == 304:
-            declared = head_length if head_length is not None else headers.get("Content-Length")
-            if declared is not None:
-                lines.append(f"Content-Length: {declared}\r\n")
-        if "server" not in names:
-            lines.append(f"Server: {SERVER_SOFTWARE}\r\n")
+        declared = head_length if head_length is not None else headers.get("Content-Length") if status == 304 else None
+        if declared is not None:
+            lines.append(f"Content-Length: {declared}\r\n")
     if "date" not in names:
         lines.append(date_line())
     if close:
