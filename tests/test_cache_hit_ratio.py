@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -26,8 +27,9 @@ from test_cache_properties import UA_IPHONE, VISITOR, Harness, Policy, Reply, Vi
 
 from edgeproxy.cache import store as cache_store
 from edgeproxy.cache.keys import CacheQuery, request_variant_key, variant_key
+from edgeproxy.cache.layer import ResponseCache
 from edgeproxy.cache.policy import soft_purged
-from edgeproxy.cache.store import CachedResponse
+from edgeproxy.cache.store import CachedResponse, RedisCacheStore
 from edgeproxy.http.aiohttp_internals import HitLaneServer
 from edgeproxy.http.dataplane import DataPlaneServer
 from edgeproxy.runtime.config import DEFAULT_CACHE_IGNORED_QUERY_PARAMS, ConfigError, ProxyConfig, RouteRule, validate
@@ -509,3 +511,28 @@ def iphone_and_desktop_differ(harness: Harness, iphone: Visitor) -> bool:
     ours = harness.decide(VISITOR, "/products/a", None, None).variant_param
     theirs = harness.decide(iphone, "/products/a", None, None).variant_param
     return bool(ours != theirs)
+
+
+def test_a_fill_made_while_a_redis_lookup_is_under_way_reaches_that_lookup(redis_url: str) -> None:
+    """The window that made concurrent misses on Redis fetch twice: a request's lookup reads the store before a
+    leader stores the entry, and resumes after the leader has left `inflight`. The fill reaches it, and only it."""
+
+    async def scenario() -> None:
+        cache = ResponseCache(
+            RedisCacheStore(redis_url), key_headers=(), default_ttl=60, max_object_bytes=1 << 20,
+            events=Counter(), not_stored=Counter(),
+        )  # fmt: skip
+        key = "GET||shop.test|/window|"
+        entry = CachedResponse(status=200, reason="OK", headers=[("Cache-Control", "max-age=60")], body=b"filled",
+                               path="/window", tags=(), stored_at=0.0, initial_age=0.0, lifetime=60.0, swr=0.0,
+                               sie=0.0, no_cache=False)  # fmt: skip
+        looking = asyncio.ensure_future(cache.lookup(key))  # reads Redis: nothing stored yet
+        await asyncio.sleep(0)  # the lookup is under way
+        cache.filled(key, (entry, "MISS"))  # the leader stored it and left meanwhile
+        found, fill = await looking
+        assert found is None and fill == (entry, "MISS")
+        assert await cache.lookup(key) == (None, None), "kept only for the lookups that were under way"
+        cache.filled(key, (entry, "MISS"))  # nobody looking: nothing kept
+        assert await cache.lookup(key) == (None, None)
+
+    asyncio.run(scenario())
