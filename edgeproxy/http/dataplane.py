@@ -176,7 +176,7 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "buffer", "busy", "closing", "complete", "drain_waiter", "eof", "keep_alive", "last_active", "lines",
-        "parser", "peer", "reading_paused", "server", "transport", "url", "writing_paused",
+        "parser", "peer", "reading_paused", "server", "task", "transport", "url", "writing_paused",
     )  # fmt: skip
 
     def __init__(self, server: DataPlaneServer) -> None:
@@ -196,6 +196,7 @@ class Connection(asyncio.Protocol):
         self.lines: list[tuple[bytes, bytes]] = []
         self.complete = False
         self.keep_alive = False
+        self.task: asyncio.Task[None] | None = None  # the request in progress (held: the loop keeps weak refs)
 
     # -- asyncio's protocol -------------------------------------------------------------------------------
 
@@ -366,10 +367,10 @@ class Connection(asyncio.Protocol):
                 server.answered += 1
                 if self.writing_paused:
                     self.busy = True
-                    server.loop.create_task(self._after_drain())
+                    self.task = server.loop.create_task(self._after_drain())
                 return
         self.busy = True
-        server.loop.create_task(self._answer(request))
+        self.task = server.loop.create_task(self._answer(request))
 
     async def _after_drain(self) -> None:
         try:
@@ -411,6 +412,7 @@ class Connection(asyncio.Protocol):
     def _done(self, close: bool) -> None:
         """The request in progress is answered: the next buffered one, or the connection closed."""
         self.busy = False
+        self.task = None
         self.last_active = self.server.loop.time()
         transport = self.transport
         if transport is None:
