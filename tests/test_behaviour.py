@@ -5,9 +5,14 @@ stored text. Times are given; nothing here reads a clock."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from edgeproxy.engine.decide import compile_project
+from edgeproxy.files.rules import load_project
 from edgeproxy.visitor.behaviour import (
     DAY,
     PATH_VIEWS_KEPT,
@@ -21,6 +26,7 @@ from edgeproxy.visitor.behaviour import (
     encode,
     observe,
     parse_duration,
+    reading,
 )
 
 T0 = 1_795_000_000.0
@@ -35,6 +41,7 @@ SECTION = {
     "paths": [{"attribute": "checkout_views_7d", "path": "/checkout*", "within": "7d"}],
 }
 CONFIG = behaviour_config(SECTION)
+RULES = Path(__file__).resolve().parent.parent / "rules"
 
 
 def view(url: str = "https://shop.example/", referer: str | None = None) -> PageView:
@@ -113,6 +120,51 @@ def test_only_configured_keys_are_set() -> None:
     assert attributes_of(only_visits, state, T0) == {"v": 1}
     assert only_visits.owned_keys == frozenset({"v", STATE_KEY})
     assert attributes_of(CONFIG, None, T0) == {}
+
+
+def test_a_decision_whose_rules_read_few_keys_gets_only_those_computed() -> None:
+    state = walk((T0, view("https://s/checkout?utm_source=x", "https://ref.example/")), (T0 + 4000, view()))
+    everything = attributes_of(CONFIG, state, T0 + 5000)
+    read = frozenset({"visit_count", "checkout_views_7d", "tier"})  # "tier": a key behaviour does not compute
+    assert attributes_of(reading(CONFIG, read), state, T0 + 5000) == {
+        "visit_count": everything["visit_count"],
+        "checkout_views_7d": everything["checkout_views_7d"],
+    }
+    assert reading(CONFIG, None) is CONFIG  # rules whose keys are not known: all of them
+    assert attributes_of(reading(CONFIG, frozenset()), state, T0) == {}
+
+
+def test_the_example_rules_read_the_keys_their_behaviour_audiences_use() -> None:
+    snapshot = compile_project(load_project(RULES), "v1")
+    assert snapshot.custom_keys_read is not None
+    assert {"visit_count", "checkout_views_7d"} <= snapshot.custom_keys_read
+    assert not {"pageview_count", "days_since_first_visit", "last_utm_source"} & snapshot.custom_keys_read
+
+
+URL_PARTS = st.sampled_from(["http://", "https://", "HTTP://", "", "x://", "//"])
+HOSTS = st.sampled_from(
+    ["shop.example", "www.shop.example", "Shop.Example.", "other.org", "[::1]:8080", "u@shop.example", "h:80", ""]
+)
+REST = st.text(alphabet="/?#=&.:@ acheoutkm_surcx\t", max_size=24)
+
+
+@given(scheme=URL_PARTS, host=HOSTS, rest=REST, referer_scheme=URL_PARTS, referer_host=HOSTS, referer_rest=REST)
+def test_the_path_and_referrer_read_without_a_full_parse_are_what_a_full_parse_gives(
+    scheme: str, host: str, rest: str, referer_scheme: str, referer_host: str, referer_rest: str
+) -> None:
+    url, referer = f"{scheme}{host}{rest}", f"{referer_scheme}{referer_host}{referer_rest}"
+    own_host, path, _ = PageView(url, None).split()
+    try:
+        hostname = urlsplit(referer).hostname or ""
+    except ValueError:
+        with pytest.raises(ValueError):
+            observe(CONFIG, None, view(url, referer), T0)
+        return
+    site, own = (h.lower().rstrip(".").removeprefix("www.") for h in (hostname, own_host))
+    state = observe(CONFIG, None, view(url, referer), T0)
+    assert state.first_referrer == (site if site and site != own else None)
+    counted = path.startswith("/checkout")
+    assert attributes_of(CONFIG, state, T0)["checkout_views_7d"] == (1 if counted else 0)
 
 
 @pytest.mark.parametrize(

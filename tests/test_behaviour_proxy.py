@@ -13,9 +13,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from multidict import CIMultiDict, CIMultiDictProxy
 from test_behaviour import SECTION
-from test_preview_proxy import OPS, T0, P, Proxy, config_for, origin, running, token
+from test_preview_proxy import DESKTOP, OPS, T0, P, Proxy, config_for, origin, running, token
 
+from edgeproxy.exchange.plan import Plan
 from edgeproxy.runtime.behaviour import COUNTS_EVERY, BehaviourTracker
 from edgeproxy.runtime.serve import make_state
 from edgeproxy.runtime.state import ProxyState
@@ -135,6 +137,50 @@ def test_without_consent_nothing_is_counted_or_stored(origin: str, tmp_path: Pat
     run(state, origin, scenario)
     kept = stored_behaviour(tmp_path, "cid")
     assert kept is not None and kept.pageviews == 1  # only the consenting view
+
+
+def test_without_a_decision_log_only_the_keys_rules_read_are_computed_and_decisions_are_the_same(
+    origin: str, tmp_path: Path
+) -> None:
+    def visits(logged: bool) -> list[dict[str, str | None]]:
+        clock, manifests = Clock(), []
+
+        async def scenario(proxy: Proxy) -> None:
+            for path, later in (("/", 0), ("/checkout", 60), ("/checkout", 60), ("/", 1801), ("/checkout", 7 * 86_400)):
+                clock.now += later
+                page = await proxy.get(path, uid="ivy", headers={"Referer": "https://news.example/"})
+                assert page.status == 200
+                manifests.append(page.manifest())
+
+        where = tmp_path / ("logged" if logged else "unlogged")
+        where.mkdir()
+        state = behaviour_state(origin, where, clock, **({} if logged else {"decision_log": ""}))
+        run(state, origin, scenario)
+        return manifests
+
+    logged, unlogged = visits(True), visits(False)
+    assert unlogged == logged
+    assert len({json.dumps(m, sort_keys=True) for m in logged}) > 1  # the behaviour audiences changed variants
+    assert "pageview_count" in decided(tmp_path / "logged")[-1]  # the log has every computed key
+
+    def stored_read(logged: bool) -> set[str]:
+        """The stored attributes a page's decision read, planned directly (no server needed)."""
+        where = tmp_path / f"planned-{logged}"
+        where.mkdir()
+        state = behaviour_state(origin, where, Clock(), **({} if logged else {"decision_log": ""}))
+        headers = CIMultiDictProxy(
+            CIMultiDict({"Host": "shop.example", "User-Agent": DESKTOP, "Referer": "https://a.b/"})
+        )
+        client = state.planner.client("127.0.0.1", "http", "shop.example", headers)
+        plan = state.planner.plan(
+            state.holder.current, "GET", "/checkout", "/checkout", headers, client, has_body=False, upgrade=False
+        )
+        assert isinstance(plan, Plan) and plan.decision is not None
+        return set(plan.decision.ctx.stored)
+
+    assert stored_read(True) == {"visit_count", "pageview_count", "days_since_first_visit", "first_referrer_domain",
+                                 "checkout_views_7d"}  # fmt: skip
+    assert stored_read(False) == {"visit_count", "checkout_views_7d"}  # what the example rules read
 
 
 def test_behaviour_written_behind_is_read_back_after_a_restart(origin: str, tmp_path: Path) -> None:

@@ -196,6 +196,9 @@ class CompiledSnapshot:
     classifier: UserAgentClassifier = field(compare=False)
     # Whether any live experience can read a custom attribute: if not, no store lookup is needed.
     reads_custom_attributes: bool = True
+    # The custom attribute keys any rule of the project reads (its audiences', its experiences' own targets), so
+    # that computed attributes nobody reads need not be computed (behaviour, SPEC §13); None: not known, any key.
+    custom_keys_read: frozenset[str] | None = field(default=None, compare=False)
     # The project as `--draft` previews decide it (`Project.drafts`), compiled with it; None when there are no drafts.
     draft: CompiledSnapshot | None = field(default=None, compare=False)
 
@@ -322,7 +325,20 @@ def _compile(
         audience_predicates=audiences,
         classifier=classifier,
         reads_custom_attributes=_reads_custom_attributes(project),
+        custom_keys_read=_custom_keys_read(project),
         draft=draft,
+    )
+
+
+def _custom_keys_read(project: Project) -> frozenset[str]:
+    """Every custom attribute key a rule of the project names: in audiences, and in experiences' own targets (live,
+    paused or draft alike: a superset of what a decision can read)."""
+    groups = [a.definition for a in project.audiences if a.definition is not None]
+    for experience in (*project.experiences, *project.drafts):
+        conditions = [experience.targeting, *(v.condition for v in experience.variants)]
+        groups.extend(c.target for c in conditions if c is not None and c.target is not None)
+    return frozenset(
+        rule.attribute for group in groups for rule in iter_rules(group) if rule.attribute_kind == "custom"
     )
 
 

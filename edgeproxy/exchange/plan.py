@@ -34,7 +34,7 @@ from edgeproxy.http.headers import UPSTREAM_REMOVED, end_to_end
 from edgeproxy.runtime.behaviour import BehaviourTracker
 from edgeproxy.runtime.config import ProxyConfig
 from edgeproxy.runtime.snapshots import LoadedSnapshot
-from edgeproxy.visitor.behaviour import Behaviour, PageView, attributes_of, is_page_view, observe
+from edgeproxy.visitor.behaviour import Behaviour, attributes_of, is_page_view, observe_url
 from edgeproxy.visitor.forwarded import ClientView, TrustedProxies, view_of_client
 from edgeproxy.visitor.identity import (
     NO_COOKIES,
@@ -181,7 +181,7 @@ class Planner:
             return {}
         # Behaviour this process does not know is read from the store (another process may have seen the visitor);
         # behaviour it knows (or none, when behaviour is off) needs no stored behaviour row.
-        behaviour_at_hand = self.behaviour is None or self.behaviour.known(identity.user_uid) is not None
+        behaviour_at_hand = self.behaviour is None or self.behaviour.holds(identity.user_uid)
         if behaviour_at_hand and not loaded.snapshot.reads_custom_attributes:
             return {}
         project_uid = loaded.snapshot.project.uid
@@ -202,21 +202,26 @@ class Planner:
         live: Mapping[str, object] | None = None,
         preview: Preview | None = None,
         page_view: bool = False,
+        only_read: bool = False,
     ) -> Decision:
         """A visitor's decision: the context from the request, the snapshot's decider. Every door decides here.
         A `preview` decides with its forced variants, drafts and time, outside the memo (SPEC §10). With
         behavioural attributes on (SPEC §13), the decision reads them, and a `page_view` (a page the visitor
-        navigated to) first counts in them."""
+        navigated to) first counts in them; `only_read`: of those, only the ones the snapshot's rules read are
+        computed (the page path when no decision log records them all; previews always get them all)."""
         now = self.clock() if preview is None or preview.now is None else preview.now
         behaviour = None
         tracker = self.behaviour
         if tracker is not None and identity.user_uid:
             before = tracker.current(identity.user_uid, stored)
             if page_view and preview is None and not self._bot(headers):
-                behaviour = observe(tracker.config, before, PageView.of(page_url, headers.get("Referer")), now)
-            found = attributes_of(tracker.config, behaviour or before, now)
+                behaviour = observe_url(tracker.config, before, page_url, headers.get("Referer"), now)
+            config = tracker.config
+            if only_read and preview is None:
+                config = tracker.reading(loaded.snapshot.custom_keys_read)
+            found = attributes_of(config, behaviour or before, now)
             if found:
-                stored = {**stored, **found}
+                stored = {**stored, **found} if stored else found
         ctx = context_from_request(
             headers, page_url=page_url, now=now, query=query, client_ip=where.client_ip,
             trust_geo_headers=where.trusted, geo_lookup=self.geo_lookup, classifier=self.classifier,
@@ -281,7 +286,7 @@ class Planner:
             counted = self.behaviour is not None and is_page_view(method, headers.get)  # only when behaviour is on
             decision = self.decide(loaded, headers, where, identity, stored, page_url=f"{where.proto}://{where.host}{target}",
                                    query=query, tags=route.tags, preview=asked.grant if asked else None,
-                                   page_view=counted)  # fmt: skip
+                                   page_view=counted, only_read=not config.decision_log)  # fmt: skip
             if asked is not None and asked.set_cookie is not None:
                 decision.cookies = SetCookies.of((*decision.cookies.values, asked.set_cookie))
             if config.variant_query_param:

@@ -19,10 +19,20 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from typing import Final
 
 from edgeproxy.runtime.periodic import Periodic
 from edgeproxy.store.base import StateStore, StoreError, tombstone_of
-from edgeproxy.visitor.behaviour import STATE_KEY, Behaviour, BehaviourConfig, decode, encode
+from edgeproxy.visitor.behaviour import (
+    NO_PATH_VIEWS,
+    STATE_KEY,
+    Behaviour,
+    BehaviourConfig,
+    BehaviourFields,
+    decode,
+    encode,
+    reading,
+)
 
 log = logging.getLogger("edgeproxy.behaviour")
 
@@ -30,6 +40,37 @@ FLUSH_INTERVAL = 1.0  # seconds between writes of what an audience may turn on: 
 COUNTS_EVERY = 10  # flushes between writes of what only counts on (page views, last seen): 10 s at most
 KEPT_IN_MEMORY = 200_000  # visitors whose behaviour this process keeps (least recently seen go first)
 KEPT_ON_FAILURE = 100_000  # changed visitors held while the store is away
+
+_new_behaviour = tuple.__new__  # Behaviour(...) without the named tuple's Python-level __new__
+
+
+def _kept(state: Behaviour) -> BehaviourFields:
+    """What the tracker keeps of a visitor's behaviour: its fields, in an exact tuple (no path views: None)."""
+    first, last, previous, visits, pageviews, referrer, utm, paths = state
+    return first, last, previous, visits, pageviews, referrer, utm, paths or None
+
+
+def _behaviour(kept: BehaviourFields) -> Behaviour:
+    """A kept visitor's behaviour (`_kept`) as a Behaviour again."""
+    first, last, previous, visits, pageviews, referrer, utm, paths = kept
+    return _new_behaviour(
+        Behaviour, (first, last, previous, visits, pageviews, referrer, utm, NO_PATH_VIEWS if paths is None else paths)
+    )
+
+
+# Where a kept tuple has the fields `record` and `current` read (Behaviour's order, checked below).
+_LAST_SEEN: Final = 1
+_VISITS: Final = 3
+_FIRST_REFERRER: Final = 5
+_UTM_SOURCE: Final = 6
+_PATH_VIEWS: Final = 7
+assert [Behaviour._fields[i] for i in (_LAST_SEEN, _VISITS, _FIRST_REFERRER, _UTM_SOURCE, _PATH_VIEWS)] == [
+    "last_seen",
+    "visits",
+    "first_referrer",
+    "utm_source",
+    "path_views",
+]
 
 
 class BehaviourTracker(Periodic):
@@ -50,10 +91,13 @@ class BehaviourTracker(Periodic):
         self.store = store
         self.project_uid = project_uid
         self._kept = kept
-        self._known: OrderedDict[str, Behaviour] = OrderedDict()  # user uid -> behaviour (this project's)
-        self._changed: dict[str, Behaviour] = {}  # written at the next flush
-        self._counting: dict[str, Behaviour] = {}  # only page views and last seen changed: every COUNTS_EVERY
+        # Each visitor's behaviour is kept as a plain tuple of its fields (BehaviourFields, `_kept`: no work for the
+        # cyclic collector), a Behaviour again when read (`_behaviour`).
+        self._known: OrderedDict[str, BehaviourFields] = OrderedDict()  # user uid -> behaviour (this project's)
+        self._changed: dict[str, BehaviourFields] = {}  # written at the next flush
+        self._counting: dict[str, BehaviourFields] = {}  # only page views and last seen changed: every COUNTS_EVERY
         self._flushes = 0
+        self._reading: tuple[frozenset[str] | None, BehaviourConfig] = (None, config)
         # user uid -> the stored texts this process last read and last wrote: a decision's stored text that is
         # either is not news (what is in memory is as new), so it is not decoded again.
         self._read: dict[str, str] = {}
@@ -64,22 +108,34 @@ class BehaviourTracker(Periodic):
 
     def known(self, user_uid: str) -> Behaviour | None:
         """This process's memory of the visitor, without I/O (None: ask the store)."""
-        return self._known.get(user_uid)
+        kept = self._known.get(user_uid)
+        return None if kept is None else _behaviour(kept)
+
+    def reading(self, keys: frozenset[str] | None) -> BehaviourConfig:
+        """The config that computes only the attributes among `keys` (a snapshot's `custom_keys_read`; None: all),
+        kept while the snapshot is the same."""
+        if self._reading[0] is not keys:
+            self._reading = (keys, reading(self.config, keys))
+        return self._reading[1]
+
+    def holds(self, user_uid: str) -> bool:
+        """Whether this process has the visitor's behaviour in memory (else a decision reads the store's)."""
+        return user_uid in self._known
 
     def current(self, user_uid: str, stored: Mapping[str, object]) -> Behaviour | None:
         """The visitor's behaviour before this page view: the newer of memory and the store's. The store's text is
         decoded only when it is not what this process last wrote or read for the visitor."""
-        mine, text = self._known.get(user_uid), stored.get(STATE_KEY)
-        if mine is not None and (
+        kept, text = self._known.get(user_uid), stored.get(STATE_KEY)
+        if kept is not None and (
             text is None or text == self._written.get(user_uid) or text == self._read.get(user_uid)
         ):
-            return mine
+            return _behaviour(kept)
         theirs = decode(text)
         if isinstance(text, str):
             self._read[user_uid] = text
-        if mine is None or (theirs is not None and theirs.last_seen > mine.last_seen):
+        if kept is None or (theirs is not None and theirs.last_seen > kept[_LAST_SEEN]):
             return theirs  # another process saw a later page view
-        return mine
+        return _behaviour(kept)
 
     def record(self, user_uid: str, behaviour: Behaviour) -> None:
         """A page view's outcome: remembered now; written at the next flush when it changed what an audience could
@@ -88,24 +144,25 @@ class BehaviourTracker(Periodic):
         second kind, so the write-behind costs a tenth as much, and a crash loses at most 10 s of page-view counts
         but never more than a second of anything else."""
         known = self._known
-        before = known.get(user_uid)
-        known[user_uid] = behaviour
-        known.move_to_end(user_uid)
-        if len(known) > self._kept:
+        before = known.pop(user_uid, None)
+        kept = _kept(behaviour)
+        known[user_uid] = kept  # (last: the most recently seen)
+        if before is None and len(known) > self._kept:
             gone = known.popitem(last=False)[0]
             self._read.pop(gone, None)
             self._written.pop(gone, None)
-        if user_uid in self._changed or (
+        if (
             before is None
-            or behaviour.visits != before.visits
-            or behaviour.path_views != before.path_views
-            or behaviour.first_referrer != before.first_referrer
-            or behaviour.utm_source != before.utm_source
+            or behaviour.visits != before[_VISITS]
+            or (kept[_PATH_VIEWS] is not before[_PATH_VIEWS] and kept[_PATH_VIEWS] != before[_PATH_VIEWS])
+            or behaviour.first_referrer != before[_FIRST_REFERRER]
+            or behaviour.utm_source != before[_UTM_SOURCE]
+            or user_uid in self._changed
         ):
-            self._changed[user_uid] = behaviour
+            self._changed[user_uid] = kept
             self._counting.pop(user_uid, None)
         else:
-            self._counting[user_uid] = behaviour
+            self._counting[user_uid] = kept
         self.recorded += 1
 
     def forget(self, user_uid: str) -> None:
@@ -134,7 +191,8 @@ class BehaviourTracker(Periodic):
         `record` marks as changed), in one batch; returns how many."""
         if everything and self._counting:
             self._counting, counting = {}, self._counting
-            self._changed = counting | self._changed
+            counting.update(self._changed)  # (the big one grown by the few, not copied: `counting | changed`)
+            self._changed = counting
         if not self._changed:
             return 0
         batch, self._changed = self._changed, {}
