@@ -74,6 +74,11 @@ def test_pages_are_served_by_the_data_plane_and_a_body_hands_the_connection_to_a
             assert urls == ["/echo?n=1", "/echo?n=2", "/echo?n=body", "/echo?n=3", "/echo?n=4"], "in order, none lost"
             assert json.loads(replies[2][2])["bodyLength"] == 8
             assert plane.served == 2 and plane.handed_off == 1, "two on the data plane, then aiohttp's"
+            # Counted once, in the process's metrics: /status and Prometheus read them.
+            assert server.state.metrics.request_counts()["dataPlane"] == {"hits": 0, "executor": 2, "handedOff": 1}
+            exposition = server.state.metrics.exposition().decode()
+            assert 'edgeproxy_data_plane_total{event="executor"} 2.0' in exposition
+            assert 'edgeproxy_data_plane_total{event="handed_off"} 1.0' in exposition
             # Both servers send the origin what the decision says.
             sent = [json.loads(body)["headers"] for _, _, body in replies]
             assert len({h.get("x-cs-personalize-user-uid") for h in sent}) == 1 and sent[0].get("x-cs-variant-uid")

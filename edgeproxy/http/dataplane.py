@@ -109,11 +109,24 @@ class DataPlaneServer(web.Server):
         if cache is not None and isinstance(cache.store, MemoryCacheStore):
             self.hit = hit_answer(state, self.access_log, gated=True)  # _parse asks the gate first
         self.live: set[Connection] = set()
-        self.answered = 0  # fresh hits answered as they were parsed (`hit`), for tests and ops
-        self.served = 0  # requests answered by the executor
-        self.handed_off = 0  # connections handed to aiohttp
+        self.counts = state.metrics.data_plane  # hit, executor, handed_off: the process's one count
         self._sweeper: asyncio.TimerHandle | None = None
         self._closing = False
+
+    @property
+    def answered(self) -> int:
+        """Fresh hits answered as they were parsed (`hit`)."""
+        return self.counts["hit"]
+
+    @property
+    def served(self) -> int:
+        """Requests answered by the executor."""
+        return self.counts["executor"]
+
+    @property
+    def handed_off(self) -> int:
+        """Connections handed to aiohttp's server."""
+        return self.counts["handed_off"]
 
     def __call__(self) -> Connection:  # type: ignore[override]
         if self._sweeper is None and self.keepalive_timeout > 0:
@@ -364,7 +377,7 @@ class Connection(asyncio.Protocol):
             if parts is not None:  # answered whole, recorded already
                 assert self.transport is not None
                 self.transport.writelines(parts)
-                server.answered += 1
+                server.counts["hit"] += 1
                 if self.writing_paused:
                     self.busy = True
                     self.task = server.loop.create_task(self._after_drain())
@@ -390,7 +403,7 @@ class Connection(asyncio.Protocol):
                 answer = request.send(answer)
                 await self.drain()
             close = answer.close
-            server.served += 1
+            server.counts["executor"] += 1
             log_line = server.access_log
             if log_line is not None and log_line.isEnabledFor(logging.INFO):
                 log_line.info(access_line(
@@ -431,7 +444,7 @@ class Connection(asyncio.Protocol):
         assert transport is not None
         server = self.server
         server.live.discard(self)
-        server.handed_off += 1
+        server.counts["handed_off"] += 1
         data = bytes(self.buffer)
         self.buffer.clear()
         protocol: Any = server.fallback()
