@@ -118,13 +118,10 @@ async def proxy_handler(request: web.BaseRequest, state: ProxyState) -> web.Stre
     return response
 
 
-async def handle_proxied(
-    request: Incoming, state: ProxyState, decided: Decided, where: ClientView | None = None
-) -> Answer:
-    """A proxied request, by either server: carried out, then counted and logged (`observe_served`). `where`:
-    `planner.client(...)` when the caller asked already."""
+async def handle_proxied(request: Incoming, state: ProxyState, decided: Decided) -> Answer:
+    """A proxied request, by either server: carried out, then counted and logged (`observe_served`)."""
     started = perf_counter()
-    response = await _execute(request, state, decided, where)
+    response = await _execute(request, state, decided)
     x_cache = response.x_cache if isinstance(response, Sent) else response.headers.get("X-Cache")
     observe_served(state, started, request.method, request.raw_path, response.status, x_cache, decided)
     if state.cache is not None and request.method in UNSAFE_METHODS and response.status < 400:
@@ -148,11 +145,10 @@ def peer_address(request: Incoming) -> str | None:
     return None
 
 
-async def _execute(request: Incoming, state: ProxyState, decided: Decided, where: ClientView | None) -> Answer:
+async def _execute(request: Incoming, state: ProxyState, decided: Decided) -> Answer:
     planner = state.planner
     headers = request.headers
-    if where is None:
-        where = planner.client(peer_address(request), request.scheme, request.host, headers)
+    where = planner.client(peer_address(request), request.scheme, request.host, headers)
     if where.refusal is not None:
         return refuse(request, where.refusal)
     upgrade = headers.get("Upgrade")

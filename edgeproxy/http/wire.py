@@ -146,6 +146,8 @@ class WireRequest:
         sent = 0
         try:
             async for chunk in upstream.iter_chunks():
+                if not chunk:
+                    continue  # (an empty chunk would read as the chunked body's end)
                 if on_chunk is not None:
                     on_chunk(chunk)
                 sent += len(chunk)
@@ -154,6 +156,8 @@ class WireRequest:
                 else:
                     self._write((chunk,))
                 await self.writer.drain()
+        except ConnectionError:
+            raise  # the client went away: the data plane closes the connection
         except OSError as exc:  # UpstreamError, TimeoutError: the origin failed mid-body
             # Headers are gone already: the only honest signal left is to cut the connection.
             log.warning("%s %s: origin body failed mid-stream: %r", method, self.raw_path, exc)
