@@ -40,8 +40,8 @@ from edgeproxy.cache.store import MemoryCacheStore
 from edgeproxy.http.access_log import access_line
 from edgeproxy.http.errors import error_response
 from edgeproxy.http.executor import Decided, HitAnswer, handle_proxied, hit_answer
+from edgeproxy.http.gate import ReservedPrefixes
 from edgeproxy.http.gate import check as check_request
-from edgeproxy.http.gate import normalized_path
 from edgeproxy.http.wire import Sent, WireRequest
 from edgeproxy.runtime.state import ProxyState
 
@@ -98,9 +98,7 @@ class DataPlaneServer(web.Server):
         self.loop = asyncio.get_running_loop()
         self.state = state
         self.fallback = fallback
-        # Lower-cased prefixes, with their slash-less spelling: the prefix itself without the trailing slash too.
-        self.prefixes = tuple((prefix.lower(), prefix.lower().rstrip("/")) for prefix in reserved)
-        self.first = frozenset(prefix[1:2].lower() for prefix in reserved)  # what a reserved path's 2nd char can be
+        self.reserved = ReservedPrefixes(reserved)  # matched as aiohttp's door matches them (server.py)
         self.max_head = max_head
         self.keepalive_timeout = keepalive_timeout
         self.access_log = access_log if state.config.access_log else None
@@ -141,22 +139,6 @@ class DataPlaneServer(web.Server):
                 conn.close()
         self._sweeper = None if self._closing else self.loop.call_later(min(self.keepalive_timeout, 10.0),
                                                                          self._sweep)  # fmt: skip
-
-    def reserved(self, path: str, raw_path: str) -> bool:
-        """Whether a request is for ops or the Edge API: matched on the decoded, dot-segment-resolved and raw path,
-        case-insensitively (as server.build_handler matches it), so no spelling slips one through to the origin."""
-        first = self.first
-        if (
-            path[1:2].lower() not in first and raw_path[1:2].lower() not in first
-            and "/." not in path and "//" not in path
-        ):  # fmt: skip
-            return False  # the usual answer, at a glance: the first segment cannot start a reserved prefix
-        path = normalized_path(path).lower()
-        raw = raw_path.lower()
-        for prefix, bare in self.prefixes:
-            if path.startswith(prefix) or raw.startswith(prefix) or path.rstrip("/") == bare:
-                return True
-        return False
 
     def pre_shutdown(self) -> None:
         self._closing = True
@@ -360,7 +342,7 @@ class Connection(asyncio.Protocol):
         path = raw_path.partition("?")[0]
         if "%" in path:
             path = URL.build(path=path, encoded=True).path  # decoded, as aiohttp's request.path
-        if self.server.reserved(path, raw_path):
+        if self.server.reserved.match(path, raw_path) is not None:
             return None
         return WireRequest(method_name, raw_path, path, lines, headers, host, self.peer, self)
 

@@ -278,3 +278,30 @@ def normalized_path(path: str) -> str:
             continue
         parts.append(segment)
     return "/" + "/".join(parts) + ("/" if path.endswith("/") and parts else "")
+
+
+class ReservedPrefixes:
+    """Path prefixes the proxy answers itself (ops, the Edge API), never forwarded. Matched on the decoded,
+    dot-segment-resolved and raw path, case-insensitively, so an encoded or re-cased spelling cannot slip a
+    proxy-internal path through to the origin; the prefix without its trailing slash is reserved too."""
+
+    __slots__ = ("_first", "_prefixes")
+
+    def __init__(self, prefixes: Sequence[str]) -> None:
+        self._prefixes = tuple((prefix.lower(), prefix.lower().rstrip("/")) for prefix in prefixes)
+        self._first = frozenset(prefix[1:2].lower() for prefix in prefixes)  # what a reserved path's 2nd char can be
+
+    def match(self, path: str, raw_path: str) -> int | None:
+        """The index of the prefix the request's decoded `path` or `raw_path` falls under; None: not reserved."""
+        first = self._first
+        if (
+            path[1:2].lower() not in first and raw_path[1:2].lower() not in first
+            and "/." not in path and "//" not in path
+        ):  # fmt: skip
+            return None  # the usual answer, at a glance: the first segment cannot start a reserved prefix
+        path = normalized_path(path).lower()
+        raw = raw_path.lower()
+        for n, (prefix, bare) in enumerate(self._prefixes):
+            if path.startswith(prefix) or raw.startswith(prefix) or path.rstrip("/") == bare:
+                return n
+        return None

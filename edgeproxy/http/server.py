@@ -14,8 +14,8 @@ from edgeproxy.cache.store import MemoryCacheStore
 from edgeproxy.http.aiohttp_internals import data_plane_server, header_values_checked, send_continue
 from edgeproxy.http.dataplane import KEEPALIVE_TIMEOUT, DataPlaneServer, data_plane_on
 from edgeproxy.http.executor import ALLOWED_METHODS, lane_answer, proxy_handler, refuse
+from edgeproxy.http.gate import ReservedPrefixes, origin_form
 from edgeproxy.http.gate import check as check_request
-from edgeproxy.http.gate import normalized_path, origin_form
 from edgeproxy.runtime.state import ProxyState
 
 RequestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -26,10 +26,8 @@ ReservedHandler = Callable[[web.BaseRequest, ProxyState], Awaitable[web.StreamRe
 def build_handler(state: ProxyState, reserved: dict[str, tuple[str, ReservedHandler]]) -> RequestHandler:
     """The one handler every request goes to. `reserved` maps path prefixes to (metrics kind, handler): ops and
     the Edge API, never forwarded; everything else is proxied."""
-    # Lower-cased prefixes, with their slash-less spelling: the prefix itself without the trailing slash is ours too.
-    prefixes = tuple(
-        (prefix.lower(), prefix.lower().rstrip("/"), kind, handler) for prefix, (kind, handler) in reserved.items()
-    )
+    prefixes = ReservedPrefixes(list(reserved))
+    handlers = list(reserved.values())
     values_checked = header_values_checked()  # the parser in front refuses control characters in values itself
 
     async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
@@ -47,16 +45,13 @@ def build_handler(state: ProxyState, reserved: dict[str, tuple[str, ReservedHand
             expected = await _expect(request)
             if expected is not None:
                 return expected
-        # Reserved prefixes: matched on the decoded, dot-segment-resolved and raw path, case-insensitively,
-        # so an encoded or re-cased spelling cannot slip a proxy-internal path through to the origin.
-        path = normalized_path(request.path).lower()
-        raw = request.raw_path.lower()
-        for prefix, bare, kind, handler in prefixes:
-            if path.startswith(prefix) or raw.startswith(prefix) or path.rstrip("/") == bare:
-                started = time.perf_counter()
-                response = await handler(request, state)
-                state.metrics.observe_request(kind, response.status, time.perf_counter() - started)
-                return response
+        found = prefixes.match(request.path, request.raw_path)
+        if found is not None:
+            kind, handler = handlers[found]
+            started = time.perf_counter()
+            response = await handler(request, state)
+            state.metrics.observe_request(kind, response.status, time.perf_counter() - started)
+            return response
         return await proxy_handler(request, state)
 
     return dispatch

@@ -24,11 +24,11 @@ from edgeproxy.exchange.decorate import ResponseHook, client_headers
 from edgeproxy.http.aiohttp_internals import SERVER_SOFTWARE
 from edgeproxy.http.origin import UpstreamResponse
 from edgeproxy.http.prebuilt import date_line
+from edgeproxy.http.relay import NO_BODY_STATUSES
 from edgeproxy.runtime.config import ProxyConfig
 from edgeproxy.visitor.identity import SetCookies
 
 log = logging.getLogger("edgeproxy.proxy")
-NO_BODY_STATUSES = frozenset({204, 304})
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
