@@ -75,7 +75,12 @@ def test_pages_are_served_by_the_data_plane_and_a_body_hands_the_connection_to_a
             assert json.loads(replies[2][2])["bodyLength"] == 8
             assert plane.served == 2 and plane.handed_off == 1, "two on the data plane, then aiohttp's"
             # Counted once, in the process's metrics: /status and Prometheus read them.
-            assert server.state.metrics.request_counts()["dataPlane"] == {"hits": 0, "executor": 2, "handedOff": 1}
+            assert server.state.metrics.request_counts()["dataPlane"] == {
+                "hits": 0,
+                "remembered": 0,
+                "executor": 2,
+                "handedOff": 1,
+            }
             exposition = server.state.metrics.exposition().decode()
             assert 'edgeproxy_data_plane_total{event="executor"} 2.0' in exposition
             assert 'edgeproxy_data_plane_total{event="handed_off"} 1.0' in exposition

@@ -29,10 +29,11 @@ from support.raw_http import Exchange, raw_exchange, read_responses
 
 from edgeproxy.analytics.impressions import ImpressionRecorder
 from edgeproxy.analytics.live import LiveDecisions
+from edgeproxy.clock import parse_instant
 from edgeproxy.http.access_log import JsonAccessLogger
 from edgeproxy.http.aiohttp_internals import HitLaneServer
 from edgeproxy.http.dataplane import DataPlaneServer
-from edgeproxy.runtime.config import ProxyConfig
+from edgeproxy.runtime.config import ProxyConfig, load_config
 from edgeproxy.runtime.metrics import ProxyMetrics
 from edgeproxy.runtime.serve import make_state
 
@@ -148,21 +149,27 @@ def untimed_decision(line: str) -> dict[str, Any]:
 
 
 async def measured_round(
-    server: ProxyTestServer, requests: list[bytes], decision_log: Path, caplog: pytest.LogCaptureFixture
+    server: ProxyTestServer, requests: list[bytes], decision_log: Path | None, caplog: pytest.LogCaptureFixture
 ) -> Round:
+    """`decision_log`: the file of the state's decision log, None when it has none."""
     state = server.state
     loaded = state.holder.current
     assert loaded is not None and state.cache is not None
     state.impressions = ImpressionRecorder(state.store, lambda: loaded.snapshot.project.uid)  # not started: events wait
     state.live = LiveDecisions()
+    counts = state.metrics.data_plane
     state.metrics = ProxyMetrics(0.0, state.live, state.holder, None)
+    state.metrics.data_plane = counts  # the data plane's (it holds the counter)
     state.cache.counts = state.metrics.cache_events
-    assert state.decision_log is not None
-    state.decision_log.flush()
-    logged = len(decision_log.read_text().splitlines())
+    logged = 0
+    if decision_log is not None:
+        assert state.decision_log is not None
+        state.decision_log.flush()
+        logged = len(decision_log.read_text().splitlines())
     caplog.clear()
     replies = [reply for data in requests for reply in await exchange(server, data)]
-    state.decision_log.flush()
+    if state.decision_log is not None:
+        state.decision_log.flush()
     untimed = ("ts", "ms")
     return Round(
         replies=replies,
@@ -175,7 +182,9 @@ async def measured_round(
         impressions=sorted(
             (e.user_uid, e.experience_short_uid, e.variant_short_uid, e.source) for e in state.impressions._pending
         ),
-        decision_log=[untimed_decision(line) for line in decision_log.read_text().splitlines()[logged:]],
+        decision_log=[untimed_decision(line) for line in decision_log.read_text().splitlines()[logged:]]
+        if decision_log is not None
+        else [],
         access_log=[
             {k: v for k, v in json.loads(r.getMessage()).items() if k not in untimed}
             for r in caplog.records
@@ -184,13 +193,17 @@ async def measured_round(
     )
 
 
+@pytest.mark.parametrize("answer", ["parsed", "remembered"])
 def test_lane_answers_hits_with_the_bytes_and_bookkeeping_of_the_general_path(
-    origin: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    origin: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, answer: str
 ) -> None:
+    """`remembered`: without a decision log, the repeats are answered from their remembered heads."""
     caplog.set_level(logging.INFO, logger="edgeproxy.access.test")
+    remembering = answer == "remembered"
 
     async def scenario() -> None:
-        state = make_state(config_for(origin, tmp_path, "same", access_log=True))
+        config = memo_config(origin, tmp_path, "same") if remembering else config_for(origin, tmp_path, "same")
+        state = make_state(replace(config, access_log=True))
         logger = logging.getLogger("edgeproxy.access.test")
         async with proxy_server(state, access_log=logger, access_log_class=JsonAccessLogger) as server:
             requests = visitors()
@@ -200,10 +213,14 @@ def test_lane_answers_hits_with_the_bytes_and_bookkeeping_of_the_general_path(
                 assert status.startswith("HTTP/1.1 200")
                 labels += headers["x-cache"]
             assert labels.count("MISS") >= 12, labels
-            decision_log = tmp_path / "same-decisions.jsonl"
-            before = answered(server)
+            if remembering:
+                for data in requests:  # answered by the lane, and remembered
+                    await exchange(server, data)
+            decision_log = None if remembering else tmp_path / "same-decisions.jsonl"
+            before, repeats = answered(server), remembered(server)
             lane = await measured_round(server, requests, decision_log, caplog)
             assert answered(server) - before == len(requests), "every fresh hit went through the lane"
+            assert remembered(server) - repeats == (len(requests) if remembering else 0)
             with general_path_only(server):
                 general = await measured_round(server, requests, decision_log, caplog)
             assert answered(server) - before == len(requests)
@@ -217,8 +234,10 @@ def test_lane_answers_hits_with_the_bytes_and_bookkeeping_of_the_general_path(
         lane.replies = general.replies = []
         assert lane == general
         assert lane.hits == len(requests) and lane.counters[0] == len(requests)
+        assert lane.decisions == len(requests)
         assert {source for *_, source in lane.impressions} == {"proxy", "origin"}
-        assert len(lane.decision_log) == len(lane.access_log) == len(requests)
+        assert len(lane.access_log) == len(requests)
+        assert len(lane.decision_log) == (0 if remembering else len(requests))
 
     run(scenario)
 
@@ -393,5 +412,185 @@ def test_keep_alive_timer_runs_for_lane_hits(origin: str, tmp_path: Path) -> Non
             served, after_idle = await asyncio.to_thread(conversation)
             assert served >= 10 and answered(server) == served
             assert after_idle == b""
+
+    run(scenario)
+
+
+# -- remembered answers (executor.HitAnswer.again): a repeated head answered without being parsed or decided ------
+
+
+class ManualClock:
+    """The process clock, moved by the test only."""
+
+    def __init__(self, instant: str) -> None:
+        self.now = parse_instant(instant)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def memo_config(origin: str, tmp: Path, name: str, **settings: Any) -> ProxyConfig:
+    """No decision log (whose lines carry each request's time): the data plane remembers hits."""
+    return replace(config_for(origin, tmp, name, ops_token=OPS_TOKEN, **settings), decision_log="")
+
+
+OPS_TOKEN = "ops-secret"
+
+
+def remembered(server: ProxyTestServer) -> int:
+    proxy = server.proxy
+    assert isinstance(proxy, DataPlaneServer)
+    return proxy.counts["remembered"]
+
+
+def manifest_cookie(reply: Exchange) -> str:
+    return next(c for c in reply[1]["set-cookie"] if c.startswith("cs-personalize-manifest="))
+
+
+def uid_cookie(reply: Exchange) -> str | None:
+    return next((c for c in reply[1].get("set-cookie", []) if c.startswith("cs-personalize-user-uid=")), None)
+
+
+async def reference(server: ProxyTestServer, data: bytes) -> Exchange:
+    """What the general path answers `data` with now (it decides from the start)."""
+    with general_path_only(server):
+        (reply,) = await exchange(server, data)
+    return reply
+
+
+async def http(server: ProxyTestServer, method: str, target: str, body: str, headers: str = "") -> Exchange:
+    data = (
+        f"{method} {target} HTTP/1.1\r\nHost: shop.test\r\nContent-Type: application/json\r\n{headers}"
+        f"Content-Length: {len(body.encode())}\r\nConnection: close\r\n\r\n{body}"
+    ).encode()
+    (reply,) = await exchange(server, data)
+    return reply
+
+
+# Each change that can alter a remembered answer, made between two sends of the same head: the second is decided
+# again (not remembered), and answered as the general path answers it at that moment.
+CHANGES = (
+    "clock past a rule's time", "stored attributes", "user deleted", "new snapshot", "purge", "expired entry",
+    "stale entry",
+)  # fmt: skip
+STALE_WHILE_REVALIDATE = "/cacheable?cc=public,%20s-maxage=600,%20stale-while-revalidate=600"
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_remembered_answer_is_decided_again_when_what_made_it_changes(
+    origin: str, tmp_path: Path, change: str
+) -> None:
+    async def scenario() -> None:
+        # Black Friday week ends, and the winter season starts, at 2026-12-01T00:00:00Z (the example rules).
+        clock = ManualClock("2026-11-30T23:59:58Z" if change == "clock past a rule's time" else "2026-12-06T12:00:00Z")
+        state = make_state(memo_config(origin, tmp_path, "changes"), clock=clock)
+        async with proxy_server(state) as server:
+            data = request_bytes(STALE_WHILE_REVALIDATE if change == "stale entry" else "/", "memo-visitor")
+            await exchange(server, data)  # stored
+            await exchange(server, data)  # a lane hit, remembered
+            (first,) = await exchange(server, data)
+            assert remembered(server) == 1 and first[1]["x-cache"] == ["HIT"]
+            loaded = state.holder.current
+            assert loaded is not None
+            project = loaded.snapshot.project.uid
+            if change == "clock past a rule's time":
+                clock.now += 1.5  # not yet: still remembered
+                await exchange(server, data)
+                assert remembered(server) == 2
+                clock.now += 1.0  # 2026-12-01T00:00:00.5Z
+            elif change == "stored attributes":
+                who = f"X-Project-Uid: {project}\r\nX-CS-Personalize-User-Uid: memo-visitor\r\n"
+                vip = '{"tier": "gold", "lifetime_value": 5000}'  # the homepage hero's VIP customers
+                reply = await http(server, "PATCH", "/_personalize/user-attributes", vip, who)
+                assert reply[0].split()[1] == "200", reply
+            elif change == "user deleted":
+                reply = await http(server, "DELETE", "/_edgeproxy/users/memo-visitor", "",
+                                   f"Authorization: Bearer {OPS_TOKEN}\r\n")  # fmt: skip
+                assert reply[0].split()[1] == "200", reply
+            elif change == "new snapshot":
+                state.holder.swap(
+                    replace(loaded.snapshot, experiences=loaded.snapshot.experiences[1:]), "test: one fewer"
+                )  # fmt: skip
+            elif change == "purge":
+                reply = await http(server, "POST", "/_edgeproxy/purge", '{"urls": ["/"]}',
+                                   f"Authorization: Bearer {OPS_TOKEN}\r\n")  # fmt: skip
+                assert reply[0].split()[1] == "200", reply
+            else:  # expired (s-maxage=600), or stale and kept for stale-while-revalidate
+                clock.now += 601
+            (second,) = await exchange(server, data)
+            assert remembered(server) == (2 if change == "clock past a rule's time" else 1), "decided again"
+            expected = await reference(server, data)
+            if change == "user deleted":  # a new identity each time (the page shows it): not the same bytes
+                assert second[0] == expected[0] == "HTTP/1.1 200 OK"
+                assert uid_cookie(second) not in (None, uid_cookie(first)) and uid_cookie(expected) is not None
+            else:
+                assert (second[0], second[2]) == (expected[0], expected[2])
+                assert second[1]["set-cookie"] == expected[1]["set-cookie"]
+            if change in ("clock past a rule's time", "stored attributes", "new snapshot"):
+                assert manifest_cookie(second) != manifest_cookie(first), "the decision changed"
+            if change in ("purge", "expired entry"):
+                assert second[1]["x-cache"] == ["MISS"]
+            if change == "stale entry":
+                assert second[1]["x-cache"] == ["STALE"]
+            (third,) = await exchange(server, data)  # and remembered again when it is a hit
+            remembers = change != "user deleted"  # (the cookie still names the deleted uid: a new one each time)
+            assert (remembered(server) > (2 if change == "clock past a rule's time" else 1)) == (
+                remembers and second[1]["x-cache"] == ["HIT"]
+            ) or third[1]["x-cache"] != ["HIT"]
+
+    run(scenario)
+
+
+def test_what_is_never_remembered(origin: str, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        state = make_state(memo_config(origin, tmp_path, "never"))
+        async with proxy_server(state) as server:
+            proxy = server.proxy
+            assert isinstance(proxy, DataPlaneServer) and proxy.hit is not None
+            known = request_bytes("/", "never-1")
+            await exchange(server, known)
+            await exchange(server, known)
+            assert len(proxy.hit.remembered) == 1
+            assert proxy.hit.again(known, "192.0.2.7") is None, "another peer: decided again"
+            # A new visitor (no uid cookie): each request mints a uid, so none is remembered.
+            new = request_bytes("/", None)
+            uids, labels = set(), []
+            for _ in range(12):
+                (reply,) = await exchange(server, new)
+                labels += reply[1]["x-cache"]
+                uids.add(uid_cookie(reply))
+            assert len(uids) == 12 and None not in uids
+            assert labels.count("HIT") >= 6, "new visitors fall into a few variant sets: most are hits"
+            assert remembered(server) == 0 and len(proxy.hit.remembered) == 1
+            # A HEAD of the same URL is not a repeat of the GET's head.
+            (reply,) = await exchange(server, known.replace(b"GET ", b"HEAD ", 1))
+            assert reply[1]["x-cache"] == ["HIT"] and remembered(server) == 0
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("setting", ["decision log", "behaviour"])
+def test_nothing_is_remembered_when_each_request_is_recorded_on_its_own(
+    origin: str, tmp_path: Path, setting: str
+) -> None:
+    async def scenario() -> None:
+        config = memo_config(origin, tmp_path, "recorded")
+        if setting == "decision log":
+            config = replace(config, decision_log=str(tmp_path / "decisions.jsonl"))
+        else:
+            demo = load_config(
+                str(ROOT / "examples" / "demo.toml"),
+                {},
+                {"origin": origin, "rules": str(ROOT / "rules")},
+                base_dir=ROOT / "examples",
+            )
+            assert demo.behaviour is not None
+            config = replace(config, behaviour=demo.behaviour)
+        state = make_state(config)
+        async with proxy_server(state) as server:
+            data = request_bytes("/", "recorded-1")
+            replies = [reply for _ in range(4) for reply in await exchange(server, data)]
+            assert [r[1]["x-cache"] for r in replies][1:] == [["HIT"]] * 3
+            assert answered(server) == 3 and remembered(server) == 0
 
     run(scenario)

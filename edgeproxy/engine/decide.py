@@ -10,7 +10,15 @@ from typing import Any, Protocol
 from edgeproxy.engine.bucketing import bucket, cumulative, pick
 from edgeproxy.engine.conditions import Predicate, combine, compile_group
 from edgeproxy.engine.context import VisitorContext
-from edgeproxy.engine.model import Audience, AudienceCondition, Experience, Project, RuleGroup, iter_rules
+from edgeproxy.engine.model import (
+    Audience,
+    AudienceCondition,
+    Experience,
+    Project,
+    RuleGroup,
+    iter_rules,
+    time_thresholds,
+)
 
 # Forcing is defined with the model, so that context.py can build one without an import cycle; it is part of the
 # decision's API, re-exported here.
@@ -199,6 +207,9 @@ class CompiledSnapshot:
     # The custom attribute keys any rule of the project reads (its audiences', its experiences' own targets), so
     # that computed attributes nobody reads need not be computed (behaviour, SPEC §13); None: not known, any key.
     custom_keys_read: frozenset[str] | None = field(default=None, compare=False)
+    # Where the clock can change a decision: the thresholds of every DATE_AND_TIME rule the project names (sorted;
+    # between two of them no rule on the time changes its truth), or None when a time rule compares otherwise.
+    time_thresholds: tuple[float, ...] | None = field(default=(), compare=False)
     # The project as `--draft` previews decide it (`Project.drafts`), compiled with it; None when there are no drafts.
     draft: CompiledSnapshot | None = field(default=None, compare=False)
 
@@ -326,20 +337,37 @@ def _compile(
         classifier=classifier,
         reads_custom_attributes=_reads_custom_attributes(project),
         custom_keys_read=_custom_keys_read(project),
+        time_thresholds=_time_thresholds(project),
         draft=draft,
     )
 
 
-def _custom_keys_read(project: Project) -> frozenset[str]:
-    """Every custom attribute key a rule of the project names: in audiences, and in experiences' own targets (live,
-    paused or draft alike: a superset of what a decision can read)."""
+def _rule_groups(project: Project) -> list[RuleGroup]:
+    """Every rule group of the project: its audiences', its experiences' own targets (live, paused or draft alike:
+    a superset of what a decision can read)."""
     groups = [a.definition for a in project.audiences if a.definition is not None]
     for experience in (*project.experiences, *project.drafts):
         conditions = [experience.targeting, *(v.condition for v in experience.variants)]
         groups.extend(c.target for c in conditions if c is not None and c.target is not None)
+    return groups
+
+
+def _custom_keys_read(project: Project) -> frozenset[str]:
+    """Every custom attribute key a rule of the project names."""
     return frozenset(
-        rule.attribute for group in groups for rule in iter_rules(group) if rule.attribute_kind == "custom"
-    )
+        rule.attribute for group in _rule_groups(project) for rule in iter_rules(group)
+        if rule.attribute_kind == "custom"
+    )  # fmt: skip
+
+
+def _time_thresholds(project: Project) -> tuple[float, ...] | None:
+    """`CompiledSnapshot.time_thresholds`: those of every DATE_AND_TIME rule the project names."""
+    rules = [
+        rule for group in _rule_groups(project) for rule in iter_rules(group)
+        if rule.attribute_kind == "preset" and rule.attribute == "DATE_AND_TIME"
+    ]  # fmt: skip
+    found = time_thresholds(rules)
+    return None if found is None else tuple(found)
 
 
 def _reads_custom_attributes(project: Project) -> bool:

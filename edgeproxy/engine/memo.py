@@ -50,7 +50,7 @@ from edgeproxy.engine.decide import (
     decide_experiences,
     variant_param_of,
 )
-from edgeproxy.engine.model import TIME_CONDITIONS, AudienceCondition, Rule, RuleGroup, iter_rules, parse_iso_time
+from edgeproxy.engine.model import AudienceCondition, Rule, RuleGroup, iter_rules, time_thresholds
 
 MEMO_LIMIT = 50_000  # entries per table (a feature's values, a selection's keys and visitors); cleared when full
 ATOMS_LIMIT = 10_000  # distinct truth tuples of one feature; cleared when full (ids are never reused)
@@ -135,18 +135,6 @@ def typed_value(value: Any) -> Any:
     if cls is int or cls is bool:
         return cls, value
     return cls, repr(value)
-
-
-def time_thresholds(time_rules: Sequence[Rule]) -> list[float] | None:
-    """The sorted thresholds of DATE_AND_TIME rules when every one is BEFORE/AFTER/BETWEEN_TIME: then the position
-    of `now` among them (`bisect_left`, `bisect_right`) decides each of those rules. None otherwise."""
-    if not all(r.condition in TIME_CONDITIONS for r in time_rules):
-        return None
-    thresholds: set[float] = set()
-    for r in time_rules:
-        operands = r.operand if isinstance(r.operand, tuple) else (r.operand,)
-        thresholds.update(parse_iso_time(str(item)).timestamp() for item in operands)
-    return sorted(thresholds)
 
 
 # -- features ---------------------------------------------------------------------------------------------------

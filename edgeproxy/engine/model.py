@@ -6,7 +6,7 @@ snapshot can be swapped atomically and shared across requests.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -192,3 +192,15 @@ def iso_timestamp(text: str) -> float:
     """`parse_iso_time(text).timestamp()`, without the conversion to UTC that a timestamp does not need."""
     value = datetime.fromisoformat(text.strip())
     return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp()
+
+
+def time_thresholds(time_rules: Sequence[Rule]) -> list[float] | None:
+    """The sorted thresholds of DATE_AND_TIME rules when every one is BEFORE/AFTER/BETWEEN_TIME: then the position
+    of `now` among them (`bisect_left`, `bisect_right`) decides each of those rules. None otherwise."""
+    if not all(r.condition in TIME_CONDITIONS for r in time_rules):
+        return None
+    thresholds: set[float] = set()
+    for r in time_rules:
+        operands = r.operand if isinstance(r.operand, tuple) else (r.operand,)
+        thresholds.update(parse_iso_time(str(item)).timestamp() for item in operands)
+    return sorted(thresholds)

@@ -105,7 +105,8 @@ class DataPlaneServer(web.Server):
         cache = state.cache
         self.hit: HitAnswer | None = None
         if cache is not None and isinstance(cache.store, MemoryCacheStore):
-            self.hit = hit_answer(state, self.access_log, gated=True)  # _parse asks the gate first
+            # _parse asks the gate first; the heads of fresh hits are remembered (their repeats answered at once)
+            self.hit = hit_answer(state, self.access_log, gated=True, remember=state.config.cache_remembered_hits)
         self.live: set[Connection] = set()
         self.counts = state.metrics.data_plane  # hit, executor, handed_off: the process's one count
         self._sweeper: asyncio.TimerHandle | None = None
@@ -223,11 +224,20 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self.busy and not self.buffer and data[-4:] == _HEAD_END and data.find(_HEAD_END) == len(data) - 4:
-            # The usual read: exactly one whole head, nothing buffered before it. Parsed as it came.
-            self.last_active = self.server.loop.time()
+            # The usual read: exactly one whole head, nothing buffered before it. Parsed as it came, unless it
+            # repeats a head whose fresh hit is remembered (executor.HitAnswer.again).
+            server = self.server
+            self.last_active = server.loop.time()
+            hit = server.hit
+            if hit is not None and hit.remembered:
+                parts = hit.again(data, self.peer)
+                if parts is not None:
+                    self._write_hit(parts)
+                    server.counts["remembered"] += 1
+                    return
             request = self._parse(data)
             if request is not None:
-                self._serve(request)
+                self._serve(request, data)
                 return
             self.buffer += data
             self._hand_off()
@@ -299,7 +309,7 @@ class Connection(asyncio.Protocol):
                 del buffer[:size]
             else:
                 buffer.clear()
-            self._serve(request)
+            self._serve(request, head)
 
     def _parse(self, head: bytes) -> WireRequest | None:
         """The head as a request the data plane serves, or None (it goes to aiohttp, the connection with it)."""
@@ -346,26 +356,31 @@ class Connection(asyncio.Protocol):
             return None
         return WireRequest(method_name, raw_path, path, lines, headers, host, self.peer, self)
 
-    def _serve(self, request: WireRequest) -> None:
+    def _serve(self, request: WireRequest, head: bytes) -> None:
+        """Answer a request parsed from `head` (its bytes, under which a fresh hit's answer is remembered)."""
         server = self.server
         hit = server.hit
         if hit is not None and request.method == "GET":
             try:
                 parts = hit(request.raw_path, request.path, _VERSION, request.raw_headers, request.headers,
-                            request.host, request.peer, "http")  # fmt: skip
+                            request.host, request.peer, "http", head)  # fmt: skip
             except Exception:  # a bug here must cost the lane, not the connection: the executor answers
                 log.exception("hit lane failed on %s %s; the general path answers", request.method, request.raw_path)
                 parts = None
             if parts is not None:  # answered whole, recorded already
-                assert self.transport is not None
-                self.transport.writelines(parts)
-                server.counts["hit"] += 1
-                if self.writing_paused:
-                    self.busy = True
-                    self.task = server.loop.create_task(self._after_drain())
+                self._write_hit(parts)
                 return
         self.busy = True
         self.task = server.loop.create_task(self._answer(request))
+
+    def _write_hit(self, parts: Sequence[bytes]) -> None:
+        server = self.server
+        assert self.transport is not None
+        self.transport.writelines(parts)
+        server.counts["hit"] += 1
+        if self.writing_paused:
+            self.busy = True
+            self.task = server.loop.create_task(self._after_drain())
 
     async def _after_drain(self) -> None:
         try:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
+from types import MappingProxyType
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -41,7 +43,7 @@ from edgeproxy.runtime.config import ProxyConfig
 from edgeproxy.runtime.snapshots import LoadedSnapshot
 from edgeproxy.runtime.state import ProxyState
 from edgeproxy.visitor.forwarded import ClientView
-from edgeproxy.visitor.identity import SetCookies
+from edgeproxy.visitor.identity import Identity, SetCookies
 from edgeproxy.visitor.preview import Preview
 
 log = logging.getLogger("edgeproxy.proxy")
@@ -403,10 +405,17 @@ def entry_parts(
     if impressions is not None:
         impressions(base.headers, base.applied)  # records; without a debug header it adds nothing
     no_store = personalized and base.html and state.config.no_store_personalized_html
-    dynamic = f"{cookie_lines}X-Cache: {label}\r\nAge: {int(entry.age(state.clock()))}\r\n"
-    if "Date" not in base.headers:
-        dynamic += date_line()
-    return prepared.head(entry, no_store), (dynamic + "\r\n").encode("utf-8", "surrogateescape"), entry.body
+    lines = visitor_lines(cookie_lines, label, entry.age(state.clock()), "Date" in base.headers)
+    return prepared.head(entry, no_store), lines, entry.body
+
+
+def visitor_lines(cookie_lines: str, label: str, age: float, dated: bool) -> bytes:
+    """The end of a prebuilt hit's head: this visitor's cookies, X-Cache, Age, and the Date unless the entry has
+    its own."""
+    lines = f"{cookie_lines}X-Cache: {label}\r\nAge: {int(age)}\r\n"
+    if not dated:
+        lines += date_line()
+    return (lines + "\r\n").encode("utf-8", "surrogateescape")
 
 
 @dataclass(slots=True)
@@ -598,12 +607,8 @@ class CacheExchange:
 
 # -- the hit lane ---------------------------------------------------------------------------------------
 
-
-# (raw target, decoded path, version, raw header lines, headers, Host, peer, scheme) -> the response's bytes or None
-HitAnswer = Callable[
-    [str, str, tuple[int, int], Sequence[tuple[bytes, bytes]], CIMultiDictProxy[str], str, str | None, str],
-    Sequence[bytes] | None,
-]
+INFINITY = float("inf")
+NO_STORED: Mapping[str, object] = MappingProxyType({})
 
 
 def lane_answer(state: ProxyState, access_log: logging.Logger | None, values_checked: bool) -> LaneAnswer:
@@ -623,39 +628,102 @@ def lane_answer(state: ProxyState, access_log: logging.Logger | None, values_che
 
 
 def hit_answer(
-    state: ProxyState, access_log: logging.Logger | None, *, values_checked: bool = False, gated: bool = False
-) -> HitAnswer:
+    state: ProxyState, access_log: logging.Logger | None, *, values_checked: bool = False, gated: bool = False,
+    remember: int = 0,
+) -> HitAnswer:  # fmt: skip
+    """The hit lane's answers (`HitAnswer`), asked by the data plane (dataplane.py) and aiohttp's hit lane
+    (`lane_answer`). `gated`: the caller asked the gate (gate.check) about each request already. `remember`: how
+    many request heads' answers to remember (`HitAnswer.again`; the data plane's), 0 = none."""
+    return HitAnswer(state, access_log, values_checked=values_checked, gated=gated, remember=remember)
+
+
+class _Remembered:
+    """A fresh hit answered for one request head, and what made it so, checked again at each repeat."""
+
+    __slots__ = (
+        "cookie_lines", "dated", "decided", "entry", "head", "identity", "key", "peer", "raw_path", "stored", "until",
+    )  # fmt: skip
+
+    def __init__(
+        self, peer: str | None, identity: Identity | None, stored: Mapping[str, object], until: float, key: str,
+        entry: CachedResponse, head: bytes, cookie_lines: str, dated: bool, decided: Decided, raw_path: str,
+    ) -> None:  # fmt: skip
+        self.peer = peer
+        self.identity = identity  # None: not personalized
+        self.stored = stored  # the stored attributes the decision read
+        self.until = until  # when the clock may change the decision (the snapshot's next time threshold)
+        self.key = key
+        self.entry = entry
+        self.head = head  # the entry's constant head
+        self.cookie_lines = cookie_lines
+        self.dated = dated  # the entry has its own Date
+        self.decided = decided  # what was decided, as the metrics and the access log read it (no context)
+        self.raw_path = raw_path
+
+
+class HitAnswer:
     """Is this GET (origin-form, with a Host) a fresh HIT of the in-memory cache whose response can be sent
     whole? Then its bytes, with everything the general path records for a hit; otherwise None, having recorded
     nothing, and the general path handles the request from the start. The same planner and policy decide here as
-    there. Asked by the data plane (dataplane.py) and aiohttp's hit lane (`lane_answer`). `gated`: the caller
-    asked the gate (gate.check) about the request already."""
-    planner = state.planner
-    cache = state.cache
-    assert cache is not None
-    store = cache.store
-    if not isinstance(store, MemoryCacheStore):
-        raise ValueError("the hit lane answers from the in-memory store only")
-    config = state.config
+    there.
 
-    def answer(
-        raw_path: str, path: str, version: tuple[int, int], raw_headers: Sequence[tuple[bytes, bytes]],
-        headers: CIMultiDictProxy[str], host: str, peer: str | None, scheme: str,
+    Remembered answers (`again`): a hit is a function of the request head's bytes, the peer, the snapshot, the
+    visitor's stored attributes, the clock (the rules' time thresholds, the entry's freshness) and the cache's
+    entry. So when the data plane hands over the head it parsed, the answer is remembered under those bytes with
+    what it was made from, and a repeat of the same bytes is answered after checking only what can change: the
+    snapshot, the peer, the clock against the next time threshold, a deletion of the visitor (tombstones), their
+    stored attributes, the key's hit-for-pass mark, and the entry (the same object, still fresh). It records what
+    a hit records (decision and request metrics, live counts, impressions, the access log). Not remembered: new
+    visitors (their uid is minted per request), Vary variants, and everything the proxy records per request beyond
+    that — with behavioural attributes on (each page view counts) or a decision log (each line has its time)."""
+
+    __slots__ = (
+        "access_log", "cache", "config", "gated", "limit", "loaded", "planner", "remembered", "state", "store",
+        "values_checked",
+    )  # fmt: skip
+
+    def __init__(
+        self, state: ProxyState, access_log: logging.Logger | None, *, values_checked: bool, gated: bool,
+        remember: int,
+    ) -> None:  # fmt: skip
+        cache = state.cache
+        assert cache is not None
+        if not isinstance(cache.store, MemoryCacheStore):
+            raise ValueError("the hit lane answers from the in-memory store only")
+        self.state = state
+        self.planner = state.planner
+        self.cache = cache
+        self.store = cache.store
+        self.config = state.config
+        self.access_log = access_log
+        self.values_checked = values_checked
+        self.gated = gated
+        remembers = state.decision_log is None and state.planner.behaviour is None
+        self.limit = remember if remembers else 0
+        self.remembered: dict[bytes, _Remembered] = {}
+        self.loaded: LoadedSnapshot | None = None  # the snapshot the remembered answers were decided with
+
+    def __call__(
+        self, raw_path: str, path: str, version: tuple[int, int], raw_headers: Sequence[tuple[bytes, bytes]],
+        headers: CIMultiDictProxy[str], host: str, peer: str | None, scheme: str, head: bytes | None = None,
     ) -> Sequence[bytes] | None:  # fmt: skip
+        """`head`: the request head's bytes, to remember the answer under (the data plane's)."""
         started = perf_counter()
+        state, cache, store = self.state, self.cache, self.store
         if not store.holds_path(cache.path_of(raw_path)):
             return None  # the cheap no: nothing is stored for this URL
-        if not gated and check_request("GET", raw_path, version, raw_headers, values_checked=values_checked):
+        if not self.gated and check_request("GET", raw_path, version, raw_headers, values_checked=self.values_checked):
             return None  # the general path asks the gate again and answers its refusal
         if "Upgrade" in headers or "If-None-Match" in headers:
             return None  # upgrades, and 304s to send: the general path
         # Not a reserved path (ops, Edge API) either: those never reach the proxy, so nothing is ever stored
         # for them (holds_path above), and their prefixes are fixed for the life of the process.
+        planner = self.planner
         where = planner.client(peer, scheme, host, headers)
         if where.refusal is not None:
             return None  # refused by the general path
-        plan = planner.plan(state.holder.current, "GET", raw_path, path, headers, where,
-                            has_body=False, upgrade=False)  # fmt: skip
+        loaded = state.holder.current
+        plan = planner.plan(loaded, "GET", raw_path, path, headers, where, has_body=False, upgrade=False)
         if isinstance(plan, NeedStored) or not plan.cache_key or plan.explain:
             return None  # a store round trip, a key only upstream headers make, a debug header: the general path
         now = state.clock()
@@ -665,6 +733,7 @@ def hit_answer(
         found = store.get_now(plan.cache_key)
         if isinstance(found, Varies):
             found = cache.variant_now(plan.cache_key, found, plan.cache_view.value)
+            head = None  # a Vary variant: selected by header values the remembered head does not name
         entry = plan.cache_view.fresh_hit(found, now)
         if entry is None:
             return None
@@ -673,14 +742,89 @@ def hit_answer(
         decided.route = plan.route.name  # (an assignment costs less than a keyword argument here)
         impressions = record_decision(state, plan, decided)
         personalized = plan.decision is not None
-        parts = entry_parts(state, entry, _prepared(entry, config), policy.HIT, plan.cookies.lines, personalized,
-                            impressions)  # fmt: skip
+        prepared = _prepared(entry, self.config)
+        parts = entry_parts(state, entry, prepared, policy.HIT, plan.cookies.lines, personalized, impressions)
         seconds = observe_served(state, started, "GET", raw_path, entry.status, policy.HIT, decided)
+        access_log = self.access_log
         if access_log is not None and access_log.isEnabledFor(logging.INFO):
             access_log.info(access_line(
                 remote=peer, method="GET", raw_path=raw_path, status=entry.status, body_bytes=len(entry.body),
                 seconds=seconds, manifest=decided.manifest, snapshot=decided.snapshot or None, cache=policy.HIT,
             ))  # fmt: skip
+        if head is not None and self.limit:
+            self._remember(head, peer, loaded, plan, entry, parts[0], decided, raw_path, now)
         return parts
 
-    return answer
+    def _remember(
+        self, head: bytes, peer: str | None, loaded: LoadedSnapshot | None, plan: Plan, entry: CachedResponse,
+        entry_head: bytes, decided: Decided, raw_path: str, now: float,
+    ) -> None:  # fmt: skip
+        decision = plan.decision
+        identity, stored, until = None, NO_STORED, INFINITY
+        if decision is not None:
+            if decision.preview is not None or loaded is None or decision.loaded is not loaded:
+                return
+            ctx = decision.ctx
+            if not decision.manifest.user_uid or ctx.user_uid_source() == "other":
+                return  # no consent, or a new visitor: their uid is minted per request
+            thresholds = loaded.snapshot.time_thresholds
+            if thresholds is None:
+                return  # a rule compares the time otherwise: every request decides again
+            after = bisect_left(thresholds, now)
+            until = thresholds[after] if after < len(thresholds) else INFINITY
+            identity = Identity(ctx.cookies, ctx.user_uid, False)
+            stored = ctx.stored
+        if self.loaded is not loaded:
+            self.remembered.clear()
+            self.loaded = loaded
+        remembered = self.remembered
+        if len(remembered) >= self.limit:
+            remembered.clear()
+        lean = Decided(None, decided.manifest, decided.snapshot, decided.tags, decided.route)
+        remembered[head] = _Remembered(
+            peer, identity, stored, until, plan.cache_key, entry, entry_head, plan.cookies.lines,
+            "Date" in _prepared(entry, self.config).base.headers, lean, raw_path,
+        )  # fmt: skip
+
+    def again(self, head: bytes, peer: str | None) -> Sequence[bytes] | None:
+        """The answer remembered for these request head bytes from this peer, when nothing it was made from has
+        changed; else None (the data plane parses the head, and the request is decided as ever)."""
+        known = self.remembered.get(head)
+        if known is None:
+            return None
+        started = perf_counter()
+        state = self.state
+        if state.holder.current is not self.loaded:
+            self.remembered.clear()  # a new snapshot: every answer is decided again
+            return None
+        now = state.clock()
+        if known.peer != peer or now >= known.until:
+            return None
+        identity = known.identity
+        if identity is not None:
+            planner = self.planner
+            if planner.tombstones.seen and planner.tombstones.deleted(identity.user_uid):
+                return None
+            assert self.loaded is not None
+            if planner.stored_at_hand(self.loaded, identity) != known.stored:
+                return None  # changed, or no longer at hand: the general path
+        key, entry = known.key, known.entry
+        if self.cache.passes(key, now) or self.store.get_now(key) is not entry or not entry.fresh(now):
+            return None
+        decided = known.decided
+        manifest = decided.manifest
+        if manifest is not None:  # personalized: counted, and its impressions recorded, as record_decision does
+            state.count_manifest(manifest, perf_counter() - started)
+            impressions = response_hook(state.impressions, self.config, manifest)
+            if impressions is not None:
+                base = _prepared(entry, self.config).base
+                impressions(base.headers, base.applied)
+        parts = (known.head, visitor_lines(known.cookie_lines, policy.HIT, entry.age(now), known.dated), entry.body)
+        seconds = observe_served(state, started, "GET", known.raw_path, entry.status, policy.HIT, decided)
+        access_log = self.access_log
+        if access_log is not None and access_log.isEnabledFor(logging.INFO):
+            access_log.info(access_line(
+                remote=peer, method="GET", raw_path=known.raw_path, status=entry.status, body_bytes=len(entry.body),
+                seconds=seconds, manifest=decided.manifest, snapshot=decided.snapshot or None, cache=policy.HIT,
+            ))  # fmt: skip
+        return parts

@@ -13,8 +13,10 @@
     edgeproxy_cache_not_stored_total{reason}            why a response was not stored
     edgeproxy_origin_errors_total{code}                 502/504 answered for the origin
     edgeproxy_data_plane_total{event}                   the data plane (http/dataplane.py): hits answered as parsed
-                                                        (hit), requests answered by the executor (executor),
-                                                        connections handed to aiohttp's server (handed_off)
+                                                        (hit), of those answered from a remembered head
+                                                        (remembered), requests answered by the executor
+                                                        (executor), connections handed to aiohttp's server
+                                                        (handed_off)
     edgeproxy_store_errors                              state store failures (reads degrade, writes 503)
     edgeproxy_snapshot_info{version}, edgeproxy_snapshot_loaded_timestamp_seconds
     edgeproxy_sync_failures, edgeproxy_sync_consecutive_failures, edgeproxy_sync_last_success_timestamp_seconds
@@ -107,7 +109,7 @@ class ProxyMetrics(Collector):
         self.origin_errors: dict[int, int] = {}
         self.store_errors = 0
         self.websockets = 0
-        self.data_plane: Counter[str] = Counter()  # hit, executor, handed_off (http/dataplane.py)
+        self.data_plane: Counter[str] = Counter()  # hit, remembered, executor, handed_off (http/dataplane.py)
         self.forwarder: Forwarder | None = None  # its counts are read at scrape time (forward_edge_api)
         self.events: EventTransport | None = None  # Redis state: the event streams and their drain, read at scrape
         self.registry = CollectorRegistry(auto_describe=False)
@@ -156,7 +158,7 @@ class ProxyMetrics(Collector):
             requests.add_metric([kind, str(code)], n)
         yield requests
         plane = CounterMetricFamily("edgeproxy_data_plane", "The data plane's answers and hand-offs", labels=["event"])
-        for event in ("hit", "executor", "handed_off"):
+        for event in ("hit", "remembered", "executor", "handed_off"):
             plane.add_metric([event], self.data_plane[event])
         yield plane
         duration = HistogramMetricFamily("edgeproxy_request_duration_seconds", "Time in the proxy per request",
@@ -302,7 +304,8 @@ class ProxyMetrics(Collector):
             "passedThrough": by_kind["passthrough"], "websockets": self.websockets,
             "originErrors": sum(self.origin_errors.values()), "storeErrors": self.store_errors,
             "edgeApi": by_kind["edge_api"],
-            "dataPlane": {"hits": self.data_plane["hit"], "executor": self.data_plane["executor"],
+            "dataPlane": {"hits": self.data_plane["hit"], "remembered": self.data_plane["remembered"],
+                          "executor": self.data_plane["executor"],
                           "handedOff": self.data_plane["handed_off"]},
         }  # fmt: skip
 

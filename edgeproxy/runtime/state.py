@@ -11,6 +11,7 @@ from yarl import URL
 
 from edgeproxy.analytics.live import LiveDecisions
 from edgeproxy.clock import Clock
+from edgeproxy.engine.decide import Manifest
 from edgeproxy.exchange.plan import Decision, Planner
 from edgeproxy.http.origin import OriginPool, pool_for_origin
 from edgeproxy.runtime.config import ProxyConfig
@@ -91,10 +92,15 @@ class ProxyState:
 
     def count_decision(self, decision: Decision) -> None:
         """A decision whose answer is being sent: its time (metrics) and its variants (live counts)."""
-        self.metrics.observe_decision(decision.seconds)
-        self.live.record(decision.manifest)
+        self.count_manifest(decision.manifest, decision.seconds)
         if decision.behaviour is not None and self.behaviour is not None:  # a page view counted (SPEC §13)
             self.behaviour.record(decision.manifest.user_uid, decision.behaviour)
+
+    def count_manifest(self, manifest: Manifest, seconds: float) -> None:
+        """A decision's variants being sent (live counts), decided in `seconds` (metrics): `count_decision`'s
+        part for an answer the data plane remembered (executor.HitAnswer.again)."""
+        self.metrics.observe_decision(seconds)
+        self.live.record(manifest)
 
     async def stored_attributes(self, project_uid: str, user_uid: str) -> Mapping[str, object]:
         """Stored attributes for a decision; a store outage degrades to request-local data, logged."""
