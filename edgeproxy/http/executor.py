@@ -641,12 +641,14 @@ class _Remembered:
     """A fresh hit answered for one request head, and what made it so, checked again at each repeat."""
 
     __slots__ = (
-        "cookie_lines", "dated", "decided", "entry", "head", "identity", "key", "peer", "raw_path", "stored", "until",
+        "cookie_lines", "dated", "decided", "entry", "head", "identity", "impressed", "key", "peer", "raw_path",
+        "stored", "until",
     )  # fmt: skip
 
     def __init__(
         self, peer: str | None, identity: Identity | None, stored: Mapping[str, object], until: float, key: str,
-        entry: CachedResponse, head: bytes, cookie_lines: str, dated: bool, decided: Decided, raw_path: str,
+        entry: CachedResponse, head: bytes, cookie_lines: str, dated: bool, impressed: bool, decided: Decided,
+        raw_path: str,
     ) -> None:  # fmt: skip
         self.peer = peer
         self.identity = identity  # None: not personalized
@@ -657,6 +659,7 @@ class _Remembered:
         self.head = head  # the entry's constant head
         self.cookie_lines = cookie_lines
         self.dated = dated  # the entry has its own Date
+        self.impressed = impressed  # serving the entry can record impressions (ResponseHook: applied, or HTML)
         self.decided = decided  # what was decided, as the metrics and the access log read it (no context)
         self.raw_path = raw_path
 
@@ -781,9 +784,11 @@ class HitAnswer:
         if len(remembered) >= self.limit:
             remembered.clear()
         lean = Decided(None, decided.manifest, decided.snapshot, decided.tags, decided.route)
+        base = _prepared(entry, self.config).base
+        impressed = bool(base.applied) or (self.config.impressions == "proxy" and base.html)
         remembered[head] = _Remembered(
             peer, identity, stored, until, plan.cache_key, entry, entry_head, plan.cookies.lines,
-            "Date" in _prepared(entry, self.config).base.headers, lean, raw_path,
+            "Date" in base.headers, impressed, lean, raw_path,
         )  # fmt: skip
 
     def again(self, head: bytes, peer: str | None) -> Sequence[bytes] | None:
@@ -815,10 +820,11 @@ class HitAnswer:
         manifest = decided.manifest
         if manifest is not None:  # personalized: counted, and its impressions recorded, as record_decision does
             state.count_manifest(manifest, perf_counter() - started)
-            impressions = response_hook(state.impressions, self.config, manifest)
-            if impressions is not None:
-                base = _prepared(entry, self.config).base
-                impressions(base.headers, base.applied)
+            if known.impressed:
+                impressions = response_hook(state.impressions, self.config, manifest)
+                if impressions is not None:
+                    base = _prepared(entry, self.config).base
+                    impressions(base.headers, base.applied)
         parts = (known.head, visitor_lines(known.cookie_lines, policy.HIT, entry.age(now), known.dated), entry.body)
         seconds = observe_served(state, started, "GET", known.raw_path, entry.status, policy.HIT, decided)
         access_log = self.access_log
