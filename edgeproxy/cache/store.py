@@ -139,6 +139,14 @@ class MemoryCacheStore:
         self._entries.move_to_end(key)
         return entry
 
+    def holds_fresh(self, key: str, entry: CachedResponse, now: float) -> bool:
+        """Whether `key` still holds this very `entry`, fresh at `now` (touched in the LRU order, as `get_now`
+        touches what it returns): what a remembered hit is checked against (executor.HitAnswer.again)."""
+        if self._entries.get(key) is not entry or not entry.fresh(now):
+            return False
+        self._entries.move_to_end(key)
+        return True
+
     def keys_by_path(self) -> Iterator[tuple[str, set[str]]]:
         """Each stored path + query with the keys stored for it (read at metrics scrape time)."""
         return iter(list(self._by_path.items()))

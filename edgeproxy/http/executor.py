@@ -36,7 +36,7 @@ from edgeproxy.http.errors import error_response, refusal_response
 from edgeproxy.http.gate import Refusal
 from edgeproxy.http.gate import check as check_request
 from edgeproxy.http.origin import ClientBodyError
-from edgeproxy.http.prebuilt import PrebuiltResponse, date_line, head_lines, prebuilt_allowed
+from edgeproxy.http.prebuilt import PrebuiltResponse, date_line, date_line_bytes, head_lines, prebuilt_allowed
 from edgeproxy.http.relay import bridge_websocket, relay
 from edgeproxy.http.wire import Sent, WireRequest
 from edgeproxy.runtime.config import ProxyConfig
@@ -647,7 +647,7 @@ class _Remembered:
 
     def __init__(
         self, peer: str | None, identity: Identity | None, stored: Mapping[str, object], until: float, key: str,
-        entry: CachedResponse, head: bytes, cookie_lines: str, dated: bool, impressed: bool, decided: Decided,
+        entry: CachedResponse, head: bytes, cookie_lines: bytes, dated: bool, impressed: bool, decided: Decided,
         raw_path: str,
     ) -> None:  # fmt: skip
         self.peer = peer
@@ -657,7 +657,7 @@ class _Remembered:
         self.key = key
         self.entry = entry
         self.head = head  # the entry's constant head
-        self.cookie_lines = cookie_lines
+        self.cookie_lines = cookie_lines  # this visitor's Set-Cookie lines, encoded
         self.dated = dated  # the entry has its own Date
         self.impressed = impressed  # serving the entry can record impressions (ResponseHook: applied, or HTML)
         self.decided = decided  # what was decided, as the metrics and the access log read it (no context)
@@ -787,7 +787,8 @@ class HitAnswer:
         base = _prepared(entry, self.config).base
         impressed = bool(base.applied) or (self.config.impressions == "proxy" and base.html)
         remembered[head] = _Remembered(
-            peer, identity, stored, until, plan.cache_key, entry, entry_head, plan.cookies.lines,
+            peer, identity, stored, until, plan.cache_key, entry, entry_head,
+            plan.cookies.lines.encode("utf-8", "surrogateescape"),
             "Date" in base.headers, impressed, lean, raw_path,
         )  # fmt: skip
 
@@ -814,7 +815,7 @@ class HitAnswer:
             if planner.stored_at_hand(self.loaded, identity) != known.stored:
                 return None  # changed, or no longer at hand: the general path
         key, entry = known.key, known.entry
-        if self.cache.passes(key, now) or self.store.get_now(key) is not entry or not entry.fresh(now):
+        if self.cache.passes(key, now) or not self.store.holds_fresh(key, entry, now):
             return None
         decided = known.decided
         manifest = decided.manifest
@@ -825,7 +826,9 @@ class HitAnswer:
                 if impressions is not None:
                     base = _prepared(entry, self.config).base
                     impressions(base.headers, base.applied)
-        parts = (known.head, visitor_lines(known.cookie_lines, policy.HIT, entry.age(now), known.dated), entry.body)
+        age = b"X-Cache: HIT\r\nAge: %d\r\n" % int(entry.age(now))  # visitor_lines', in bytes
+        parts = (known.head, known.cookie_lines, age, b"\r\n" if known.dated else date_line_bytes() + b"\r\n",
+                 entry.body)  # fmt: skip
         seconds = observe_served(state, started, "GET", known.raw_path, entry.status, policy.HIT, decided)
         access_log = self.access_log
         if access_log is not None and access_log.isEnabledFor(logging.INFO):

@@ -19,7 +19,7 @@ response (Content-Type default, Date, Server, Content-Length), and tests hold th
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import HttpVersion11, web
 from aiohttp.abc import AbstractStreamWriter
@@ -61,6 +61,18 @@ def head_lines(
 
 def date_line() -> str:
     return f"Date: {http_date()}\r\n"
+
+
+_date_bytes: list[Any] = ["", b""]  # the last http_date() and its Date line's bytes
+
+
+def date_line_bytes() -> bytes:
+    """`date_line()` encoded, once per second (http_date changes once a second)."""
+    date = http_date()
+    if date != _date_bytes[0]:
+        _date_bytes[:] = [date, f"Date: {date}\r\n".encode()]
+    line: bytes = _date_bytes[1]
+    return line
 
 
 def whole_response(status: int, reason: str, headers: CIMultiDict[str], body: bytes) -> PrebuiltResponse:
