@@ -736,7 +736,7 @@ class HitAnswer:
         found = store.get_now(plan.cache_key)
         if isinstance(found, Varies):
             found = cache.variant_now(plan.cache_key, found, plan.cache_view.value)
-            head = None  # a Vary variant: selected by header values the remembered head does not name
+            head = None  # a Vary variant: stored under its variant key, which `again` does not look up
         entry = plan.cache_view.fresh_hit(found, now)
         if entry is None:
             return None
@@ -762,6 +762,8 @@ class HitAnswer:
         self, head: bytes, peer: str | None, loaded: LoadedSnapshot | None, plan: Plan, entry: CachedResponse,
         entry_head: bytes, decided: Decided, raw_path: str, now: float,
     ) -> None:  # fmt: skip
+        """Remember the hit just answered for `head`, unless its decision cannot be checked again (a preview, no
+        consent, a new visitor, a rule that compares the time otherwise than against thresholds)."""
         decision = plan.decision
         identity, stored, until = None, NO_STORED, INFINITY
         if decision is not None:
