@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from types import MappingProxyType
+from typing import Any
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -609,6 +610,7 @@ class CacheExchange:
 
 INFINITY = float("inf")
 NO_STORED: Mapping[str, object] = MappingProxyType({})
+NO_COOKIES_READ: Mapping[str, str] = MappingProxyType({})
 
 
 def lane_answer(state: ProxyState, access_log: logging.Logger | None, values_checked: bool) -> LaneAnswer:
@@ -647,8 +649,8 @@ class _Remembered:
 
     def __init__(
         self, peer: str | None, identity: Identity | None, stored: Mapping[str, object], until: float, key: str,
-        entry: CachedResponse, head: bytes, cookie_lines: bytes, dated: bool, impressed: bool, decided: Decided,
-        raw_path: str,
+        entry: CachedResponse, head: bytes, cookie_lines: tuple[bytes, ...], dated: bool, impressed: bool,
+        decided: Decided, raw_path: str,
     ) -> None:  # fmt: skip
         self.peer = peer
         self.identity = identity  # None: not personalized
@@ -657,7 +659,7 @@ class _Remembered:
         self.key = key
         self.entry = entry
         self.head = head  # the entry's constant head
-        self.cookie_lines = cookie_lines  # this visitor's Set-Cookie lines, encoded
+        self.cookie_lines = cookie_lines  # this visitor's Set-Cookie lines, encoded, one per cookie
         self.dated = dated  # the entry has its own Date
         self.impressed = impressed  # serving the entry can record impressions (ResponseHook: applied, or HTML)
         self.decided = decided  # what was decided, as the metrics and the access log read it (no context)
@@ -681,8 +683,8 @@ class HitAnswer:
     that — with behavioural attributes on (each page view counts) or a decision log (each line has its time)."""
 
     __slots__ = (
-        "access_log", "cache", "config", "gated", "limit", "loaded", "planner", "remembered", "state", "store",
-        "values_checked",
+        "access_log", "cache", "config", "gated", "limit", "loaded", "planner", "remembered", "shared", "state",
+        "store", "values_checked",
     )  # fmt: skip
 
     def __init__(
@@ -704,6 +706,7 @@ class HitAnswer:
         remembers = state.decision_log is None and state.planner.behaviour is None
         self.limit = remember if remembers else 0
         self.remembered: dict[bytes, _Remembered] = {}
+        self.shared: dict[Any, Any] = {}  # what remembered answers share, kept once (see _remember)
         self.loaded: LoadedSnapshot | None = None  # the snapshot the remembered answers were decided with
 
     def __call__(
@@ -777,22 +780,33 @@ class HitAnswer:
                 return  # a rule compares the time otherwise: every request decides again
             after = bisect_left(thresholds, now)
             until = thresholds[after] if after < len(thresholds) else INFINITY
-            identity = Identity(ctx.cookies, ctx.user_uid, False)
-            stored = ctx.stored
+            identity = Identity(NO_COOKIES_READ, ctx.user_uid, False)  # (stored_at_hand reads no cookie)
+            stored = ctx.stored or NO_STORED
         if self.loaded is not loaded:
-            self.remembered.clear()
+            self.forget()
             self.loaded = loaded
-        remembered = self.remembered
-        if len(remembered) >= self.limit:
-            remembered.clear()
+        if len(self.remembered) >= self.limit:
+            self.forget()
+        # What many remembered answers have in common is kept once (`shared`): the cache key, the path, and each
+        # Set-Cookie line that does not name the visitor (the manifest's, the same for a whole variant set).
+        shared = self.shared.setdefault
+        uid = decision.manifest.user_uid if decision is not None else ""
+        cookie_lines = []
+        for value in plan.cookies.values:  # SetCookies.lines, a line at a time
+            line = f"Set-Cookie: {value}\r\n".encode("utf-8", "surrogateescape")
+            cookie_lines.append(line if uid and uid in value else shared(line, line))
         lean = Decided(None, decided.manifest, decided.snapshot, decided.tags, decided.route)
         base = _prepared(entry, self.config).base
         impressed = bool(base.applied) or (self.config.impressions == "proxy" and base.html)
-        remembered[head] = _Remembered(
-            peer, identity, stored, until, plan.cache_key, entry, entry_head,
-            plan.cookies.lines.encode("utf-8", "surrogateescape"),
-            "Date" in base.headers, impressed, lean, raw_path,
+        self.remembered[head] = _Remembered(
+            peer, identity, stored, until, shared(plan.cache_key, plan.cache_key), entry, entry_head,
+            tuple(cookie_lines), "Date" in base.headers, impressed, lean, shared(raw_path, raw_path),
         )  # fmt: skip
+
+    def forget(self) -> None:
+        """Forget every remembered answer (a new snapshot, or the table full)."""
+        self.remembered.clear()
+        self.shared.clear()
 
     def again(self, head: bytes, peer: str | None) -> Sequence[bytes] | None:
         """The answer remembered for these request head bytes from this peer, when nothing it was made from has
@@ -803,7 +817,7 @@ class HitAnswer:
         started = perf_counter()
         state = self.state
         if state.holder.current is not self.loaded:
-            self.remembered.clear()  # a new snapshot: every answer is decided again
+            self.forget()  # a new snapshot: every answer is decided again
             return None
         now = state.clock()
         if known.peer != peer or now >= known.until:
@@ -829,8 +843,8 @@ class HitAnswer:
                     base = _prepared(entry, self.config).base
                     impressions(base.headers, base.applied)
         age = b"X-Cache: HIT\r\nAge: %d\r\n" % int(entry.age(now))  # visitor_lines', in bytes
-        parts = (known.head, known.cookie_lines, age, b"\r\n" if known.dated else date_line_bytes() + b"\r\n",
-                 entry.body)  # fmt: skip
+        end = b"\r\n" if known.dated else date_line_bytes() + b"\r\n"
+        parts = (known.head, *known.cookie_lines, age, end, entry.body)
         seconds = observe_served(state, started, "GET", known.raw_path, entry.status, policy.HIT, decided)
         access_log = self.access_log
         if access_log is not None and access_log.isEnabledFor(logging.INFO):

@@ -185,7 +185,7 @@ FIELDS: dict[str, str] = {
     "cache_max_bytes": "memory cache size bound in bytes, LRU (default 268435456)",
     "cache_max_object_bytes": "responses larger than this pass uncached (default 8388608)",
     "cache_remembered_hits": "request heads whose fresh hit the data plane remembers, to answer their repeats "
-    "without deciding again (about 0.75 KB each; default 250000; 0 = none)",
+    "without deciding again (about 1 KB each; default 250000; 0 = none)",
     "cache_default_ttl": "seconds to cache responses the origin gives no freshness for (default 0: not cached)",
     "cache_key_headers": "comma-separated request headers added to the cache key, e.g. accept-language",
     "cache_ignored_query_params": "comma-separated query parameters left out of the cache key (a trailing * matches "
