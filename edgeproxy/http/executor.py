@@ -37,7 +37,7 @@ from edgeproxy.http.errors import error_response, refusal_response
 from edgeproxy.http.gate import Refusal
 from edgeproxy.http.gate import check as check_request
 from edgeproxy.http.origin import ClientBodyError
-from edgeproxy.http.prebuilt import PrebuiltResponse, date_line, date_line_bytes, head_lines, prebuilt_allowed
+from edgeproxy.http.prebuilt import PrebuiltResponse, date_line_bytes, head_lines, prebuilt_allowed
 from edgeproxy.http.relay import bridge_websocket, relay
 from edgeproxy.http.wire import Sent, WireRequest
 from edgeproxy.runtime.config import ProxyConfig
@@ -398,25 +398,22 @@ def entry_parts(
     cookie_lines: str,
     personalized: bool,
     impressions: ResponseHook | None,
-) -> tuple[bytes, bytes, bytes]:
+) -> tuple[bytes, ...]:
     """A stored entry as the bytes of a whole HTTP/1.1 keep-alive response (no debug header asked for): the
-    entry's constant head, this visitor's lines (`cookie_lines`: SetCookies.lines), the body. Records the
-    impressions."""
+    entry's constant head, this visitor's cookies (`cookie_lines`: SetCookies.lines), `hit_tail`, the body.
+    Records the impressions."""
     base = prepared.base
     if impressions is not None:
         impressions(base.headers, base.applied)  # records; without a debug header it adds nothing
     no_store = personalized and base.html and state.config.no_store_personalized_html
-    lines = visitor_lines(cookie_lines, label, entry.age(state.clock()), "Date" in base.headers)
-    return prepared.head(entry, no_store), lines, entry.body
+    tail = hit_tail(label, entry.age(state.clock()), "Date" in base.headers)
+    return prepared.head(entry, no_store), cookie_lines.encode("utf-8", "surrogateescape"), tail, entry.body
 
 
-def visitor_lines(cookie_lines: str, label: str, age: float, dated: bool) -> bytes:
-    """The end of a prebuilt hit's head: this visitor's cookies, X-Cache, Age, and the Date unless the entry has
-    its own."""
-    lines = f"{cookie_lines}X-Cache: {label}\r\nAge: {int(age)}\r\n"
-    if not dated:
-        lines += date_line()
-    return (lines + "\r\n").encode("utf-8", "surrogateescape")
+def hit_tail(label: str, age: float, dated: bool) -> bytes:
+    """The last lines of a prebuilt hit's head, after the visitor's cookies: X-Cache, Age, the Date unless the entry
+    has its own, and the blank line."""
+    return b"X-Cache: %s\r\nAge: %d\r\n%s\r\n" % (label.encode(), int(age), b"" if dated else date_line_bytes())
 
 
 @dataclass(slots=True)
@@ -842,9 +839,7 @@ class HitAnswer:
                 if impressions is not None:
                     base = _prepared(entry, self.config).base
                     impressions(base.headers, base.applied)
-        age = b"X-Cache: HIT\r\nAge: %d\r\n" % int(entry.age(now))  # visitor_lines', in bytes
-        end = b"\r\n" if known.dated else date_line_bytes() + b"\r\n"
-        parts = (known.head, *known.cookie_lines, age, end, entry.body)
+        parts = (known.head, *known.cookie_lines, hit_tail(policy.HIT, entry.age(now), known.dated), entry.body)
         seconds = observe_served(state, started, "GET", known.raw_path, entry.status, policy.HIT, decided)
         access_log = self.access_log
         if access_log is not None and access_log.isEnabledFor(logging.INFO):
