@@ -4,6 +4,7 @@ stored text. Times are given; nothing here reads a clock."""
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,6 +26,7 @@ from edgeproxy.visitor.behaviour import (
     decode,
     encode,
     observe,
+    observe_url,
     parse_duration,
     reading,
 )
@@ -139,6 +141,46 @@ def test_the_example_rules_read_the_keys_their_behaviour_audiences_use() -> None
     assert snapshot.custom_keys_read is not None
     assert {"visit_count", "checkout_views_7d"} <= snapshot.custom_keys_read
     assert not {"pageview_count", "days_since_first_visit", "last_utm_source"} & snapshot.custom_keys_read
+
+
+SEVERAL_COUNTERS = behaviour_config(
+    {
+        "visits": "visit_count",
+        "paths": [
+            {"attribute": "checkout_views", "path": "/checkout*", "within": "7d"},
+            {"attribute": "cart_views", "path": "/c?rt", "within": "1d"},
+            {"attribute": "c_views", "path": "/c*", "within": "1h"},
+        ],
+    }
+)
+
+
+@given(paths=st.lists(st.text(alphabet="/cheoutkarx*", max_size=10).map(lambda rest: "/" + rest), max_size=8))
+def test_each_path_counter_counts_the_views_its_own_glob_matches_whether_the_path_is_given_or_read(
+    paths: list[str],
+) -> None:
+    given_path, read = None, None  # observed with the path at hand (the proxy's page path), and read from the URL
+    for n, path in enumerate(paths):
+        url = f"https://shop.example{path}?q=1"
+        given_path = observe_url(SEVERAL_COUNTERS, given_path, url, None, T0 + n, path)
+        read = observe(SEVERAL_COUNTERS, read, view(url), T0 + n)
+    assert given_path == read
+    found = attributes_of(SEVERAL_COUNTERS, given_path, T0 + len(paths)) if paths else {}
+    for counter in SEVERAL_COUNTERS.paths:  # all views within every window: each counts what its glob matches
+        if paths:
+            assert found[counter.attribute] == sum(fnmatchcase(path, counter.path) for path in paths)
+
+
+def test_a_visitor_without_path_views_keeps_none_until_a_counted_path_and_then_counts_it() -> None:
+    state = observe_url(SEVERAL_COUNTERS, None, "https://s/home", None, T0, "/home")
+    assert state.path_views == {}
+    state = observe_url(SEVERAL_COUNTERS, state, "https://s/cart", None, T0 + 1, "/cart")
+    assert state.path_views == {"cart_views": (T0 + 1,), "c_views": (T0 + 1,)}
+    later = observe_url(SEVERAL_COUNTERS, state, "https://s/home", None, T0 + 7200, "/home")  # c_views left its hour
+    assert later.path_views == {"cart_views": (T0 + 1,)}
+    assert attributes_of(SEVERAL_COUNTERS, later, T0 + 7200) == {
+        "visit_count": 2, "checkout_views": 0, "cart_views": 1, "c_views": 0,
+    }  # fmt: skip
 
 
 URL_PARTS = st.sampled_from(["http://", "https://", "HTTP://", "", "x://", "//"])

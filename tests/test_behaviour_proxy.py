@@ -183,6 +183,38 @@ def test_without_a_decision_log_only_the_keys_rules_read_are_computed_and_decisi
     assert stored_read(False) == {"visit_count", "checkout_views_7d"}  # what the example rules read
 
 
+def test_a_planned_page_view_counts_by_its_path_and_referer_and_not_for_a_bot(origin: str, tmp_path: Path) -> None:
+    """The planner's page path (the target up to its query) and the Referer and User-Agent as the decision's
+    context reads them: a request without a User-Agent is a page view, a bot's is not."""
+    clock = Clock()
+    state = behaviour_state(origin, tmp_path, clock)
+    planner = state.planner
+
+    def page(raw_path: str, **headers: str) -> tuple[Any, dict[str, Any]]:
+        request = CIMultiDictProxy(CIMultiDict({"Host": "shop.example", "Cookie": "cs-personalize-user-uid=uma"}))
+        request = CIMultiDictProxy(CIMultiDict({**request, **{k.replace("_", "-"): v for k, v in headers.items()}}))
+        client = planner.client("127.0.0.1", "http", "shop.example", request)
+        path = raw_path.partition("?")[0]
+        plan = planner.plan(state.holder.current, "GET", raw_path, path, request, client, has_body=False, upgrade=False)
+        if not isinstance(plan, Plan):  # the store is asked (a NeedStored): nothing is stored for this visitor yet
+            plan = planner.plan(state.holder.current, "GET", raw_path, path, request, client, has_body=False,
+                                upgrade=False, stored={})  # fmt: skip
+        assert isinstance(plan, Plan) and plan.decision is not None
+        state.count_decision(plan.decision)
+        clock.now += 60
+        return plan.decision.behaviour, dict(plan.decision.ctx.stored)
+
+    counted, read = page("/checkout?utm_source=mail")  # no User-Agent: a page view
+    assert counted is not None and counted.pageviews == 1 and counted.utm_source == "mail"
+    assert read["checkout_views_7d"] == 1 and read["pageview_count"] == 1
+    bot, read = page("/checkout", User_Agent=BOT)
+    assert bot is None and read["checkout_views_7d"] == 1  # not counted, decided with the visitor's values
+    counted, read = page("/checkout/pay", User_Agent=DESKTOP, Referer="https://www.news.example/story")
+    assert counted is not None and counted.first_referrer == "news.example" and read["checkout_views_7d"] == 2
+    counted, read = page("/cart?next=/checkout", User_Agent=DESKTOP)  # the query is not the path
+    assert counted is not None and counted.pageviews == 3 and read["checkout_views_7d"] == 2
+
+
 def test_behaviour_written_behind_is_read_back_after_a_restart(origin: str, tmp_path: Path) -> None:
     clock = Clock()
 

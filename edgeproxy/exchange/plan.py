@@ -203,30 +203,35 @@ class Planner:
         preview: Preview | None = None,
         page_view: bool = False,
         only_read: bool = False,
+        page_path: str | None = None,
     ) -> Decision:
         """A visitor's decision: the context from the request, the snapshot's decider. Every door decides here.
         A `preview` decides with its forced variants, drafts and time, outside the memo (SPEC §10). With
         behavioural attributes on (SPEC §13), the decision reads them, and a `page_view` (a page the visitor
         navigated to) first counts in them; `only_read`: of those, only the ones the snapshot's rules read are
-        computed (the page path when no decision log records them all; previews always get them all)."""
+        computed (the page path when no decision log records them all; previews always get them all). `page_path`:
+        the path of `page_url`, when the caller has it at hand (else read from `page_url`)."""
         now = self.clock() if preview is None or preview.now is None else preview.now
-        behaviour = None
-        tracker = self.behaviour
-        if tracker is not None and identity.user_uid:
-            before = tracker.current(identity.user_uid, stored)
-            if page_view and preview is None and not self._bot(headers):
-                behaviour = observe_url(tracker.config, before, page_url, headers.get("Referer"), now)
-            config = tracker.config
-            if only_read and preview is None:
-                config = tracker.reading(loaded.snapshot.custom_keys_read)
-            found = attributes_of(config, behaviour or before, now)
-            if found:
-                stored = {**stored, **found} if stored else found
         ctx = context_from_request(
             headers, page_url=page_url, now=now, query=query, client_ip=where.client_ip,
             trust_geo_headers=where.trusted, geo_lookup=self.geo_lookup, classifier=self.classifier,
             identity=identity, live=live, stored=stored,
         )  # fmt: skip
+        behaviour = None
+        tracker = self.behaviour
+        if tracker is not None and identity.user_uid:
+            before = tracker.current(identity.user_uid, stored)
+            if page_view and preview is None:
+                # Not a bot: the context's User-Agent class, which the rules then read without classifying again.
+                agent = ctx.ua_class()
+                if agent is None or agent.device_type != "BOT":
+                    behaviour = observe_url(tracker.config, before, page_url, ctx.referrer, now, page_path)
+            config = tracker.config
+            if only_read and preview is None:
+                config = tracker.reading(loaded.snapshot.custom_keys_read)
+            found = attributes_of(config, behaviour or before, now)
+            if found:  # the behavioural values, read as stored attributes
+                ctx.stored = {**stored, **found} if stored else found
         secure = where.proto == "https"
         domain = self.cookie_domain(where) if self.config.cookie_domain else ""
         started = time.perf_counter()
@@ -239,9 +244,6 @@ class Planner:
         seconds = time.perf_counter() - started
         cookies = SetCookies.of(cookie_headers(manifest, secure, domain=domain)) if identity.user_uid else NO_COOKIES
         return Decision(loaded, ctx, manifest, tags, cookies, seconds, preview)
-
-    def _bot(self, headers: CIMultiDictProxy[str]) -> bool:
-        return self.classifier.classify(headers.get("User-Agent", "")).device_type == "BOT"
 
     def preview_of(self, raw_query: str, identity: Identity, where: ClientView) -> tuple[str, PreviewAsked | None]:
         """The query without a preview token, and what the request asks of preview (`visitor/preview.py`)."""
@@ -284,9 +286,12 @@ class Planner:
                 if asked is not None:  # the page as the origin gets it: without the token
                     target = f"{raw}?{query}" if query else raw
             counted = self.behaviour is not None and is_page_view(method, headers.get)  # only when behaviour is on
+            # The page's path as observe_url would read it from the URL: the target up to its query (or fragment).
+            page_path = raw if counted and raw[:1] == "/" and "#" not in raw and "/" not in where.host else None
             decision = self.decide(loaded, headers, where, identity, stored, page_url=f"{where.proto}://{where.host}{target}",
                                    query=query, tags=route.tags, preview=asked.grant if asked else None,
-                                   page_view=counted, only_read=not config.decision_log)  # fmt: skip
+                                   page_view=counted, only_read=not config.decision_log,
+                                   page_path=page_path)  # fmt: skip
             if asked is not None and asked.set_cookie is not None:
                 decision.cookies = SetCookies.of((*decision.cookies.values, asked.set_cookie))
             if config.variant_query_param:

@@ -44,14 +44,8 @@ KEPT_ON_FAILURE = 100_000  # changed visitors held while the store is away
 _new_behaviour = tuple.__new__  # Behaviour(...) without the named tuple's Python-level __new__
 
 
-def _kept(state: Behaviour) -> BehaviourFields:
-    """What the tracker keeps of a visitor's behaviour: its fields, in an exact tuple (no path views: None)."""
-    first, last, previous, visits, pageviews, referrer, utm, paths = state
-    return first, last, previous, visits, pageviews, referrer, utm, paths or None
-
-
 def _behaviour(kept: BehaviourFields) -> Behaviour:
-    """A kept visitor's behaviour (`_kept`) as a Behaviour again."""
+    """A kept visitor's behaviour (`record`'s exact tuple, no path views: None) as a Behaviour again."""
     first, last, previous, visits, pageviews, referrer, utm, paths = kept
     return _new_behaviour(
         Behaviour, (first, last, previous, visits, pageviews, referrer, utm, NO_PATH_VIEWS if paths is None else paths)
@@ -91,8 +85,8 @@ class BehaviourTracker(Periodic):
         self.store = store
         self.project_uid = project_uid
         self._kept = kept
-        # Each visitor's behaviour is kept as a plain tuple of its fields (BehaviourFields, `_kept`: no work for the
-        # cyclic collector), a Behaviour again when read (`_behaviour`).
+        # Each visitor's behaviour is kept as a plain tuple of its fields (BehaviourFields, made in `record`: no work
+        # for the cyclic collector), a Behaviour again when read (`_behaviour`).
         self._known: OrderedDict[str, BehaviourFields] = OrderedDict()  # user uid -> behaviour (this project's)
         self._changed: dict[str, BehaviourFields] = {}  # written at the next flush
         self._counting: dict[str, BehaviourFields] = {}  # only page views and last seen changed: every COUNTS_EVERY
@@ -125,11 +119,15 @@ class BehaviourTracker(Periodic):
     def current(self, user_uid: str, stored: Mapping[str, object]) -> Behaviour | None:
         """The visitor's behaviour before this page view: the newer of memory and the store's. The store's text is
         decoded only when it is not what this process last wrote or read for the visitor."""
-        kept, text = self._known.get(user_uid), stored.get(STATE_KEY)
+        kept, text = self._known.get(user_uid), stored.get(STATE_KEY) if stored else None
         if kept is not None and (
             text is None or text == self._written.get(user_uid) or text == self._read.get(user_uid)
         ):
-            return _behaviour(kept)
+            first, last, previous, visits, pageviews, referrer, utm, paths = kept  # (`_behaviour`, inline: hot)
+            return _new_behaviour(
+                Behaviour,
+                (first, last, previous, visits, pageviews, referrer, utm, NO_PATH_VIEWS if paths is None else paths),
+            )
         theirs = decode(text)
         if isinstance(text, str):
             self._read[user_uid] = text
@@ -144,19 +142,24 @@ class BehaviourTracker(Periodic):
         second kind, so the write-behind costs a tenth as much, and a crash loses at most 10 s of page-view counts
         but never more than a second of anything else."""
         known = self._known
-        before = known.pop(user_uid, None)
-        kept = _kept(behaviour)
-        known[user_uid] = kept  # (last: the most recently seen)
-        if before is None and len(known) > self._kept:
-            gone = known.popitem(last=False)[0]
-            self._read.pop(gone, None)
-            self._written.pop(gone, None)
+        before = known.get(user_uid)
+        # What is kept: the fields in an exact tuple, no path views: None (the collector stops tracking it).
+        first, last, previous, visits, pageviews, referrer, utm, paths = behaviour
+        kept = (first, last, previous, visits, pageviews, referrer, utm, paths or None)
+        known[user_uid] = kept
+        if before is None:
+            if len(known) > self._kept:
+                gone = known.popitem(last=False)[0]
+                self._read.pop(gone, None)
+                self._written.pop(gone, None)
+        else:
+            known.move_to_end(user_uid)  # (last: the most recently seen)
         if (
             before is None
-            or behaviour.visits != before[_VISITS]
+            or visits != before[_VISITS]
             or (kept[_PATH_VIEWS] is not before[_PATH_VIEWS] and kept[_PATH_VIEWS] != before[_PATH_VIEWS])
-            or behaviour.first_referrer != before[_FIRST_REFERRER]
-            or behaviour.utm_source != before[_UTM_SOURCE]
+            or referrer != before[_FIRST_REFERRER]
+            or utm != before[_UTM_SOURCE]
             or user_uid in self._changed
         ):
             self._changed[user_uid] = kept

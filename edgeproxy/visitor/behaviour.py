@@ -77,9 +77,14 @@ class BehaviourConfig:
     # The path counters' attributes: a visitor's path views with only these keys, none empty, are reused as they
     # are by a page view that changes none of them (no new dict per page view).
     path_attributes: frozenset[str] = field(init=False, repr=False, compare=False)
+    # Matches a path that any counter's glob matches: one regex call tells that a visitor with no path views yet
+    # (most of them) has none after this page view either.
+    any_path: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path_attributes", frozenset(p.attribute for p in self.paths))
+        patterns = "|".join(f"(?:{p.pattern.pattern})" for p in self.paths)
+        object.__setattr__(self, "any_path", re.compile(patterns) if patterns else None)
 
     @property
     def owned_keys(self) -> frozenset[str]:
@@ -176,7 +181,7 @@ def is_page_view(method: str, header: Callable[[str], str | None]) -> bool:
     (`header(name)`, any case): a GET; no Sec-Fetch-Mode, or "navigate" (not a script's fetch); not
     X-Requested-With: XMLHttpRequest; no prefetch Sec-Purpose/Purpose. Bots and previews are the caller's to leave
     out."""
-    if method.upper() != "GET":
+    if method != "GET" and method.upper() != "GET":
         return False
     mode = header("Sec-Fetch-Mode")
     if mode is not None and mode != "navigate":
@@ -204,16 +209,27 @@ NO_PATH_VIEWS: Mapping[str, tuple[float, ...]] = {}
 
 
 def observe_url(
-    config: BehaviourConfig, before: Behaviour | None, url: str, referer: str | None, now: float
+    config: BehaviourConfig,
+    before: Behaviour | None,
+    url: str,
+    referer: str | None,
+    now: float,
+    path: str | None = None,
 ) -> Behaviour:
     """`observe` of a page view given as the page's URL and its Referer (what the proxy has at hand: no PageView).
     Runs on every page view, so it reads only what a value needs: the path while there are path counters, the
     query only when it names utm_source, the Referer only while the first referrer is unknown (and not when it is
-    a page of the same origin); unchanged path views are the same mapping as before."""
+    a page of the same origin); unchanged path views are the same mapping as before. `path`: the URL's path
+    (`PageView.split`'s) when the caller has it at hand, else read from `url`."""
     now = float(int(now))  # whole seconds: what is stored
     paths = NO_PATH_VIEWS if before is None else before.path_views
-    if config.paths or paths:  # (path views kept under another config's counters are dropped)
-        paths = _path_views(config, paths, _path_of(url), now)
+    if paths:  # (path views kept under another config's counters are dropped)
+        paths = _path_views(config, paths, _path_of(url) if path is None else path, now)
+    elif config.any_path is not None:  # none kept: only a page view that a counter matches adds one
+        if path is None:
+            path = _path_of(url)
+        if config.any_path.match(path):
+            paths = _path_views(config, paths, path, now)
     utm = None
     if config.utm_source and "utm_source" in url:
         utm = next((v for k, v in parse_qsl(PageView(url, None).split()[2]) if k == "utm_source"), None)
@@ -222,18 +238,18 @@ def observe_url(
         external = _external_referrer(url, referer)
     if before is None:
         return _new_behaviour(Behaviour, (now, now, None, 1, 1, external, utm, paths))
-    last = before.last_seen
+    first, last, previous, visits, pageviews, referrer, utm_before, _ = before
     new_visit = now - last > config.session_timeout
     return _new_behaviour(
         Behaviour,
         (
-            before.first_seen,
+            first,
             now if now > last else last,
-            last if new_visit else before.previous_visit,
-            before.visits + new_visit,
-            before.pageviews + 1,
-            before.first_referrer or external,
-            utm or before.utm_source,
+            last if new_visit else previous,
+            visits + new_visit,
+            pageviews + 1,
+            referrer or external,
+            utm or utm_before,
             paths,
         ),
     )
