@@ -12,6 +12,7 @@ path, pipelined requests keep their order, and the keep-alive timer still closes
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import socket
@@ -551,6 +552,8 @@ def test_what_is_never_remembered(origin: str, tmp_path: Path) -> None:
             await exchange(server, known)
             await exchange(server, known)
             assert len(proxy.hit.remembered) == 1
+            gc.collect()  # a remembered visitor is a plain tuple, which the cyclic collector stops walking
+            assert not gc.is_tracked(proxy.hit.remembered[known])
             assert proxy.hit.again(known, "192.0.2.7") is None, "another peer: decided again"
             # A new visitor (no uid cookie): each request mints a uid, so none is remembered.
             new = request_bytes("/", None)

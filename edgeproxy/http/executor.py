@@ -636,31 +636,32 @@ def hit_answer(
     return HitAnswer(state, access_log, values_checked=values_checked, gated=gated, remember=remember)
 
 
-class _Remembered:
-    """A fresh hit answered for one request head, and what made it so, checked again at each repeat."""
+class _Answered:
+    """What the remembered answers of one variant set for one URL and cache entry have in common (one object for
+    all its visitors). Each visitor's own part is a plain tuple (`Visitor`)."""
 
-    __slots__ = (
-        "cookie_lines", "dated", "decided", "entry", "head", "identity", "impressed", "key", "peer", "raw_path",
-        "stored", "until",
-    )  # fmt: skip
+    __slots__ = ("cookies", "dated", "decided", "entry", "head", "impressed", "key", "raw_path")
 
     def __init__(
-        self, peer: str | None, identity: Identity | None, stored: Mapping[str, object], until: float, key: str,
-        entry: CachedResponse, head: bytes, cookie_lines: tuple[bytes, ...], dated: bool, impressed: bool,
-        decided: Decided, raw_path: str,
+        self, key: str, entry: CachedResponse, head: bytes, cookies: tuple[bytes | int, ...], dated: bool,
+        impressed: bool, decided: Decided, raw_path: str,
     ) -> None:  # fmt: skip
-        self.peer = peer
-        self.identity = identity  # None: not personalized
-        self.stored = stored  # the stored attributes the decision read
-        self.until = until  # when the clock may change the decision (the snapshot's next time threshold)
         self.key = key
         self.entry = entry
         self.head = head  # the entry's constant head
-        self.cookie_lines = cookie_lines  # this visitor's Set-Cookie lines, encoded, one per cookie
+        self.cookies = cookies  # the Set-Cookie lines: shared bytes, or the index of one of the visitor's own
         self.dated = dated  # the entry has its own Date
         self.impressed = impressed  # serving the entry can record impressions (ResponseHook: applied, or HTML)
-        self.decided = decided  # what was decided, as the metrics and the access log read it (no context)
+        # What was decided, as the metrics read it: its manifest is the variant set's (with no uid).
+        self.decided = decided
         self.raw_path = raw_path
+
+
+# A visitor's remembered answer: (peer, user uid or "" when not personalized, the stored attributes the decision
+# read or None for none, until when the clock cannot change the decision, the index of its `_Answered`, the
+# Set-Cookie lines that name the visitor). Only strings, numbers and bytes: the cyclic collector stops tracking
+# it, so a table of a few hundred thousand visitors adds nothing to the collector's passes.
+Visitor = tuple[str | None, str, Mapping[str, object] | None, float, int, tuple[bytes, ...]]
 
 
 class HitAnswer:
@@ -680,8 +681,8 @@ class HitAnswer:
     that — with behavioural attributes on (each page view counts) or a decision log (each line has its time)."""
 
     __slots__ = (
-        "access_log", "cache", "config", "gated", "limit", "loaded", "planner", "remembered", "shared", "state",
-        "store", "values_checked",
+        "access_log", "answered", "answers", "cache", "config", "gated", "limit", "loaded", "planner", "remembered",
+        "state", "store", "values_checked",
     )  # fmt: skip
 
     def __init__(
@@ -702,8 +703,9 @@ class HitAnswer:
         self.gated = gated
         remembers = state.decision_log is None and state.planner.behaviour is None
         self.limit = remember if remembers else 0
-        self.remembered: dict[bytes, _Remembered] = {}
-        self.shared: dict[Any, Any] = {}  # what remembered answers share, kept once (see _remember)
+        self.remembered: dict[bytes, Visitor] = {}
+        self.answered: list[_Answered] = []  # what remembered answers share (`Visitor`'s index)
+        self.answers: dict[tuple[Any, ...], int] = {}  # the same, by what makes one: its index
         self.loaded: LoadedSnapshot | None = None  # the snapshot the remembered answers were decided with
 
     def __call__(
@@ -765,45 +767,56 @@ class HitAnswer:
         """Remember the hit just answered for `head`, unless its decision cannot be checked again (a preview, no
         consent, a new visitor, a rule that compares the time otherwise than against thresholds)."""
         decision = plan.decision
-        identity, stored, until = None, NO_STORED, INFINITY
+        uid, stored, until = "", None, INFINITY
         if decision is not None:
             if decision.preview is not None or loaded is None or decision.loaded is not loaded:
                 return
             ctx = decision.ctx
-            if not decision.manifest.user_uid or ctx.user_uid_source() == "other":
+            uid = decision.manifest.user_uid
+            if not uid or ctx.user_uid_source() == "other":
                 return  # no consent, or a new visitor: their uid is minted per request
             thresholds = loaded.snapshot.time_thresholds
             if thresholds is None:
                 return  # a rule compares the time otherwise: every request decides again
             after = bisect_left(thresholds, now)
             until = thresholds[after] if after < len(thresholds) else INFINITY
-            identity = Identity(NO_COOKIES_READ, ctx.user_uid, False)  # (stored_at_hand reads no cookie)
-            stored = ctx.stored or NO_STORED
+            stored = ctx.stored or None
         if self.loaded is not loaded:
             self.forget()
             self.loaded = loaded
-        if len(self.remembered) >= self.limit:
+        if len(self.remembered) >= self.limit or len(self.answered) >= self.limit:  # (entries refreshed often)
             self.forget()
-        # What many remembered answers have in common is kept once (`shared`): the cache key, the path, and each
-        # Set-Cookie line that does not name the visitor (the manifest's, the same for a whole variant set).
-        shared = self.shared.setdefault
-        uid = decision.manifest.user_uid if decision is not None else ""
-        cookie_lines = []
-        for value in plan.cookies.values:  # SetCookies.lines, a line at a time
+        own: list[bytes] = []
+        cookies: list[bytes | int] = []
+        for value in plan.cookies.values:  # SetCookies.lines, a line at a time: the visitor's own, or shared
             line = f"Set-Cookie: {value}\r\n".encode("utf-8", "surrogateescape")
-            cookie_lines.append(line if uid and uid in value else shared(line, line))
-        lean = Decided(None, decided.manifest, decided.snapshot, decided.tags, decided.route)
+            if uid and uid in value:
+                cookies.append(len(own))
+                own.append(line)
+            else:
+                cookies.append(line)
+        manifest = decided.manifest
+        variant_set = None if manifest is None else Manifest("", manifest.entries, manifest.variant_param)
         base = _prepared(entry, self.config).base
         impressed = bool(base.applied) or (self.config.impressions == "proxy" and base.html)
-        self.remembered[head] = _Remembered(
-            peer, identity, stored, until, shared(plan.cache_key, plan.cache_key), entry, entry_head,
-            tuple(cookie_lines), "Date" in base.headers, impressed, lean, shared(raw_path, raw_path),
+        what = (
+            plan.cache_key, id(entry), entry_head, tuple(cookies), None if manifest is None else manifest.entries,
+            decided.snapshot, decided.tags, decided.route, raw_path,
         )  # fmt: skip
+        index = self.answers.get(what)
+        if index is None or self.answered[index].entry is not entry:
+            index = self.answers[what] = len(self.answered)
+            lean = Decided(None, variant_set, decided.snapshot, decided.tags, decided.route)
+            self.answered.append(_Answered(
+                plan.cache_key, entry, entry_head, tuple(cookies), "Date" in base.headers, impressed, lean, raw_path,
+            ))  # fmt: skip
+        self.remembered[head] = (peer, uid, stored, until, index, tuple(own))
 
     def forget(self) -> None:
         """Forget every remembered answer (a new snapshot, or the table full)."""
         self.remembered.clear()
-        self.shared.clear()
+        self.answered.clear()
+        self.answers.clear()
 
     def again(self, head: bytes, peer: str | None) -> Sequence[bytes] | None:
         """The answer remembered for these request head bytes from this peer, when nothing it was made from has
@@ -817,34 +830,44 @@ class HitAnswer:
             self.forget()  # a new snapshot: every answer is decided again
             return None
         now = state.clock()
-        if known.peer != peer or now >= known.until:
+        known_peer, uid, stored, until, index, own = known
+        if known_peer != peer or now >= until:
             return None
-        identity = known.identity
-        if identity is not None:
+        if uid:
             planner = self.planner
-            if planner.tombstones.seen and planner.tombstones.deleted(identity.user_uid):
+            if planner.tombstones.seen and planner.tombstones.deleted(uid):
                 return None
             assert self.loaded is not None
-            if planner.stored_at_hand(self.loaded, identity) != known.stored:
+            found = planner.stored_at_hand(self.loaded, Identity(NO_COOKIES_READ, uid, False))
+            if found != (NO_STORED if stored is None else stored):
                 return None  # changed, or no longer at hand: the general path
-        key, entry = known.key, known.entry
+        answered = self.answered[index]
+        key, entry = answered.key, answered.entry
         if self.cache.passes(key, now) or not self.store.holds_fresh(key, entry, now):
             return None
-        decided = known.decided
-        manifest = decided.manifest
-        if manifest is not None:  # personalized: counted, and its impressions recorded, as record_decision does
-            state.count_manifest(manifest, perf_counter() - started)
-            if known.impressed:
+        decided = answered.decided
+        variant_set = decided.manifest
+        manifest = None
+        if variant_set is not None:  # personalized: counted, and its impressions recorded, as record_decision does
+            state.count_manifest(variant_set, perf_counter() - started)
+            if answered.impressed:
+                manifest = Manifest(uid, variant_set.entries, variant_set.variant_param)
                 impressions = response_hook(state.impressions, self.config, manifest)
                 if impressions is not None:
                     base = _prepared(entry, self.config).base
                     impressions(base.headers, base.applied)
-        parts = (known.head, *known.cookie_lines, hit_tail(policy.HIT, entry.age(now), known.dated), entry.body)
-        seconds = observe_served(state, started, "GET", known.raw_path, entry.status, policy.HIT, decided)
+        parts = [answered.head]
+        for line in answered.cookies:
+            parts.append(own[line] if isinstance(line, int) else line)
+        parts += (hit_tail(policy.HIT, entry.age(now), answered.dated), entry.body)
+        seconds = observe_served(state, started, "GET", answered.raw_path, entry.status, policy.HIT, decided)
         access_log = self.access_log
         if access_log is not None and access_log.isEnabledFor(logging.INFO):
+            if variant_set is not None and manifest is None:
+                manifest = Manifest(uid, variant_set.entries, variant_set.variant_param)
             access_log.info(access_line(
-                remote=peer, method="GET", raw_path=known.raw_path, status=entry.status, body_bytes=len(entry.body),
-                seconds=seconds, manifest=decided.manifest, snapshot=decided.snapshot or None, cache=policy.HIT,
+                remote=peer, method="GET", raw_path=answered.raw_path, status=entry.status,
+                body_bytes=len(entry.body), seconds=seconds, manifest=manifest, snapshot=decided.snapshot or None,
+                cache=policy.HIT,
             ))  # fmt: skip
         return parts
