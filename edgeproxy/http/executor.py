@@ -649,7 +649,7 @@ class _Answered:
         self.key = key
         self.entry = entry
         self.head = head  # the entry's constant head
-        self.cookies = cookies  # the Set-Cookie lines: shared bytes, or the index of one of the visitor's own
+        self.cookies = cookies  # the Set-Cookie lines: shared bytes, or where the visitor's own is in its Visitor
         self.dated = dated  # the entry has its own Date
         self.impressed = impressed  # serving the entry can record impressions (ResponseHook: applied, or HTML)
         # What was decided, as the metrics read it: its manifest is the variant set's (with no uid).
@@ -658,10 +658,11 @@ class _Answered:
 
 
 # A visitor's remembered answer: (peer, user uid or "" when not personalized, the stored attributes the decision
-# read or None for none, until when the clock cannot change the decision, the index of its `_Answered`, the
-# Set-Cookie lines that name the visitor). Only strings, numbers and bytes: the cyclic collector stops tracking
-# it, so a table of a few hundred thousand visitors adds nothing to the collector's passes.
-Visitor = tuple[str | None, str, Mapping[str, object] | None, float, int, tuple[bytes, ...]]
+# read or None for none, until when the clock cannot change the decision, the index of its `_Answered`, then the
+# Set-Cookie lines that name the visitor). Only strings, numbers and bytes, in one flat tuple: the cyclic collector
+# stops tracking it at its first pass, so a table of a few hundred thousand visitors adds nothing to its passes.
+Visitor = tuple[Any, ...]
+OWN_LINES = 5  # where a Visitor's own Set-Cookie lines start
 
 
 class HitAnswer:
@@ -791,7 +792,7 @@ class HitAnswer:
         for value in plan.cookies.values:  # SetCookies.lines, a line at a time: the visitor's own, or shared
             line = f"Set-Cookie: {value}\r\n".encode("utf-8", "surrogateescape")
             if uid and uid in value:
-                cookies.append(len(own))
+                cookies.append(OWN_LINES + len(own))
                 own.append(line)
             else:
                 cookies.append(line)
@@ -810,7 +811,7 @@ class HitAnswer:
             self.answered.append(_Answered(
                 plan.cache_key, entry, entry_head, tuple(cookies), "Date" in base.headers, impressed, lean, raw_path,
             ))  # fmt: skip
-        self.remembered[head] = (peer, uid, stored, until, index, tuple(own))
+        self.remembered[head] = (peer, uid, stored, until, index, *own)
 
     def forget(self) -> None:
         """Forget every remembered answer (a new snapshot, or the table full)."""
@@ -830,7 +831,7 @@ class HitAnswer:
             self.forget()  # a new snapshot: every answer is decided again
             return None
         now = state.clock()
-        known_peer, uid, stored, until, index, own = known
+        known_peer, uid, stored, until, index = known[0], known[1], known[2], known[3], known[4]
         if known_peer != peer or now >= until:
             return None
         if uid:
@@ -858,7 +859,7 @@ class HitAnswer:
                     impressions(base.headers, base.applied)
         parts = [answered.head]
         for line in answered.cookies:
-            parts.append(own[line] if isinstance(line, int) else line)
+            parts.append(known[line] if isinstance(line, int) else line)
         parts += (hit_tail(policy.HIT, entry.age(now), answered.dated), entry.body)
         seconds = observe_served(state, started, "GET", answered.raw_path, entry.status, policy.HIT, decided)
         access_log = self.access_log
