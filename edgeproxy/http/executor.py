@@ -636,6 +636,14 @@ def hit_answer(
     return HitAnswer(state, access_log, values_checked=values_checked, gated=gated, remember=remember)
 
 
+def _key(head: bytes) -> bytes:
+    """What a request head is remembered under: its lines in sorted order, so that the same request is one key
+    whatever the order of its header fields (a browser's order is fixed; a load generator's may change from run to
+    run). Only heads whose field names are distinct are remembered, so no two heads with one key differ in more
+    than the order of distinct fields, which means nothing (RFC 9110 §5.3)."""
+    return b"\r\n".join(sorted(head.split(b"\r\n")))
+
+
 class _Answered:
     """What the remembered answers of one variant set for one URL and cache entry have in common (one object for
     all its visitors). Each visitor's own part is a plain tuple (`Visitor`)."""
@@ -757,8 +765,9 @@ class HitAnswer:
                 remote=peer, method="GET", raw_path=raw_path, status=entry.status, body_bytes=len(entry.body),
                 seconds=seconds, manifest=decided.manifest, snapshot=decided.snapshot or None, cache=policy.HIT,
             ))  # fmt: skip
-        if head is not None and self.limit:
-            self._remember(head, peer, loaded, plan, entry, parts[0], decided, raw_path, now)
+        if head is not None and self.limit and len({name.lower() for name, _ in raw_headers}) == len(raw_headers):
+            # (only heads whose field names are distinct: see `_key`)
+            self._remember(_key(head), peer, loaded, plan, entry, parts[0], decided, raw_path, now)
         return parts
 
     def _remember(
@@ -822,7 +831,7 @@ class HitAnswer:
     def again(self, head: bytes, peer: str | None) -> Sequence[bytes] | None:
         """The answer remembered for these request head bytes from this peer, when nothing it was made from has
         changed; else None (the data plane parses the head, and the request is decided as ever)."""
-        known = self.remembered.get(head)
+        known = self.remembered.get(_key(head))
         if known is None:
             return None
         started = perf_counter()
