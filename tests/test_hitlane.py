@@ -560,6 +560,9 @@ def test_what_is_never_remembered(origin: str, tmp_path: Path) -> None:
             assert reordered != known
             (reply,) = await exchange(server, reordered)
             assert reply[1]["x-cache"] == ["HIT"] and remembered(server) == 1 and len(proxy.hit.remembered) == 1
+            # ...and the request line stays first: moved among the fields, it is no request (the gate refuses it).
+            (reply,) = await exchange(server, b"\r\n".join([fields[0], line, *fields[1:]]))
+            assert reply[0].split()[1] == "400" and remembered(server) == 1
             # ...but a head that names a field twice is not remembered (sorting could reorder its values).
             twice = request_bytes("/", "never-1", extra="Accept: text/plain\r\n")
             for _ in range(2):

@@ -637,11 +637,12 @@ def hit_answer(
 
 
 def _key(head: bytes) -> bytes:
-    """What a request head is remembered under: its lines in sorted order, so that the same request is one key
-    whatever the order of its header fields (a browser's order is fixed; a load generator's may change from run to
-    run). Only heads whose field names are distinct are remembered, so no two heads with one key differ in more
-    than the order of distinct fields, which means nothing (RFC 9110 §5.3)."""
-    return b"\r\n".join(sorted(head.split(b"\r\n")))
+    """What a request head is remembered under: its request line, then its field lines in sorted order, so that
+    the same request is one key whatever the order of its header fields (a browser's order is fixed; a load
+    generator's may change from run to run). Only heads whose field names are distinct are remembered, so no two
+    heads with one key differ in more than the order of distinct fields, which means nothing (RFC 9110 §5.3)."""
+    line, _, fields = head.partition(b"\r\n")
+    return line + b"\r\n" + b"\r\n".join(sorted(fields.split(b"\r\n")))
 
 
 class _Answered:
@@ -681,8 +682,8 @@ class HitAnswer:
 
     Remembered answers (`again`): a hit is a function of the request head's bytes, the peer, the snapshot, the
     visitor's stored attributes, the clock (the rules' time thresholds, the entry's freshness) and the cache's
-    entry. So when the data plane hands over the head it parsed, the answer is remembered under those bytes with
-    what it was made from, and a repeat of the same bytes is answered after checking only what can change: the
+    entry. So when the data plane hands over the head it parsed, the answer is remembered under those bytes (`_key`)
+    with what it was made from, and a repeat of the same bytes is answered after checking only what can change: the
     snapshot, the peer, the clock against the next time threshold, a deletion of the visitor (tombstones), their
     stored attributes, the key's hit-for-pass mark, and the entry (the same object, still fresh). It records what
     a hit records (decision and request metrics, live counts, impressions, the access log). Not remembered: new
