@@ -46,6 +46,7 @@ USER_ROWS_KEPT = 100_000  # lines of user_rows_log kept: a follower further behi
 USER_ROWS_BATCH = 10_000  # lines a follower reads at a time
 SCAN_BATCH = 20_000  # users read at a time when a filter is built from the tables
 SCAN_LOGGED = 250_000  # a build that reads more users than this says how far it is, every this many
+OPEN_WAIT_SECONDS = 10.0  # how long opening waits for another process that is opening the same file
 FILTER_FALSE_POSITIVES = 0.01  # at `max_users` users: 1% of visitors with nothing stored still cost a read
 REBUILD_PAST = 1.5  # a filter is rebuilt once more than this times its capacity was added (its rate climbs)
 
@@ -218,8 +219,21 @@ class SqliteStore:
                          self.path)  # fmt: skip
             return db
 
+        def open_when_free() -> sqlite3.Connection:
+            # Processes sharing the file (`--workers N`) open it at once: switching a new file to WAL and creating
+            # its tables take locks that SQLite's busy timeout does not always wait for ("database is locked" at
+            # once), so the opening is tried again, for as long as the busy timeout would have waited.
+            deadline = time.monotonic() + OPEN_WAIT_SECONDS
+            while True:
+                try:
+                    return open_db()
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.05)
+
         try:
-            self._db = await asyncio.get_running_loop().run_in_executor(self._executor, open_db)
+            self._db = await asyncio.get_running_loop().run_in_executor(self._executor, open_when_free)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite state {self.path}: {exc}") from exc
 
