@@ -768,12 +768,12 @@ class HitAnswer:
             ))  # fmt: skip
         if head is not None and self.limit and len({name.lower() for name, _ in raw_headers}) == len(raw_headers):
             # (only heads whose field names are distinct: see `_key`)
-            self._remember(_key(head), peer, loaded, plan, entry, parts[0], decided, raw_path, now)
+            self._remember(_key(head), peer, loaded, plan, entry, parts[0], prepared.base, decided, raw_path, now)
         return parts
 
     def _remember(
         self, head: bytes, peer: str | None, loaded: LoadedSnapshot | None, plan: Plan, entry: CachedResponse,
-        entry_head: bytes, decided: Decided, raw_path: str, now: float,
+        entry_head: bytes, base: ClientBase, decided: Decided, raw_path: str, now: float,
     ) -> None:  # fmt: skip
         """Remember the hit just answered for `head`, unless its decision cannot be checked again (a preview, no
         consent, a new visitor, a rule that compares the time otherwise than against thresholds)."""
@@ -808,7 +808,6 @@ class HitAnswer:
                 cookies.append(line)
         manifest = decided.manifest
         variant_set = None if manifest is None else Manifest("", manifest.entries, manifest.variant_param)
-        base = _prepared(entry, self.config).base
         impressed = bool(base.applied) or (self.config.impressions == "proxy" and base.html)
         what = (
             plan.cache_key, id(entry), entry_head, tuple(cookies), None if manifest is None else manifest.entries,
