@@ -23,10 +23,11 @@ from edgeproxy.visitor.behaviour import (
     PageView,
     attributes_of,
     behaviour_config,
+    behaviour_of,
     decode,
     encode,
     observe,
-    observe_url,
+    observe_fields,
     parse_duration,
     reading,
 )
@@ -162,9 +163,9 @@ def test_each_path_counter_counts_the_views_its_own_glob_matches_whether_the_pat
     given_path, read = None, None  # observed with the path at hand (the proxy's page path), and read from the URL
     for n, path in enumerate(paths):
         url = f"https://shop.example{path}?q=1"
-        given_path = observe_url(SEVERAL_COUNTERS, given_path, url, None, T0 + n, path)
+        given_path = observe_fields(SEVERAL_COUNTERS, given_path, url, None, T0 + n, path)
         read = observe(SEVERAL_COUNTERS, read, view(url), T0 + n)
-    assert given_path == read
+    assert (given_path and behaviour_of(given_path)) == read
     found = attributes_of(SEVERAL_COUNTERS, given_path, T0 + len(paths)) if paths else {}
     for counter in SEVERAL_COUNTERS.paths:  # all views within every window: each counts what its glob matches
         if paths:
@@ -172,12 +173,12 @@ def test_each_path_counter_counts_the_views_its_own_glob_matches_whether_the_pat
 
 
 def test_a_visitor_without_path_views_keeps_none_until_a_counted_path_and_then_counts_it() -> None:
-    state = observe_url(SEVERAL_COUNTERS, None, "https://s/home", None, T0, "/home")
-    assert state.path_views == {}
-    state = observe_url(SEVERAL_COUNTERS, state, "https://s/cart", None, T0 + 1, "/cart")
-    assert state.path_views == {"cart_views": (T0 + 1,), "c_views": (T0 + 1,)}
-    later = observe_url(SEVERAL_COUNTERS, state, "https://s/home", None, T0 + 7200, "/home")  # c_views left its hour
-    assert later.path_views == {"cart_views": (T0 + 1,)}
+    state = observe_fields(SEVERAL_COUNTERS, None, "https://s/home", None, T0, "/home")
+    assert state[7] is None and behaviour_of(state).path_views == {}
+    state = observe_fields(SEVERAL_COUNTERS, state, "https://s/cart", None, T0 + 1, "/cart")
+    assert behaviour_of(state).path_views == {"cart_views": (T0 + 1,), "c_views": (T0 + 1,)}
+    later = observe_fields(SEVERAL_COUNTERS, state, "https://s/home", None, T0 + 7200, "/home")  # c_views left
+    assert behaviour_of(later).path_views == {"cart_views": (T0 + 1,)}
     assert attributes_of(SEVERAL_COUNTERS, later, T0 + 7200) == {
         "visit_count": 2, "checkout_views": 0, "cart_views": 1, "c_views": 0,
     }  # fmt: skip

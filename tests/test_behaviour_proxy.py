@@ -6,6 +6,7 @@ tests/test_preview_proxy.py) on a clock the test moves; the decision log shows w
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,7 @@ from edgeproxy.runtime.serve import make_state
 from edgeproxy.runtime.state import ProxyState
 from edgeproxy.store.base import AttributeLimits, StoreError
 from edgeproxy.store.sqlite_store import SqliteStore
-from edgeproxy.visitor.behaviour import STATE_KEY, PageView, behaviour_config, decode, observe
+from edgeproxy.visitor.behaviour import STATE_KEY, PageView, behaviour_config, behaviour_of, decode, observe
 
 __all__ = ["origin"]  # the module-scoped Node origin fixture, shared
 
@@ -202,7 +203,8 @@ def test_a_planned_page_view_counts_by_its_path_and_referer_and_not_for_a_bot(or
         assert isinstance(plan, Plan) and plan.decision is not None
         state.count_decision(plan.decision)
         clock.now += 60
-        return plan.decision.behaviour, dict(plan.decision.ctx.stored)
+        counted = plan.decision.behaviour
+        return None if counted is None else behaviour_of(counted), dict(plan.decision.ctx.stored)
 
     counted, read = page("/checkout?utm_source=mail")  # no User-Agent: a page view
     assert counted is not None and counted.pageviews == 1 and counted.utm_source == "mail"
@@ -213,6 +215,30 @@ def test_a_planned_page_view_counts_by_its_path_and_referer_and_not_for_a_bot(or
     assert counted is not None and counted.first_referrer == "news.example" and read["checkout_views_7d"] == 2
     counted, read = page("/cart?next=/checkout", User_Agent=DESKTOP)  # the query is not the path
     assert counted is not None and counted.pageviews == 3 and read["checkout_views_7d"] == 2
+
+
+def test_the_tracker_keeps_each_visitor_as_an_exact_tuple_the_collector_untracks(origin: str, tmp_path: Path) -> None:
+    """What a page view records is kept as it is (no copy): an exact tuple, which the cyclic collector stops
+    tracking while the visitor has no path views; one with path views keeps them."""
+    clock = Clock()
+    state = behaviour_state(origin, tmp_path, clock)
+    planner = state.planner
+    for uid, path in (("ola", "/"), ("ola", "/about"), ("pia", "/checkout")):
+        request = CIMultiDictProxy(CIMultiDict({"Host": "shop.example", "Cookie": f"cs-personalize-user-uid={uid}"}))
+        client = planner.client("127.0.0.1", "http", "shop.example", request)
+        plan = planner.plan(state.holder.current, "GET", path, path, request, client, has_body=False, upgrade=False,
+                            stored={})  # fmt: skip
+        assert isinstance(plan, Plan) and plan.decision is not None and plan.decision.behaviour is not None
+        state.count_decision(plan.decision)
+        clock.now += 60
+    tracker = state.behaviour
+    assert tracker is not None
+    ola, pia = tracker.current_fields("ola", {}), tracker.current_fields("pia", {})
+    assert type(ola) is tuple and type(pia) is tuple
+    gc.collect()
+    assert not gc.is_tracked(ola) and ola[7] is None
+    assert behaviour_of(ola).pageviews == 2 and behaviour_of(ola).path_views == {}
+    assert behaviour_of(pia).path_views["checkout_views_7d"] == (T0 + 120,)
 
 
 def test_behaviour_written_behind_is_read_back_after_a_restart(origin: str, tmp_path: Path) -> None:

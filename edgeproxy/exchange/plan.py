@@ -34,7 +34,7 @@ from edgeproxy.http.headers import UPSTREAM_REMOVED, end_to_end
 from edgeproxy.runtime.behaviour import BehaviourTracker
 from edgeproxy.runtime.config import ProxyConfig
 from edgeproxy.runtime.snapshots import LoadedSnapshot
-from edgeproxy.visitor.behaviour import Behaviour, attributes_of, is_page_view, observe_url
+from edgeproxy.visitor.behaviour import BehaviourFields, attributes_of, is_page_view, observe_fields
 from edgeproxy.visitor.forwarded import ClientView, TrustedProxies, view_of_client
 from edgeproxy.visitor.identity import (
     NO_COOKIES,
@@ -72,7 +72,7 @@ class Decision:
     cookies: SetCookies  # for the visitor's scheme (Secure on https)
     seconds: float  # how long the decider took (for the decision metrics)
     preview: Preview | None = None  # decided for a preview (SPEC §10): recorded nowhere, never cached
-    behaviour: Behaviour | None = None  # the visitor's behaviour after this page view, to record (SPEC §13)
+    behaviour: BehaviourFields | None = None  # the visitor's behaviour after this page view, to record (SPEC §13)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,12 +220,12 @@ class Planner:
         behaviour = None
         tracker = self.behaviour
         if tracker is not None and identity.user_uid:
-            before = tracker.current(identity.user_uid, stored)
+            before = tracker.current_fields(identity.user_uid, stored)
             if page_view and preview is None:
                 # Not a bot: the context's User-Agent class, which the rules then read without classifying again.
                 agent = ctx.ua_class()
                 if agent is None or agent.device_type != "BOT":
-                    behaviour = observe_url(tracker.config, before, page_url, ctx.referrer, now, page_path)
+                    behaviour = observe_fields(tracker.config, before, page_url, ctx.referrer, now, page_path)
             config = tracker.config
             if only_read and preview is None:
                 config = tracker.reading(loaded.snapshot.custom_keys_read)
@@ -286,7 +286,7 @@ class Planner:
                 if asked is not None:  # the page as the origin gets it: without the token
                     target = f"{raw}?{query}" if query else raw
             counted = self.behaviour is not None and is_page_view(method, headers.get)  # only when behaviour is on
-            # The page's path as observe_url would read it from the URL: the target up to its query (or fragment).
+            # The page's path as observe_fields would read it from the URL: the target up to its query (or fragment).
             page_path = raw if counted and raw[:1] == "/" and "#" not in raw and "/" not in where.host else None
             decision = self.decide(loaded, headers, where, identity, stored, page_url=f"{where.proto}://{where.host}{target}",
                                    query=query, tags=route.tags, preview=asked.grant if asked else None,

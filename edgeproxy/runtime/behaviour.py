@@ -4,7 +4,7 @@ A page view is observed on the request path (exchange/plan.py, pure) and recorde
 (`record`): in memory at once, so the visitor's next page view reads it, and in the state store within
 `FLUSH_INTERVAL` (one batched `put_behaviour` of every visitor whose behaviour changed, read back as the attribute
 STATE_KEY), or within COUNTS_EVERY flushes when only the page-view count and the last page view's time changed.
-So a kill -9 loses at most the page-view counts of the last 10 s, and anything else of the last second. A clean
+So a kill -9 loses at most the page-view counts of the last 30 s, and anything else of the last second. A clean
 shutdown writes everything (exact counts).
 
 Where the behaviour comes from for a decision (`current`): this process's memory when it has the visitor, else
@@ -24,11 +24,11 @@ from typing import Final
 from edgeproxy.runtime.periodic import Periodic
 from edgeproxy.store.base import StateStore, StoreError, tombstone_of
 from edgeproxy.visitor.behaviour import (
-    NO_PATH_VIEWS,
     STATE_KEY,
     Behaviour,
     BehaviourConfig,
     BehaviourFields,
+    behaviour_of,
     decode,
     encode,
     reading,
@@ -37,20 +37,9 @@ from edgeproxy.visitor.behaviour import (
 log = logging.getLogger("edgeproxy.behaviour")
 
 FLUSH_INTERVAL = 1.0  # seconds between writes of what an audience may turn on: a new visitor, visit, path view
-COUNTS_EVERY = 10  # flushes between writes of what only counts on (page views, last seen): 10 s at most
+COUNTS_EVERY = 30  # flushes between writes of what only counts on (page views, last seen): 30 s at most
 KEPT_IN_MEMORY = 200_000  # visitors whose behaviour this process keeps (least recently seen go first)
 KEPT_ON_FAILURE = 100_000  # changed visitors held while the store is away
-
-_new_behaviour = tuple.__new__  # Behaviour(...) without the named tuple's Python-level __new__
-
-
-def _behaviour(kept: BehaviourFields) -> Behaviour:
-    """A kept visitor's behaviour (`record`'s exact tuple, no path views: None) as a Behaviour again."""
-    first, last, previous, visits, pageviews, referrer, utm, paths = kept
-    return _new_behaviour(
-        Behaviour, (first, last, previous, visits, pageviews, referrer, utm, NO_PATH_VIEWS if paths is None else paths)
-    )
-
 
 # Where a kept tuple has the fields `record` and `current` read (Behaviour's order, checked below).
 _LAST_SEEN: Final = 1
@@ -85,8 +74,8 @@ class BehaviourTracker(Periodic):
         self.store = store
         self.project_uid = project_uid
         self._kept = kept
-        # Each visitor's behaviour is kept as a plain tuple of its fields (BehaviourFields, made in `record`: no work
-        # for the cyclic collector), a Behaviour again when read (`_behaviour`).
+        # Each visitor's behaviour is kept as a plain tuple of its fields, no path views: None (BehaviourFields, as
+        # `observe_fields` makes them: no work for the cyclic collector).
         self._known: OrderedDict[str, BehaviourFields] = OrderedDict()  # user uid -> behaviour (this project's)
         self._changed: dict[str, BehaviourFields] = {}  # written at the next flush
         self._counting: dict[str, BehaviourFields] = {}  # only page views and last seen changed: every COUNTS_EVERY
@@ -103,7 +92,7 @@ class BehaviourTracker(Periodic):
     def known(self, user_uid: str) -> Behaviour | None:
         """This process's memory of the visitor, without I/O (None: ask the store)."""
         kept = self._known.get(user_uid)
-        return None if kept is None else _behaviour(kept)
+        return None if kept is None else behaviour_of(kept)
 
     def reading(self, keys: frozenset[str] | None) -> BehaviourConfig:
         """The config that computes only the attributes among `keys` (a snapshot's `custom_keys_read`; None: all),
@@ -117,35 +106,42 @@ class BehaviourTracker(Periodic):
         return user_uid in self._known
 
     def current(self, user_uid: str, stored: Mapping[str, object]) -> Behaviour | None:
-        """The visitor's behaviour before this page view: the newer of memory and the store's. The store's text is
-        decoded only when it is not what this process last wrote or read for the visitor."""
-        kept, text = self._known.get(user_uid), stored.get(STATE_KEY) if stored else None
+        """The visitor's behaviour before this page view (`current_fields`) as a Behaviour."""
+        fields = self.current_fields(user_uid, stored)
+        return None if fields is None else behaviour_of(fields)
+
+    def current_fields(self, user_uid: str, stored: Mapping[str, object]) -> BehaviourFields | None:
+        """The visitor's behaviour before this page view: the newer of memory and the store's (what a page view
+        observes and a decision reads, as the fields this process keeps). The store's text is decoded only when it
+        is not what this process last wrote or read for the visitor."""
+        kept = self._known.get(user_uid)
+        text = stored.get(STATE_KEY) if stored else None
         if kept is not None and (
             text is None or text == self._written.get(user_uid) or text == self._read.get(user_uid)
         ):
-            first, last, previous, visits, pageviews, referrer, utm, paths = kept  # (`_behaviour`, inline: hot)
-            return _new_behaviour(
-                Behaviour,
-                (first, last, previous, visits, pageviews, referrer, utm, NO_PATH_VIEWS if paths is None else paths),
-            )
+            return kept
         theirs = decode(text)
         if isinstance(text, str):
             self._read[user_uid] = text
         if kept is None or (theirs is not None and theirs.last_seen > kept[_LAST_SEEN]):
             return theirs  # another process saw a later page view
-        return _behaviour(kept)
+        return kept
 
-    def record(self, user_uid: str, behaviour: Behaviour) -> None:
+    def record(self, user_uid: str, behaviour: BehaviourFields) -> None:
         """A page view's outcome: remembered now; written at the next flush when it changed what an audience could
         turn on (the visitor's first page view, a new visit, a path counter, the referrer, utm_source), else (only
         the page view count and the last page view's time) within COUNTS_EVERY flushes. Most page views are of the
-        second kind, so the write-behind costs a tenth as much, and a crash loses at most 10 s of page-view counts
+        second kind, so the write-behind costs a thirtieth as much, and a crash loses at most 30 s of page-view counts
         but never more than a second of anything else."""
         known = self._known
         before = known.get(user_uid)
-        # What is kept: the fields in an exact tuple, no path views: None (the collector stops tracking it).
-        first, last, previous, visits, pageviews, referrer, utm, paths = behaviour
-        kept = (first, last, previous, visits, pageviews, referrer, utm, paths or None)
+        # What is kept: the fields in an exact tuple, no path views: None (the collector stops tracking it), as
+        # `observe_fields` gives them.
+        if type(behaviour) is tuple:
+            kept = behaviour
+        else:
+            first, last, previous, visits, pageviews, referrer, utm, paths = behaviour
+            kept = (first, last, previous, visits, pageviews, referrer, utm, paths or None)
         known[user_uid] = kept
         if before is None:
             if len(known) > self._kept:
@@ -156,10 +152,10 @@ class BehaviourTracker(Periodic):
             known.move_to_end(user_uid)  # (last: the most recently seen)
         if (
             before is None
-            or visits != before[_VISITS]
+            or kept[_VISITS] != before[_VISITS]
             or (kept[_PATH_VIEWS] is not before[_PATH_VIEWS] and kept[_PATH_VIEWS] != before[_PATH_VIEWS])
-            or referrer != before[_FIRST_REFERRER]
-            or utm != before[_UTM_SOURCE]
+            or kept[_FIRST_REFERRER] != before[_FIRST_REFERRER]
+            or kept[_UTM_SOURCE] != before[_UTM_SOURCE]
             or user_uid in self._changed
         ):
             self._changed[user_uid] = kept

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
+from multidict import istr
+
 from edgeproxy.store.base import BEHAVIOUR_KEY
 
 STATE_KEY = BEHAVIOUR_KEY  # the stored attribute that holds a visitor's Behaviour (encoded)
@@ -183,13 +185,19 @@ def is_page_view(method: str, header: Callable[[str], str | None]) -> bool:
     out."""
     if method != "GET" and method.upper() != "GET":
         return False
-    mode = header("Sec-Fetch-Mode")
+    mode = header(_SEC_FETCH_MODE)
     if mode is not None and mode != "navigate":
         return False
-    if header("X-Requested-With") == "XMLHttpRequest":
+    if header(_X_REQUESTED_WITH) == "XMLHttpRequest":
         return False
-    purpose = header("Sec-Purpose") or header("Purpose") or ""
+    purpose = header(_SEC_PURPOSE) or header(_PURPOSE) or ""
     return "prefetch" not in purpose
+
+
+# The names as multidict's case-insensitive keys (a str each): looked up without folding their case per request.
+_SEC_FETCH_MODE, _X_REQUESTED_WITH, _SEC_PURPOSE, _PURPOSE = map(
+    istr, ("Sec-Fetch-Mode", "X-Requested-With", "Sec-Purpose", "Purpose")
+)
 
 
 def _site(host: str) -> str:
@@ -199,7 +207,7 @@ def _site(host: str) -> str:
 
 def observe(config: BehaviourConfig, before: Behaviour | None, view: PageView, now: float) -> Behaviour:
     """The visitor's behaviour after this page view at `now`."""
-    return observe_url(config, before, view.url, view.referer, now)
+    return behaviour_of(observe_fields(config, before, view.url, view.referer, now))
 
 
 _new_behaviour = tuple.__new__  # Behaviour(...) without the named tuple's Python-level __new__ (half the cost)
@@ -208,50 +216,64 @@ _new_behaviour = tuple.__new__  # Behaviour(...) without the named tuple's Pytho
 NO_PATH_VIEWS: Mapping[str, tuple[float, ...]] = {}
 
 
-def observe_url(
+def behaviour_of(fields: BehaviourFields) -> Behaviour:
+    """Fields (`observe_fields`', or a Behaviour) as a Behaviour."""
+    first, last, previous, visits, pageviews, referrer, utm, paths = fields
+    return _new_behaviour(
+        Behaviour, (first, last, previous, visits, pageviews, referrer, utm, NO_PATH_VIEWS if paths is None else paths)
+    )
+
+
+def observe_fields(
     config: BehaviourConfig,
-    before: Behaviour | None,
+    before: BehaviourFields | None,
     url: str,
     referer: str | None,
     now: float,
     path: str | None = None,
-) -> Behaviour:
-    """`observe` of a page view given as the page's URL and its Referer (what the proxy has at hand: no PageView).
-    Runs on every page view, so it reads only what a value needs: the path while there are path counters, the
-    query only when it names utm_source, the Referer only while the first referrer is unknown (and not when it is
-    a page of the same origin); unchanged path views are the same mapping as before. `path`: the URL's path
-    (`PageView.split`'s) when the caller has it at hand, else read from `url`."""
+) -> BehaviourFields:
+    """`observe` of a page view given as the page's URL and its Referer (what the proxy has at hand: no PageView)
+    and `path`, the URL's path (`PageView.split`'s) when the caller has it at hand (else read from `url`); on plain
+    fields (`before`: a Behaviour or the fields this returns), giving the fields as a plain tuple, no path views:
+    None (what the behaviour tracker keeps, as it is). Runs on every page view, so it
+    reads only what a value needs: the path while there are path counters, the query only when it names
+    utm_source, the Referer only while the first referrer is unknown (and not when it is a page of the same
+    origin); unchanged path views are the same mapping as before."""
     now = float(int(now))  # whole seconds: what is stored
-    paths = NO_PATH_VIEWS if before is None else before.path_views
+    paths: Mapping[str, tuple[float, ...]] | None
+    if before is None:
+        referrer: str | None = None
+        utm_before: str | None = None
+        paths = None
+    else:
+        first, last, previous, visits, pageviews, referrer, utm_before, paths = before
     if paths:  # (path views kept under another config's counters are dropped)
-        paths = _path_views(config, paths, _path_of(url) if path is None else path, now)
+        paths = _path_views(config, paths, _path_of(url) if path is None else path, now) or None
     elif config.any_path is not None:  # none kept: only a page view that a counter matches adds one
         if path is None:
             path = _path_of(url)
-        if config.any_path.match(path):
-            paths = _path_views(config, paths, path, now)
+        matched = config.any_path.match(path)
+        paths = (_path_views(config, NO_PATH_VIEWS, path, now) or None) if matched else None
+    else:
+        paths = None
     utm = None
     if config.utm_source and "utm_source" in url:
         utm = next((v for k, v in parse_qsl(PageView(url, None).split()[2]) if k == "utm_source"), None)
     external = None
-    if config.first_referrer and referer and (before is None or before.first_referrer is None):
+    if config.first_referrer and referer and referrer is None:
         external = _external_referrer(url, referer)
     if before is None:
-        return _new_behaviour(Behaviour, (now, now, None, 1, 1, external, utm, paths))
-    first, last, previous, visits, pageviews, referrer, utm_before, _ = before
+        return (now, now, None, 1, 1, external, utm, paths)
     new_visit = now - last > config.session_timeout
-    return _new_behaviour(
-        Behaviour,
-        (
-            first,
-            now if now > last else last,
-            last if new_visit else previous,
-            visits + new_visit,
-            pageviews + 1,
-            referrer or external,
-            utm or utm_before,
-            paths,
-        ),
+    return (
+        first,
+        now if now > last else last,
+        last if new_visit else previous,
+        visits + new_visit,
+        pageviews + 1,
+        referrer or external,
+        utm or utm_before,
+        paths,
     )
 
 
@@ -329,33 +351,35 @@ def reading(config: BehaviourConfig, keys: frozenset[str] | None) -> BehaviourCo
     )
 
 
-def attributes_of(config: BehaviourConfig, state: Behaviour | None, now: float) -> dict[str, object]:
-    """The custom attributes a decision at `now` reads (absent ones are not set: an audience on them is false)."""
+def attributes_of(config: BehaviourConfig, state: BehaviourFields | None, now: float) -> dict[str, object]:
+    """The custom attributes a decision at `now` reads (absent ones are not set: an audience on them is false).
+    `state`: a Behaviour or its plain fields (`observe_fields`')."""
     if state is None:
         return {}
+    first, _, previous, visits, pageviews, referrer, utm, paths = state
     found: dict[str, object] = {}
     key = config.visits
     if key:
-        found[key] = state.visits
+        found[key] = visits
     key = config.pageviews
     if key:
-        found[key] = state.pageviews
+        found[key] = pageviews
     key = config.days_since_first_visit
     if key:
-        since = now - state.first_seen
+        since = now - first
         found[key] = int(since // DAY) if since > 0.0 else 0
     key = config.days_since_last_visit
-    if key and state.previous_visit is not None:
-        since = now - state.previous_visit
+    if key and previous is not None:
+        since = now - previous
         found[key] = int(since // DAY) if since > 0.0 else 0
     key = config.first_referrer
-    if key and state.first_referrer:
-        found[key] = state.first_referrer
+    if key and referrer:
+        found[key] = referrer
     key = config.utm_source
-    if key and state.utm_source:
-        found[key] = state.utm_source
+    if key and utm:
+        found[key] = utm
     for counter in config.paths:
-        times = state.path_views.get(counter.attribute)
+        times = paths.get(counter.attribute) if paths else None
         if not times:
             found[counter.attribute] = 0
         elif now - min(times) < counter.within:  # all within the window (the common case): no loop
