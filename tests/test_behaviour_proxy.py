@@ -316,7 +316,27 @@ def test_a_fleet_on_redis_shares_behaviour(origin: str, tmp_path: Path) -> None:
     assert decided(tmp_path / "b")[-1]["checkout_views_7d"] == 2
 
 
-def test_write_behind_stores_what_audiences_read_at_once_and_page_view_counts_within_ten_flushes(
+def test_past_its_bound_the_tracker_forgets_the_least_recently_seen_and_still_writes_them(tmp_path: Path) -> None:
+    config = behaviour_config(SECTION)
+
+    async def scenario() -> None:
+        store = SqliteStore(str(tmp_path / "state.sqlite3"), AttributeLimits())
+        await store.start()
+        tracker = BehaviourTracker(config, store, lambda: P, kept=3)
+        for n, uid in enumerate(("a", "b", "c", "a", "d", "e", "b")):
+            tracker.record(uid, observe(config, tracker.known(uid), PageView("http://shop.example/", None), T0 + n))
+        # a, b, c; a seen again; d: b (least recently seen) goes; e: c goes; b comes back new: a goes
+        assert [uid for uid in "abcde" if tracker.holds(uid)] == ["b", "d", "e"]
+        await tracker.flush()  # forgotten here, written all the same
+        for uid, views in (("a", 2), ("b", 1), ("c", 1), ("d", 1), ("e", 1)):
+            kept = decode((await store.get_attributes(P, uid)).get(STATE_KEY))
+            assert kept is not None and kept.pageviews == views, uid
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_write_behind_stores_what_audiences_read_at_once_and_page_view_counts_within_counts_every_flushes(
     tmp_path: Path,
 ) -> None:
     config = behaviour_config(SECTION)

@@ -17,8 +17,8 @@ once instead of twice (last write wins).
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from itertools import islice
 from typing import Final
 
 from edgeproxy.runtime.periodic import Periodic
@@ -76,7 +76,7 @@ class BehaviourTracker(Periodic):
         self._kept = kept
         # Each visitor's behaviour is kept as a plain tuple of its fields, no path views: None (BehaviourFields, as
         # `observe_fields` makes them: no work for the cyclic collector).
-        self._known: OrderedDict[str, BehaviourFields] = OrderedDict()  # user uid -> behaviour (this project's)
+        self._known: dict[str, BehaviourFields] = {}  # user uid -> behaviour (this project's), least recent first
         self._changed: dict[str, BehaviourFields] = {}  # written at the next flush
         self._counting: dict[str, BehaviourFields] = {}  # only page views and last seen changed: every COUNTS_EVERY
         self._flushes = 0
@@ -134,7 +134,7 @@ class BehaviourTracker(Periodic):
         second kind, so the write-behind costs a thirtieth as much, and a crash loses at most 30 s of page-view counts
         but never more than a second of anything else."""
         known = self._known
-        before = known.get(user_uid)
+        before = known.pop(user_uid, None)
         # What is kept: the fields in an exact tuple, no path views: None (the collector stops tracking it), as
         # `observe_fields` gives them.
         if type(behaviour) is tuple:
@@ -142,14 +142,9 @@ class BehaviourTracker(Periodic):
         else:
             first, last, previous, visits, pageviews, referrer, utm, paths = behaviour
             kept = (first, last, previous, visits, pageviews, referrer, utm, paths or None)
-        known[user_uid] = kept
-        if before is None:
-            if len(known) > self._kept:
-                gone = known.popitem(last=False)[0]
-                self._read.pop(gone, None)
-                self._written.pop(gone, None)
-        else:
-            known.move_to_end(user_uid)  # (last: the most recently seen)
+        known[user_uid] = kept  # (inserted again: last, the most recently seen)
+        if before is None and len(known) > self._kept:
+            self._forget_least_recent()
         if (
             before is None
             or kept[_VISITS] != before[_VISITS]
@@ -163,6 +158,18 @@ class BehaviourTracker(Periodic):
         else:
             self._counting[user_uid] = kept
         self.recorded += 1
+
+    def _forget_least_recent(self) -> None:
+        """Past `kept` visitors: the least recently seen go, and a hundredth more with them, in one pass over the
+        oldest (a plain dict, in the order of the visitors' last page views: its first entries are the oldest, but
+        finding them passes over the places their later page views left, so not one at a time). What they have
+        not written yet still is."""
+        known = self._known
+        gone = list(islice(known, len(known) - self._kept + self._kept // 100))
+        for user_uid in gone:
+            del known[user_uid]
+            self._read.pop(user_uid, None)
+            self._written.pop(user_uid, None)
 
     def forget(self, user_uid: str) -> None:
         """A deleted user (SPEC §11): nothing of theirs is kept or written."""
