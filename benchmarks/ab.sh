@@ -6,6 +6,9 @@
 # OLD_ARGS / NEW_ARGS: extra `serve` flags for each side, e.g. the same tree (OLD_TREE=.) with a setting off and on.
 # Run from the project root with the new tree installed in the active venv. Prints each round and the medians:
 # req/s and, steadier on a shared machine, the CPU each request cost the server (/proc/PID/stat).
+# TOGETHER=1: both trees are loaded at once, each by its own wrk, sharing core 1: a slower host slows both alike,
+# so new/old is the ratio of what a request costs each, steady even when the host's speed varies from one second
+# to the next (req/s are then each about half of a run alone; the pass-through still runs alone).
 set -euo pipefail
 mode=${1:?pages or hits}; old=$(readlink -f "${2:?old tree}"); rounds=${3:-4}; rules=$(readlink -f rules)
 export PATH=$PATH:/usr/sbin
@@ -53,7 +56,10 @@ for p in $xp $np $cp; do rps "$p" 0 >/dev/null; done   # warm up (and fill the c
 r=()
 for round in $(seq 1 "$rounds"); do
   # The order alternates (old first, then new first), so that neither tree always runs right after the other.
-  if (( round % 2 )); then o=$(rps "$xp" "$opid"); n=$(rps "$np" "$npid"); else n=$(rps "$np" "$npid"); o=$(rps "$xp" "$opid"); fi
+  if [ -n "${TOGETHER:-}" ]; then
+    rps "$xp" "$opid" >"$d/old.rps" & w1=$!; rps "$np" "$npid" >"$d/new.rps" & w2=$!
+    wait "$w1" "$w2"; o=$(cat "$d/old.rps"); n=$(cat "$d/new.rps")
+  elif (( round % 2 )); then o=$(rps "$xp" "$opid"); n=$(rps "$np" "$npid"); else n=$(rps "$np" "$npid"); o=$(rps "$xp" "$opid"); fi
   b=$(rps "$cp" 0)
   echo "round $round: old ${o% *} new ${n% *} pass-through ${b% *} req/s; CPU per request old ${o#* } new ${n#* } µs" >&2
   r+=(${o% *} ${n% *} ${b% *} ${o#* } ${n#* })

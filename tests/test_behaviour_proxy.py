@@ -331,6 +331,17 @@ def test_past_its_bound_the_tracker_forgets_the_least_recently_seen_and_still_wr
         for uid, views in (("a", 2), ("b", 1), ("c", 1), ("d", 1), ("e", 1)):
             kept = decode((await store.get_attributes(P, uid)).get(STATE_KEY))
             assert kept is not None and kept.pageviews == views, uid
+        written = tracker.written
+        for n, uid in enumerate("dfgh"):  # d only counts (in `_counting`), then goes; e and b go as written
+            tracker.record(uid, observe(config, tracker.known(uid), PageView("http://shop.example/", None), T0 + n))
+        assert [uid for uid in "bdefgh" if tracker.holds(uid)] == ["f", "g", "h"]
+        assert await tracker.flush(everything=False) == 4  # the new f, g and h, and d's count: not e or b again
+        assert tracker.written == written + 4
+        fresh = SqliteStore(str(tmp_path / "state.sqlite3"), AttributeLimits())  # (no read-through cache of d)
+        await fresh.start()
+        kept = decode((await fresh.get_attributes(P, "d")).get(STATE_KEY))
+        assert kept is not None and kept.pageviews == 2
+        await fresh.close()
         await store.close()
 
     asyncio.run(scenario())

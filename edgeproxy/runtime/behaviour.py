@@ -78,7 +78,9 @@ class BehaviourTracker(Periodic):
         # `observe_fields` makes them: no work for the cyclic collector).
         self._known: dict[str, BehaviourFields] = {}  # user uid -> behaviour (this project's), least recent first
         self._changed: dict[str, BehaviourFields] = {}  # written at the next flush
-        self._counting: dict[str, BehaviourFields] = {}  # only page views and last seen changed: every COUNTS_EVERY
+        # Visitors whose page views only counted (page views, last seen): written every COUNTS_EVERY flushes, as
+        # `_known` then has them. A list, once per page view: appending costs less than a dict's cold entry.
+        self._counting: list[str] = []
         self._flushes = 0
         self._reading: tuple[frozenset[str] | None, BehaviourConfig] = (None, config)
         # user uid -> the stored texts this process last read and last wrote: a decision's stored text that is
@@ -154,35 +156,35 @@ class BehaviourTracker(Periodic):
             or user_uid in self._changed
         ):
             self._changed[user_uid] = kept
-            self._counting.pop(user_uid, None)
         else:
-            self._counting[user_uid] = kept
+            self._counting.append(user_uid)
         self.recorded += 1
 
     def _forget_least_recent(self) -> None:
         """Past `kept` visitors: the least recently seen go, and a hundredth more with them, in one pass over the
         oldest (a plain dict, in the order of the visitors' last page views: its first entries are the oldest, but
         finding them passes over the places their later page views left, so not one at a time). What they have
-        not written yet still is."""
-        known = self._known
+        not written yet still is: it waits with the changed."""
+        known, changed, written = self._known, self._changed, self._written
         gone = list(islice(known, len(known) - self._kept + self._kept // 100))
         for user_uid in gone:
-            del known[user_uid]
+            kept = known.pop(user_uid)
+            if user_uid not in changed and encode(kept) != written.get(user_uid):
+                changed[user_uid] = kept  # counted since its last write
             self._read.pop(user_uid, None)
-            self._written.pop(user_uid, None)
+            written.pop(user_uid, None)
 
     def forget(self, user_uid: str) -> None:
         """A deleted user (SPEC §11): nothing of theirs is kept or written."""
         self._known.pop(user_uid, None)
-        self._changed.pop(user_uid, None)
-        self._counting.pop(user_uid, None)
+        self._changed.pop(user_uid, None)  # (in `_counting` it may stay: only what `_known` has is written)
         self._read.pop(user_uid, None)
         self._written.pop(user_uid, None)
 
     def forget_deleted(self, tombstones: set[str]) -> int:
         """Users deleted through another process (their tombstones): forgotten here too, so a write behind never
         brings their behaviour back. Returns how many were known."""
-        pending = self._known.keys() | self._changed.keys() | self._counting.keys()
+        pending = self._known.keys() | self._changed.keys()
         gone = [user for user in pending if tombstone_of(user) in tombstones]
         for user in gone:
             self.forget(user)
@@ -196,9 +198,11 @@ class BehaviourTracker(Periodic):
         """Write every visitor whose behaviour changed (`everything`: page-view counts too, else only what
         `record` marks as changed), in one batch; returns how many."""
         if everything and self._counting:
-            self._counting, counting = {}, self._counting
-            counting.update(self._changed)  # (the big one grown by the few, not copied: `counting | changed`)
-            self._changed = counting
+            self._counting, counting = [], self._counting
+            known = self._known
+            batch = {user: known[user] for user in dict.fromkeys(counting) if user in known}  # each as it is now
+            batch.update(self._changed)  # (the big one grown by the few, not copied: `batch | changed`)
+            self._changed = batch
         if not self._changed:
             return 0
         batch, self._changed = self._changed, {}
@@ -214,7 +218,7 @@ class BehaviourTracker(Periodic):
             self.failed += 1
             for user, state in list(batch.items())[-KEPT_ON_FAILURE:]:
                 # A newer page view meanwhile wins, and is written at the next flush: it holds this one's changes.
-                self._changed.setdefault(user, self._counting.pop(user, state))
+                self._changed.setdefault(user, self._known.get(user, state))
             log.error("behaviour not yet stored (%d visitors waiting): %s", len(self._changed), exc)
             return 0
         return len(batch)
