@@ -7,7 +7,7 @@ STATE_KEY), or within COUNTS_EVERY flushes when only the page-view count and the
 So a kill -9 loses at most the page-view counts of the last 30 s, and anything else of the last second. A clean
 shutdown writes everything (exact counts).
 
-Where the behaviour comes from for a decision (`current`): this process's memory when it has the visitor, else
+Where the behaviour comes from for a decision (`current_fields`): this process's memory when it has the visitor, else
 what the store holds (the stored attributes the decision reads anyway). With several processes sharing the store
 (workers, a fleet), the newer of the two wins, so a visitor whose page views go to different processes is counted
 by each within one flush interval of the other; page views two processes see within the same interval can count
@@ -41,7 +41,7 @@ COUNTS_EVERY = 30  # flushes between writes of what only counts on (page views, 
 KEPT_IN_MEMORY = 200_000  # visitors whose behaviour this process keeps (least recently seen go first)
 KEPT_ON_FAILURE = 100_000  # changed visitors held while the store is away
 
-# Where a kept tuple has the fields `record` and `current` read (Behaviour's order, checked below).
+# Where a kept tuple has the fields `record` and `current_fields` read (Behaviour's order, checked below).
 _LAST_SEEN: Final = 1
 _VISITS: Final = 3
 _FIRST_REFERRER: Final = 5
@@ -106,11 +106,6 @@ class BehaviourTracker(Periodic):
     def holds(self, user_uid: str) -> bool:
         """Whether this process has the visitor's behaviour in memory (else a decision reads the store's)."""
         return user_uid in self._known
-
-    def current(self, user_uid: str, stored: Mapping[str, object]) -> Behaviour | None:
-        """The visitor's behaviour before this page view (`current_fields`) as a Behaviour."""
-        fields = self.current_fields(user_uid, stored)
-        return None if fields is None else behaviour_of(fields)
 
     def current_fields(self, user_uid: str, stored: Mapping[str, object]) -> BehaviourFields | None:
         """The visitor's behaviour before this page view: the newer of memory and the store's (what a page view
