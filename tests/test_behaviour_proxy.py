@@ -24,7 +24,13 @@ from edgeproxy.runtime.serve import make_state
 from edgeproxy.runtime.state import ProxyState
 from edgeproxy.store.base import AttributeLimits, StoreError
 from edgeproxy.store.sqlite_store import SqliteStore
-from edgeproxy.visitor.behaviour import STATE_KEY, PageView, behaviour_config, behaviour_of, decode, observe
+from edgeproxy.visitor.behaviour import (
+    STATE_KEY,
+    behaviour_config,
+    behaviour_of,
+    decode,
+    observe_fields,
+)
 
 __all__ = ["origin"]  # the module-scoped Node origin fixture, shared
 
@@ -324,7 +330,7 @@ def test_past_its_bound_the_tracker_forgets_the_least_recently_seen_and_still_wr
         await store.start()
         tracker = BehaviourTracker(config, store, lambda: P, kept=3)
         for n, uid in enumerate(("a", "b", "c", "a", "d", "e", "b")):
-            tracker.record(uid, observe(config, tracker.known(uid), PageView("http://shop.example/", None), T0 + n))
+            tracker.record(uid, observe_fields(config, tracker.known(uid), "http://shop.example/", None, T0 + n))
         # a, b, c; a seen again; d: b (least recently seen) goes; e: c goes; b comes back new: a goes
         assert [uid for uid in "abcde" if tracker.holds(uid)] == ["b", "d", "e"]
         await tracker.flush()  # forgotten here, written all the same
@@ -333,7 +339,7 @@ def test_past_its_bound_the_tracker_forgets_the_least_recently_seen_and_still_wr
             assert kept is not None and kept.pageviews == views, uid
         written = tracker.written
         for n, uid in enumerate("dfgh"):  # d only counts (in `_counting`), then goes; e and b go as written
-            tracker.record(uid, observe(config, tracker.known(uid), PageView("http://shop.example/", None), T0 + n))
+            tracker.record(uid, observe_fields(config, tracker.known(uid), "http://shop.example/", None, T0 + n))
         assert [uid for uid in "bdefgh" if tracker.holds(uid)] == ["f", "g", "h"]
         assert await tracker.flush(everything=False) == 4  # the new f, g and h, and d's count: not e or b again
         assert tracker.written == written + 4
@@ -358,7 +364,7 @@ def test_write_behind_stores_what_audiences_read_at_once_and_page_view_counts_wi
         tracker = BehaviourTracker(config, store, lambda: P)
 
         def view(uid: str, url: str, at: float) -> None:
-            tracker.record(uid, observe(config, tracker.known(uid), PageView(url, None), at))
+            tracker.record(uid, observe_fields(config, tracker.known(uid), url, None, at))
 
         async def stored() -> dict[str, tuple[int, int] | None]:
             fresh = SqliteStore(str(tmp_path / "state.sqlite3"), AttributeLimits())  # another process: no cache
@@ -415,10 +421,10 @@ def test_a_failed_write_behind_is_retried_with_the_newest_page_view_at_the_next_
         store = FailingOnce(str(tmp_path / "state.sqlite3"), AttributeLimits())
         await store.start()
         tracker = BehaviourTracker(config, store, lambda: P)
-        tracker.record("ann", observe(config, None, PageView("http://shop.example/", None), T0))
+        tracker.record("ann", observe_fields(config, None, "http://shop.example/", None, T0))
 
         def counts_only_view() -> None:  # a page view while the write is out: it only adds to the count
-            tracker.record("ann", observe(config, tracker.known("ann"), PageView("http://shop.example/", None), T0 + 5))
+            tracker.record("ann", observe_fields(config, tracker.known("ann"), "http://shop.example/", None, T0 + 5))
 
         store.meanwhile = counts_only_view
         assert await tracker.run_once() == 0 and tracker.failed == 1  # not written: kept

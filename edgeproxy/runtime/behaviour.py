@@ -125,20 +125,15 @@ class BehaviourTracker(Periodic):
         return kept
 
     def record(self, user_uid: str, behaviour: BehaviourFields) -> None:
-        """A page view's outcome: remembered now; written at the next flush when it changed what an audience could
-        turn on (the visitor's first page view, a new visit, a path counter, the referrer, utm_source), else (only
-        the page view count and the last page view's time) within COUNTS_EVERY flushes. Most page views are of the
-        second kind, so the write-behind costs a thirtieth as much, and a crash loses at most 30 s of page-view counts
-        but never more than a second of anything else."""
+        """A page view's outcome (`observe_fields`'): remembered now; written at the next flush when it changed what
+        an audience could turn on (the visitor's first page view, a new visit, a path counter, the referrer,
+        utm_source), else (only the page view count and the last page view's time) within COUNTS_EVERY flushes.
+        Most page views are of the second kind, so the write-behind costs a thirtieth as much, and a crash loses at
+        most 30 s of page-view counts but never more than a second of anything else."""
         known = self._known
         before = known.pop(user_uid, None)
-        # What is kept: the fields in an exact tuple, no path views: None (the collector stops tracking it), as
-        # `observe_fields` gives them.
-        if type(behaviour) is tuple:
-            kept = behaviour
-        else:
-            first, last, previous, visits, pageviews, referrer, utm, paths = behaviour
-            kept = (first, last, previous, visits, pageviews, referrer, utm, paths or None)
+        # Kept as `observe_fields` gives it: an exact tuple, no path views: None (the collector stops tracking it).
+        kept = behaviour
         known[user_uid] = kept  # (inserted again: last, the most recently seen)
         if before is None and len(known) > self._kept:
             self._forget_least_recent()
