@@ -92,7 +92,7 @@ def test_page_views_count_visits_and_the_second_visit_is_already_a_returning_one
         "visit_count": 1,
         "pageview_count": 1,
         "days_since_first_visit": 0,
-        "first_referrer_domain": "google.com",
+        "first_referrer_domain": "www.google.com",
         "last_utm_source": "newsletter",
         "checkout_views_7d": 0,
     }
@@ -101,7 +101,7 @@ def test_page_views_count_visits_and_the_second_visit_is_already_a_returning_one
     assert (third["visit_count"], third["pageview_count"], third["checkout_views_7d"]) == (2, 3, 2)  # returning
     assert third["days_since_last_visit"] == 0
     assert (fourth["visit_count"], fourth["days_since_first_visit"], fourth["days_since_last_visit"]) == (3, 2, 2)
-    assert fourth["last_utm_source"] == "newsletter" and fourth["first_referrer_domain"] == "google.com"
+    assert fourth["last_utm_source"] == "newsletter" and fourth["first_referrer_domain"] == "www.google.com"
     kept = stored_behaviour(tmp_path, "ann")  # written behind, and all of it at the clean stop
     assert kept is not None and (kept.visits, kept.pageviews) == (3, 4)
 
@@ -144,6 +144,23 @@ def test_without_consent_nothing_is_counted_or_stored(origin: str, tmp_path: Pat
     run(state, origin, scenario)
     kept = stored_behaviour(tmp_path, "cid")
     assert kept is not None and kept.pageviews == 1  # only the consenting view
+
+
+def test_a_referer_no_parser_reads_is_a_page_view_without_a_referrer_not_an_error(origin: str, tmp_path: Path) -> None:
+    """A hostile or broken Referer (an unclosed IPv6 literal, an IP literal that is none) names no site: the page is
+    served and counted; the next page view from a real site is the first referrer."""
+    clock = Clock()
+
+    async def scenario(proxy: Proxy) -> None:
+        for referer in ("http://[::1/", "http://[x]/", "http://a]b/", "http://[1.2.3.4]/"):
+            page = await proxy.get("/", uid="rex", headers={"Referer": referer})
+            assert page.status == 200, (referer, page.status)
+        await proxy.get("/", uid="rex", headers={"Referer": "https://www.news.example/a"})
+
+    run(behaviour_state(origin, tmp_path, clock), origin, scenario)
+    lines = decided(tmp_path)
+    assert [line["pageview_count"] for line in lines] == [1, 2, 3, 4, 5]
+    assert [line.get("first_referrer_domain") for line in lines] == [None, None, None, None, "www.news.example"]
 
 
 def test_without_a_decision_log_only_the_keys_rules_read_are_computed_and_decisions_are_the_same(
@@ -218,7 +235,7 @@ def test_a_planned_page_view_counts_by_its_path_and_referer_and_not_for_a_bot(or
     bot, read = page("/checkout", User_Agent=BOT)
     assert bot is None and read["checkout_views_7d"] == 1  # not counted, decided with the visitor's values
     counted, read = page("/checkout/pay", User_Agent=DESKTOP, Referer="https://www.news.example/story")
-    assert counted is not None and counted.first_referrer == "news.example" and read["checkout_views_7d"] == 2
+    assert counted is not None and counted.first_referrer == "www.news.example" and read["checkout_views_7d"] == 2
     counted, read = page("/cart?next=/checkout", User_Agent=DESKTOP)  # the query is not the path
     assert counted is not None and counted.pageviews == 3 and read["checkout_views_7d"] == 2
 

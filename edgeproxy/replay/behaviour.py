@@ -12,10 +12,10 @@ traffic, so a rule set whose audiences use those attributes can be tested agains
   description's stored attributes (computed values win, as on the proxy). Other records read the visitor's
   current behaviour without counting.
 
-Where the behaviour starts, as on the proxy (`BehaviourTracker.current`): the newer of what replay has counted and
-the behaviour a description's stored attributes carry (`__edgeproxy_behaviour`, which a decision log records), so
-a log that starts in the middle of a visitor's history carries on from it. A visitor without a uid (a stand-in uid)
-is a new visitor on every request: its page view counts as its first, and nothing of it is kept.
+Where the behaviour starts, as on the proxy (`BehaviourTracker.current_fields`): the newer of what replay has
+counted and the behaviour a description's stored attributes carry (`__edgeproxy_behaviour`, which a decision log
+records), so a log that starts in the middle of a visitor's history carries on from it. A visitor without a uid (a
+stand-in uid) is a new visitor on every request: its page view counts as its first, and nothing of it is kept.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ Our decisions, where the contract is silent:
 - A visit (session) ends after `session_timeout` without a page view; the next page view starts a new one.
 - `days_since_*` are whole days (floor), computed at each decision, so they grow without a page view.
   `days_since_last_visit` counts from the last page view of the previous visit, and is absent during the first.
-- The first referrer is the host (lower case, without a leading "www.") of the Referer of the first page view that
-  came from another host; it never changes after. A Referer of the site's own host is not "another site".
+- The first referrer is the host (lower case, as a URL parser reads it, without a trailing dot: "www.google.com")
+  of the Referer of the first page view that came from another site; it never changes after. A Referer of the
+  site's own host, with or without a leading "www.", is not "another site".
 - `utm_source` is the last non-empty `utm_source` query parameter seen.
 - A path counter counts page views whose path matches its glob (`*` any characters, `?` one) within the sliding
   window `within` before now; it keeps the times of the last PATH_VIEWS_KEPT matching views, so counts saturate
@@ -333,7 +334,7 @@ _PLAIN_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9._~!$&'()*+,;=%
 
 
 def _external_referrer(url: str, referer: str) -> str | None:
-    """The site of `referer` when it is not the page's own (`_site` of both hosts), else None."""
+    """The host of `referer` when it is not the page's own site (`_site` of both hosts), else None."""
     scheme = url.find("://")
     slash = url.find("/", scheme + 3) if 0 <= scheme < len(url) - 3 else -1
     origin = url[:slash] if slash >= 0 else url
@@ -343,8 +344,11 @@ def _external_referrer(url: str, referer: str) -> str | None:
         and _PLAIN_ORIGIN.fullmatch(origin)
     ):
         return None  # the same scheme and host: internal navigation, the common case
-    referrer = _site(urlsplit(referer).hostname or "")
-    return referrer if referrer and referrer != _site(PageView(url, None).split()[0]) else None
+    try:
+        host = (urlsplit(referer).hostname or "").rstrip(".")
+    except ValueError:  # not a URL a parser reads (an unclosed "[", an IP literal that is none): no site named
+        return None
+    return host if host and _site(host) != _site(PageView(url, None).split()[0]) else None
 
 
 def reading(config: BehaviourConfig, keys: frozenset[str] | None) -> BehaviourConfig:
