@@ -4,6 +4,7 @@ stored text. Times are given; nothing here reads a clock."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from edgeproxy.engine.decide import compile_project
 from edgeproxy.files.rules import load_project
+from edgeproxy.replay.behaviour import load_behaviour
 from edgeproxy.visitor.behaviour import (
     DAY,
     PATH_VIEWS_KEPT,
@@ -241,10 +243,14 @@ def test_the_section_is_read_from_the_config_file_and_errors_name_it(tmp_path: P
     from edgeproxy.runtime.config import ConfigError, read_settings
 
     good = tmp_path / "good.toml"
-    good.write_text('[behaviour]\nvisits = "visit_count"\n[[behaviour.paths]]\nattribute = "c"\npath = "/c*"\n')
+    good.write_text('attribute_ttl_days = 7\n[behaviour]\nvisits = "visit_count"\n'
+                    '[[behaviour.paths]]\nattribute = "c"\npath = "/c*"\n')  # fmt: skip
     config = read_settings(str(good), {"EDGEPROXY_BEHAVIOUR": "ignored: a table of the file only"}, {})
     assert config.behaviour is not None and config.behaviour.visits == "visit_count"
     assert [(p.attribute, p.within) for p in config.behaviour.paths] == [("c", 30 * DAY)]
+    # It expires with the stored attributes, on the proxy and in replay (which reads the same file).
+    assert config.behaviour.expires == 90 * DAY  # (the section alone: the default)
+    assert config.behaviour_expiring() == replace(config.behaviour, expires=7 * DAY) == load_behaviour(str(good))
     bad = tmp_path / "bad.toml"
     bad.write_text('[behaviour]\nsession_timeout = "forever"\n')
     with pytest.raises(ConfigError) as caught:

@@ -58,11 +58,15 @@ def referrer_host(url: str, referer: str | None) -> str | None:
 @dataclass
 class Model:
     section: dict[str, Any]
+    ttl_days: int = 90  # the proxy's attribute_ttl_days: behaviour expires this long after the last page view
 
     def attributes(self, views: list[tuple[int, str, str | None]], now: int) -> dict[str, object]:
         """The attributes at `now` of a visitor whose page views (time, URL, Referer) so far are `views`."""
-        if not views:
+        ttl = self.ttl_days * DAY
+        if not views or now - views[-1][0] >= ttl:
             return {}
+        fresh = [n for n in range(1, len(views)) if views[n][0] - views[n - 1][0] >= ttl]
+        views = views[fresh[-1] :] if fresh else views  # what expired is forgotten: a new visitor from there
         timeout = seconds(self.section.get("session_timeout", "30m"))
         times = [t for t, _, _ in views]
         starts = [n for n in range(len(times)) if n == 0 or times[n] - times[n - 1] > timeout]
@@ -102,8 +106,10 @@ OTHER_SECTION = {
         {"attribute": "any_1w", "path": "/*", "within": "1w"},
     ],
 }
-SECTIONS = [SECTION, OTHER_SECTION]
-GAPS = [0, 1, 59, 599, 600, 601, 1799, 1800, 1801, 3599, 3600, 3601, DAY - 1, DAY, 2 * DAY + 7, 7 * DAY, 7 * DAY + 1]
+OTHER_TTL_DAYS = 3  # (attribute_ttl_days for OTHER_SECTION: gaps of a week expire the visitor)
+SECTIONS = [(SECTION, 90), (OTHER_SECTION, OTHER_TTL_DAYS)]
+GAPS = [0, 1, 59, 599, 600, 601, 1799, 1800, 1801, 3599, 3600, 3601, DAY - 1, DAY, 2 * DAY + 7, 3 * DAY - 1, 3 * DAY,
+        7 * DAY, 7 * DAY + 1]  # fmt: skip
 PATHS = ["/", "/checkout", "/checkout/pay", "/cart", "/cort", "/shop/x/apple", "/shop/x/y/banana", "/shop/cherry",
          "/Checkout", "/check%6Fut"]  # fmt: skip
 QUERIES = ["", "?utm_source=news", "?utm_source=", "?a=1&utm_source=ads&utm_source=later", "?utm_source=x%20y",
@@ -125,15 +131,17 @@ def traffic(draw: st.DrawFn) -> list[tuple[int, str, str | None, bool]]:
     return steps
 
 
-LATER = [0, 1, 3599, 3600, DAY, 2 * DAY, 7 * DAY, 8 * DAY]
+LATER = [0, 1, 3599, 3600, DAY, 2 * DAY, 3 * DAY - 1, 3 * DAY, 7 * DAY, 8 * DAY, 90 * DAY]
 
 
 @settings(max_examples=300, deadline=None)
-@given(section=st.sampled_from(SECTIONS), steps=traffic(), later=st.sampled_from(LATER))
+@given(configured=st.sampled_from(SECTIONS), steps=traffic(), later=st.sampled_from(LATER))
 def test_observed_attributes_are_the_independent_computation_at_every_page_view(
-    section: dict[str, Any], steps: list[tuple[int, str, str | None, bool]], later: int
+    configured: tuple[dict[str, Any], int], steps: list[tuple[int, str, str | None, bool]], later: int
 ) -> None:
-    config, model = behaviour_config(section), Model(section)
+    section, ttl_days = configured
+    config = replace(behaviour_config(section), expires=ttl_days * DAY)
+    model = Model(section, ttl_days)
     state: Any = None
     views: list[tuple[int, str, str | None]] = []
     for at, url, referer, from_store in steps:
@@ -169,17 +177,21 @@ def proxy_traffic(seed: int, visitors: int, requests: int) -> list[tuple[int, st
         page_view = rng.random() >= 0.2
         if not page_view:
             headers.update(rng.choice(NOT_PAGE_VIEWS))
-        out.append((rng.choice(GAPS[:9] + GAPS[11:13]), uid, target, headers, page_view))
+        step = 3 * DAY if rng.random() < 0.02 else rng.choice(GAPS[:9] + GAPS[11:13])  # (now and then: days pass)
+        out.append((step, uid, target, headers, page_view))
     return out
 
 
-@pytest.mark.parametrize(("section", "seed"), [(SECTION, 1), (OTHER_SECTION, 2)], ids=["example", "other"])
+@pytest.mark.parametrize(
+    ("section", "ttl_days", "seed"), [(SECTION, 90, 1), (OTHER_SECTION, OTHER_TTL_DAYS, 2)], ids=["example", "other"]
+)
 def test_the_proxy_decides_with_the_independent_computation_across_visitors_and_a_restart(
-    origin: str, tmp_path: Path, section: dict[str, Any], seed: int
+    origin: str, tmp_path: Path, section: dict[str, Any], ttl_days: int, seed: int
 ) -> None:
     log = tmp_path / "decisions.jsonl"
-    config = replace(config_for(origin, tmp_path, decision_log=str(log)), behaviour=behaviour_config(section))
-    model, clock = Model(section), Clock()
+    config = replace(config_for(origin, tmp_path, decision_log=str(log), attribute_ttl_days=ttl_days),
+                     behaviour=behaviour_config(section))  # fmt: skip
+    model, clock = Model(section, ttl_days), Clock()
     clock.now = float(int(T0))
     views: dict[str, list[tuple[int, str, str | None]]] = {}
     expected: list[tuple[str, dict[str, object]]] = []

@@ -39,20 +39,22 @@ from edgeproxy.visitor.behaviour import (
 
 
 def load_behaviour(path: str) -> BehaviourConfig:
-    """The `[behaviour]` table of a TOML config file (the proxy's own config file works); ValueError naming the file
-    and what is wrong, also when it has no such table."""
+    """The `[behaviour]` table of a TOML config file (the proxy's own config file works), expiring after its
+    `attribute_ttl_days` as on the proxy; ValueError naming the file and what is wrong, also when it has no such
+    table."""
     from edgeproxy.runtime.config import ConfigError, read_settings
 
     try:
         config = read_settings(path, {}, {})
     except ConfigError as exc:
         raise ValueError(f"--behaviour {path}: {exc}") from None
-    if config.behaviour is None:
+    behaviour = config.behaviour_expiring()
+    if behaviour is None:
         raise ValueError(
             f"--behaviour {path}: no [behaviour] table; write one, e.g.\n"
             '  [behaviour]\n  visits = "visit_count"\n  session_timeout = "30m"'
         )
-    return config.behaviour
+    return behaviour
 
 
 def time_of(record: TrafficRecord, missing: float) -> float:

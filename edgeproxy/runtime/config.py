@@ -122,6 +122,13 @@ class ProxyConfig:
     now: str = ""
     _sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
+    def behaviour_expiring(self) -> BehaviourConfig | None:
+        """The `[behaviour]` section as the proxy and replay compute it: a visitor's behaviour expires
+        `attribute_ttl_days` after their last page view, as the stored row does (SPEC §13)."""
+        if self.behaviour is None:
+            return None
+        return replace(self.behaviour, expires=self.attribute_ttl_days * 86_400.0)
+
 
 # name -> help. The type comes from the dataclass default.
 FIELDS: dict[str, str] = {

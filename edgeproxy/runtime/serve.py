@@ -78,10 +78,11 @@ def make_state(
     metrics = ProxyMetrics(clock(), live, holder, poller)
     cache = make_cache(config, clock, metrics) if config.cache else None
     behaviour = None
-    if config.behaviour is not None:
+    behaviour_config = config.behaviour_expiring()
+    if behaviour_config is not None:
         from edgeproxy.runtime.behaviour import BehaviourTracker
 
-        behaviour = BehaviourTracker(config.behaviour, store, lambda: _project_uid(holder, config))
+        behaviour = BehaviourTracker(behaviour_config, store, lambda: _project_uid(holder, config))
     planner = Planner(config, clock, geo_lookup, store.cached_attributes, cache, classifier, behaviour)
     if cache is not None:
         count_cache_by_route(metrics, cache, planner.routes)

@@ -13,6 +13,8 @@ Our decisions, where the contract is silent:
   of the Referer of the first page view that came from another site; it never changes after. A Referer of the
   site's own host, with or without a leading "www.", is not "another site".
 - `utm_source` is the last non-empty `utm_source` query parameter seen.
+- A visitor's behaviour expires `expires` after their last page view (the proxy's `attribute_ttl_days`, as the
+  stored row does): a page view after that starts afresh, and a decision reads nothing of it.
 - A path counter counts page views whose path matches its glob (`*` any characters, `?` one) within the sliding
   window `within` before now; it keeps the times of the last PATH_VIEWS_KEPT matching views, so counts saturate
   at that number.
@@ -77,6 +79,7 @@ class BehaviourConfig:
     first_referrer: str = ""
     utm_source: str = ""
     paths: tuple[PathCounter, ...] = ()
+    expires: float = 90 * DAY  # seconds after the last page view (the proxy's attribute_ttl_days, not the section's)
     # The path counters' attributes: a visitor's path views with only these keys, none empty, are reused as they
     # are by a page view that changes none of them (no new dict per page view).
     path_attributes: frozenset[str] = field(init=False, repr=False, compare=False)
@@ -107,7 +110,7 @@ def behaviour_config(section: Mapping[str, Any], where: str = "[behaviour]") -> 
     unknown = sorted(set(section) - known)
     if unknown:
         raise ValueError(f"{where}: unknown key {unknown[0]!r}; the keys are {', '.join(sorted(known))}")
-    names: dict[str, str] = {}
+    names: dict[str, Any] = {}  # (Any: mypy would match a str to every field of the config, `expires` too)
     for name in NAMES:
         value = section.get(name, "")
         if not isinstance(value, str) or (value and not _KEY.fullmatch(value)):
@@ -250,6 +253,8 @@ def observe_fields(
         paths = None
     else:
         first, last, previous, visits, pageviews, referrer, utm_before, paths = before
+        if now - last >= config.expires:  # expired, as the store's row: a new visitor
+            before, referrer, utm_before, paths = None, None, None, None
     if paths:  # (path views kept under another config's counters are dropped)
         paths = _path_views(config, paths, _path_of(url) if path is None else path, now) or None
     elif config.any_path is not None:  # none kept: only a page view that a counter matches adds one
@@ -375,7 +380,9 @@ def attributes_of(config: BehaviourConfig, state: BehaviourFields | None, now: f
     `state`: a Behaviour or its plain fields (`observe_fields`')."""
     if state is None:
         return {}
-    first, _, previous, visits, pageviews, referrer, utm, paths = state
+    first, last, previous, visits, pageviews, referrer, utm, paths = state
+    if now - last >= config.expires:  # expired (a decision without a page view, long after the last)
+        return {}
     found: dict[str, object] = {}
     key = config.visits
     if key:
