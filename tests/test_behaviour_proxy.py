@@ -9,7 +9,7 @@ import asyncio
 import gc
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -370,6 +370,52 @@ def test_past_its_bound_the_tracker_forgets_the_least_recently_seen_and_still_wr
     asyncio.run(scenario())
 
 
+class Recording(SqliteStore):
+    """A real SQLite store that keeps which users each behaviour write says are new."""
+
+    news: list[list[str]]
+
+    async def put_behaviour(
+        self, project_uid: str, states: dict[str, str], *, new: Collection[str] | None = None
+    ) -> None:
+        self.news.append(sorted(states) if new is None else sorted(new))
+        await super().put_behaviour(project_uid, states, new=new)
+
+
+def test_a_visitors_row_is_marked_as_stored_at_its_first_write_and_again_after_expiring_not_at_each_count(
+    tmp_path: Path,
+) -> None:
+    """The store's filter of users with a behaviour row (what lets a returning visitor with nothing stored skip a
+    read) is told of a visitor at their first write, not at each page-view count; again when they start afresh
+    after expiring (their row may have been purged meanwhile); and a visitor the tracker forgot is read back."""
+    config = replace(behaviour_config(SECTION), expires=86_400.0)
+
+    async def scenario() -> None:
+        store = Recording(str(tmp_path / "state.sqlite3"), AttributeLimits())
+        store.news = []
+        await store.start()
+        tracker = BehaviourTracker(config, store, lambda: P, kept=2)
+
+        async def view(uid: str, at: float) -> None:
+            tracker.record(uid, observe_fields(config, tracker.known(uid), "http://shop.example/", None, at))
+            await tracker.flush()
+
+        await view("ann", T0)
+        await view("ann", T0 + 10)  # a count: the same row
+        await view("ann", T0 + 2 * 86_400)  # expired: a first visit again, perhaps a new row
+        await view("bob", T0 + 2 * 86_400 + 1)
+        await view("cat", T0 + 2 * 86_400 + 2)  # ann is forgotten here (kept=2)
+        await view("bob", T0 + 2 * 86_400 + 3)
+        assert store.news == [["ann"], [], ["ann"], ["bob"], ["cat"], []]
+        assert not tracker.holds("ann")
+        assert store.cached_attributes(P, "ann", behaviour_at_hand=False) is None  # "maybe stored": read, not {}
+        kept = decode((await store.get_attributes(P, "ann")).get(STATE_KEY))
+        assert kept is not None and (kept.visits, kept.pageviews) == (1, 1)  # afresh at T0 + 2 days
+        await store.close()
+
+    asyncio.run(scenario())
+
+
 def test_write_behind_stores_what_audiences_read_at_once_and_page_view_counts_within_counts_every_flushes(
     tmp_path: Path,
 ) -> None:
@@ -423,12 +469,14 @@ class FailingOnce(SqliteStore):
 
     meanwhile: Callable[[], None] | None = None
 
-    async def put_behaviour(self, project_uid: str, states: dict[str, str]) -> None:
+    async def put_behaviour(
+        self, project_uid: str, states: dict[str, str], *, new: Collection[str] | None = None
+    ) -> None:
         meanwhile, self.meanwhile = self.meanwhile, None
         if meanwhile is not None:
             meanwhile()
             raise StoreError("SQLite state: disk I/O error (injected)")
-        await super().put_behaviour(project_uid, states)
+        await super().put_behaviour(project_uid, states, new=new)
 
 
 def test_a_failed_write_behind_is_retried_with_the_newest_page_view_at_the_next_flush(tmp_path: Path) -> None:

@@ -42,12 +42,16 @@ KEPT_IN_MEMORY = 200_000  # visitors whose behaviour this process keeps (least r
 KEPT_ON_FAILURE = 100_000  # changed visitors held while the store is away
 
 # Where a kept tuple has the fields `record` and `current_fields` read (Behaviour's order, checked below).
+_FIRST_SEEN: Final = 0
 _LAST_SEEN: Final = 1
 _VISITS: Final = 3
 _FIRST_REFERRER: Final = 5
 _UTM_SOURCE: Final = 6
 _PATH_VIEWS: Final = 7
-assert [Behaviour._fields[i] for i in (_LAST_SEEN, _VISITS, _FIRST_REFERRER, _UTM_SOURCE, _PATH_VIEWS)] == [
+assert [
+    Behaviour._fields[i] for i in (_FIRST_SEEN, _LAST_SEEN, _VISITS, _FIRST_REFERRER, _UTM_SOURCE, _PATH_VIEWS)
+] == [
+    "first_seen",
     "last_seen",
     "visits",
     "first_referrer",
@@ -84,7 +88,8 @@ class BehaviourTracker(Periodic):
         self._flushes = 0
         self._reading: tuple[frozenset[str] | None, BehaviourConfig] = (None, config)
         # user uid -> the stored texts this process last read and last wrote: a decision's stored text that is
-        # either is not news (what is in memory is as new), so it is not decoded again.
+        # either is not news (what is in memory is as new), so it is not decoded again. A user in `_written` has a
+        # row the store has marked (put_behaviour's `new` are the others).
         self._read: dict[str, str] = {}
         self._written: dict[str, str] = {}
         self.recorded = 0  # page views recorded
@@ -126,10 +131,10 @@ class BehaviourTracker(Periodic):
 
     def record(self, user_uid: str, behaviour: BehaviourFields) -> None:
         """A page view's outcome (`observe_fields`'): remembered now; written at the next flush when it changed what
-        an audience could turn on (the visitor's first page view, a new visit, a path counter, the referrer,
-        utm_source), else (only the page view count and the last page view's time) within COUNTS_EVERY flushes.
-        Most page views are of the second kind, so the write-behind costs a thirtieth as much, and a crash loses at
-        most 30 s of page-view counts but never more than a second of anything else."""
+        an audience could turn on (the visitor's first page view, a new visit, a fresh start after expiring, a path
+        counter, the referrer, utm_source), else (only the page view count and the last page view's time) within
+        COUNTS_EVERY flushes. Most page views are of the second kind, so the write-behind costs a thirtieth as much,
+        and a crash loses at most 30 s of page-view counts but never more than a second of anything else."""
         known = self._known
         before = known.pop(user_uid, None)
         # Kept as `observe_fields` gives it: an exact tuple, no path views: None (the collector stops tracking it).
@@ -140,12 +145,15 @@ class BehaviourTracker(Periodic):
         if (
             before is None
             or kept[_VISITS] != before[_VISITS]
+            or kept[_FIRST_SEEN] != before[_FIRST_SEEN]  # started afresh (expired)
             or (kept[_PATH_VIEWS] is not before[_PATH_VIEWS] and kept[_PATH_VIEWS] != before[_PATH_VIEWS])
             or kept[_FIRST_REFERRER] != before[_FIRST_REFERRER]
             or kept[_UTM_SOURCE] != before[_UTM_SOURCE]
             or user_uid in self._changed
         ):
             self._changed[user_uid] = kept
+            if before is not None and kept[_FIRST_SEEN] != before[_FIRST_SEEN]:  # its row may have been purged:
+                self._written.pop(user_uid, None)  # the next write is a new row's
         else:
             self._counting.append(user_uid)
         self.recorded += 1
@@ -197,8 +205,10 @@ class BehaviourTracker(Periodic):
             return 0
         batch, self._changed = self._changed, {}
         texts = {user: encode(state) for user, state in batch.items()}
+        written = self._written
+        new = [user for user in texts if user not in written]  # (the others' rows: written by this process before)
         try:
-            await self.store.put_behaviour(self.project_uid(), texts)
+            await self.store.put_behaviour(self.project_uid(), texts, new=new)
             self.written += len(batch)
             known, written = self._known, self._written
             for user, text in texts.items():

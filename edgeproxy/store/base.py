@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -119,10 +120,14 @@ class StateStore(Protocol):
         """Copy source's attributes onto target; source values win on conflict (contract §5)."""
         ...
 
-    async def put_behaviour(self, project_uid: str, states: dict[str, str]) -> None:
+    async def put_behaviour(
+        self, project_uid: str, states: dict[str, str], *, new: Collection[str] | None = None
+    ) -> None:
         """Set many visitors' behaviour (visitor/behaviour.py's encoded state, trusted) in one batch; read back
         by `get_attributes` as the attribute BEHAVIOUR_KEY (and exported, deleted, merged and expired with the
-        user's attributes). It may leave an in-process read-through cache as it was: the writer keeps it newer."""
+        user's attributes). It may leave an in-process read-through cache as it was: the writer keeps it newer.
+        `new`: the users among `states` this store may not have written a behaviour row for before (None: any);
+        the others a store that keeps track of who has rows (SQLite's filters) need not mark again."""
         ...
 
     async def append_events(self, events: list[EventRecord]) -> None: ...

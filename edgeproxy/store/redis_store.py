@@ -19,7 +19,7 @@ import logging
 import re
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any, cast
 
 import redis.asyncio as redis
@@ -197,7 +197,9 @@ class RedisStore:
         keys = [self._user_key(project_uid, source_uid), self._user_key(project_uid, target_uid)]
         await self._script(_MERGE, keys, [self.limits.ttl_seconds, self.limits.max_attributes_per_user], "merged user")
 
-    async def put_behaviour(self, project_uid: str, states: dict[str, str]) -> None:
+    async def put_behaviour(
+        self, project_uid: str, states: dict[str, str], *, new: Collection[str] | None = None
+    ) -> None:
         if not states:
             return
         try:
