@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from replay_traffic import random_example_description
-from rulesets import FIXED_NOW_TS
+from rulesets import FIXED_NOW_TS, custom_rule, decide_one, group, segmented_experience
 
 from edgeproxy.engine.context import context_from_description
 from edgeproxy.engine.decide import CompiledSnapshot
@@ -79,6 +79,25 @@ def test_a_full_memo_starts_over_and_stays_exact(example_rules: Path, limit: int
                                          classifier=snapshot.classifier, geo_lookup=None).context  # fmt: skip
         assert decider.decide(ctx) == snapshot.decide(again)
     assert all(len(plan.memo) <= limit for plan in decider._plans.values())
+
+
+def test_attribute_values_of_different_types_never_share_a_memo_key(tmp_path: Path) -> None:
+    """`1`, `true`, `1.0` and `"1"` (and the like) are different values to the memo: each decision is the plain
+    engine's, whichever of them the memo saw first (ints key as themselves, the others typed), under rules that
+    tell them apart (IS_TRUE: `true`, not `1`; STRING_EQUALS "1.0": `1.0`, not `1`)."""
+    definition = group("OR", custom_rule("flag", "IS_TRUE"), custom_rule("flag", "STRING_EQUALS", "1.0"))
+    snapshot = load_snapshot(segmented_experience(tmp_path, definition, attribute_keys=["flag"]))
+    rng = random.Random(13)
+    values: list[Any] = [1, True, 1.0, "1", "true", 0, False, 0.0, -0.0, "0", 2, None, [1], {"a": 1}]
+    descriptions = []
+    for _ in range(6):  # each order of first sight
+        rng.shuffle(values)
+        descriptions += [{"userUid": "same", "storedAttributes": {"flag": value}} for value in values]
+    decider = check(snapshot, descriptions, [None])
+    assert decider.hits > 0
+    chosen = {repr(value): decide_one(snapshot, {"userUid": "u", "storedAttributes": {"flag": value}})
+              ["activeVariants"]["0"] for value in (1, True, 1.0, "1")}  # fmt: skip
+    assert chosen == {"1": None, "True": "0", "1.0": "0", "'1'": None}  # (so the values do decide apart)
 
 
 # -- the query string a caller already has (the proxy) ---------------------------------------------------------

@@ -126,13 +126,14 @@ def experience_conditions(ce: CompiledExperience) -> list[AudienceCondition]:
 
 
 def typed_value(value: Any) -> Any:
-    """A key part for a custom attribute value: strings and None as they are; anything else typed and exact, so
-    `1`, `1.0`, `true` and `-0.0`/`0.0` never share a key (the rules may tell them apart), and dicts/lists are
-    hashable. Equal ints (or bools) are the same value, so they key as they are; anything else by its repr."""
+    """A key part for a custom attribute value: strings, ints and None as they are; anything else typed and
+    exact, so `1`, `1.0`, `true` and `-0.0`/`0.0` never share a key (the rules may tell them apart), and
+    dicts/lists are hashable: a bool as (bool, value), anything else by its repr. (An int keys as itself: no other
+    key equals it, as every bool and float is a tuple; that saves a tuple per request for a count.)"""
     cls = value.__class__
-    if cls is str or value is None:
+    if cls is str or cls is int or value is None:
         return value
-    if cls is int or cls is bool:
+    if cls is bool:
         return cls, value
     return cls, repr(value)
 
@@ -229,10 +230,10 @@ def _key_source(
     lines = ["def key(ctx):", "    L = ctx.live", "    S = ctx.stored"]
     for n, (name, feature) in enumerate(zip(names, features, strict=True)):
         namespace[f"t{n}"], namespace[f"f{n}"] = feature.ids, feature
-        if isinstance(name, tuple):  # ("custom", key): VisitorContext.custom, typed unless a string or None
+        if isinstance(name, tuple):  # ("custom", key): VisitorContext.custom, typed unless a string, int or None
             namespace[f"k{n}"] = name[1]
             found = f"(L[k{n}] if k{n} in L else S.get(k{n}))"
-            value = f"(v if (v := {found}) is None or v.__class__ is str else _typed(v))"
+            value = f"(v if (v := {found}) is None or (c := v.__class__) is str or c is int else _typed(v))"
         elif name != "DATE_AND_TIME":
             value = _VALUE_SOURCES[name]
         elif thresholds is None:
