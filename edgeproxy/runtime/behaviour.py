@@ -210,7 +210,7 @@ class BehaviourTracker(Periodic):
         try:
             await self.store.put_behaviour(self.project_uid(), texts, new=new)
             self.written += len(batch)
-            known, written = self._known, self._written
+            known = self._known
             for user, text in texts.items():
                 if user in known:
                     written[user] = text

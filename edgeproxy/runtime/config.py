@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edgeproxy.clock import parse_instant
-from edgeproxy.visitor.behaviour import BehaviourConfig, behaviour_config
+from edgeproxy.visitor.behaviour import DAY, BehaviourConfig, behaviour_config
 
 DEFAULT_STATIC_EXTENSIONS = (
     ".css", ".js", ".mjs", ".map", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".avif", ".ico", ".bmp",
@@ -127,7 +127,7 @@ class ProxyConfig:
         `attribute_ttl_days` after their last page view, as the stored row does (SPEC §13)."""
         if self.behaviour is None:
             return None
-        return replace(self.behaviour, expires=self.attribute_ttl_days * 86_400.0)
+        return replace(self.behaviour, expires=self.attribute_ttl_days * DAY)
 
 
 # name -> help. The type comes from the dataclass default.
