@@ -113,7 +113,7 @@ GAPS = [0, 1, 59, 599, 600, 601, 1799, 1800, 1801, 3599, 3600, 3601, DAY - 1, DA
 PATHS = ["/", "/checkout", "/checkout/pay", "/cart", "/cort", "/shop/x/apple", "/shop/x/y/banana", "/shop/cherry",
          "/Checkout", "/check%6Fut"]  # fmt: skip
 QUERIES = ["", "?utm_source=news", "?utm_source=", "?a=1&utm_source=ads&utm_source=later", "?utm_source=x%20y",
-           "?q=utm_source"]  # fmt: skip
+           "?q=utm_source", "?utm%5Fsource=encoded", "?utm%5fsource=lower&b=%20", "?q=%20"]  # fmt: skip
 REFERERS = [None, "", "https://shop.example/", "https://www.shop.example/a", "http://SHOP.example:8080/",
             "https://www.google.com/search?q=x", "https://News.Example.org./a", "https://duckduckgo.com/",
             "http://[::1/", "http://[x]/", "not a url", "android-app://com.google.android.gm/"]  # fmt: skip

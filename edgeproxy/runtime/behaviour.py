@@ -41,23 +41,14 @@ COUNTS_EVERY = 30  # flushes between writes of what only counts on (page views, 
 KEPT_IN_MEMORY = 200_000  # visitors whose behaviour this process keeps (least recently seen go first)
 KEPT_ON_FAILURE = 100_000  # changed visitors held while the store is away
 
-# Where a kept tuple has the fields `record` and `current_fields` read (Behaviour's order, checked below).
+# Where a kept tuple has the fields `record` and `current_fields` read (Behaviour's order, checked below): the first
+# page view's and the last's times, the visits, and from _FIRST_REFERRER on what else an audience reads of it.
 _FIRST_SEEN: Final = 0
 _LAST_SEEN: Final = 1
 _VISITS: Final = 3
 _FIRST_REFERRER: Final = 5
-_UTM_SOURCE: Final = 6
-_PATH_VIEWS: Final = 7
-assert [
-    Behaviour._fields[i] for i in (_FIRST_SEEN, _LAST_SEEN, _VISITS, _FIRST_REFERRER, _UTM_SOURCE, _PATH_VIEWS)
-] == [
-    "first_seen",
-    "last_seen",
-    "visits",
-    "first_referrer",
-    "utm_source",
-    "path_views",
-]
+assert [Behaviour._fields[i] for i in (_FIRST_SEEN, _LAST_SEEN, _VISITS)] == ["first_seen", "last_seen", "visits"]
+assert Behaviour._fields[_FIRST_REFERRER:] == ("first_referrer", "utm_source", "path_views")
 
 
 class BehaviourTracker(Periodic):
@@ -92,7 +83,6 @@ class BehaviourTracker(Periodic):
         # row the store has marked (put_behaviour's `new` are the others).
         self._read: dict[str, str] = {}
         self._written: dict[str, str] = {}
-        self.recorded = 0  # page views recorded
         self.written = 0  # visitors' behaviour written to the store
         self.failed = 0  # writes that failed (kept and retried)
 
@@ -138,25 +128,21 @@ class BehaviourTracker(Periodic):
         known = self._known
         before = known.pop(user_uid, None)
         # Kept as `observe_fields` gives it: an exact tuple, no path views: None (the collector stops tracking it).
-        kept = behaviour
-        known[user_uid] = kept  # (inserted again: last, the most recently seen)
-        if before is None and len(known) > self._kept:
-            self._forget_least_recent()
-        if (
-            before is None
-            or kept[_VISITS] != before[_VISITS]
-            or kept[_FIRST_SEEN] != before[_FIRST_SEEN]  # started afresh (expired)
-            or (kept[_PATH_VIEWS] is not before[_PATH_VIEWS] and kept[_PATH_VIEWS] != before[_PATH_VIEWS])
-            or kept[_FIRST_REFERRER] != before[_FIRST_REFERRER]
-            or kept[_UTM_SOURCE] != before[_UTM_SOURCE]
-            or user_uid in self._changed
+        known[user_uid] = behaviour  # (inserted again: last, the most recently seen)
+        if before is None:
+            if len(known) > self._kept:
+                self._forget_least_recent()
+            self._changed[user_uid] = behaviour
+        elif (
+            behaviour[_VISITS] == before[_VISITS]
+            and behaviour[_FIRST_SEEN] == before[_FIRST_SEEN]
+            and behaviour[_FIRST_REFERRER:] == before[_FIRST_REFERRER:]  # the referrer, utm_source, path views
         ):
-            self._changed[user_uid] = kept
-            if before is not None and kept[_FIRST_SEEN] != before[_FIRST_SEEN]:  # its row may have been purged:
-                self._written.pop(user_uid, None)  # the next write is a new row's
+            self._counting.append(user_uid)  # (when also changed, the flush writes what `_known` has: this)
         else:
-            self._counting.append(user_uid)
-        self.recorded += 1
+            self._changed[user_uid] = behaviour
+            if behaviour[_FIRST_SEEN] != before[_FIRST_SEEN]:  # started afresh (expired): its row may have been
+                self._written.pop(user_uid, None)  # purged, so the next write is a new row's
 
     def _forget_least_recent(self) -> None:
         """Past `kept` visitors: the least recently seen go, and a hundredth more with them, in one pass over the
@@ -167,8 +153,8 @@ class BehaviourTracker(Periodic):
         gone = list(islice(known, len(known) - self._kept + self._kept // 100))
         for user_uid in gone:
             kept = known.pop(user_uid)
-            if user_uid not in changed and encode(kept) != written.get(user_uid):
-                changed[user_uid] = kept  # counted since its last write
+            if user_uid in changed or encode(kept) != written.get(user_uid):
+                changed[user_uid] = kept  # its latest page view, not yet written
             self._read.pop(user_uid, None)
             written.pop(user_uid, None)
 
@@ -204,13 +190,13 @@ class BehaviourTracker(Periodic):
         if not self._changed:
             return 0
         batch, self._changed = self._changed, {}
-        texts = {user: encode(state) for user, state in batch.items()}
+        known = self._known
+        texts = {user: encode(known.get(user, state)) for user, state in batch.items()}  # the latest page view's
         written = self._written
         new = [user for user in texts if user not in written]  # (the others' rows: written by this process before)
         try:
             await self.store.put_behaviour(self.project_uid(), texts, new=new)
             self.written += len(batch)
-            known = self._known
             for user, text in texts.items():
                 if user in known:
                     written[user] = text

@@ -265,7 +265,8 @@ def observe_fields(
     else:
         paths = None
     utm = None
-    if config.utm_source and "utm_source" in url:
+    if config.utm_source and ("utm_source" in url or ("%" in url and "%" in url.partition("?")[2])):
+        # (a percent-encoded name, "utm%5Fsource", is utm_source too, as a URL parser reads it)
         utm = next((v for k, v in parse_qsl(PageView(url, None).split()[2]) if k == "utm_source"), None)
     external = None
     if config.first_referrer and referer and referrer is None:
