@@ -304,3 +304,40 @@ def test_behaviour_file_problems_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and "missing.toml" in result.stderr and "Traceback" not in result.stderr
     result = cli("--rules", str(snapshot_rules), "--behaviour", str(config_file(tmp_path)))
     assert result.returncode == 2 and "TRAFFIC" in result.stderr
+
+
+def test_in_consent_mode_a_visitor_without_consent_is_nobody_in_replay_as_on_the_proxy(tmp_path: Path) -> None:
+    """The proxy's config in consent mode (SPEC §11): a visitor without the consent cookie (or with another value
+    than the one configured) is decided for nobody — no behaviour counted, no stored attributes — by `replay` as by
+    the proxy, whether the mode comes from `--config` or from the `--behaviour` file; a decision log was written
+    for visitors with consent only, so its records are not asked again."""
+    snapshot_rules = rules(tmp_path)
+    config = config_file(tmp_path, 'consent_cookie = "ok"\nconsent_value = "yes"\n' + CONFIG)
+
+    def visits(user: str, cookie: str) -> list[dict[str, Any]]:  # visit 2 at minute 41: "returning" from then on
+        found = [view(f"{user}{n}", user, minutes) for n, minutes in enumerate((0, 41, 42))]
+        for described in found:
+            described["headers"]["Cookie"] += cookie
+        return found
+
+    stored = {**view("stored", "stored", 50), "storedAttributes": {"visit_count": 5}}
+    traffic = write_jsonl(
+        tmp_path / "t.jsonl", [*visits("yes", "; ok=yes"), *visits("other", "; ok=no"), *visits("none", ""), stored]
+    )
+    for flags in (("--behaviour", str(config)), ("--config", str(config), "--behaviour", str(config))):
+        data = _report(cli(str(traffic), "--rules", str(snapshot_rules), *flags, "--json"))
+        assert data["behaviour"] == {"pageViews": 3}  # only the visitor who consented counts
+        assert _variant_requests(data, "0") == 2  # their visit 2 (minutes 41, 42); not the stored 5 of nobody
+    (tmp_path / "plain").mkdir()
+    plain = _report(cli(str(traffic), "--rules", str(snapshot_rules), "--behaviour",
+                        str(config_file(tmp_path / "plain")), "--json"))  # fmt: skip
+    assert plain["behaviour"] == {"pageViews": 10} and _variant_requests(plain, "0") == 6  # no consent mode
+
+    # A decision log in consent mode: its visitors had consent (the log keeps only the cookies decisions read).
+    def line(minutes: float) -> dict[str, Any]:
+        request = {k: v for k, v in view("l", "l1", minutes).items() if k != "now"}
+        return {"ts": at(minutes), "request": request, "decision": {"activeVariants": {}}, "snapshot": "x"}
+
+    log = write_jsonl(tmp_path / "decisions.jsonl", [line(0), line(41)])
+    data = _report(cli(str(log), "--rules", str(snapshot_rules), "--behaviour", str(config), "--json"))
+    assert data["behaviour"] == {"pageViews": 2} and _variant_requests(data, "0") == 1

@@ -42,6 +42,7 @@ from edgeproxy.visitor.identity import (
     Identity,
     SetCookies,
     Tombstones,
+    consent_given,
     context_from_request,
     cookie_headers,
 )
@@ -155,11 +156,8 @@ class Planner:
         if self.tombstones.seen:  # some users were deleted (SPEC §11): their old cookie starts a new identity
             identity = self.tombstones.renewed(identity)
         consent = self.config.consent_cookie
-        if consent:
-            given = identity.cookies.get(consent)
-            wanted = self.config.consent_value
-            if not given or (wanted and given != wanted):
-                return Identity(identity.cookies, ANONYMOUS_UID, True)
+        if consent and not consent_given(identity.cookies, consent, self.config.consent_value):
+            return Identity(identity.cookies, ANONYMOUS_UID, True)
         return identity
 
     def cookie_domain(self, where: ClientView) -> str:

@@ -54,7 +54,7 @@ def add_replay_command(commands: Any) -> None:
     replay.add_argument("--format", choices=FORMATS, help="force the traffic format instead of detecting it per file")
     replay.add_argument("--config", metavar="FILE",
                         help="the proxy's TOML config: HAR entries follow its [[routes]] (tags, personalize = "
-                        "false), skip_paths and static_extensions, as `serve` would")  # fmt: skip
+                        "false), skip_paths and static_extensions, and its consent mode, as `serve` would")  # fmt: skip
     replay.add_argument("--behaviour", metavar="FILE",
                         help="TOML file with a [behaviour] table (e.g. the proxy's config): compute behavioural "
                         "attributes from the traffic, decided in time order (see below)")  # fmt: skip
@@ -153,11 +153,11 @@ def _clock(now: str | None) -> Any:
     return lambda: fixed
 
 
-def _routes(path: str, rules: str) -> Any:
-    """The proxy's route table from its config file (the settings `serve --config FILE` would use for routing)."""
+def _proxy_config(path: str, rules: str) -> Any:
+    """The proxy's settings from its config file, as `serve --config FILE` would use them for routing and consent
+    mode (the origin and the rules are not needed for those)."""
     import tomllib
 
-    from edgeproxy.exchange.routes import RouteTable
     from edgeproxy.runtime.config import ConfigError, load_config
 
     try:
@@ -170,7 +170,7 @@ def _routes(path: str, rules: str) -> Any:
     if not any(data.get(name) for name in ("rules", "admin_url", "region")):
         flags["rules"] = rules
     try:
-        return RouteTable(load_config(path, {}, flags))
+        return load_config(path, {}, flags)
     except ConfigError as exc:
         raise ValueError(f"--config {path}: {exc}") from None
 
@@ -182,6 +182,7 @@ def run_replay(args: argparse.Namespace, out: IO[str]) -> int:
     from edgeproxy.replay.progress import Progress
     from edgeproxy.replay.reporting import render_text, report_dict
     from edgeproxy.replay.run import ReplayOptions, ReplayResult, replay
+    from edgeproxy.runtime.config import consent_mode, read_settings
 
     if not args.traffic and not args.expect:
         print("edgeproxy: replay needs TRAFFIC files, --expect FILE, or both", file=sys.stderr)
@@ -210,7 +211,15 @@ def run_replay(args: argparse.Namespace, out: IO[str]) -> int:
 
         geo_lookup = MaxMindGeo(args.geoip).lookup
 
-    routes = _routes(args.config, args.rules) if args.config else None
+    routes = consent = None
+    if args.config:
+        from edgeproxy.exchange.routes import RouteTable
+
+        settings = _proxy_config(args.config, args.rules)
+        routes = RouteTable(settings)
+        consent = consent_mode(settings)
+    elif args.behaviour:
+        consent = consent_mode(read_settings(args.behaviour, {}, {}))  # (read already by load_behaviour above)
     if args.traffic:
         _warn_ip_without_geoip(args, snapshot)
 
@@ -242,6 +251,7 @@ def run_replay(args: argparse.Namespace, out: IO[str]) -> int:
             samples_per_move=args.samples,
             explained_moves=args.explain_moves,
             behaviour=behaviour,
+            consent=consent,
         )
         progress = Progress(sys.stderr, list(args.traffic), enabled=args.progress)
         try:

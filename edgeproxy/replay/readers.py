@@ -77,6 +77,9 @@ class TrafficRecord:
     recorded: Recorded | None = None
     # Decision-log records carry the geo as decided: do not look the IP up again.
     geo_lookup_allowed: bool = True
+    # A decision-log record: decided by a proxy for a visitor it identified (one without consent is never logged),
+    # its description keeping only the cookies decisions read, so consent mode is not asked again of it.
+    logged: bool = False
 
 
 @dataclass
@@ -261,7 +264,7 @@ def read_json_lines(
                 request = {**request, "userUid": recorded.user_uid}  # who was decided (a minted uid)
             elif "userUidSource" not in obj:
                 request = _uid_pinned(request)
-            yield TrafficRecord(source, number, request, recorded, "geo" not in request)
+            yield TrafficRecord(source, number, request, recorded, "geo" not in request, logged=True)
         elif force == "log":
             stats.reject(number, 'not a decision-log record: expected {"ts", "request", "decision", "snapshot"}')
         else:

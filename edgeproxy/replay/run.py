@@ -50,6 +50,8 @@ class ReplayOptions:
     explained_moves: int = DEFAULT_EXPLAINED_MOVES
     # Behavioural attributes computed from the traffic (SPEC §13): records decided in time order.
     behaviour: BehaviourConfig | None = None
+    # Consent mode (SPEC §11), as the proxy's config has it: (consent_cookie, consent_value).
+    consent: tuple[str, str] | None = None
 
 
 @dataclass
@@ -96,7 +98,7 @@ def replay(
         if progress is not None:
             progress.open_source(source)
 
-    make_context = ContextFactory(snapshot, options.geo_lookup, options.clock)
+    make_context = ContextFactory(snapshot, options.geo_lookup, options.clock, consent=options.consent)
     behaviour = BehaviourReplay(options.behaviour) if options.behaviour is not None else None
     coverage = Coverage(snapshot, options.rule_sample) if options.coverage else None
     decider = MemoDecider(snapshot, limit=MEMO_LIMIT if options.memo else 0)

@@ -386,6 +386,11 @@ def load_config(
     return validate(read_settings(file, environ, flags, base_dir=base_dir))
 
 
+def consent_mode(config: ProxyConfig) -> tuple[str, str] | None:
+    """(consent_cookie, consent_value) when consent mode is on (SPEC §11), else None."""
+    return (config.consent_cookie, config.consent_value) if config.consent_cookie else None
+
+
 def source_of(config: ProxyConfig, name: str) -> str:
     """Where a setting's value came from, as a user would look for it."""
     source = config._sources.get(name)

@@ -47,6 +47,14 @@ class Identity(NamedTuple):  # immutable, and built per request: a frozen datacl
     is_new: bool
 
 
+def consent_given(cookies: Mapping[str, str], cookie: str, value: str) -> bool:
+    """Consent mode (SPEC §11): whether the visitor's `cookie` says they consented: any non-empty value, or exactly
+    `value` when one is configured. Without it the visitor is nobody (`ANONYMOUS_UID`): the proxy's decision reads
+    request data only, sets no cookie and is stored and counted nowhere; replay decides their traffic the same way."""
+    given = cookies.get(cookie)
+    return bool(given) and (not value or given == value)
+
+
 def new_user_uid() -> str:
     return str(uuid.uuid4())
 
