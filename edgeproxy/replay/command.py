@@ -219,7 +219,7 @@ def run_replay(args: argparse.Namespace, out: IO[str]) -> int:
         routes = RouteTable(settings)
         consent = consent_mode(settings)
     elif args.behaviour:
-        consent = consent_mode(read_settings(args.behaviour, {}, {}))  # (read already by load_behaviour above)
+        consent = consent_mode(read_settings(args.behaviour, {}, {}))  # (load_behaviour read it without error)
     if args.traffic:
         _warn_ip_without_geoip(args, snapshot)
 
