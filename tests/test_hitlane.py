@@ -587,28 +587,62 @@ def test_what_is_never_remembered(origin: str, tmp_path: Path) -> None:
     run(scenario)
 
 
-@pytest.mark.parametrize("setting", ["decision log", "behaviour"])
-def test_nothing_is_remembered_when_each_request_is_recorded_on_its_own(
-    origin: str, tmp_path: Path, setting: str
-) -> None:
+def test_nothing_is_remembered_when_each_request_is_recorded_on_its_own(origin: str, tmp_path: Path) -> None:
     async def scenario() -> None:
-        config = memo_config(origin, tmp_path, "recorded")
-        if setting == "decision log":
-            config = replace(config, decision_log=str(tmp_path / "decisions.jsonl"))
-        else:
-            demo = load_config(
-                str(ROOT / "examples" / "demo.toml"),
-                {},
-                {"origin": origin, "rules": str(ROOT / "rules")},
-                base_dir=ROOT / "examples",
-            )
-            assert demo.behaviour is not None
-            config = replace(config, behaviour=demo.behaviour)
+        config = replace(memo_config(origin, tmp_path, "recorded"), decision_log=str(tmp_path / "decisions.jsonl"))
         state = make_state(config)
         async with proxy_server(state) as server:
             data = request_bytes("/", "recorded-1")
             replies = [reply for _ in range(4) for reply in await exchange(server, data)]
             assert [r[1]["x-cache"] for r in replies][1:] == [["HIT"]] * 3
             assert answered(server) == 3 and remembered(server) == 0
+
+    run(scenario)
+
+
+def test_with_behaviour_a_remembered_hit_counts_its_page_view_and_is_decided_again_when_a_value_changes(
+    origin: str, tmp_path: Path
+) -> None:
+    """Behavioural attributes on (SPEC §13): a repeated head is answered from memory and counts its page view, as
+    the general path would; when the page view changes what the rules read (visit_count, a new visit after the
+    session timeout: the example's returning visitors), it is decided again, and answered as the general path
+    answers it. A bot's repeats are remembered too, and never count."""
+
+    async def scenario() -> None:
+        demo = load_config(str(ROOT / "examples" / "demo.toml"), {}, {"origin": origin, "rules": str(ROOT / "rules")},
+                           base_dir=ROOT / "examples")  # fmt: skip
+        assert demo.behaviour is not None
+        clock = ManualClock("2026-12-06T12:00:00Z")
+        behaviour = replace(demo.behaviour, session_timeout=60.0)  # (within the page's s-maxage=600)
+        state = make_state(replace(memo_config(origin, tmp_path, "behaviour"), behaviour=behaviour), clock=clock)
+        tracker = state.behaviour
+        assert tracker is not None
+        async with proxy_server(state) as server:
+            data = request_bytes("/", "returns")
+            for _ in range(4):  # stored, a lane hit (remembered), then two remembered answers
+                (reply,) = await exchange(server, data)
+                clock.now += 1
+            assert reply[1]["x-cache"] == ["HIT"] and remembered(server) == 2
+            kept = tracker.known("returns")
+            assert kept is not None and (kept.visits, kept.pageviews) == (1, 4)  # each counted once
+            visitor = manifest_cookie(reply)
+            clock.now += 61  # past the session timeout: this page view is the second visit
+            (again,) = await exchange(server, data)
+            assert remembered(server) == 2  # decided again
+            kept = tracker.known("returns")
+            assert kept is not None and (kept.visits, kept.pageviews) == (2, 5)
+            assert manifest_cookie(again) != visitor  # the example's returning-visitor experience
+            expected = await reference(server, data)  # (the general path counts this page view too)
+            assert manifest_cookie(again) == manifest_cookie(expected)
+            for _ in range(2):  # the new variant set's entry, a lane hit (remembered), then a remembered answer
+                (again,) = await exchange(server, data)
+            assert remembered(server) == 3 and manifest_cookie(again) == manifest_cookie(expected)
+            kept = tracker.known("returns")
+            assert kept is not None and (kept.visits, kept.pageviews) == (2, 8)
+            bot = request_bytes("/", "crawler", "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot)")
+            before = remembered(server)
+            for _ in range(4):
+                await exchange(server, bot)
+            assert remembered(server) >= before + 2 and tracker.known("crawler") is None  # answered, never counted
 
     run(scenario)

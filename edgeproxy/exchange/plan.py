@@ -218,18 +218,17 @@ class Planner:
         behaviour = None
         tracker = self.behaviour
         if tracker is not None and identity.user_uid:
-            before = tracker.current_fields(identity.user_uid, stored)
+            counted = False
             if page_view and preview is None:
                 # Not a bot: the context's User-Agent class, which the rules then read without classifying again.
                 agent = ctx.ua_class()
-                if agent is None or agent.device_type != "BOT":
-                    behaviour = observe_fields(tracker.config, before, page_url, ctx.referrer, now, page_path)
-            config = tracker.config
-            if only_read and preview is None:
-                config = tracker.reading(loaded.snapshot.custom_keys_read)
-            found = attributes_of(config, behaviour or before, now)
-            if found:  # the behavioural values, read as stored attributes
-                ctx.stored = {**stored, **found} if stored else found
+                counted = agent is None or agent.device_type != "BOT"
+            behaviour, read = self.with_behaviour(
+                tracker, loaded, identity.user_uid, stored, counted, page_url, ctx.referrer, now, page_path,
+                only_read=only_read and preview is None,
+            )  # fmt: skip
+            if read is not stored:  # the behavioural values, read as stored attributes
+                ctx.stored = read
         secure = where.proto == "https"
         domain = self.cookie_domain(where) if self.config.cookie_domain else ""
         started = time.perf_counter()
@@ -242,6 +241,21 @@ class Planner:
         seconds = time.perf_counter() - started
         cookies = SetCookies.of(cookie_headers(manifest, secure, domain=domain)) if identity.user_uid else NO_COOKIES
         return Decision(loaded, ctx, manifest, tags, cookies, seconds, preview)
+
+    def with_behaviour(
+        self, tracker: BehaviourTracker, loaded: LoadedSnapshot, user_uid: str, stored: Mapping[str, object],
+        counted: bool, page_url: str, referer: str | None, now: float, page_path: str | None, *, only_read: bool,
+    ) -> tuple[BehaviourFields | None, Mapping[str, object]]:  # fmt: skip
+        """A visitor's behavioural attributes (SPEC §13) read as stored attributes: (their behaviour after this page
+        view when it is `counted`, to record once it is answered, else None; the stored attributes with the values
+        merged over them). `decide`'s part, and the hit lane's for an answer it remembered (executor.HitAnswer)."""
+        before = tracker.current_fields(user_uid, stored)
+        behaviour = observe_fields(tracker.config, before, page_url, referer, now, page_path) if counted else None
+        config = tracker.reading(loaded.snapshot.custom_keys_read) if only_read else tracker.config
+        found = attributes_of(config, behaviour or before, now)
+        if not found:
+            return behaviour, stored
+        return behaviour, {**stored, **found} if stored else found
 
     def preview_of(self, raw_query: str, identity: Identity, where: ClientView) -> tuple[str, PreviewAsked | None]:
         """The query without a preview token, and what the request asks of preview (`visitor/preview.py`)."""

@@ -667,11 +667,13 @@ class _Answered:
 
 
 # A visitor's remembered answer: (peer, user uid or "" when not personalized, the stored attributes the decision
-# read or None for none, until when the clock cannot change the decision, the index of its `_Answered`, then the
-# Set-Cookie lines that name the visitor). Only strings, numbers and bytes, in one flat tuple: the cyclic collector
-# stops tracking it at its first pass, so a table of a few hundred thousand visitors adds nothing to its passes.
+# read or None for none, until when the clock cannot change the decision, the index of its `_Answered`, with
+# behavioural attributes on the page's URL when the request counts as a page view (else "") and its Referer, then
+# the Set-Cookie lines that name the visitor). Only strings, numbers and bytes, in one flat tuple: the cyclic
+# collector stops tracking it at its first pass, so a table of a few hundred thousand visitors adds nothing to its
+# passes.
 Visitor = tuple[Any, ...]
-OWN_LINES = 5  # where a Visitor's own Set-Cookie lines start
+OWN_LINES = 7  # where a Visitor's own Set-Cookie lines start
 
 
 class HitAnswer:
@@ -686,9 +688,12 @@ class HitAnswer:
     with what it was made from, and a repeat of the same bytes is answered after checking only what can change: the
     snapshot, the peer, the clock against the next time threshold, a deletion of the visitor (tombstones), their
     stored attributes, the key's hit-for-pass mark, and the entry (the same object, still fresh). It records what
-    a hit records (decision and request metrics, live counts, impressions, the access log). Not remembered: new
+    a hit records (decision and request metrics, live counts, impressions, the access log). With behavioural
+    attributes on (SPEC §13), the stored attributes checked are the decision's, behaviour included, computed again
+    for the repeat as `Planner.decide` computes them (its page view counted, and recorded when it is answered): a
+    page view that changes what the rules read (a new visit, a checkout view) is decided again. Not remembered: new
     visitors (their uid is minted per request), Vary variants, and everything the proxy records per request beyond
-    that — with behavioural attributes on (each page view counts) or a decision log (each line has its time)."""
+    that — with a decision log (each line has its time)."""
 
     __slots__ = (
         "access_log", "answered", "answers", "cache", "config", "gated", "limit", "loaded", "planner", "remembered",
@@ -711,7 +716,7 @@ class HitAnswer:
         self.access_log = access_log
         self.values_checked = values_checked
         self.gated = gated
-        remembers = state.decision_log is None and state.planner.behaviour is None
+        remembers = state.decision_log is None
         self.limit = remember if remembers else 0
         self.remembered: dict[bytes, Visitor] = {}
         self.answered: list[_Answered] = []  # what remembered answers share (`Visitor`'s index)
@@ -778,7 +783,7 @@ class HitAnswer:
         """Remember the hit just answered for `head`, unless its decision cannot be checked again (a preview, no
         consent, a new visitor, a rule that compares the time otherwise than against thresholds)."""
         decision = plan.decision
-        uid, stored, until = "", None, INFINITY
+        uid, stored, until, page_url, referer = "", None, INFINITY, "", None
         if decision is not None:
             if decision.preview is not None or loaded is None or decision.loaded is not loaded:
                 return
@@ -792,6 +797,8 @@ class HitAnswer:
             after = bisect_left(thresholds, now)
             until = thresholds[after] if after < len(thresholds) else INFINITY
             stored = ctx.stored or None
+            if decision.behaviour is not None:  # a page view counted (not a bot's): counted again when repeated
+                page_url, referer = ctx.page_url or "", ctx.referrer
         if self.loaded is not loaded:
             self.forget()
             self.loaded = loaded
@@ -820,7 +827,7 @@ class HitAnswer:
             self.answered.append(_Answered(
                 plan.cache_key, entry, entry_head, tuple(cookies), "Date" in base.headers, impressed, lean, raw_path,
             ))  # fmt: skip
-        self.remembered[head] = (peer, uid, stored, until, index, *own)
+        self.remembered[head] = (peer, uid, stored, until, index, page_url, referer, *own)
 
     def forget(self) -> None:
         """Forget every remembered answer (a new snapshot, or the table full)."""
@@ -843,14 +850,22 @@ class HitAnswer:
         known_peer, uid, stored, until, index = known[0], known[1], known[2], known[3], known[4]
         if known_peer != peer or now >= until:
             return None
+        behaviour = None
         if uid:
             planner = self.planner
             if planner.tombstones.seen and planner.tombstones.deleted(uid):
                 return None
-            assert self.loaded is not None
-            found = planner.stored_at_hand(self.loaded, Identity(NO_COOKIES_READ, uid, False))
+            loaded = self.loaded
+            assert loaded is not None
+            found = planner.stored_at_hand(loaded, Identity(NO_COOKIES_READ, uid, False))
+            tracker = planner.behaviour
+            if tracker is not None and not isinstance(found, NeedStored):  # as `Planner.decide` reads them
+                page_url = known[5]
+                behaviour, found = planner.with_behaviour(
+                    tracker, loaded, uid, found, bool(page_url), page_url, known[6], now, None, only_read=True
+                )
             if found != (NO_STORED if stored is None else stored):
-                return None  # changed, or no longer at hand: the general path
+                return None  # changed, or no longer at hand: the general path (nothing was recorded)
         answered = self.answered[index]
         key, entry = answered.key, answered.entry
         if self.cache.passes(key, now) or not self.store.holds_fresh(key, entry, now):
@@ -860,6 +875,8 @@ class HitAnswer:
         manifest = None
         if variant_set is not None:  # personalized: counted, and its impressions recorded, as record_decision does
             state.count_manifest(variant_set, perf_counter() - started)
+            if behaviour is not None and state.behaviour is not None:  # its page view (as count_decision)
+                state.behaviour.record(uid, behaviour)
             if answered.impressed:
                 manifest = Manifest(uid, variant_set.entries, variant_set.variant_param)
                 impressions = response_hook(state.impressions, self.config, manifest)
